@@ -1,0 +1,152 @@
+"""A tiny benchmark harness shared by the scripts in ``bench/``.
+
+Each case runs in a fresh interpreter (``python SCRIPT --child CASE JSON-PARAMS``), several times;
+the parent reports the median time per operation, the spread and the peak RSS growth of the
+child. Usage in a bench script::
+
+    from _harness import Bench
+
+    bench = Bench(__file__)
+
+    @bench.case
+    def raw_trio(n: int, limit: int) -> int:   # returns the number of operations it ran
+        ...
+
+    if __name__ == "__main__":
+        bench.main(lambda run: [
+            run("raw_trio", n=100_000, limit=16, floor=True, group="limit=16"),
+            ...
+        ])
+
+``run(...)`` returns a Row; rows in one group are printed as one markdown table, with the ratio
+of each row to the group's floor row.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass
+class Row:
+    group: str
+    label: str
+    per_op_us: float
+    spread_us: tuple[float, float]
+    rss_growth_mb: float
+    ops: int
+    floor: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, script: str) -> None:
+        self.script = os.path.abspath(script)
+        self.cases: dict[str, Callable[..., int]] = {}
+        self.rows: list[Row] = []
+
+    def case(self, fn: Callable[..., int]) -> Callable[..., int]:
+        self.cases[fn.__name__] = fn
+        return fn
+
+    # --- child side -------------------------------------------------------------------------
+    def _child(self, name: str, params: str) -> None:
+        kwargs = json.loads(params)
+        gc.collect()
+        before = _rss_kb()
+        start = time.perf_counter()
+        ops = self.cases[name](**kwargs)
+        elapsed = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"elapsed": elapsed, "ops": ops, "rss_growth_kb": peak - before}))
+
+    # --- parent side ------------------------------------------------------------------------
+    def run(
+        self,
+        name: str,
+        *,
+        group: str,
+        label: str | None = None,
+        floor: bool = False,
+        repeats: int | None = None,
+        **params: Any,
+    ) -> Row:
+        samples: list[float] = []
+        growth: list[float] = []
+        ops = 0
+        for _ in range(repeats or REPEATS):
+            out = subprocess.run(
+                [sys.executable, self.script, "--child", name, json.dumps(params)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            data = json.loads(out.stdout.strip().splitlines()[-1])
+            ops = int(data["ops"])
+            samples.append(data["elapsed"] / max(ops, 1) * 1e6)
+            growth.append(data["rss_growth_kb"] / 1024)
+        row = Row(
+            group=group,
+            label=label or name,
+            per_op_us=statistics.median(samples),
+            spread_us=(min(samples), max(samples)),
+            rss_growth_mb=statistics.median(growth),
+            ops=ops,
+            floor=floor,
+        )
+        self.rows.append(row)
+        print(
+            f"  {group:<28} {row.label:<44} {row.per_op_us:9.2f} us/op",
+            file=sys.stderr,
+            flush=True,
+        )
+        return row
+
+    def table(self, title: str) -> str:
+        lines = [f"## {title}", ""]
+        groups: dict[str, list[Row]] = {}
+        for row in self.rows:
+            groups.setdefault(row.group, []).append(row)
+        for group, rows in groups.items():
+            floor = next((r for r in rows if r.floor), rows[0])
+            lines += [
+                f"### {group}",
+                "",
+                "| case | ops | median us/op | min-max us/op | x floor | peak RSS growth MB |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for r in rows:
+                ratio = r.per_op_us / floor.per_op_us if floor.per_op_us else float("nan")
+                mark = " (floor)" if r.floor else ""
+                lines.append(
+                    f"| {r.label}{mark} | {r.ops:,} | {r.per_op_us:.2f} | "
+                    f"{r.spread_us[0]:.2f}-{r.spread_us[1]:.2f} | {ratio:.2f} | "
+                    f"{r.rss_growth_mb:.1f} |"
+                )
+            lines.append("")
+        return "\n".join(lines)
+
+    def main(self, plan: Callable[[Callable[..., Row]], object], *, title: str) -> None:
+        if len(sys.argv) >= 2 and sys.argv[1] == "--child":
+            self._child(sys.argv[2], sys.argv[3])
+            return
+        plan(self.run)
+        print(self.table(title))

@@ -1,0 +1,5 @@
+"""``python -m trioflow``: the command line."""
+
+from trioflow.cli import main
+
+main()

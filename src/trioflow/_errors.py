@@ -1,0 +1,119 @@
+"""The one exception hierarchy of trioflow.
+
+Every error that trioflow raises on purpose derives from :class:`TrioflowError`, split by cause.
+Errors about bad input also derive from the builtin a caller would expect (``ValueError``,
+``TypeError`` or ``LookupError``), so ``except ValueError`` keeps working. Bad arguments to a
+function or constructor are rejected with plain ``TypeError``/``ValueError`` whose messages name
+the argument, what was expected and what was given.
+
+Cancellation is never wrapped or translated: the backend's cancellation exception always
+propagates as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TrioflowError(Exception):
+    """Base class of every error trioflow raises on purpose."""
+
+
+class ResourceExhausted(TrioflowError):
+    """Work was refused because capacity or system health would not admit it.
+
+    Raised by a resource manager configured to fail fast when its health source reports
+    unhealthy, and by limiters that refuse rather than wait.
+    """
+
+
+class CircuitOpenError(TrioflowError):
+    """A circuit breaker is open and refused the call without running it.
+
+    Attributes:
+        retry_at: The time (on the running backend's clock, ``anyio.current_time()``) at which
+            the breaker will let a trial call through (half-open).
+    """
+
+    def __init__(self, message: str, *, retry_at: float) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class InvalidTransition(TrioflowError, ValueError):
+    """A state machine was asked for a transition its table does not allow.
+
+    Attributes:
+        from_state: The state the object is in.
+        to_state: The state that was asked for.
+    """
+
+    def __init__(self, from_state: object, to_state: object) -> None:
+        super().__init__(f"invalid transition from {from_state!r} to {to_state!r}")
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class UnknownTool(TrioflowError, LookupError):
+    """A tool registry was asked for a tool it does not have."""
+
+
+class ToolArgumentError(TrioflowError, ValueError):
+    """The arguments given to a tool do not fit its parameters.
+
+    Attributes:
+        tool: The tool's name.
+        problems: Every bad field as ``(path, message)``, e.g. ``("items[2].count", "expected
+            int, got 'x'")``.
+    """
+
+    def __init__(self, tool: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.tool = tool
+        self.problems = tuple(problems)
+        listed = "; ".join(f"{path}: {message}" for path, message in self.problems)
+        super().__init__(f"bad arguments for tool {tool!r}: {listed}")
+
+
+class ConfigError(TrioflowError, ValueError):
+    """A configuration could not be loaded; lists every problem with its path.
+
+    Attributes:
+        problems: Every problem as ``(path, message)``, e.g.
+            ``("retry.backoff_multiplier", "must be >= 1, got 0.5")``.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]], *, source: str | None = None) -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        listed = "\n".join(f"  {path}: {message}" for path, message in self.problems)
+        super().__init__(f"invalid configuration{where}:\n{listed}")
+
+
+class WorkflowDefinitionError(TrioflowError, ValueError):
+    """A workflow is malformed: duplicate or unknown step names, a cycle, a bad step option."""
+
+
+class WorkflowShapeChanged(TrioflowError):
+    """A stored run cannot be resumed because its workflow's steps or edges changed."""
+
+
+class StoreError(TrioflowError):
+    """A workflow store could not be read or written."""
+
+
+class UnstorableValue(TrioflowError, TypeError):
+    """A step returned a value that the store cannot serialize.
+
+    Attributes:
+        step: The step's name.
+        value_type: The type of the value.
+    """
+
+    def __init__(self, step: str, value_type: type) -> None:
+        super().__init__(
+            f"step {step!r} returned a value of type {value_type.__qualname__!r} "
+            "that cannot be stored as JSON"
+        )
+        self.step = step
+        self.value_type = value_type
