@@ -117,3 +117,26 @@ class UnstorableValue(TrioflowError, TypeError):
         )
         self.step = step
         self.value_type = value_type
+
+
+class TransitionInProgress(TrioflowError, RuntimeError):
+    """A state machine refused a transition because another one of the same object is running.
+
+    Transitions of one object never overlap: while one awaits its hooks, another is refused
+    without running anything (like trio's ``BusyResourceError``).
+    """
+
+
+class UnknownKind(TrioflowError, LookupError):
+    """A router was asked to route a request whose kind has no pipeline.
+
+    Attributes:
+        kind: The kind asked for.
+        known: The kinds the router has pipelines for.
+    """
+
+    def __init__(self, kind: object, known: Sequence[str]) -> None:
+        self.kind = kind
+        self.known = tuple(known)
+        listed = ", ".join(repr(k) for k in self.known) or "none"
+        super().__init__(f"no pipeline for request kind {kind!r}; known kinds: {listed}")

@@ -1,0 +1,268 @@
+"""The values a batch produces: outcomes, errors, progress and the batch result.
+
+They are frozen ``attrs`` classes. A batch of 100,000 operations records one outcome per
+operation, so the engine's hot path stores only each value and duration in two flat lists (no
+per-operation object the garbage collector would have to track), plus an entry for each
+operation that did not simply succeed at its first attempt; :class:`BatchResult` builds the
+:class:`Outcome` objects the first time someone asks for them. Building 100,000 frozen objects
+costs about a third of running 100,000 no-op operations.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from typing import Any, Generic, TypeVar, final
+
+import attrs
+
+__all__ = ("BatchResult", "OperationError", "Outcome", "OutcomeStatus", "Progress")
+
+T = TypeVar("T")
+
+
+class OutcomeStatus(enum.Enum):
+    """How an operation of a batch ended.
+
+    Attributes:
+        SUCCEEDED: It returned a value.
+        FAILED: It raised an exception (a timeout is a failure with the builtin
+            ``TimeoutError``).
+        CANCELLED: The batch cancelled it after another operation failed (``fail_fast=True``).
+            Cancellation is never a failure.
+    """
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+SUCCEEDED = OutcomeStatus.SUCCEEDED
+FAILED = OutcomeStatus.FAILED
+CANCELLED = OutcomeStatus.CANCELLED
+
+# How the engine records an operation that did not succeed at its first attempt:
+# index -> (status, error, attempts).
+Extra = dict[int, tuple[OutcomeStatus, "Exception | None", int]]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Outcome(Generic[T]):
+    """How one operation of a batch ended.
+
+    Attributes:
+        index: The operation's position in the input, from 0.
+        status: Succeeded, failed or cancelled.
+        value: What the operation returned when it succeeded, else None.
+        error: The exception it raised when it failed, else None.
+        duration: Seconds on the running backend's clock from its start to its end, retries and
+            the waits between them included.
+        attempts: How many times it was called (more than 1 only with a retry policy; 0 if it was
+            cancelled before its first call began).
+    """
+
+    index: int
+    status: OutcomeStatus
+    value: T | None = None
+    error: Exception | None = None
+    duration: float
+    attempts: int
+
+
+_new_outcome = object.__new__
+# Setting the slots through their descriptors skips the frozen class's guarded __setattr__,
+# which would make building an outcome about twice as slow.
+_set_index = Outcome.__dict__["index"].__set__
+_set_status = Outcome.__dict__["status"].__set__
+_set_value = Outcome.__dict__["value"].__set__
+_set_error = Outcome.__dict__["error"].__set__
+_set_duration = Outcome.__dict__["duration"].__set__
+_set_attempts = Outcome.__dict__["attempts"].__set__
+
+
+def make_outcome(
+    index: int,
+    status: OutcomeStatus,
+    value: Any,
+    error: Exception | None,
+    duration: float,
+    attempts: int,
+) -> Outcome[Any]:
+    """Build an outcome quickly (the engine's constructor; equal to ``Outcome(...)``)."""
+    outcome: Outcome[Any] = _new_outcome(Outcome)
+    _set_index(outcome, index)
+    _set_status(outcome, status)
+    _set_value(outcome, value)
+    _set_error(outcome, error)
+    _set_duration(outcome, duration)
+    _set_attempts(outcome, attempts)
+    return outcome
+
+
+def describe(index: int, exc: BaseException) -> str:
+    """Return the one-line description of a failed operation used in messages."""
+    text = str(exc)
+    kind = type(exc).__qualname__
+    return (
+        f"operation {index} failed: {kind}: {text}"
+        if text
+        else f"operation {index} failed: {kind}"
+    )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class OperationError:
+    """A failed operation of a batch.
+
+    Attributes:
+        index: The operation's position in the input, from 0.
+        exception: The exception it raised.
+        message: A one-line description, e.g. ``"operation 3 failed: ValueError: bad row"``.
+    """
+
+    index: int
+    exception: Exception
+    message: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Progress:
+    """A snapshot of a running batch, passed to ``on_progress`` after each operation ends.
+
+    Attributes:
+        total: How many operations the batch has: the input's ``len()`` when it has one, else
+            None until the input is exhausted.
+        completed: Operations that have ended, failures included.
+        failed: Operations that have failed.
+        running: Operations in flight.
+    """
+
+    total: int | None
+    completed: int
+    failed: int
+    running: int
+
+    @property
+    def percent(self) -> float | None:
+        """The share of operations completed, 0 to 100, or None while the total is unknown."""
+        if self.total is None:
+            return None
+        if self.total == 0:
+            return 100.0
+        return 100.0 * self.completed / self.total
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BatchResult(Generic[T]):
+    """What :func:`trioflow.run_batch` returns: every outcome, in input order.
+
+    Build one only through ``run_batch``. Failures are data here: call :meth:`raise_for_errors`
+    to turn them into an exception. Two results are equal when their durations and outcomes
+    are.
+
+    Attributes:
+        duration: Seconds the batch took on the running backend's clock.
+        total: Operations taken from the input (after a ``fail_fast`` stop, those never taken
+            are not counted).
+        succeeded: Operations that returned a value.
+        failed: Operations that raised (timeouts included).
+        cancelled: Operations cancelled by a ``fail_fast`` stop.
+    """
+
+    duration: float
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    # The engine's compact records: each operation's value (None unless it succeeded) and
+    # duration, and (index, status, error, attempts) for every operation that did not simply
+    # succeed at its first attempt, sorted by index.
+    _values: tuple[Any, ...] = attrs.field(alias="values", repr=False)
+    _durations: tuple[float, ...] = attrs.field(alias="durations", repr=False)
+    _extra: tuple[tuple[int, OutcomeStatus, Exception | None, int], ...] = attrs.field(
+        alias="extra", repr=False
+    )
+
+    @functools.cached_property
+    def outcomes(self) -> tuple[Outcome[T], ...]:
+        """Every operation's outcome, in input order (``outcomes[i].index == i``)."""
+        extra = {
+            index: (status, error, attempts) for index, status, error, attempts in self._extra
+        }
+        outcomes: list[Outcome[T]] = []
+        append = outcomes.append
+        for index, (value, duration) in enumerate(zip(self._values, self._durations, strict=True)):
+            other = extra.get(index)
+            if other is None:
+                append(make_outcome(index, SUCCEEDED, value, None, duration, 1))
+            else:
+                append(make_outcome(index, other[0], value, other[1], duration, other[2]))
+        return tuple(outcomes)
+
+    @functools.cached_property
+    def values(self) -> tuple[T, ...]:
+        """The values of the operations that succeeded, in input order."""
+        if self.succeeded == self.total:
+            return self._values
+        skip = {index for index, status, _, _ in self._extra if status is not SUCCEEDED}
+        return tuple(value for index, value in enumerate(self._values) if index not in skip)
+
+    @functools.cached_property
+    def errors(self) -> tuple[OperationError, ...]:
+        """The operations that failed, in input order."""
+        return tuple(
+            OperationError(index=index, exception=error, message=describe(index, error))
+            for index, _, error, _ in self._extra
+            if error is not None
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when every operation taken succeeded (none failed or was cancelled)."""
+        return self.succeeded == self.total
+
+    def raise_for_errors(self) -> None:
+        """Raise the failures, if there are any.
+
+        Each exception gets a note naming its operation (``"operation 3"``), once.
+
+        Raises:
+            ExceptionGroup: The exceptions of the failed operations, in input order.
+        """
+        errors = self.errors
+        if not errors:
+            return
+        exceptions: list[Exception] = []
+        for error in errors:
+            note = f"operation {error.index}"
+            if note not in getattr(error.exception, "__notes__", ()):
+                error.exception.add_note(note)
+            exceptions.append(error.exception)
+        raise ExceptionGroup(f"{len(exceptions)} of {self.total} operations failed", exceptions)
+
+
+def make_result(
+    values: list[Any], durations: list[float], extra: Extra, *, duration: float
+) -> BatchResult[Any]:
+    """Wrap the engine's records in a :class:`BatchResult`."""
+    failed = cancelled = 0
+    for status, _, _ in extra.values():
+        if status is FAILED:
+            failed += 1
+        elif status is CANCELLED:
+            cancelled += 1
+    total = len(values)
+    return BatchResult(
+        duration=duration,
+        total=total,
+        succeeded=total - failed - cancelled,
+        failed=failed,
+        cancelled=cancelled,
+        values=tuple(values),
+        durations=tuple(durations),
+        extra=tuple((index, *extra[index]) for index in sorted(extra)),
+    )

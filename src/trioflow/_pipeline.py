@@ -1,0 +1,619 @@
+"""Processing pipelines: stages that move a request through its lifecycle, one state at a time.
+
+A :class:`Pipeline` is a sequence of :class:`Stage` values. Running it on a request enters each
+stage's state through a :class:`~trioflow.StateMachine`, runs the stage's async function (under
+its timeout, its resource pools and its retry policy), records how long it took, and ends the
+request in exactly one terminal state: COMPLETED, FAILED at the first failure, or CANCELLED
+when the run is cancelled (that last transition runs shielded, then the cancellation goes on).
+
+:func:`gather_partial` is the fan-out a stage uses to gather from several sources at once and go
+on with whatever arrived within a time budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar, final
+
+import anyio
+import attrs
+
+from ._errors import InvalidTransition
+from ._lifecycle import StateChange, StateMachine
+from ._limits import ResourceManager
+from ._request import (
+    REQUEST_TRANSITIONS,
+    ErrorCategory,
+    ProcessingResult,
+    ProcessingStatus,
+    Request,
+    RequestState,
+)
+from ._retry import RetryPolicy
+
+__all__ = (
+    "PartialResults",
+    "Pipeline",
+    "PipelineStatistics",
+    "Stage",
+    "StageStatistics",
+    "gather_partial",
+)
+
+T = TypeVar("T")
+StageFn = Callable[[Request], Awaitable[Any]]
+TransitionObserver = Callable[[Request, StateChange[RequestState]], object]
+
+_COMPLETED = RequestState.COMPLETED
+_FAILED = RequestState.FAILED
+_CANCELLED = RequestState.CANCELLED
+
+
+def _check_timeout(what: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds >= 0 or None, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0 or None, got {value!r}")
+
+
+def _stage_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"name must be a non-empty str, got {value!r}")
+
+
+def _stage_state(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, RequestState):
+        raise TypeError(f"state must be a RequestState, got {value!r}")
+
+
+def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not callable(value):
+        raise TypeError(f"fn must be an async callable taking the request, got {value!r}")
+
+
+def _stage_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_timeout("timeout", value)
+
+
+def _to_pools(value: object) -> object:
+    if isinstance(value, str):
+        raise TypeError(f"pools must be a sequence of pool names, got the string {value!r}")
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(value)
+    return value
+
+
+def _stage_pools(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(p, str) and p for p in value):
+        raise TypeError(f"pools must be a sequence of pool names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"pools must not name a pool twice, got {value!r}")
+
+
+def _stage_retry(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None or isinstance(value, RetryPolicy) or (isinstance(value, str) and value):
+        return
+    raise TypeError(
+        f"retry must be a RetryPolicy, the name of a policy (e.g. 'llm') or None, got {value!r}"
+    )
+
+
+def _stage_optional(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"optional must be a bool, got {value!r}")
+
+
+@final
+@attrs.frozen
+class Stage:
+    """One step of a pipeline: the state a request is in while it runs, and its work.
+
+    Example::
+
+        Stage("gather", RequestState.CONTEXT_GATHERING, gather_context,
+              timeout=2, pools=["context"], optional=True)
+
+    Args:
+        name: Unique within its pipeline; names the stage in results, timings and logs.
+        state: The :class:`~trioflow.RequestState` the request is in while the stage runs.
+            The pipeline moves the request there first (unless it is already there, so
+            several stages can share a state).
+        fn: ``async fn(request) -> value``; the value is stored in ``request.results[name]``.
+        timeout: Seconds the stage may take, retries and waits for pools included; past it
+            the stage fails with the builtin ``TimeoutError``. ``None``: no limit.
+        pools: Named pools of the run's :class:`~trioflow.ResourceManager` to hold one token
+            of each during every attempt.
+        retry: A :class:`~trioflow.RetryPolicy`, or the name of one the run is given (e.g.
+            ``"llm"``), or ``None`` for a single try.
+        optional: If true, a failure (or timeout) of this stage is recorded and skipped, and
+            the request goes on; it then ends DEGRADED rather than COMPLETED.
+
+    Raises:
+        TypeError: A field has the wrong type.
+        ValueError: ``timeout`` is negative or NaN, or a pool is named twice.
+    """
+
+    name: str = attrs.field(validator=_stage_name)
+    state: RequestState = attrs.field(validator=_stage_state)
+    fn: StageFn = attrs.field(validator=_stage_fn)
+    timeout: float | None = attrs.field(default=None, kw_only=True, validator=_stage_timeout)
+    pools: tuple[str, ...] = attrs.field(
+        default=(), kw_only=True, converter=_to_pools, validator=_stage_pools
+    )
+    retry: RetryPolicy | str | None = attrs.field(
+        default=None, kw_only=True, validator=_stage_retry
+    )
+    optional: bool = attrs.field(default=False, kw_only=True, validator=_stage_optional)
+
+
+@attrs.frozen(kw_only=True)
+class StageStatistics:
+    """What one stage of a pipeline has done.
+
+    Attributes:
+        runs: Times the stage started.
+        failed: Times it raised (timeouts included; cancellations are not failures).
+        time: Total seconds spent in it.
+        mean_time: ``time / runs`` (0.0 when it never ran).
+    """
+
+    runs: int
+    failed: int
+    time: float
+    mean_time: float
+
+
+@attrs.frozen(kw_only=True)
+class PipelineStatistics:
+    """A snapshot of a :class:`Pipeline`, returned by its ``statistics()``.
+
+    Attributes:
+        runs: Runs started.
+        completed: Runs that completed with every stage succeeding.
+        degraded: Runs that completed with optional stages skipped.
+        failed: Runs that ended FAILED.
+        cancelled: Runs that ended CANCELLED.
+        stages: Per-stage statistics by stage name, in pipeline order.
+    """
+
+    runs: int
+    completed: int
+    degraded: int
+    failed: int
+    cancelled: int
+    stages: Mapping[str, StageStatistics]
+
+
+@final
+class _StageCounters:
+    __slots__ = ("failed", "runs", "time")
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.failed = 0
+        self.time = 0.0
+
+
+async def _once(stage: Stage, request: Request, resources: ResourceManager | None) -> Any:
+    if stage.pools:
+        assert resources is not None
+        async with resources.slot(*stage.pools):
+            return await stage.fn(request)
+    return await stage.fn(request)
+
+
+async def _run_stage(
+    stage: Stage, request: Request, resources: ResourceManager | None, policy: RetryPolicy | None
+) -> Any:
+    if policy is None:
+        return await _once(stage, request, resources)
+    return await policy.call(_once, stage, request, resources)
+
+
+def _is_failure(exc: BaseException) -> bool:
+    return isinstance(exc, Exception)
+
+
+@final
+@attrs.define(eq=False, init=False, repr=False)
+class Pipeline:
+    """Moves a request through its stages and ends it in exactly one terminal state.
+
+    Example::
+
+        pipeline = Pipeline([
+            Stage("validate", RequestState.VALIDATED, validate),
+            Stage("plan", RequestState.PLANNED, plan),
+            Stage("context", RequestState.CONTEXT_GATHERING, gather, optional=True),
+            Stage("answer", RequestState.PROCESSING, answer, pools=["llm"], retry="llm"),
+            Stage("format", RequestState.RESPONSE_FORMATTING, format_response),
+        ])
+        result = await pipeline.run(Request("what is trio?"))
+
+    The stages' states must form a path the machine allows, from its initial state to
+    COMPLETED, and FAILED and CANCELLED must be reachable from each of them (checked here).
+
+    Args:
+        stages: The stages, in order; names must be unique.
+        machine: The :class:`~trioflow.StateMachine` over :class:`~trioflow.RequestState`
+            that moves requests (register hooks on it); by default a new one over
+            :data:`~trioflow.REQUEST_TRANSITIONS`.
+
+    Raises:
+        TypeError: ``stages`` holds something that is not a Stage, or ``machine`` is not a
+            StateMachine.
+        ValueError: No stages, a duplicate name, or a path the machine does not allow.
+    """
+
+    _stages: tuple[Stage, ...]
+    _machine: StateMachine[RequestState]
+    _counters: dict[str, _StageCounters]
+    _runs: int
+    _completed: int
+    _degraded: int
+    _failed: int
+    _cancelled: int
+    _checked: tuple[object, object, object] | None
+
+    def __init__(
+        self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
+    ) -> None:
+        given: object = stages
+        if isinstance(given, str) or not isinstance(given, Sequence | Collection):
+            raise TypeError(f"stages must be a sequence of Stage, got {stages!r}")
+        stages = tuple(given)
+        if not stages:
+            raise ValueError("stages must hold at least one Stage, got none")
+        for stage in stages:
+            if not isinstance(stage, Stage):
+                raise TypeError(f"stages must hold only Stage values, got {stage!r}")
+        names = [stage.name for stage in stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names must be unique, got duplicates {duplicates}")
+        if machine is None:
+            machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
+        elif not isinstance(machine, StateMachine):
+            raise TypeError(f"machine must be a StateMachine, got {machine!r}")
+        self._stages = stages
+        self._machine = machine
+        self._check_path()
+        self._counters = {stage.name: _StageCounters() for stage in stages}
+        self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
+        self._checked = None
+
+    def _check_path(self) -> None:
+        machine = self._machine
+        previous = machine.initial
+        for state in (previous, *(stage.state for stage in self._stages)):
+            for end in (_FAILED, _CANCELLED):
+                if not machine.can_transition(state, end):
+                    raise ValueError(f"the machine must allow {state!r} -> {end!r}")
+        for stage in self._stages:
+            if stage.state is not previous and not machine.can_transition(previous, stage.state):
+                allowed = sorted(s.name for s in machine.allowed(previous))
+                raise ValueError(
+                    f"stage {stage.name!r} enters {stage.state!r}, but {previous!r} can only "
+                    f"move to {allowed}"
+                )
+            previous = stage.state
+        if not machine.can_transition(previous, _COMPLETED):
+            raise ValueError(
+                f"the last stage's state {previous!r} must be able to move to {_COMPLETED!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"Pipeline([{', '.join(s.name for s in self._stages)}])"
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages, in order."""
+        return self._stages
+
+    @property
+    def machine(self) -> StateMachine[RequestState]:
+        """The state machine that moves requests (register hooks on it)."""
+        return self._machine
+
+    def _check_run(
+        self,
+        resources: ResourceManager | None,
+        retry: Mapping[str, RetryPolicy] | None,
+        optional: Collection[str],
+    ) -> None:
+        if self._checked is not None:
+            r, p, o = self._checked
+            if r is resources and p is retry and o is optional:
+                return
+        if resources is not None and not isinstance(resources, ResourceManager):
+            raise TypeError(f"resources must be a ResourceManager or None, got {resources!r}")
+        if retry is not None and not isinstance(retry, Mapping):
+            raise TypeError(f"retry must be a mapping of name to RetryPolicy, got {retry!r}")
+        if isinstance(optional, str) or not isinstance(optional, Collection):
+            raise TypeError(f"optional must be a collection of stage names, got {optional!r}")
+        for stage in self._stages:
+            if stage.pools:
+                if resources is None:
+                    raise ValueError(
+                        f"stage {stage.name!r} uses pools {list(stage.pools)} but no resources "
+                        "were given"
+                    )
+                unknown = [p for p in stage.pools if p not in resources.pools]
+                if unknown:
+                    raise ValueError(
+                        f"stage {stage.name!r} uses unknown pools {unknown}; the resources have "
+                        f"{list(resources.pools)}"
+                    )
+            if isinstance(stage.retry, str):
+                if retry is None or stage.retry not in retry:
+                    known = sorted(retry) if retry is not None else []
+                    raise ValueError(
+                        f"stage {stage.name!r} names retry policy {stage.retry!r}, which the "
+                        f"run was not given (known: {known})"
+                    )
+                if not isinstance(retry[stage.retry], RetryPolicy):
+                    raise TypeError(
+                        f"retry[{stage.retry!r}] must be a RetryPolicy, got {retry[stage.retry]!r}"
+                    )
+        self._checked = (resources, retry, optional)
+
+    async def run(
+        self,
+        request: Request,
+        *,
+        resources: ResourceManager | None = None,
+        retry: Mapping[str, RetryPolicy] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - sugar for a cancel scope
+        optional: Collection[str] = (),
+        on_transition: TransitionObserver | None = None,
+    ) -> ProcessingResult:
+        """Run the request through every stage and end it in one terminal state.
+
+        A stage failure ends the request FAILED (unless the stage is optional); the failure is
+        in the result, not raised. Cancellation ends it CANCELLED (shielded) and propagates.
+
+        Args:
+            request: A request in a state that is not terminal.
+            resources: The pools that stages name.
+            retry: Retry policies that stages name, by name.
+            timeout: Seconds the whole run may take; past it the request fails with the
+                builtin ``TimeoutError`` (category TIMEOUT). ``None``: no limit.
+            optional: Names of stages to treat as optional in this run.
+            on_transition: ``fn(request, change)``, called after every transition (the
+                final one included), e.g. to log it.
+
+        Returns:
+            A :class:`~trioflow.ProcessingResult`: COMPLETED, DEGRADED or FAILED.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: The request is already in a terminal state, or a stage names a pool or
+                retry policy the run was not given (nothing ran).
+            Exception: A hook of the machine failed during the final FAILED or CANCELLED
+                transition: the request was put in that state without hooks, and the hook's
+                exception is raised (never lost).
+        """
+        if not isinstance(request, Request):
+            raise TypeError(f"request must be a Request, got {request!r}")
+        machine = self._machine
+        if machine.is_terminal(request.state):
+            raise ValueError(
+                f"request {request.id!r} is already in the terminal state {request.state!r}"
+            )
+        _check_timeout("timeout", timeout)
+        self._check_run(resources, retry, optional)
+        self._runs += 1
+        started = anyio.current_time()
+        timings = request.timings
+        degraded: dict[str, BaseException] = {}
+        value: Any = None
+        counters = self._counters
+        try:
+            with anyio.fail_after(timeout) if timeout is not None else _NO_SCOPE:
+                for stage in self._stages:
+                    if request.state is not stage.state:
+                        change = await machine.transition(request, stage.state)
+                        if on_transition is not None:
+                            on_transition(request, change)
+                    counter = counters[stage.name]
+                    counter.runs += 1
+                    begun = anyio.current_time()
+                    try:
+                        if stage.pools or stage.retry is not None or stage.timeout is not None:
+                            policy = stage.retry
+                            if isinstance(policy, str):
+                                policy = retry[policy]  # type: ignore[index]
+                            if stage.timeout is not None:
+                                with anyio.fail_after(stage.timeout):
+                                    value = await _run_stage(stage, request, resources, policy)
+                            else:
+                                value = await _run_stage(stage, request, resources, policy)
+                        else:
+                            value = await stage.fn(request)
+                    except Exception as exc:
+                        counter.failed += 1
+                        if not (stage.optional or stage.name in optional):
+                            raise
+                        degraded[stage.name] = exc
+                        value = None
+                    else:
+                        request.results[stage.name] = value
+                    finally:
+                        elapsed = anyio.current_time() - begun
+                        counter.time += elapsed
+                        timings[stage.name] = elapsed
+            change = await machine.transition(request, _COMPLETED)
+            if on_transition is not None:
+                on_transition(request, change)
+        except BaseException as exc:
+            if not _is_failure(exc):
+                with anyio.CancelScope(shield=True):
+                    self._cancelled += 1
+                    await self._finish(request, _CANCELLED, on_transition)
+                raise
+            with anyio.CancelScope(shield=True):
+                self._failed += 1
+                await self._finish(request, _FAILED, on_transition)
+            return ProcessingResult(
+                request_id=request.id,
+                status=ProcessingStatus.FAILED,
+                state=request.state,
+                error=exc,
+                category=ErrorCategory.of(exc),
+                history=tuple(request.history),
+                stage_timings=timings,
+                degraded=degraded,
+                duration=anyio.current_time() - started,
+            )
+        if degraded:
+            self._degraded += 1
+            status = ProcessingStatus.DEGRADED
+        else:
+            self._completed += 1
+            status = ProcessingStatus.COMPLETED
+        return ProcessingResult(
+            request_id=request.id,
+            status=status,
+            state=request.state,
+            value=value,
+            history=tuple(request.history),
+            stage_timings=timings,
+            degraded=degraded,
+            duration=anyio.current_time() - started,
+        )
+
+    async def _finish(
+        self, request: Request, state: RequestState, on_transition: TransitionObserver | None
+    ) -> None:
+        """Put the request in a terminal state, without hooks if a hook fails (then raise it)."""
+        machine = self._machine
+        try:
+            change = await machine.transition(request, state)
+        except InvalidTransition:
+            raise
+        except BaseException:
+            change = await machine.transition(request, state, hooks=False)
+            if on_transition is not None:
+                on_transition(request, change)
+            raise
+        if on_transition is not None:
+            on_transition(request, change)
+
+    def statistics(self) -> PipelineStatistics:
+        """Return a snapshot of the runs and of each stage.
+
+        Returns:
+            A frozen :class:`PipelineStatistics`.
+        """
+        stages = {
+            name: StageStatistics(
+                runs=c.runs,
+                failed=c.failed,
+                time=c.time,
+                mean_time=c.time / c.runs if c.runs else 0.0,
+            )
+            for name, c in self._counters.items()
+        }
+        return PipelineStatistics(
+            runs=self._runs,
+            completed=self._completed,
+            degraded=self._degraded,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            stages=MappingProxyType(stages),
+        )
+
+
+class _NoScope:
+    """A reusable do-nothing context manager (cheaper than contextlib.nullcontext())."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()
+
+
+def _freeze(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class PartialResults(Generic[T]):
+    """What :func:`gather_partial` gathered before its budget ran out.
+
+    Attributes:
+        values: The values that arrived, by source name (in the sources' order).
+        errors: The sources that raised, with their exceptions.
+        missing: The sources still running at the deadline (they were cancelled).
+    """
+
+    values: Mapping[str, T] = attrs.field(converter=_freeze)
+    errors: Mapping[str, Exception] = attrs.field(converter=_freeze)
+    missing: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every source returned a value in time."""
+        return not self.errors and not self.missing
+
+
+async def gather_partial(
+    sources: Mapping[str, Callable[[], Awaitable[T]]], budget: float | None
+) -> PartialResults[T]:
+    """Run sources concurrently and return what arrived within the budget.
+
+    The design's context gathering: ask every source at once, wait at most ``budget``
+    seconds, cancel the ones still running and go on with what arrived. A source that raises
+    does not disturb the others; its exception is in ``errors``. Cancellation from outside is
+    not a deadline: it propagates.
+
+    Example::
+
+        gathered = await gather_partial(
+            {"docs": search_docs, "history": load_history}, budget=0.5
+        )
+        context = gathered.values      # whatever arrived within 500 ms
+
+    Args:
+        sources: Zero-argument async callables by name.
+        budget: Seconds to wait, >= 0, or ``None`` to wait for every source.
+
+    Returns:
+        The :class:`PartialResults`.
+
+    Raises:
+        TypeError: ``sources`` is not a mapping of callables, or ``budget`` is not a number.
+        ValueError: ``budget`` is negative or NaN.
+    """
+    if not isinstance(sources, Mapping):
+        raise TypeError(f"sources must be a mapping of name to async callable, got {sources!r}")
+    for name, fn in sources.items():
+        if not callable(fn):
+            raise TypeError(f"sources[{name!r}] must be an async callable, got {fn!r}")
+    _check_timeout("budget", budget)
+    values: dict[str, T] = {}
+    errors: dict[str, Exception] = {}
+
+    async def run_one(name: str, fn: Callable[[], Awaitable[T]]) -> None:
+        try:
+            values[name] = await fn()
+        except Exception as exc:
+            errors[name] = exc
+
+    with anyio.move_on_after(math.inf if budget is None else budget):
+        async with anyio.create_task_group() as tg:
+            for name, fn in sources.items():
+                tg.start_soon(run_one, name, fn, name=f"gather_partial:{name}")
+    return PartialResults(
+        values={name: values[name] for name in sources if name in values},
+        errors={name: errors[name] for name in sources if name in errors},
+        missing=tuple(name for name in sources if name not in values and name not in errors),
+    )

@@ -1,0 +1,202 @@
+"""One call wrapped in several resilience strategies, in one documented order.
+
+From the outside in::
+
+    fallback -> retry -> circuit breaker -> hedge -> rate limit -> timeout -> fn
+
+* **fallback** is outermost: the last resort once every other strategy has given up, so it
+  sees whatever escapes them (as in Polly, where fallback wraps everything).
+* **retry** wraps the breaker: every attempt asks the breaker, so a circuit that opens during
+  the retries stops them at once (``CircuitOpenError`` is not retried unless the policy's
+  ``on`` says so). This is the order of Polly's and Microsoft's standard pipelines.
+* **circuit breaker** wraps hedging: the breaker judges one logical attempt - a hedged attempt
+  that succeeds through its backup is a success, and when every hedged call fails the breaker
+  counts one failure, not several; an open circuit launches no hedged calls at all.
+* **hedge** wraps the rate limit, so each hedged call takes its own token: the dependency
+  never sees more than the rate, and a backup cancelled while waiting for its token spends
+  nothing.
+* **rate limit** is charged per call that reaches ``fn``, retries and backups included: those
+  are real load on the dependency. (To throttle incoming requests once each, call a
+  :class:`~trioflow.KeyedRateLimiter` at the entrance instead.)
+* **timeout** is innermost, per call of ``fn``: it bounds the dependency, not the wait for a
+  token; it raises the builtin ``TimeoutError``, which the default retry policy retries.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import anyio
+
+from ._breaker import CircuitBreaker
+from ._hedge import check_attempts, check_delay
+from ._hedge import hedge as _hedge
+from ._ratelimit import TokenBucket
+from ._retry import RetryPolicy
+
+__all__ = ("resilient",)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _check_timeout(value: object) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"timeout must be None or a finite number >= 0, got {value!r}")
+
+
+def _check_type(name: str, value: object, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, got {value!r}")
+
+
+def resilient(
+    fn: Callable[P, Awaitable[T]],
+    *,
+    rate: TokenBucket | None = None,
+    breaker: CircuitBreaker | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    hedge: float | None = None,
+    hedge_attempts: int = 2,
+    fallback: Callable[[Exception], Awaitable[T]] | None = None,
+) -> Callable[P, Awaitable[T]]:
+    """Wrap an async function in the resilience strategies given, in one fixed order.
+
+    The order, outermost first, is fallback -> retry -> circuit breaker -> hedge -> rate
+    limit -> timeout -> ``fn``; the module documentation explains why. Strategies left out
+    cost nothing. The result is an async function taking the same arguments as ``fn``, so it
+    can be a batch operation (``fn`` with no arguments) or a workflow step (``fn(ctx)``)::
+
+        call_model = resilient(
+            ask_model,
+            rate=TokenBucket(rate=5, burst=10),
+            breaker=CircuitBreaker(failure_threshold=5, reset_timeout=30),
+            retry=RetryPolicy(attempts=3, initial_delay=1),
+            timeout=20,
+            fallback=lambda exc: cached_answer(),
+        )
+        answer = await call_model(prompt)
+
+    Share one ``rate`` bucket and one ``breaker`` between every function that calls the
+    same dependency.
+
+    Args:
+        fn: The async function to protect.
+        rate: A token bucket; each call of ``fn`` takes one token (waiting for it).
+        breaker: A circuit breaker; each attempt goes through it.
+        retry: A retry policy; each attempt is retried as it says.
+        timeout: Seconds each call of ``fn`` may take (``TimeoutError`` past it); None for no
+            limit.
+        hedge: Hedging delay in seconds: start another call of ``fn`` each time this passes
+            without a result (see :func:`~trioflow.hedge`); None for no hedging.
+        hedge_attempts: The most calls of ``fn`` per hedged attempt, an int >= 1.
+        fallback: ``async def fallback(exc) -> value``, called with the exception when
+            everything else failed; its value is returned instead. Cancellation and other
+            ``BaseException`` s never reach it.
+
+    Returns:
+        An async function with ``fn``'s signature.
+
+    Raises:
+        TypeError: If ``fn`` or ``fallback`` is not callable or a strategy has the wrong type.
+        ValueError: If ``timeout``, ``hedge`` or ``hedge_attempts`` is out of range.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be an async callable, got {fn!r}")
+    _check_type("rate", rate, TokenBucket)
+    _check_type("breaker", breaker, CircuitBreaker)
+    _check_type("retry", retry, RetryPolicy)
+    _check_timeout(timeout)
+    if hedge is not None:
+        check_delay(hedge, "hedge")
+    check_attempts(hedge_attempts, "hedge_attempts")
+    if fallback is not None and not callable(fallback):
+        raise TypeError(f"fallback must be an async callable or None, got {fallback!r}")
+
+    call: Callable[P, Awaitable[T]] = fn
+
+    if timeout is not None:
+        seconds = timeout
+        timed_inner = call
+
+        async def timed(*args: P.args, **kwargs: P.kwargs) -> T:
+            with anyio.fail_after(seconds):
+                return await timed_inner(*args, **kwargs)
+
+        call = timed
+
+    if rate is not None:
+        bucket = rate
+        limited_inner = call
+
+        async def limited(*args: P.args, **kwargs: P.kwargs) -> T:
+            await bucket.acquire()
+            return await limited_inner(*args, **kwargs)
+
+        call = limited
+
+    if hedge is not None:
+        delay, attempts = hedge, hedge_attempts
+        hedged_inner = call
+
+        async def hedged(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await _hedge(
+                functools.partial(hedged_inner, *args, **kwargs),
+                delay=delay,
+                max_attempts=attempts,
+            )
+
+        call = hedged
+
+    if breaker is not None:
+        circuit = breaker
+        guarded_inner = call
+
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            async with circuit:
+                return await guarded_inner(*args, **kwargs)
+
+        call = guarded
+
+    if retry is not None:
+        policy = retry
+        retried_inner = call
+
+        async def retried(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await policy.call(functools.partial(retried_inner, *args, **kwargs))
+
+        call = retried
+
+    if fallback is not None:
+        rescue = fallback
+        rescued_inner = call
+
+        async def rescued(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await rescued_inner(*args, **kwargs)
+            except Exception as exc:
+                return await rescue(exc)
+
+        call = rescued
+
+    if call is fn:
+        # Always hand back a coroutine function of our own (callers may inspect it).
+        bare = call
+
+        async def direct(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await bare(*args, **kwargs)
+
+        call = direct
+
+    return functools.wraps(fn)(call)

@@ -1,0 +1,252 @@
+"""Retry policies: exponential backoff with jitter, built on tenacity, in anyio time.
+
+A :class:`RetryPolicy` is a frozen value. ``await policy.call(fn, *args)`` runs ``fn`` up to
+``attempts`` times, sleeping with :func:`anyio.sleep` between tries (so virtual clocks in tests
+apply), and re-raises the last exception itself. Cancellation is never retried.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, TypeVarTuple
+
+import anyio
+import attrs
+import tenacity
+from tenacity.asyncio import AsyncRetrying
+
+__all__ = ("RetryPolicy",)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def _int_at_least_1(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _number_at_least(minimum: float) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        expected = f"{attribute.name} must be a finite number >= {minimum:g}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{expected}, got {value!r}")
+        if not math.isfinite(value) or value < minimum:
+            raise ValueError(f"{expected}, got {value!r}")
+
+    return check
+
+
+def _max_delay_check(instance: RetryPolicy, attribute: attrs.Attribute[Any], value: float) -> None:
+    _number_at_least(0)(instance, attribute, value)
+    if value < instance.initial_delay:
+        raise ValueError(
+            f"max_delay must be >= initial_delay ({instance.initial_delay!r}), got {value!r}"
+        )
+
+
+def _to_filter(value: object) -> object:
+    # A single exception class is callable too: never mistake it for a predicate.
+    if isinstance(value, type):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _filter_check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, tuple):
+        bad = [c for c in value if not (isinstance(c, type) and issubclass(c, BaseException))]
+        if bad or not value:
+            raise TypeError(
+                "on must be an exception class, a non-empty tuple of exception classes or a "
+                f"predicate, got {value!r}"
+            )
+    elif not callable(value):
+        raise TypeError(
+            "on must be an exception class, a tuple of exception classes or a predicate, "
+            f"got {value!r}"
+        )
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _retry_after(exc: BaseException) -> float:
+    """The largest valid ``retry_after`` (seconds) on the exception or any leaf of it, or 0."""
+    longest = 0.0
+    for leaf in (exc, *_leaves(exc)) if isinstance(exc, BaseExceptionGroup) else (exc,):
+        value = getattr(leaf, "retry_after", None)
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > longest
+        ):
+            longest = float(value)
+    return longest
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How to retry a failing async call: attempts, exponential backoff, jitter, which errors.
+
+    The wait before retry ``n`` (1-based) is ``min(initial_delay * multiplier ** (n - 1),
+    max_delay)``, plus a random extra of up to ``jitter`` seconds; an exception with a
+    ``retry_after`` attribute (seconds, e.g. from a rate-limited server) makes that wait at
+    least that long. Cancellation, and any ``BaseException`` that is not an ``Exception``, is
+    never retried. An ``ExceptionGroup`` is retried only when every exception in it matches
+    ``on``.
+
+    Example::
+
+        policy = RetryPolicy(attempts=5, initial_delay=0.5, max_delay=10)
+        body = await policy.call(fetch, url)
+
+    Args:
+        attempts: Total tries, an int >= 1 (1 means no retry).
+        initial_delay: Seconds before the first retry, >= 0 (0 retries at once).
+        multiplier: Growth factor of the wait between retries, >= 1.
+        max_delay: Cap on the planned wait, >= ``initial_delay``.
+        jitter: Random extra wait, uniformly up to this many seconds, >= 0 (0 means none).
+        on: Which exceptions are retried: an exception class, a tuple of them, or a predicate
+            taking the exception and returning whether to retry it.
+
+    Raises:
+        TypeError: A field has the wrong type.
+        ValueError: A field is out of range (negative, NaN, infinite, below its minimum).
+    """
+
+    attempts: int = attrs.field(default=3, validator=_int_at_least_1)
+    initial_delay: float = attrs.field(default=1.0, validator=_number_at_least(0))
+    multiplier: float = attrs.field(default=2.0, validator=_number_at_least(1))
+    max_delay: float = attrs.field(default=30.0, validator=_max_delay_check)
+    jitter: float = attrs.field(default=0.0, validator=_number_at_least(0))
+    on: ExceptionFilter = attrs.field(
+        default=(ConnectionError, TimeoutError), converter=_to_filter, validator=_filter_check
+    )
+
+    def _planned_delay(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (1-based), without jitter."""
+        try:
+            delay = self.initial_delay * self.multiplier ** (retry - 1)
+        except OverflowError:
+            return float(self.max_delay)
+        return float(min(delay, self.max_delay))
+
+    def delays(self) -> tuple[float, ...]:
+        """Return the planned waits between tries, without jitter or ``retry_after``.
+
+        Returns:
+            ``attempts - 1`` waits in seconds, e.g. ``(1.0, 2.0, 4.0, 5.0)`` for
+            ``RetryPolicy(attempts=5, initial_delay=1, multiplier=2, max_delay=5)``.
+        """
+        return tuple(self._planned_delay(n) for n in range(1, self.attempts))
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Return whether this policy retries an exception (attempts left aside).
+
+        Args:
+            exc: The exception an attempt raised.
+
+        Returns:
+            False for cancellation and any other non-``Exception``; for an ``ExceptionGroup``,
+            whether every exception in it matches ``on``; otherwise whether ``exc`` matches.
+        """
+        # Cancellation is a BaseException on every backend: this also keeps it out.
+        if not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, ExceptionGroup):
+            return all(self._matches(leaf) for leaf in _leaves(exc))
+        return self._matches(exc)
+
+    def _matches(self, exc: BaseException) -> bool:
+        on = self.on
+        if isinstance(on, tuple):
+            return isinstance(exc, on)
+        return bool(on(exc))
+
+    def _wait_after(self, tries: int, exc: BaseException | None) -> float:
+        """The wait after try ``tries`` failed with ``exc``: backoff, jitter, retry_after."""
+        delay = self._planned_delay(tries)
+        if self.jitter:
+            delay += random.uniform(0, self.jitter)
+        if exc is not None:
+            delay = max(delay, _retry_after(exc))
+        return delay
+
+    def _later_wait(self, state: tenacity.RetryCallState) -> float:
+        # tenacity counts from the second try (the first ran before tenacity was involved).
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        return self._wait_after(state.attempt_number + 1, exc)
+
+    def _retry(self, state: tenacity.RetryCallState) -> bool:
+        outcome = state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        exc = outcome.exception()
+        if exc is None or isinstance(exc, anyio.get_cancelled_exc_class()):
+            return False
+        return self.should_retry(exc)
+
+    async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """Call ``fn(*args)``, retrying as this policy says.
+
+        Sleeps between tries with :func:`anyio.sleep`, so a cancel scope around the call
+        interrupts a wait, and a virtual clock makes the waits instant in tests.
+
+        Args:
+            fn: An async function (or any callable returning an awaitable).
+            *args: Positional arguments for ``fn``.
+
+        Returns:
+            What ``fn`` returned on the first successful try.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            BaseException: The last try's exception itself (not a tenacity ``RetryError``),
+                with a note saying how many tries were made when there was more than one;
+                or, at once, an exception that is not retried (cancellation included).
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be an async callable, got {fn!r}")
+        # The first try runs without tenacity: most calls succeed at once, and this keeps the
+        # cost of a policy on a batch's hot path to one try/except.
+        try:
+            return await fn(*args)
+        except Exception as exc:
+            if self.attempts == 1 or not self.should_retry(exc):
+                raise
+            first_wait = self._wait_after(1, exc)
+        tries = 1
+
+        async def attempt() -> T:
+            nonlocal tries
+            tries += 1
+            return await fn(*args)
+
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            stop=tenacity.stop_after_attempt(self.attempts - 1),
+            wait=self._later_wait,
+            retry=self._retry,
+            reraise=True,
+        )
+        await anyio.sleep(first_wait)
+        try:
+            result: T = await retrying(attempt)
+        except Exception as exc:
+            if self.should_retry(exc):
+                exc.add_note(f"trioflow: gave up after {tries} attempts")
+            raise
+        return result

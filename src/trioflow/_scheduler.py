@@ -1,0 +1,660 @@
+"""Running a workflow: one task group per run, in-degree counters, durable step records.
+
+How the scheduler works (the policy ``run_workflow`` documents):
+
+* Each step has a counter of the steps it still waits for; when a step is done, the counters of
+  the steps after it go down and those that reach zero join the ready queue (FIFO). Work per
+  step is O(its edges): nothing rescans the graph.
+* Admission is strict FIFO: the head of the ready queue starts when it may (``limit`` not
+  reached and no exclusive step in flight; for an exclusive step, nothing in flight), and nothing
+  behind it starts before it. So an exclusive step that is ready holds back later starts until
+  the steps in flight end, runs alone, and cannot starve.
+* Steps run in worker tasks of the run's task group. A worker that ends a step goes on with the
+  next admissible ready step itself, so a chain of steps runs in one task and a step that
+  finishes without waiting costs no task start. When a worker starts a step while more ready
+  steps are admissible, it wakes a supervisor task, which starts one more worker once the first
+  is actually waiting; the next worker does the same, so there are as many workers as steps
+  waiting at once, and never a task per step that does not need one. Everything runs in the
+  task group opened by ``run_workflow``: no task outlives the call.
+* With a store, a step's record is written before the steps after it are released; records of
+  steps that end while a write is in progress share the next transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import sniffio
+
+from ._context import Context, RunShared
+from ._errors import UnstorableValue, WorkflowDefinitionError, WorkflowShapeChanged
+from ._limits import ResourceManager
+from ._store import (
+    RunStatus,
+    StepRecord,
+    StoredValue,
+    WorkflowStore,
+    decode_value,
+    encode_value,
+    return_hint,
+)
+from ._workflow import Graph, Step, StepStatus, Workflow, describe_shape_change
+from ._workflow_result import StepResult, WorkflowProgress, WorkflowResult
+
+__all__ = ("run_workflow",)
+
+_SUCCEEDED = StepStatus.SUCCEEDED
+_FAILED = StepStatus.FAILED
+_SKIPPED = StepStatus.SKIPPED
+_CANCELLED = StepStatus.CANCELLED
+_NOT_RUN = StepStatus.NOT_RUN
+_COMPENSATED = StepStatus.COMPENSATED
+_CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
+
+
+def _clock() -> Callable[[], float]:
+    # anyio.current_time() re-detects the backend on each call: take the backend's own clock.
+    library = sniffio.current_async_library()
+    if library == "trio":
+        import trio
+
+        return trio.current_time
+    if library == "asyncio":
+        return asyncio.get_running_loop().time
+    return anyio.current_time  # pragma: no cover - anyio has no other backend
+
+
+def _error_text(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    message = str(exc)
+    return f"{type(exc).__qualname__}: {message}" if message else type(exc).__qualname__
+
+
+def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
+    if limit is None:
+        return sys.maxsize, None
+    if isinstance(limit, ResourceManager):
+        return sys.maxsize, limit
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int >= 1, a ResourceManager or None, got {limit!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    return limit, None
+
+
+def _check_pools(graph: Graph, manager: ResourceManager | None, limit: object) -> None:
+    for step in graph.steps:
+        if not step.pools:
+            continue
+        if manager is None:
+            raise WorkflowDefinitionError(
+                f"step {step.name!r} takes tokens of pools {list(step.pools)!r}, but limit is "
+                f"not a ResourceManager (got {limit!r}); pass "
+                "limit=ResourceManager(pools={...}) with those pools"
+            )
+        unknown = [pool for pool in step.pools if pool not in manager.pools]
+        if unknown:
+            known = ", ".join(repr(p) for p in manager.pools) or "none"
+            raise WorkflowDefinitionError(
+                f"step {step.name!r} takes tokens of unknown pool"
+                f"{'s' if len(unknown) > 1 else ''} {', '.join(repr(p) for p in unknown)}; "
+                f"the ResourceManager has pools: {known}"
+            )
+
+
+async def run_workflow(
+    workflow: Workflow,
+    *,
+    context: Mapping[str, Any] | None = None,
+    limit: int | ResourceManager | None = None,
+    fail_fast: bool = True,
+    store: WorkflowStore | None = None,
+    run_id: str | None = None,
+    on_progress: Callable[[WorkflowProgress], object] | None = None,
+) -> WorkflowResult:
+    """Run a workflow: each step starts as soon as the steps it comes after are done.
+
+    A step is done when it SUCCEEDED, was SKIPPED, or FAILED with ``continue_on_error``.
+    Independent steps run concurrently, at most ``limit`` at once. Starts are first come,
+    first served in the order steps became ready: an ``exclusive`` step waits for the steps in
+    flight to end while later steps wait behind it, then runs alone (so it cannot starve).
+
+    Failures are recorded in the result, never raised. With ``fail_fast`` (the default), the
+    first failure cancels the running steps (CANCELLED) and starts no more (NOT_RUN); without
+    it, independent branches go on and only the steps after a failure are NOT_RUN. Either way,
+    when the run failed, the ``compensate`` of every SUCCEEDED step then runs, in reverse order
+    of completion, shielded from cancellation, each at most once: COMPENSATED when it succeeds;
+    when it raises, the step stays SUCCEEDED with ``compensation_error`` set (the original
+    failure stays the step's ``error``). If the caller cancels the run, running steps are
+    cancelled, compensations run the same way, and the cancellation propagates.
+
+    With a ``store``, the run is durable: each step's record (status, attempts, value) and the
+    state set with ``ctx.set`` are written, in one transaction, before any step after it
+    starts. Running again with the same ``store`` and ``run_id`` resumes: SUCCEEDED and SKIPPED
+    steps do not run again and their values come back into ``ctx.results`` (with the type of
+    the step function's return annotation, or of the stored type when it can be imported) and
+    their state into the context; every other step runs.
+
+    Args:
+        workflow: The workflow to run.
+        context: Initial shared state (``ctx.get``); state restored from a store wins.
+        limit: Most steps in flight at once (an int >= 1), or a :class:`ResourceManager` whose
+            slots the steps take (needed for steps with ``pools``), or None for no limit.
+        fail_fast: Stop the run at the first failure (see above).
+        store: A :class:`WorkflowStore` (``SQLiteStore``, ``MemoryStore``) to make the run
+            durable and resumable.
+        run_id: The run's id: pass a stored run's id to resume it. A fresh uuid4 hex when None.
+        on_progress: Called with a :class:`WorkflowProgress` whenever a step starts or ends
+            (synchronously, in the scheduler: keep it quick; an exception it raises ends the
+            run).
+
+    Returns:
+        The run's :class:`WorkflowResult`.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: ``limit`` is below 1.
+        WorkflowDefinitionError: The workflow is invalid (unknown dependency, cycle), or a step
+            takes pools that ``limit`` does not have. Nothing runs and nothing is stored.
+        WorkflowShapeChanged: The stored run ``run_id`` has other steps or edges (or another
+            workflow); the message says what changed.
+        StoreError: The store failed. Steps in flight are cancelled; no compensation runs, so
+            the run can be resumed once the store works again.
+    """
+    if not isinstance(workflow, Workflow):
+        raise TypeError(f"workflow must be a Workflow, got {workflow!r}")
+    graph = workflow.graph()
+    cap, manager = _check_limit(limit)
+    _check_pools(graph, manager, limit)
+    if not isinstance(fail_fast, bool):
+        raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
+    if context is not None and not isinstance(context, Mapping):
+        raise TypeError(f"context must be a mapping of initial state or None, got {context!r}")
+    if store is not None and not isinstance(store, WorkflowStore):
+        raise TypeError(f"store must implement WorkflowStore (or be None), got {store!r}")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise TypeError(f"run_id must be a non-empty string or None, got {run_id!r}")
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be callable or None, got {on_progress!r}")
+    run = _Run(
+        workflow.name,
+        graph,
+        cap=cap,
+        manager=manager,
+        fail_fast=fail_fast,
+        store=store,
+        run_id=run_id or uuid.uuid4().hex,
+        on_progress=on_progress,
+        state=context,
+    )
+    return await run.run()
+
+
+@final
+class _Run:
+    """The mutable state of one run. Everything here runs in one thread: no locks."""
+
+    def __init__(
+        self,
+        name: str,
+        graph: Graph,
+        *,
+        cap: int,
+        manager: ResourceManager | None,
+        fail_fast: bool,
+        store: WorkflowStore | None,
+        run_id: str,
+        on_progress: Callable[[WorkflowProgress], object] | None,
+        state: Mapping[str, Any] | None,
+    ) -> None:
+        n = len(graph.steps)
+        self.name = name
+        self.graph = graph
+        self.steps: tuple[Step, ...] = graph.steps
+        self.succs = graph.succs
+        self.exclusive = [step.exclusive for step in graph.steps]
+        self.cap = cap
+        self.manager = manager
+        self.fail_fast = fail_fast
+        self.store = store
+        self.run_id = run_id
+        self.on_progress = on_progress
+        self.shared = RunShared(run_id, state)
+        # Per step, by index.
+        self.status: list[StepStatus | None] = [None] * n
+        self.value: list[Any] = [None] * n
+        self.error: list[Exception | None] = [None] * n
+        self.attempts = [0] * n
+        self.started: list[float | None] = [None] * n
+        self.finished: list[float | None] = [None] * n
+        self.duration: list[float | None] = [None] * n
+        self.restored = [False] * n
+        self.comp_error: list[Exception | None] = [None] * n
+        self.seq: list[int | None] = [None] * n
+        self.stored: list[StoredValue | None] = [None] * n
+        self.saved: list[StepStatus | None] = [None] * n
+        self.remaining = [len(p) for p in graph.preds]
+        # Scheduling.
+        self.ready: deque[int] = deque()
+        self.running: dict[int, None] = {}
+        self.in_flight = 0
+        self.exclusive_running = False
+        self.active = 0  # claimed and not completed (running, or waiting for the store)
+        self.completion: list[int] = []  # SUCCEEDED steps in order of completion
+        self.next_seq = 0
+        self.aborted = False
+        self.finished_all = False
+        self.store_error: Exception | None = None
+        self.unsaved: list[int] = []
+        self.flushing = False
+        self.completed = self.succeeded = self.failed = self.skipped = 0
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.wake = anyio.Event()
+        self.poked = False
+        self.now: Callable[[], float] = anyio.current_time
+        self.t0 = 0.0
+        self.wall0 = 0.0
+
+    # --- the run ------------------------------------------------------------------------------
+    async def run(self) -> WorkflowResult:
+        self.now = _clock()
+        self.t0 = self.now()
+        self.wall0 = time.time()
+        if self.store is not None:
+            await self._open_store(self.store)
+        self.ready.extend(
+            i for i, n in enumerate(self.remaining) if n == 0 and self.status[i] is None
+        )
+        self._report()
+        try:
+            if self.ready:
+                async with anyio.create_task_group() as tg:
+                    self.tg = tg
+                    tg.start_soon(self._supervise)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._wrap_up(exc)
+            raise
+        await self._wrap_up(None)
+        if self.store_error is not None:
+            raise self.store_error
+        return self._result()
+
+    async def _open_store(self, store: WorkflowStore) -> None:
+        graph, name, run_id = self.graph, self.name, self.run_id
+        record = await store.load_run(run_id)
+        if record is not None:
+            if record.workflow != name:
+                raise WorkflowShapeChanged(
+                    f"cannot resume run {run_id!r}: it is a run of workflow "
+                    f"{record.workflow!r}, not {name!r}"
+                )
+            if record.fingerprint != graph.fingerprint:
+                change = describe_shape_change(record.shape, graph.shape) or "edges changed"
+                raise WorkflowShapeChanged(
+                    f"cannot resume run {run_id!r}: workflow {name!r} changed since the run was "
+                    f"stored ({change})"
+                )
+            self._restore(record.steps, record.state)
+        await store.begin_run(
+            run_id, workflow=name, fingerprint=graph.fingerprint, shape=graph.shape
+        )
+        self.shared.encode = encode_value
+
+    def _restore(self, records: Mapping[str, StepRecord], state: Mapping[str, StoredValue]) -> None:
+        index = self.graph.index
+        done = []
+        for record in records.values():
+            i = index[record.name]
+            if record.status is not _SUCCEEDED and record.status is not _SKIPPED:
+                self.saved[i] = record.status
+                continue
+            self.status[i] = self.saved[i] = record.status
+            self.restored[i] = True
+            self.attempts[i] = record.attempts
+            self.duration[i] = record.duration
+            self.seq[i] = record.seq
+            self.completed += 1
+            if record.status is _SUCCEEDED:
+                self.succeeded += 1
+                self.stored[i] = record.value
+                if record.value is not None:
+                    self.value[i] = decode_value(record.value, return_hint(self.steps[i].fn))
+                self.shared.results[record.name] = self.value[i]
+                done.append(i)
+            else:
+                self.skipped += 1
+            for s in self.succs[i]:
+                self.remaining[s] -= 1
+        done.sort(key=lambda i: self.seq[i] or 0)
+        self.completion.extend(done)
+        self.next_seq = 1 + max((s for s in self.seq if s is not None), default=-1)
+        for key, stored in state.items():
+            self.shared.state[key] = decode_value(stored)
+
+    # --- scheduling ---------------------------------------------------------------------------
+    def _can_claim(self) -> bool:
+        if self.aborted or not self.ready:
+            return False
+        if self.exclusive[self.ready[0]]:
+            return self.in_flight == 0
+        return not self.exclusive_running and self.in_flight < self.cap
+
+    def _claim(self) -> int:
+        if not self._can_claim():
+            return -1
+        i = self.ready.popleft()
+        if self.exclusive[i]:
+            self.exclusive_running = True
+        self.in_flight += 1
+        self.active += 1
+        self.running[i] = None
+        return i
+
+    def _poke(self) -> None:
+        if not self.poked:
+            self.poked = True
+            self.wake.set()
+
+    async def _supervise(self) -> None:
+        tg = self.tg
+        assert tg is not None
+        while True:
+            self.poked = False
+            self.wake = anyio.Event()
+            if self.finished_all:
+                return
+            i = self._claim()
+            if i >= 0:
+                tg.start_soon(self._worker, i)
+            await self.wake.wait()
+
+    async def _worker(self, i: int) -> None:
+        budget = _CHECKPOINT_EVERY
+        while True:
+            if not self.poked and self.ready and self._can_claim():
+                self._poke()  # another worker may start once this one waits
+            await self._execute(i)
+            budget -= 1
+            if not budget:
+                budget = _CHECKPOINT_EVERY
+                await anyio.lowlevel.checkpoint()
+            i = self._claim()
+            if i < 0:
+                return
+
+    def _abort(self) -> None:
+        if not self.aborted:
+            self.aborted = True
+            if self.tg is not None:
+                self.tg.cancel_scope.cancel()
+
+    def _leave(self, i: int) -> None:
+        self.in_flight -= 1
+        del self.running[i]
+        if self.exclusive[i]:
+            self.exclusive_running = False
+
+    # --- one step -----------------------------------------------------------------------------
+    async def _execute(self, i: int) -> None:
+        step = self.steps[i]
+        if self.on_progress is not None:
+            self._report()
+        ctx = Context._for(self.shared, step.name)
+        status = _SUCCEEDED
+        try:
+            if step.when is not None:
+                go = step.when(ctx)
+                if inspect.isawaitable(go):
+                    go = await go
+                if not go:
+                    status = _SKIPPED
+            if status is _SUCCEEDED:
+                if self.manager is not None:
+                    async with self.manager.slot(*step.pools):
+                        self.value[i] = await self._call(i, step, ctx)
+                else:
+                    self.value[i] = await self._call(i, step, ctx)
+        except Exception as exc:
+            status = _FAILED
+            self.error[i] = exc
+        except BaseException:
+            self.status[i] = _CANCELLED
+            self.finished[i] = finished = self.now()
+            started = self.started[i]
+            self.duration[i] = None if started is None else finished - started
+            self._leave(i)
+            raise
+        self.finished[i] = finished = self.now()
+        started = self.started[i]
+        if started is None:
+            self.started[i] = started = finished
+        self.duration[i] = finished - started
+        self._leave(i)
+        if self.store is None:
+            self.status[i] = status
+            if status is _SUCCEEDED:
+                self.seq[i] = self.next_seq
+                self.next_seq += 1
+                self.completion.append(i)
+            self._complete(i)
+            return
+        if status is _SUCCEEDED:
+            try:
+                self.stored[i] = encode_value(step.name, self.value[i])
+            except UnstorableValue as exc:
+                status = _FAILED
+                self.error[i] = exc
+                self.value[i] = None
+            else:
+                self.seq[i] = self.next_seq
+                self.next_seq += 1
+                self.completion.append(i)
+        self.status[i] = status
+        await self._persist(i)
+
+    async def _call(self, i: int, step: Step, ctx: Context) -> Any:
+        fn = step.fn
+        timeout = step.timeout
+        if step.retry is None:
+            self.attempts[i] = 1
+            self.started[i] = self.now()
+            if timeout is None:
+                return await fn(ctx)
+            with anyio.fail_after(timeout):
+                return await fn(ctx)
+
+        async def attempt() -> Any:
+            self.attempts[i] += 1
+            if timeout is None:
+                return await fn(ctx)
+            with anyio.fail_after(timeout):
+                return await fn(ctx)
+
+        self.started[i] = self.now()
+        return await step.retry.call(attempt)
+
+    def _complete(self, i: int) -> None:
+        """The step's end is final (and stored): release the steps after it, or fail."""
+        self.active -= 1
+        self.completed += 1
+        status = self.status[i]
+        if status is _SUCCEEDED:
+            self.succeeded += 1
+            self.shared.results[self.steps[i].name] = self.value[i]
+            release = True
+        elif status is _SKIPPED:
+            self.skipped += 1
+            release = True
+        else:
+            self.failed += 1
+            release = self.steps[i].continue_on_error
+            if not release and self.fail_fast:
+                self._abort()
+        if release:
+            remaining, ready = self.remaining, self.ready
+            for s in self.succs[i]:
+                remaining[s] -= 1
+                if not remaining[s]:
+                    ready.append(s)
+        if self.on_progress is not None:
+            self._report()
+        if not self.active and (self.aborted or not self.ready):
+            self.finished_all = True
+            self._poke()
+
+    async def _persist(self, i: int) -> None:
+        """Write the record of step ``i`` (sharing a transaction with others ending now)."""
+        store = self.store
+        assert store is not None
+        self.unsaved.append(i)
+        if self.flushing:
+            return  # the write in progress takes it next
+        self.flushing = True
+        try:
+            while self.unsaved and self.store_error is None:
+                batch, self.unsaved = self.unsaved, []
+                records = [self._record(j) for j in batch]
+                state = self.shared.take_dirty()
+                try:
+                    await store.save_steps(self.run_id, records, state)
+                except Exception as exc:
+                    self.store_error = exc
+                    self._abort()
+                    return
+                except BaseException:
+                    # Not known to be written: the final write at the end of the run retries.
+                    self.shared.dirty = {**state, **self.shared.dirty}
+                    raise
+                for j in batch:
+                    self.saved[j] = self.status[j]
+                    self._complete(j)
+        finally:
+            self.flushing = False
+
+    # --- the end ------------------------------------------------------------------------------
+    def _ok(self) -> bool:
+        for i, status in enumerate(self.status):
+            if status is _SUCCEEDED or status is _SKIPPED:
+                continue
+            if status is _FAILED and self.steps[i].continue_on_error:
+                continue
+            return False
+        return True
+
+    async def _wrap_up(self, interrupted: BaseException | None) -> None:
+        self.status = [_NOT_RUN if s is None else s for s in self.status]
+        ok = interrupted is None and self._ok()
+        if not ok and self.store_error is None:
+            await self._compensate()
+        store = self.store
+        if store is None:
+            return
+        if interrupted is None:
+            final = RunStatus.SUCCEEDED if ok else RunStatus.FAILED
+        elif isinstance(interrupted, anyio.get_cancelled_exc_class()):
+            final = RunStatus.CANCELLED
+        else:
+            final = RunStatus.FAILED
+        changed = [
+            i
+            for i, status in enumerate(self.status)
+            if status is not self.saved[i] or self.comp_error[i] is not None
+        ]
+        try:
+            with anyio.CancelScope(shield=True):
+                await store.save_steps(
+                    self.run_id, [self._record(i) for i in changed], self.shared.take_dirty()
+                )
+                await store.finish_run(self.run_id, final)
+        except Exception as exc:
+            if interrupted is not None:
+                interrupted.add_note(f"trioflow: could not record the end of the run: {exc!r}")
+            elif self.store_error is None:
+                self.store_error = exc
+
+    async def _compensate(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for i in reversed(self.completion):
+                step = self.steps[i]
+                if step.compensate is None or self.status[i] is not _SUCCEEDED:
+                    continue
+                try:
+                    await step.compensate(Context._for(self.shared, step.name))
+                except Exception as exc:
+                    self.comp_error[i] = exc
+                else:
+                    self.status[i] = _COMPENSATED
+
+    def _wall(self, t: float | None) -> datetime | None:
+        return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)
+
+    def _record(self, i: int) -> StepRecord:
+        status = self.status[i]
+        assert status is not None
+        keeps_value = status is _SUCCEEDED or status is _COMPENSATED
+        return StepRecord(
+            name=self.steps[i].name,
+            status=status,
+            attempts=self.attempts[i],
+            value=self.stored[i] if keeps_value else None,
+            error=_error_text(self.error[i]),
+            compensation_error=_error_text(self.comp_error[i]),
+            started_at=self._wall(self.started[i]),
+            finished_at=self._wall(self.finished[i]),
+            duration=self.duration[i],
+            seq=self.seq[i],
+        )
+
+    def _report(self) -> None:
+        if self.on_progress is None:
+            return
+        names = self.steps
+        self.on_progress(
+            WorkflowProgress(
+                total=len(names),
+                completed=self.completed,
+                succeeded=self.succeeded,
+                failed=self.failed,
+                skipped=self.skipped,
+                running=tuple(names[i].name for i in self.running),
+                elapsed=self.now() - self.t0,
+            )
+        )
+
+    def _result(self) -> WorkflowResult:
+        steps = {
+            step.name: StepResult(
+                name=step.name,
+                status=self.status[i] or _NOT_RUN,
+                value=self.value[i],
+                error=self.error[i],
+                attempts=self.attempts[i],
+                started_at=self.started[i],
+                finished_at=self.finished[i],
+                duration=self.duration[i],
+                restored=self.restored[i],
+                compensation_error=self.comp_error[i],
+            )
+            for i, step in enumerate(self.steps)
+        }
+        return WorkflowResult(
+            workflow=self.name,
+            run_id=self.run_id,
+            ok=self._ok(),
+            steps=steps,
+            context=Context._for(self.shared, None),
+            duration=self.now() - self.t0,
+        )

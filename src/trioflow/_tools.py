@@ -1,0 +1,498 @@
+"""A registry of typed async tools, called with JSON-like arguments, described as JSON Schema.
+
+What an MCP server needs between its clients and its tools: ``@registry.tool`` on typed async
+functions; :meth:`ToolRegistry.call` structures a mapping of arguments (as parsed from JSON)
+into the parameter types with cattrs, strictly, and reports every bad field with its path;
+:meth:`ToolRegistry.describe` lists the tools with a JSON Schema of their parameters, built from
+the type hints, defaults and docstrings; :func:`run_tools` runs many calls as one bounded batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import inspect
+import json
+import re
+import types
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, final, get_args, get_origin, overload
+
+import attrs
+
+from ._errors import ToolArgumentError, UnknownTool
+from ._executor import run_batch
+from ._limits import ResourceManager
+from ._outcomes import BatchResult
+from ._structure import describe as _describe_value
+from ._structure import problems_of, strict_converter
+
+__all__ = ("Tool", "ToolRegistry", "run_tools")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_CONVERTER = strict_converter()
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+_ARRAYS = (list, tuple, set, frozenset, Sequence, typing.MutableSequence, typing.AbstractSet)
+_MAPPINGS = (dict, Mapping, typing.MutableMapping)
+
+
+def _json_default(value: object) -> tuple[bool, object]:
+    """Return ``(True, json value)`` for a default that JSON can show, else ``(False, None)``."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, tuple | frozenset | set):
+        value = list(value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False, None
+    return True, value
+
+
+def _type_of_values(values: Sequence[object]) -> dict[str, Any]:
+    kinds = {type(v) for v in values}
+    if len(kinds) == 1:
+        (kind,) = kinds
+        if kind in _JSON_TYPES:
+            return {"type": _JSON_TYPES[kind]}
+        if kind is type(None):
+            return {"type": "null"}
+    return {}
+
+
+def json_schema(tp: Any, *, _seen: tuple[type, ...] = ()) -> dict[str, Any]:
+    """Return the JSON Schema of values of a Python type, as tools accept them.
+
+    Supported: ``int``, ``float``, ``str``, ``bool``, ``None``, ``Any``, ``list``/``Sequence``/
+    ``set``/``tuple`` of a type, fixed-length tuples, ``dict``/``Mapping`` with string keys,
+    unions and ``Optional``, ``Literal``, ``Enum`` and (nested) attrs classes and dataclasses;
+    ``Annotated[T, "text"]`` adds ``text`` as the description.
+
+    Args:
+        tp: The type.
+
+    Returns:
+        A JSON Schema as a dict.
+
+    Raises:
+        TypeError: The type is not supported (or is recursive).
+    """
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is typing.Annotated:
+        schema = json_schema(args[0], _seen=_seen)
+        text = [a for a in args[1:] if isinstance(a, str)]
+        if text:
+            schema = {**schema, "description": " ".join(text)}
+        return schema
+    if tp is Any or tp is object:
+        return {}
+    if tp is None or tp is type(None):
+        return {"type": "null"}
+    if tp in _JSON_TYPES:
+        return {"type": _JSON_TYPES[tp]}
+    if origin in (typing.Union, types.UnionType):
+        arms = [json_schema(arm, _seen=_seen) for arm in args]
+        return {"anyOf": arms}
+    if origin is Literal:
+        return {**_type_of_values(args), "enum": list(args)}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        values = [member.value for member in tp]
+        return {"title": tp.__name__, **_type_of_values(values), "enum": values}
+    if (origin or tp) in _ARRAYS:
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            items = [json_schema(a, _seen=_seen) for a in args]
+            n = len(items)
+            return {"type": "array", "prefixItems": items, "minItems": n, "maxItems": n}
+        schema = {"type": "array", "items": json_schema(args[0], _seen=_seen) if args else {}}
+        if (origin or tp) in (set, frozenset, typing.AbstractSet):
+            schema["uniqueItems"] = True
+        return schema
+    if (origin or tp) in _MAPPINGS:
+        if args and args[0] is not str:
+            raise TypeError(f"mapping keys must be str to be described as JSON, got {tp!r}")
+        return {"type": "object", "additionalProperties": json_schema(args[1], _seen=_seen)}
+    if isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
+        if tp in _seen:
+            raise TypeError(f"recursive types are not supported, got {tp.__qualname__}")
+        return _record_schema(tp, _seen=(*_seen, tp))
+    raise TypeError(f"unsupported parameter type {tp!r}")
+
+
+def _record_schema(cls: type, *, _seen: tuple[type, ...]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    if attrs.has(cls):
+        for a in attrs.fields(cls):
+            if not a.init:
+                continue
+            name = a.alias or a.name
+            schema = json_schema(hints.get(a.name, Any), _seen=_seen)
+            if a.default is attrs.NOTHING:
+                required.append(name)
+            elif not isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+                ok, value = _json_default(a.default)
+                if ok:
+                    schema = {**schema, "default": value}
+            properties[name] = schema
+    else:
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            schema = json_schema(hints.get(f.name, Any), _seen=_seen)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+            elif f.default is not dataclasses.MISSING:
+                ok, value = _json_default(f.default)
+                if ok:
+                    schema = {**schema, "default": value}
+            properties[f.name] = schema
+    schema = {"title": cls.__name__, "type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    schema["additionalProperties"] = False
+    return schema
+
+
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
+_SECTION = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
+_ARG_LINE = re.compile(r"^(\s*)(\*{0,2}\w+)(?:\s*\(.*?\))?:\s*(.*)$")
+
+
+def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """Return the summary (first paragraph) and the ``Args:`` descriptions of a docstring."""
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    summary: list[str] = []
+    for line in lines:
+        if not line.strip():
+            break
+        summary.append(line.strip())
+    params: dict[str, str] = {}
+    in_args = False
+    indent: int | None = None
+    current: str | None = None
+    for line in lines:
+        if _ARGS_HEADER.match(line):
+            in_args, indent, current = True, None, None
+            continue
+        if not in_args:
+            continue
+        if not line.strip():
+            continue
+        if _SECTION.match(line) and (indent is None or len(line) - len(line.lstrip()) < indent):
+            in_args = False
+            continue
+        match = _ARG_LINE.match(line)
+        depth = len(line) - len(line.lstrip())
+        if match and (indent is None or depth == indent):
+            indent = depth
+            current = match.group(2).lstrip("*")
+            params[current] = match.group(3).strip()
+        elif current is not None:
+            params[current] = f"{params[current]} {line.strip()}".strip()
+    return " ".join(summary), params
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Tool:
+    """One registered tool: its function, name, description and parameter schema.
+
+    Attributes:
+        name: The name clients call it by.
+        description: What it does (the first paragraph of its docstring by default).
+        fn: The async function.
+        parameters: Parameter types by name, in signature order.
+        required: Names of the parameters without a default.
+        schema: The JSON Schema of its arguments object (do not modify it; ``describe()``
+            returns copies).
+    """
+
+    name: str
+    description: str
+    fn: Callable[..., Awaitable[Any]] = attrs.field(repr=False)
+    parameters: Mapping[str, Any] = attrs.field(repr=False)
+    required: frozenset[str] = attrs.field(repr=False)
+    schema: Mapping[str, Any] = attrs.field(repr=False)
+
+    def bind(self, arguments: object) -> dict[str, Any]:
+        """Structure JSON-like arguments into keyword arguments for :attr:`fn`.
+
+        Args:
+            arguments: A mapping of argument name to value (as parsed from JSON).
+
+        Returns:
+            Keyword arguments, each structured into its parameter's type.
+
+        Raises:
+            ToolArgumentError: Listing every missing, unknown or badly typed argument.
+        """
+        if not isinstance(arguments, Mapping):
+            raise ToolArgumentError(
+                self.name,
+                [("$", f"expected an object of arguments, got {_describe_value(arguments)}")],
+            )
+        problems: list[tuple[str, str]] = []
+        kwargs: dict[str, Any] = {}
+        parameters = self.parameters
+        for key in arguments:
+            if key not in parameters:
+                problems.append((str(key), "unknown argument"))
+        for name, tp in parameters.items():
+            if name in arguments:
+                try:
+                    kwargs[name] = _CONVERTER.structure(arguments[name], tp)
+                except Exception as exc:
+                    problems.extend(problems_of(exc, name))
+            elif name in self.required:
+                problems.append((name, "required argument is missing"))
+        if problems:
+            raise ToolArgumentError(self.name, problems)
+        return kwargs
+
+
+def _make_tool(
+    fn: Callable[..., Awaitable[Any]], name: str | None, description: str | None
+) -> Tool:
+    if not callable(fn):
+        raise TypeError(f"a tool must be an async function, got {fn!r}")
+    target = inspect.unwrap(fn)
+    if not (inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(fn)):
+        raise TypeError(f"a tool must be an async function (async def), got {fn!r}")
+    tool_name = name if name is not None else getattr(fn, "__name__", None)
+    if not isinstance(tool_name, str) or not tool_name:
+        raise TypeError(f"name must be a non-empty str, got {tool_name!r}")
+    summary, arg_docs = _parse_docstring(inspect.getdoc(fn))
+    if description is not None and not isinstance(description, str):
+        raise TypeError(f"description must be a str, got {description!r}")
+    signature = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise TypeError(f"cannot resolve the type hints of tool {tool_name!r}: {exc}") from exc
+    parameters: dict[str, Any] = {}
+    required: set[str] = set()
+    properties: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise TypeError(
+                f"tool {tool_name!r}: parameter {param.name!r} must be passable by keyword "
+                f"(no *args, **kwargs or positional-only parameters)"
+            )
+        if param.name not in hints:
+            raise TypeError(f"tool {tool_name!r}: parameter {param.name!r} needs a type hint")
+        tp = hints[param.name]
+        try:
+            schema = json_schema(tp)
+        except TypeError as exc:
+            raise TypeError(f"tool {tool_name!r}: parameter {param.name!r}: {exc}") from None
+        if param.name in arg_docs and "description" not in schema:
+            schema = {**schema, "description": arg_docs[param.name]}
+        if param.default is param.empty:
+            required.add(param.name)
+        else:
+            ok, value = _json_default(param.default)
+            if ok:
+                schema = {**schema, "default": value}
+        parameters[param.name] = tp
+        properties[param.name] = schema
+    input_schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        input_schema["required"] = [p for p in parameters if p in required]
+    input_schema["additionalProperties"] = False
+    return Tool(
+        name=tool_name,
+        description=description if description is not None else summary,
+        fn=fn,
+        parameters=types.MappingProxyType(parameters),
+        required=frozenset(required),
+        schema=input_schema,
+    )
+
+
+@final
+@attrs.define(eq=False, init=False, repr=False)
+class ToolRegistry:
+    """Typed async tools by name, callable with JSON-like arguments.
+
+    Example::
+
+        registry = ToolRegistry()
+
+        @registry.tool
+        async def add(a: int, b: int = 1) -> int:
+            \"\"\"Add two numbers.\"\"\"
+            return a + b
+
+        await registry.call("add", {"a": 2})        # 3
+        registry.describe()  # [{"name": "add", "description": "Add two numbers.", ...}]
+
+    Every parameter needs a type hint of a kind :meth:`describe` can express as JSON Schema
+    (checked when the tool is registered). Arguments are structured strictly: ``"5"`` is not an
+    int and ``1`` is not a bool, as in JSON Schema; unknown arguments are refused.
+    """
+
+    _tools: dict[str, Tool]
+
+    def __init__(self) -> None:
+        self._tools = {}
+
+    def __repr__(self) -> str:
+        return f"ToolRegistry({', '.join(self._tools)})"
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the registered tools, in registration order."""
+        return tuple(self._tools)
+
+    @overload
+    def tool(self, fn: F, /) -> F: ...
+    @overload
+    def tool(
+        self, /, *, name: str | None = ..., description: str | None = ...
+    ) -> Callable[[F], F]: ...
+    def tool(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register an async function as a tool: ``@registry.tool`` or ``@registry.tool(...)``.
+
+        Args:
+            fn: The async function (omit it to get a decorator taking options).
+            name: The tool's name; the function's ``__name__`` by default.
+            description: What the tool does; the first paragraph of the docstring by default.
+                Parameter descriptions come from the docstring's ``Args:`` section.
+
+        Returns:
+            ``fn`` itself (unchanged), or a decorator when ``fn`` is omitted.
+
+        Raises:
+            TypeError: ``fn`` is not an async function, a parameter has no type hint or an
+                unsupported one, or is not passable by keyword.
+            ValueError: A tool of that name is already registered.
+        """
+
+        def register(function: F) -> F:
+            tool = _make_tool(function, name, description)
+            if tool.name in self._tools:
+                raise ValueError(f"a tool named {tool.name!r} is already registered")
+            self._tools[tool.name] = tool
+            return function
+
+        return register if fn is None else register(fn)
+
+    def get(self, name: str) -> Tool:
+        """Return the registered tool of that name.
+
+        Args:
+            name: The tool's name.
+
+        Returns:
+            The :class:`Tool`.
+
+        Raises:
+            UnknownTool: No tool has that name.
+        """
+        try:
+            return self._tools[name]
+        except (KeyError, TypeError):
+            known = ", ".join(repr(n) for n in self._tools) or "none"
+            raise UnknownTool(f"unknown tool {name!r}; known tools: {known}") from None
+
+    async def call(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Call a tool with JSON-like arguments.
+
+        Args:
+            name: The tool's name.
+            arguments: Argument values by parameter name, as parsed from JSON; ``None`` for
+                none.
+
+        Returns:
+            What the tool returned.
+
+        Raises:
+            UnknownTool: No tool has that name (nothing ran).
+            ToolArgumentError: Listing every bad argument with its path (nothing ran).
+            Exception: Whatever the tool raised, as it is.
+        """
+        tool = self.get(name)
+        kwargs = tool.bind({} if arguments is None else arguments)
+        return await tool.fn(**kwargs)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """List the tools as an MCP server lists them.
+
+        Returns:
+            One dict per tool, in registration order: ``name``, ``description`` and
+            ``inputSchema`` (the JSON Schema of its arguments object).
+        """
+        return [
+            {
+                "name": tool.name,
+                "description": tool.description,
+                "inputSchema": copy.deepcopy(dict(tool.schema)),
+            }
+            for tool in self._tools.values()
+        ]
+
+
+async def run_tools(
+    registry: ToolRegistry,
+    calls: Iterable[tuple[str, Mapping[str, Any] | None]],
+    *,
+    limit: int | ResourceManager | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - per call, as in run_batch
+    fail_fast: bool = False,
+) -> BatchResult[Any]:
+    """Run many tool calls concurrently as one bounded batch (the C# ``ExecuteParallelAsync``).
+
+    Each call is structured and run like :meth:`ToolRegistry.call`; an unknown tool or bad
+    arguments fail that call only (its outcome holds :class:`~trioflow.UnknownTool` or
+    :class:`~trioflow.ToolArgumentError`).
+
+    Args:
+        registry: The tools.
+        calls: ``(tool name, arguments)`` pairs; outcomes keep their order.
+        limit: At most this many calls at once (an int, or a ResourceManager to share), or
+            ``None`` for no limit.
+        timeout: Seconds allowed for each call, or ``None``.
+        fail_fast: Cancel the remaining calls after the first failure.
+
+    Returns:
+        The :class:`~trioflow.BatchResult` of the calls, one outcome per call.
+
+    Raises:
+        TypeError: ``registry`` is not a ToolRegistry or a call is not a ``(name, arguments)``
+            pair (raised before anything runs).
+    """
+    if not isinstance(registry, ToolRegistry):
+        raise TypeError(f"registry must be a ToolRegistry, got {registry!r}")
+    operations: list[Callable[[], Awaitable[Any]]] = []
+    for index, call in enumerate(calls):
+        entry: object = call
+        if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], str):
+            got = _describe_value(entry)
+            raise TypeError(f"calls[{index}] must be a (tool name, arguments) pair, got {got}")
+        name, arguments = entry
+
+        async def operation(name: str = name, arguments: Any = arguments) -> Any:
+            return await registry.call(name, arguments)
+
+        operations.append(operation)
+    return await run_batch(operations, limit=limit, timeout=timeout, fail_fast=fail_fast)

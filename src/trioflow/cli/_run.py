@@ -1,0 +1,458 @@
+"""``trioflow run``: turn a workflow file into a ``trioflow.Workflow`` and run it durably.
+
+Built only on the public API: every step is an async function that runs its command with
+:func:`run_command`; ``run_workflow`` schedules the steps with a ``ResourceManager`` (the
+``max_parallel`` limit and the named pools), retries them with a ``RetryPolicy``, and records
+every step in an ``SQLiteStore`` so that ``--resume`` can finish an interrupted run. SIGINT and
+SIGTERM cancel the run inside its task group: the steps' processes are stopped and the run is
+recorded CANCELLED.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import shlex
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Final, final
+
+import anyio
+import attrs
+
+import trioflow
+
+from ._render import Reporter, RunSummary, StepRow
+from ._spec import StepSpec, WorkflowSpec
+from ._steps import (
+    GRACE_PERIOD,
+    CommandFailed,
+    describe_command,
+    expand,
+    placeholders,
+    run_command,
+)
+
+DEFAULT_STATE: Final = Path(".trioflow/state.db")
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+_EXIT_SIGNAL: Final[Mapping[int, int]] = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class UsageError(Exception):
+    """A problem with the command line, a file or the state: exit status 2, no traceback."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    """The options of ``trioflow run``.
+
+    Attributes:
+        file: The workflow file as given on the command line.
+        state: The state file.
+        resume: The id of the run to resume, or None for a new run.
+        max_parallel: Overrides the file's ``max_parallel``.
+        keep_going: Let independent steps go on after a failure.
+        verbose: Print each command as it starts.
+        grace: Seconds a stopped command gets before it is killed.
+    """
+
+    file: str
+    state: Path = DEFAULT_STATE
+    resume: str | None = None
+    max_parallel: int | None = None
+    keep_going: bool = False
+    verbose: bool = False
+    grace: float = GRACE_PERIOD
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RunOutcome:
+    """What ``trioflow run`` reports at the end.
+
+    Attributes:
+        summary: The run's summary.
+        exit_status: 0, 1, 130 (SIGINT) or 143 (SIGTERM).
+        resume_command: The command that finishes the run, when it did not succeed.
+    """
+
+    summary: RunSummary
+    exit_status: int
+    resume_command: str | None
+
+
+def new_run_id() -> str:
+    """Return a fresh run id that sorts by start time, e.g. ``20240601-141503-3fa2``.
+
+    Returns:
+        The id.
+    """
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def log_dir(state: Path, run_id: str) -> Path:
+    """Return the directory of a run's step logs: ``logs/RUN_ID`` beside the state file.
+
+    Args:
+        state: The state file.
+        run_id: The run's id.
+
+    Returns:
+        The directory (it may not exist yet).
+    """
+    return state.parent / "logs" / run_id
+
+
+def resume_command(options: RunOptions, run_id: str) -> str:
+    """Return the exact command that resumes a run.
+
+    Args:
+        options: The options the run was started with.
+        run_id: The run's id.
+
+    Returns:
+        E.g. ``trioflow run build.toml --resume 20240601-141503-3fa2``.
+    """
+    words = ["trioflow", "run", options.file, "--resume", run_id]
+    if options.state != DEFAULT_STATE:
+        words += ["--state", str(options.state)]
+    return shlex.join(words)
+
+
+def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
+    if step.retries == 0:
+        return None
+    try:
+        largest = step.retry_delay * step.backoff ** (step.retries - 1)
+    except OverflowError:
+        largest = math.inf
+    return trioflow.RetryPolicy(
+        attempts=step.retries + 1,
+        initial_delay=step.retry_delay,
+        multiplier=step.backoff,
+        max_delay=max(step.retry_delay, min(largest, 86400.0)),
+        on=lambda exc: isinstance(exc, CommandFailed) and exc.retryable,
+    )
+
+
+@final
+class _Runner:
+    """Builds the workflow of a file; its step functions report to the reporter."""
+
+    def __init__(
+        self, spec: WorkflowSpec, options: RunOptions, reporter: Reporter, run_id: str
+    ) -> None:
+        self.spec = spec
+        self.options = options
+        self.reporter = reporter
+        self.run_id = run_id
+        self.logs = log_dir(options.state, run_id)
+        self.statuses: dict[str, str] = {}  # what `when` conditions read
+        self.attempts: dict[str, int] = {}
+
+    def workflow(self) -> trioflow.Workflow:
+        wf = trioflow.Workflow(self.spec.name)
+        for step in self.spec.steps.values():
+            wf.step(
+                step.name,
+                self._step_function(step),
+                after=step.after,
+                when=None if step.when is None else self._condition(step),
+                exclusive=step.exclusive,
+                retry=_retry_policy(step),
+                pools=step.pools,
+                continue_on_error=step.continue_on_error,
+            )
+        return wf
+
+    def command(self, step: StepSpec) -> tuple[tuple[str, ...] | str, Path, dict[str, str]]:
+        """Return the step's command, working directory and environment for this run."""
+        values = placeholders(run_id=self.run_id, step=step.name, logs=self.logs)
+        if isinstance(step.command, str):
+            command: tuple[str, ...] | str = expand(step.command, values, quote=True)
+        else:
+            command = tuple(expand(arg, values) for arg in step.command)
+        cwd = self.spec.directory
+        if step.cwd is not None:
+            cwd = cwd / expand(step.cwd, values)
+        env = dict(os.environ)
+        env.update({key: expand(value, values) for key, value in step.env.items()})
+        env.update(
+            TRIOFLOW_RUN_ID=self.run_id,
+            TRIOFLOW_STEP=step.name,
+            TRIOFLOW_LOG_DIR=values["logs"],
+        )
+        return command, cwd, env
+
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def _condition(self, step: StepSpec) -> Callable[[trioflow.Context], bool]:
+        condition = step.when
+        assert condition is not None
+
+        def when(ctx: trioflow.Context) -> bool:
+            go = condition.evaluate(os.environ, self.statuses)
+            if not go:
+                self.statuses[step.name] = "skipped"
+                self.reporter.step_finished(
+                    step.name, "skipped", detail=f"when {condition.source}", elapsed=0.0
+                )
+            return go
+
+        return when
+
+    def _step_function(self, step: StepSpec) -> Callable[[trioflow.Context], Awaitable[None]]:
+        policy = _retry_policy(step)
+        delays = policy.delays() if policy is not None else ()
+
+        async def run_step(ctx: trioflow.Context) -> None:
+            attempt = self.attempts[step.name] = self.attempts.get(step.name, 0) + 1
+            command, cwd, env = self.command(step)
+            self.reporter.step_started(
+                step.name, attempt=attempt, command=describe_command(command)
+            )
+            started = time.monotonic()
+            try:
+                await run_command(
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    log_path=self.log_path(step.name),
+                    timeout=step.timeout,
+                    grace=self.options.grace,
+                    attempt=attempt,
+                )
+            except CommandFailed as exc:
+                elapsed = time.monotonic() - started
+                if exc.retryable and attempt <= len(delays):
+                    detail = f"{exc}; retrying in {delays[attempt - 1]:g}s"
+                    self.reporter.step_finished(
+                        step.name, "retrying", detail=detail, elapsed=elapsed
+                    )
+                else:
+                    self.statuses[step.name] = "failed"
+                    self.reporter.step_finished(
+                        step.name, "failed", detail=str(exc), elapsed=elapsed
+                    )
+                raise
+            except anyio.get_cancelled_exc_class():
+                elapsed = time.monotonic() - started
+                self.reporter.step_finished(step.name, "cancelled", detail="", elapsed=elapsed)
+                raise
+            self.statuses[step.name] = "succeeded"
+            self.reporter.step_finished(
+                step.name, "succeeded", detail="", elapsed=time.monotonic() - started
+            )
+
+        return run_step
+
+
+def _error_text(error: BaseException | str | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, CommandFailed):
+        return str(error)
+    if isinstance(error, BaseException):
+        text = str(error)
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    # A stored error is "Type: message"; the command's own failures read better without it.
+    return error.removeprefix(f"{CommandFailed.__qualname__}: ")
+
+
+def summary_from_result(
+    spec: WorkflowSpec, result: trioflow.WorkflowResult, logs: Path, duration: float
+) -> RunSummary:
+    """Summarize a finished run.
+
+    Args:
+        spec: The workflow file.
+        result: What ``run_workflow`` returned.
+        logs: The run's log directory.
+        duration: Seconds the command ran.
+
+    Returns:
+        The summary.
+    """
+    rows = []
+    for name, step in spec.steps.items():
+        outcome = result.steps[name]
+        log = logs / f"{name}.log"
+        rows.append(
+            StepRow(
+                name=name,
+                status=str(outcome.status),
+                attempts=outcome.attempts,
+                duration=outcome.duration,
+                error=_error_text(outcome.error),
+                log=log if log.exists() else None,
+                continue_on_error=step.continue_on_error,
+                restored=outcome.restored,
+            )
+        )
+    return RunSummary(
+        run_id=result.run_id,
+        workflow=spec.name,
+        status="succeeded" if result.ok else "failed",
+        duration=duration,
+        steps=tuple(rows),
+        log_dir=logs if logs.exists() else None,
+    )
+
+
+def summary_from_record(
+    record: trioflow.RunRecord,
+    logs: Path,
+    *,
+    duration: float | None = None,
+    continue_on_error: Mapping[str, bool] | None = None,
+) -> RunSummary:
+    """Summarize a stored run (``trioflow show``, or a run that was interrupted).
+
+    Args:
+        record: The stored run, with its steps.
+        logs: The run's log directory.
+        duration: Seconds the run took, if known.
+        continue_on_error: Which steps may fail without failing the run, if known.
+
+    Returns:
+        The summary; steps without a record are ``not_run``.
+    """
+    rows = []
+    for name in record.shape:
+        stored = record.steps.get(name)
+        log = logs / f"{name}.log"
+        rows.append(
+            StepRow(
+                name=name,
+                status="not_run" if stored is None else str(stored.status),
+                attempts=0 if stored is None else stored.attempts,
+                duration=None if stored is None else stored.duration,
+                error=None if stored is None else _error_text(stored.error),
+                log=log if log.exists() else None,
+                continue_on_error=bool(continue_on_error and continue_on_error.get(name)),
+            )
+        )
+    if duration is None:
+        duration = (record.updated_at - record.created_at).total_seconds()
+    return RunSummary(
+        run_id=record.run_id,
+        workflow=record.workflow,
+        status=str(record.status),
+        duration=duration,
+        steps=tuple(rows),
+        log_dir=logs if logs.exists() else None,
+    )
+
+
+def describe_store_error(state: Path, exc: BaseException) -> str:
+    """Explain a state file that cannot be used.
+
+    Args:
+        state: The state file.
+        exc: What the store raised.
+
+    Returns:
+        The message.
+    """
+    return f"cannot use the state file {str(state)!r}: {exc}"
+
+
+async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) -> RunOutcome:
+    """Run (or resume) a workflow file and summarize the run.
+
+    SIGINT and SIGTERM cancel the run: the running steps' processes are stopped, the steps are
+    recorded CANCELLED, and the outcome carries the command that resumes the run.
+
+    Args:
+        spec: The validated workflow file.
+        options: The command line's options.
+        reporter: Where progress goes.
+
+    Returns:
+        The outcome: summary, exit status and, unless it succeeded, the resume command.
+
+    Raises:
+        UsageError: The state file cannot be used, the run to resume does not exist, or the
+            workflow changed since that run.
+    """
+    run_id = options.resume or new_run_id()
+    limit = options.max_parallel or spec.max_parallel or os.cpu_count() or 1
+    limits = trioflow.ResourceManager(limit=limit, pools=dict(spec.pools) or None)
+    runner = _Runner(spec, options, reporter, run_id)
+    workflow = runner.workflow()
+    continue_on_error = {n: s.continue_on_error for n, s in spec.steps.items()}
+    started = time.monotonic()
+    interrupted: list[int] = []
+    result: trioflow.WorkflowResult | None = None
+    async with trioflow.SQLiteStore(options.state) as store:
+        try:
+            record = await store.load_run(run_id)
+        except trioflow.StoreError as exc:
+            raise UsageError(describe_store_error(options.state, exc)) from None
+        if options.resume is not None:
+            if record is None:
+                raise UsageError(f"no run {run_id!r} in the state file {str(options.state)!r}")
+            for name, stored in record.steps.items():
+                if stored.status in (trioflow.StepStatus.SUCCEEDED, trioflow.StepStatus.SKIPPED):
+                    runner.statuses[name] = str(stored.status)
+        elif record is not None:  # pragma: no cover - ids carry 16 random bits and the time
+            raise UsageError(f"run id {run_id!r} is already taken; try again")
+        resumed = len(runner.statuses)
+        reporter.run_started(
+            run_id=run_id, workflow=spec.name, total=len(spec.steps), resumed=resumed
+        )
+        try:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+
+                    async def watch(scope: anyio.CancelScope) -> None:
+                        async for signum in signals:
+                            if not interrupted:
+                                interrupted.append(signum)
+                                name = signal.Signals(signum).name
+                                reporter.message(f"{name}: stopping the running steps")
+                                scope.cancel()
+
+                    with anyio.CancelScope() as run_scope:
+                        tg.start_soon(watch, run_scope)
+                        result = await trioflow.run_workflow(
+                            workflow,
+                            limit=limits,
+                            fail_fast=not options.keep_going,
+                            store=store,
+                            run_id=run_id,
+                        )
+                    tg.cancel_scope.cancel()
+        except trioflow.WorkflowShapeChanged as exc:
+            raise UsageError(str(exc)) from None
+        except trioflow.StoreError as exc:
+            raise UsageError(describe_store_error(options.state, exc)) from None
+        finally:
+            reporter.close()
+        duration = time.monotonic() - started
+        logs = runner.logs
+        if result is not None:
+            summary = summary_from_result(spec, result, logs, duration)
+        else:
+            try:
+                stored_run = await store.load_run(run_id)
+            except trioflow.StoreError as exc:
+                raise UsageError(describe_store_error(options.state, exc)) from None
+            assert stored_run is not None
+            summary = summary_from_record(
+                stored_run, logs, duration=duration, continue_on_error=continue_on_error
+            )
+            summary = attrs.evolve(summary, status="cancelled")
+    if result is None:
+        status = _EXIT_SIGNAL.get(interrupted[0], 130) if interrupted else 130
+    else:
+        status = EXIT_OK if result.ok else EXIT_FAILED
+    hint = None if status == EXIT_OK else resume_command(options, run_id)
+    return RunOutcome(summary=summary, exit_status=status, resume_command=hint)

@@ -1,0 +1,485 @@
+"""The workflow file format: parse a TOML file and validate it before anything runs.
+
+A file has one ``[workflow]`` table (``name``, ``max_parallel``, ``pools``) and one
+``[steps.NAME]`` table per step. Every problem is reported with its location (the table path,
+e.g. ``steps.build.timeout``) and all problems of a file are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, final
+
+import attrs
+
+from ._condition import Condition, ConditionSyntaxError, parse_condition
+
+_STEP_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*\Z")
+_WORKFLOW_KEYS: Final = ("name", "max_parallel", "pools")
+_STEP_KEYS: Final = (
+    "run",
+    "shell",
+    "after",
+    "timeout",
+    "retries",
+    "retry_delay",
+    "backoff",
+    "when",
+    "env",
+    "cwd",
+    "exclusive",
+    "continue_on_error",
+    "pools",
+)
+
+
+class SpecError(Exception):
+    """A workflow file cannot be used; lists every problem with its location.
+
+    Attributes:
+        source: The file's path as given.
+        problems: Every problem as ``(location, message)``; location is ``""`` for the file.
+    """
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(
+            "\n".join(
+                f"{source}: {location}: {message}" if location else f"{source}: {message}"
+                for location, message in self.problems
+            )
+        )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StepSpec:
+    """One step of a workflow file.
+
+    Attributes:
+        name: The step's name (the ``NAME`` of ``[steps.NAME]``).
+        command: An argument list (``run``, executed without a shell) or a string (``shell``).
+        after: Names of the steps it comes after.
+        timeout: Seconds allowed per attempt, or None.
+        retries: Extra attempts after a failure (0: run once).
+        retry_delay: Seconds before the first retry.
+        backoff: Multiplier of the delay after each retry.
+        when: The condition deciding at start time whether the step runs, or None.
+        env: Extra environment variables for the command.
+        cwd: The working directory, relative to the workflow file's directory.
+        exclusive: Whether the step runs with no other step in flight.
+        continue_on_error: Whether a failure leaves the run going (and the run successful).
+        pools: Named pools the step takes one token from while it runs.
+    """
+
+    name: str
+    command: tuple[str, ...] | str
+    after: tuple[str, ...] = ()
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 1.0
+    backoff: float = 2.0
+    when: Condition | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    exclusive: bool = False
+    continue_on_error: bool = False
+    pools: tuple[str, ...] = ()
+
+    @property
+    def is_shell(self) -> bool:
+        """Whether the command runs through the shell (``shell =``)."""
+        return isinstance(self.command, str)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class WorkflowSpec:
+    """A validated workflow file.
+
+    Attributes:
+        path: The file's path as given on the command line.
+        name: The workflow's name (default: the file name without ``.toml``).
+        max_parallel: At most this many steps at once, or None for the default.
+        pools: Sizes of the named pools.
+        steps: The steps, in file order.
+    """
+
+    path: Path
+    name: str
+    max_parallel: int | None
+    pools: Mapping[str, int]
+    steps: Mapping[str, StepSpec]
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding the file: the default working directory of every step."""
+        return self.path.resolve().parent
+
+    def waves(self) -> list[list[str]]:
+        """Group the steps into waves that could run together.
+
+        A step's wave is one more than the latest wave among the steps it comes after; an
+        exclusive step gets a wave of its own. Limits are not taken into account.
+
+        Returns:
+            The waves in order, each a list of step names in file order.
+        """
+        level: dict[str, int] = {}
+        order = list(self.steps)
+        for name in graphlib.TopologicalSorter(
+            {n: s.after for n, s in self.steps.items()}
+        ).static_order():
+            level[name] = 1 + max((level[a] for a in self.steps[name].after), default=-1)
+        waves: list[list[str]] = []
+        for depth in range(max(level.values(), default=-1) + 1):
+            names = [n for n in order if level[n] == depth]
+            shared = [n for n in names if not self.steps[n].exclusive]
+            if shared:
+                waves.append(shared)
+            waves.extend([n] for n in names if self.steps[n].exclusive)
+        return waves
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every step that ``name`` comes after, directly or not.
+
+        Args:
+            name: A step name.
+
+        Returns:
+            The names of its ancestors.
+        """
+        seen: set[str] = set()
+        todo = list(self.steps[name].after)
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(self.steps[current].after)
+        return seen
+
+
+def load_spec(path: Path | str) -> WorkflowSpec:
+    """Read and validate a workflow file.
+
+    Args:
+        path: The file's path.
+
+    Returns:
+        The validated workflow.
+
+    Raises:
+        SpecError: The file cannot be read, is not valid TOML, or does not describe a valid
+            workflow; every problem is listed with its location.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [("", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [("", f"cannot read the file: {_os_message(exc)}")]) from None
+    return parse_spec(text, path=path)
+
+
+def parse_spec(text: str, *, path: Path | str) -> WorkflowSpec:
+    """Validate the text of a workflow file.
+
+    Args:
+        text: The TOML text.
+        path: The file's path (for messages, and as the steps' default working directory).
+
+    Returns:
+        The validated workflow.
+
+    Raises:
+        SpecError: The text is not valid TOML or does not describe a valid workflow.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise SpecError(str(path), [("", f"invalid TOML: {exc}")]) from None
+    checker = _Checker()
+    spec = checker.workflow(data, path)
+    if checker.problems or spec is None:
+        raise SpecError(str(path), checker.problems)
+    return spec
+
+
+def _os_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _describe(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if type(value) in names:
+        return f"{names[type(value)]} ({value!r})"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+
+    def fail(self, location: str, message: str) -> None:
+        self.problems.append((location, message))
+
+    def unknown_keys(self, table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.fail(where, f"unknown key {key!r}{hint}")
+
+    def names(self, value: object, where: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        self.fail(where, f"expected a step name or a list of step names, got {_describe(value)}")
+        return ()
+
+    def workflow(self, data: Mapping[str, Any], path: Path) -> WorkflowSpec | None:
+        self.unknown_keys(data, ("workflow", "steps"), "(top level)")
+        head = data.get("workflow", {})
+        if not isinstance(head, dict):
+            self.fail("workflow", f"expected a table, got {_describe(head)}")
+            head = {}
+        self.unknown_keys(head, _WORKFLOW_KEYS, "workflow")
+        name = head.get("name", path.stem)
+        if not isinstance(name, str) or not name:
+            self.fail("workflow.name", f"expected a non-empty string, got {_describe(name)}")
+            name = path.stem
+        max_parallel = head.get("max_parallel")
+        if max_parallel is not None and (
+            not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1
+        ):
+            self.fail(
+                "workflow.max_parallel", f"expected an integer >= 1, got {_describe(max_parallel)}"
+            )
+            max_parallel = None
+        pools = self.pools(head.get("pools", {}))
+
+        raw_steps = data.get("steps")
+        if raw_steps is None:
+            self.fail("", "no steps: add at least one [steps.NAME] table")
+            return None
+        if not isinstance(raw_steps, dict):
+            self.fail("steps", f"expected tables [steps.NAME], got {_describe(raw_steps)}")
+            return None
+        if not raw_steps:
+            self.fail("steps", "no steps: add at least one [steps.NAME] table")
+            return None
+        steps: dict[str, StepSpec] = {}
+        for step_name, table in raw_steps.items():
+            step = self.step(step_name, table, pools)
+            if step is not None:
+                steps[step_name] = step
+        if self.problems:
+            return None
+        for step in steps.values():
+            for dependency in step.after:
+                if dependency not in steps:
+                    self.fail(f"steps.{step.name}.after", f"unknown step {dependency!r}")
+                elif dependency == step.name:
+                    self.fail(f"steps.{step.name}.after", "a step cannot come after itself")
+        if self.problems:
+            return None
+        try:
+            graphlib.TopologicalSorter({n: s.after for n, s in steps.items()}).prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists the cycle in running order: each step comes after the one before.
+            self.fail("steps", "the steps form a cycle: " + " -> ".join(exc.args[1]))
+            return None
+        spec = WorkflowSpec(
+            path=path, name=name, max_parallel=max_parallel, pools=pools, steps=steps
+        )
+        for step in steps.values():
+            if step.when is not None:
+                missing = sorted(step.when.steps - spec.ancestors(step.name))
+                for other in missing:
+                    self.fail(
+                        f"steps.{step.name}.when",
+                        f"reads the status of step {other!r}, which is not among the steps "
+                        f"it comes after (add it to after)",
+                    )
+        return spec
+
+    def pools(self, value: object) -> dict[str, int]:
+        if not isinstance(value, dict):
+            self.fail("workflow.pools", f"expected a table of sizes, got {_describe(value)}")
+            return {}
+        pools: dict[str, int] = {}
+        for name, size in value.items():
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                self.fail(
+                    f"workflow.pools.{name}", f"expected an integer >= 1, got {_describe(size)}"
+                )
+            else:
+                pools[name] = size
+        return pools
+
+    def step(self, name: str, table: object, pools: Mapping[str, int]) -> StepSpec | None:
+        where = f"steps.{name}"
+        if not _STEP_NAME.match(name):
+            self.fail(
+                where,
+                "a step name may contain only letters, digits, '_' and '-' "
+                "and may not start with '-'",
+            )
+        if not isinstance(table, dict):
+            self.fail(where, f"expected a table, got {_describe(table)}")
+            return None
+        before = len(self.problems)
+        self.unknown_keys(table, _STEP_KEYS, where)
+
+        command: tuple[str, ...] | str = ()
+        if ("run" in table) == ("shell" in table):
+            self.fail(where, "give exactly one of run (an argument list) or shell (a string)")
+        elif "run" in table:
+            run = table["run"]
+            if (
+                not isinstance(run, list)
+                or not run
+                or not all(isinstance(a, str) for a in run)
+                or not run[0]
+            ):
+                self.fail(
+                    f"{where}.run",
+                    f"expected a non-empty list of strings, got {_describe(run)}"
+                    + (
+                        "; use shell = '...' for a shell command line"
+                        if isinstance(run, str)
+                        else ""
+                    ),
+                )
+            else:
+                command = tuple(run)
+        else:
+            shell = table["shell"]
+            if not isinstance(shell, str) or not shell.strip():
+                self.fail(f"{where}.shell", f"expected a non-empty string, got {_describe(shell)}")
+            else:
+                command = shell
+
+        after = self.names(table.get("after", []), f"{where}.after")
+        timeout = self.number(table, "timeout", where, None, positive=True)
+        retries = table.get("retries", 0)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            self.fail(f"{where}.retries", f"expected an integer >= 0, got {_describe(retries)}")
+            retries = 0
+        retry_delay = self.number(table, "retry_delay", where, 1.0) or 0.0
+        backoff = table.get("backoff", 2.0)
+        if not _is_number(backoff) or not 1 <= backoff < math.inf:
+            self.fail(f"{where}.backoff", f"expected a number >= 1, got {_describe(backoff)}")
+            backoff = 2.0
+
+        when: Condition | None = None
+        raw_when = table.get("when")
+        if raw_when is not None:
+            if not isinstance(raw_when, str):
+                self.fail(
+                    f"{where}.when", f"expected a condition string, got {_describe(raw_when)}"
+                )
+            else:
+                try:
+                    when = parse_condition(raw_when)
+                except ConditionSyntaxError as exc:
+                    self.fail(f"{where}.when", str(exc))
+
+        env = table.get("env", {})
+        if not isinstance(env, dict):
+            self.fail(f"{where}.env", f"expected a table of strings, got {_describe(env)}")
+            env = {}
+        for key, value in env.items():
+            if not isinstance(value, str):
+                self.fail(f"{where}.env.{key}", f"expected a string, got {_describe(value)}")
+
+        cwd = table.get("cwd")
+        if cwd is not None and (not isinstance(cwd, str) or not cwd):
+            self.fail(f"{where}.cwd", f"expected a non-empty string, got {_describe(cwd)}")
+
+        flags: dict[str, bool] = {}
+        for flag in ("exclusive", "continue_on_error"):
+            value = table.get(flag, False)
+            if not isinstance(value, bool):
+                self.fail(f"{where}.{flag}", f"expected true or false, got {_describe(value)}")
+            flags[flag] = value is True
+
+        step_pools = self.names_list(table.get("pools", []), f"{where}.pools", "pool names")
+        for pool in step_pools:
+            if pool not in pools:
+                declared = ", ".join(sorted(pools)) or "none"
+                self.fail(
+                    f"{where}.pools",
+                    f"unknown pool {pool!r} (declared in [workflow] pools: {declared})",
+                )
+
+        if len(self.problems) > before:
+            return None
+        return StepSpec(
+            name=name,
+            command=command,
+            after=tuple(dict.fromkeys(after)),
+            timeout=timeout,
+            retries=retries,
+            retry_delay=retry_delay,
+            backoff=float(backoff),
+            when=when,
+            env=dict(env),
+            cwd=cwd,
+            exclusive=flags["exclusive"],
+            continue_on_error=flags["continue_on_error"],
+            pools=tuple(dict.fromkeys(step_pools)),
+        )
+
+    def names_list(self, value: object, where: str, what: str) -> tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        self.fail(where, f"expected a list of {what}, got {_describe(value)}")
+        return ()
+
+    def number(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        where: str,
+        default: float | None,
+        *,
+        positive: bool = False,
+    ) -> float | None:
+        value = table.get(key, default)
+        if value is None:
+            return None
+        bound = "> 0" if positive else ">= 0"
+        if (
+            not _is_number(value)
+            or math.isnan(value)
+            or math.isinf(value)
+            or value < 0
+            or (positive and value == 0)
+        ):
+            self.fail(
+                f"{where}.{key}", f"expected a number of seconds {bound}, got {_describe(value)}"
+            )
+            return default
+        return float(value)

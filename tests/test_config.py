@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import attrs
+import pytest
+
+from trioflow import (
+    ConfigError,
+    HealthConfig,
+    OrchestrationConfig,
+    RateLimitConfig,
+    RateLimitsConfig,
+    RetryConfig,
+    RetryPolicy,
+    load_config,
+)
+
+SEED_TOML = """
+max_concurrency = 8
+default_timeout = "00:05:00"
+enable_metrics = true
+per_user_limit = 4
+optional_stages = ["context", "tools"]
+
+[retry]
+max_retries = 3
+initial_delay = "00:00:01"
+backoff_multiplier = 2.0
+
+[pools]
+llm = 2
+tool = 4
+
+[retry_policies.llm]
+max_retries = 1
+initial_delay = 0.5
+max_delay = "00:00:02.5"
+
+[rate_limits]
+when_limited = "fail"
+per_user = { rate = 10, per = "00:01:00", burst = 5 }
+
+[rate_limits.per_source.mcp]
+rate = 20
+
+[health]
+enabled = true
+when_unhealthy = "fail"
+max_queue_depth = 100
+"""
+
+
+def problems(source: Any) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    return dict(info.value.problems)
+
+
+def test_defaults_are_the_designs() -> None:
+    config = OrchestrationConfig()
+    assert config.max_concurrency == 50
+    assert config.per_user_limit == 10
+    assert dict(config.pools) == {"llm": 5, "tool": 10, "context": 20}
+    assert config.default_timeout == 30
+    assert config.enable_metrics is True
+    assert config.retry == RetryConfig(max_retries=3, initial_delay=1.0, backoff_multiplier=2.0)
+    assert set(config.retry_policies) == {"llm", "tool", "storage"}
+    assert config.rate_limits == RateLimitsConfig()
+    assert config.health == HealthConfig()
+    assert load_config({}) == config
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.max_concurrency = 3  # type: ignore[misc]
+
+
+def test_load_toml_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "orchestration.toml"
+    path.write_text(SEED_TOML)
+    config = load_config(path)
+    assert config.max_concurrency == 8
+    assert config.default_timeout == 300
+    assert config.per_user_limit == 4
+    assert config.optional_stages == ("context", "tools")
+    assert config.retry.initial_delay == 1
+    assert dict(config.pools) == {"llm": 2, "tool": 4}
+    assert config.retry_policies["llm"].max_delay == 2.5
+    assert "tool" not in config.retry_policies  # a given table replaces the default one
+    limits = config.rate_limits
+    assert limits.when_limited == "fail"
+    assert limits.per_user == RateLimitConfig(rate=10, per=60, burst=5)
+    assert limits.per_user.per_second == pytest.approx(1 / 6)
+    assert limits.per_source["mcp"].capacity == 20
+    assert config.health.enabled and config.health.max_queue_depth == 100
+    assert load_config(str(path)) == config
+
+
+def test_load_json_file_in_the_seed_shape(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "orchestration.json"
+    path.write_text(
+        json.dumps(
+            {
+                "max_concurrency": 8,
+                "default_timeout": None,
+                "enable_metrics": False,
+                "retry": {"max_retries": 3, "initial_delay": "00:00:01", "backoff_multiplier": 2},
+            }
+        )
+    )
+    config = load_config(path)
+    assert config.default_timeout is None
+    assert config.enable_metrics is False
+    assert config.retry.backoff_multiplier == 2.0
+    assert load_config({"default_timeout": "none"}).default_timeout is None
+
+
+def test_every_problem_is_listed_with_its_path() -> None:
+    found = problems(
+        {
+            "max_concurrency": 0,
+            "per_user_limt": 3,
+            "default_timeout": "5 minutes",
+            "enable_metrics": "yes",
+            "retry": {"backoff_multiplier": 0.5, "max_retries": -1, "initial_delay": "00:61:00"},
+            "pools": {"llm": 0, "tool": "ten"},
+            "retry_policies": {"default": {}, "llm": {"jitter": -1}},
+            "rate_limits": {
+                "per_user": {"rate": 0},
+                "per_source": {"mcp": {"burst": 0, "rate": 1, "extra": 1}},
+                "when_limited": "queue",
+            },
+            "health": {"max_cpu_percent": 150, "interval": 0},
+            "optional_stages": "context",
+        }
+    )
+    assert found == {
+        "max_concurrency": "must be an int >= 1, got 0",
+        "per_user_limt": "unknown key",
+        "default_timeout": 'must be a duration (seconds or an "HH:MM:SS" string or "none"), '
+        "got '5 minutes'",
+        "enable_metrics": "expected bool, got 'yes'",
+        "retry.backoff_multiplier": "must be >= 1, got 0.5",
+        "retry.max_retries": "must be an int >= 0, got -1",
+        "retry.initial_delay": "must be a duration (seconds or an \"HH:MM:SS\" string), "
+        "got '00:61:00'",
+        "pools.llm": "must be an int >= 1, got 0",
+        "pools.tool": "expected int, got 'ten'",
+        "retry_policies.default": "the name 'default' is reserved for the retry block",
+        "retry_policies.llm.jitter": "must be >= 0, got -1.0",
+        "rate_limits.per_user.rate": "must be > 0, got 0.0",
+        "rate_limits.per_source.mcp.burst": "must be an int >= 1, got 0",
+        "rate_limits.per_source.mcp.extra": "unknown key",
+        "rate_limits.when_limited": "expected one of 'wait', 'fail', got 'queue'",
+        "health.interval": "must be > 0, got 0.0",
+        "optional_stages": "expected array, got 'context'",
+    }
+
+
+def test_cross_field_problems_and_the_message() -> None:
+    found = problems({"retry": {"initial_delay": 5, "max_delay": 1}, "health": {"max_cpu_percent": 101}})
+    assert found == {
+        "retry.max_delay": "must be >= initial_delay (5), got 1",
+        "health.max_cpu_percent": "must be <= 100, got 101.0",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config({"retry": {"backoff_multiplier": 0.5}})
+    assert str(info.value) == (
+        "invalid configuration:\n  retry.backoff_multiplier: must be >= 1, got 0.5"
+    )
+    assert problems({"rate_limits": {"per_user": {}}}) == {
+        "rate_limits.per_user.rate": "required field is missing"
+    }
+
+
+def test_building_in_code_is_validated_the_same_way() -> None:
+    with pytest.raises(ConfigError) as info:
+        OrchestrationConfig(max_concurrency=0, pools={"llm": 0, "": 1}, optional_stages=("a", ""))
+    assert dict(info.value.problems) == {
+        "max_concurrency": "must be an int >= 1, got 0",
+        "pools.llm": "must be an int >= 1, got 0",
+        "pools['']": "pool names must be non-empty strings, got ''",
+        "optional_stages": "must be a list of non-empty strings, got ('a', '')",
+    }
+    with pytest.raises(ConfigError, match="backoff_multiplier: must be >= 1, got 0.5"):
+        RetryConfig(backoff_multiplier=0.5)
+    with pytest.raises(ConfigError, match="retry: must be a RetryConfig"):
+        OrchestrationConfig(retry={"max_retries": 1})  # type: ignore[arg-type]
+
+
+def test_file_problems(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_concurrency = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(bad)
+    assert info.value.source == str(bad)
+    wrong = tmp_path / "config.yaml"
+    wrong.write_text("")
+    with pytest.raises(ValueError, match=r"must be a \.toml or \.json file"):
+        load_config(wrong)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"\$: expected a table of settings, got \[1, 2\]"):
+        load_config(listed)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(TypeError, match="source must be a path"):
+        load_config(42)  # type: ignore[arg-type]
+    located = tmp_path / "located.toml"
+    located.write_text("max_concurrency = 0")
+    with pytest.raises(ConfigError, match=f"invalid configuration in {located}"):
+        load_config(located)
+
+
+def test_retry_policies_become_retry_policy_values() -> None:
+    config = load_config(
+        {"retry": {"max_retries": 2, "initial_delay": 1, "backoff_multiplier": 3, "max_delay": 5}}
+    )
+    policies = config.retry_policy_map()
+    assert policies["default"] == RetryPolicy(attempts=3, initial_delay=1, multiplier=3, max_delay=5)
+    assert policies["default"].delays() == (1, 3)
+    assert policies["tool"].delays() == (2,)
+    assert policies["llm"].delays() == (1, 2)
+    assert policies["storage"].attempts == 5

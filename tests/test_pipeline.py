@@ -1,0 +1,468 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from trioflow import (
+    REQUEST_TRANSITIONS,
+    ErrorCategory,
+    Pipeline,
+    ProcessingStatus,
+    Request,
+    RequestState,
+    ResourceExhausted,
+    ResourceManager,
+    RetryPolicy,
+    Stage,
+    StateChange,
+    StateMachine,
+    gather_partial,
+)
+
+pytestmark = pytest.mark.anyio
+
+S = RequestState
+StageFn = Callable[[Request], Awaitable[Any]]
+
+
+def sleeper(seconds: float, value: Any = None) -> StageFn:
+    async def fn(request: Request) -> Any:
+        await anyio.sleep(seconds)
+        return value
+
+    return fn
+
+
+def failer(exc: Exception, after: float = 0) -> StageFn:
+    async def fn(request: Request) -> Any:
+        await anyio.sleep(after)
+        raise exc
+
+    return fn
+
+
+def seven(fns: dict[str, StageFn] | None = None, **options: Any) -> Pipeline:
+    """The full request lifecycle: seven stages, one per non-terminal state."""
+    fns = fns or {}
+    states = [
+        ("receive", S.RECEIVED),
+        ("validate", S.VALIDATED),
+        ("plan", S.PLANNED),
+        ("context", S.CONTEXT_GATHERING),
+        ("process", S.PROCESSING),
+        ("tools", S.TOOL_EXECUTION),
+        ("format", S.RESPONSE_FORMATTING),
+    ]
+    return Pipeline(
+        [Stage(name, state, fns.get(name, sleeper(1, name))) for name, state in states], **options
+    )
+
+
+async def test_runs_every_stage_in_its_state_and_completes() -> None:
+    seen: list[tuple[str, RequestState]] = []
+
+    def recording(name: str) -> StageFn:
+        async def fn(request: Request) -> str:
+            seen.append((name, request.state))
+            await anyio.sleep(1)
+            return f"{name}:{request.payload}"
+
+        return fn
+
+    names = ["receive", "validate", "plan", "context", "process", "tools", "format"]
+    pipeline = seven({n: recording(n) for n in names})
+    request = Request("q")
+    result = await pipeline.run(request)
+    assert result.status is ProcessingStatus.COMPLETED
+    assert result.ok
+    assert result.state is S.COMPLETED is request.state
+    assert result.value == "format:q"
+    assert request.results["plan"] == "plan:q"
+    assert [state for _, state in seen] == [
+        S.RECEIVED,
+        S.VALIDATED,
+        S.PLANNED,
+        S.CONTEXT_GATHERING,
+        S.PROCESSING,
+        S.TOOL_EXECUTION,
+        S.RESPONSE_FORMATTING,
+    ]
+    assert [c.to_state for c in result.history] == [
+        S.VALIDATED,
+        S.PLANNED,
+        S.CONTEXT_GATHERING,
+        S.PROCESSING,
+        S.TOOL_EXECUTION,
+        S.RESPONSE_FORMATTING,
+        S.COMPLETED,
+    ]
+    assert result.history[-1].at == 7
+    assert dict(result.stage_timings) == dict.fromkeys(names, 1.0)
+    assert result.duration == 7
+    assert result.error is None and result.category is None
+    stats = pipeline.statistics()
+    assert (stats.runs, stats.completed, stats.failed) == (1, 1, 0)
+    assert stats.stages["tools"].runs == 1 and stats.stages["tools"].mean_time == 1
+
+
+async def test_first_failure_ends_failed_and_stops() -> None:
+    ran: list[str] = []
+
+    async def later(request: Request) -> None:
+        ran.append("later")
+
+    pipeline = seven({"plan": failer(ValueError("bad plan"), after=2), "context": later})
+    request = Request()
+    result = await pipeline.run(request)
+    assert result.status is ProcessingStatus.FAILED
+    assert not result.ok
+    assert isinstance(result.error, ValueError)
+    assert result.category is ErrorCategory.VALIDATION
+    assert request.state is S.FAILED
+    assert [c.to_state for c in result.history] == [S.VALIDATED, S.PLANNED, S.FAILED]
+    assert ran == []
+    assert result.stage_timings["plan"] == 2
+    assert "context" not in result.stage_timings
+    assert result.duration == 4
+    assert pipeline.statistics().stages["plan"].failed == 1
+
+
+async def test_stage_timeout_is_a_timeout_failure() -> None:
+    pipeline = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, sleeper(1)),
+            Stage("plan", S.PLANNED, sleeper(10), timeout=3),
+            Stage("context", S.CONTEXT_GATHERING, sleeper(1)),
+            Stage("process", S.PROCESSING, sleeper(1)),
+            Stage("format", S.RESPONSE_FORMATTING, sleeper(1)),
+        ]
+    )
+    result = await pipeline.run(Request())
+    assert result.status is ProcessingStatus.FAILED
+    assert isinstance(result.error, TimeoutError)
+    assert result.category is ErrorCategory.TIMEOUT
+    assert result.stage_timings["plan"] == 3
+    assert anyio.current_time() == 4
+
+
+async def test_run_timeout_covers_the_whole_run() -> None:
+    result = await seven().run(Request(), timeout=4.5)
+    assert result.status is ProcessingStatus.FAILED
+    assert result.category is ErrorCategory.TIMEOUT
+    assert result.state is S.FAILED
+    # receive, validate, plan and context take 1 s each: the deadline hits "process".
+    assert result.history[-2].to_state is S.PROCESSING
+    assert result.stage_timings["context"] == 1
+    assert result.stage_timings["process"] == 0.5
+    assert "tools" not in result.stage_timings
+    assert anyio.current_time() == 4.5
+
+
+async def test_optional_stage_failure_degrades() -> None:
+    pipeline = seven(
+        {
+            "context": failer(ConnectionError("index down")),
+        }
+    )
+    result = await pipeline.run(Request(), optional={"context"})
+    assert result.status is ProcessingStatus.DEGRADED
+    assert result.ok
+    assert result.state is S.COMPLETED
+    assert isinstance(result.degraded["context"], ConnectionError)
+    assert result.value == "format"
+    stats = pipeline.statistics()
+    assert (stats.degraded, stats.completed) == (1, 0)
+    # Optional stages may also be marked on the stage; a timeout degrades too.
+    marked = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, sleeper(1)),
+            Stage("plan", S.PLANNED, sleeper(1)),
+            Stage("context", S.CONTEXT_GATHERING, sleeper(9), timeout=0.5, optional=True),
+            Stage("process", S.PROCESSING, sleeper(1, "answer")),
+            Stage("format", S.RESPONSE_FORMATTING, sleeper(1, "formatted")),
+        ]
+    )
+    request = Request()
+    result = await marked.run(request)
+    assert result.status is ProcessingStatus.DEGRADED
+    assert isinstance(result.degraded["context"], TimeoutError)
+    assert "context" not in request.results
+    assert result.stage_timings["context"] == 0.5
+
+
+async def test_cancellation_ends_cancelled_and_propagates() -> None:
+    machine = StateMachine(REQUEST_TRANSITIONS, S.RECEIVED)
+    entered: list[float] = []
+
+    @machine.on_enter(S.CANCELLED)
+    async def slow_cleanup(request: Request, f: RequestState, t: RequestState) -> None:
+        await anyio.sleep(2)  # shielded: finishes although the scope is cancelled
+        entered.append(anyio.current_time())
+
+    pipeline = seven(machine=machine)
+    request = Request()
+    observed: list[StateChange[RequestState]] = []
+    with anyio.move_on_after(2.5) as scope:
+        await pipeline.run(request, on_transition=lambda r, c: observed.append(c))
+    assert scope.cancelled_caught
+    assert request.state is S.CANCELLED
+    assert entered == [4.5]
+    assert [c.to_state for c in request.history] == [S.VALIDATED, S.PLANNED, S.CANCELLED]
+    assert observed == request.history
+    assert pipeline.statistics().cancelled == 1
+
+
+async def test_a_failing_hook_on_a_stage_transition_fails_the_request() -> None:
+    machine = StateMachine(REQUEST_TRANSITIONS, S.RECEIVED)
+
+    @machine.before
+    async def guard(request: Request, f: RequestState, t: RequestState) -> None:
+        if t is S.PLANNED:
+            raise PermissionError("not allowed to plan")
+
+    result = await seven(machine=machine).run(Request())
+    assert result.status is ProcessingStatus.FAILED
+    assert isinstance(result.error, PermissionError)
+    assert [c.to_state for c in result.history] == [S.VALIDATED, S.FAILED]
+
+
+async def test_a_failing_hook_on_the_final_transition_is_raised_after_forcing_it() -> None:
+    machine = StateMachine(REQUEST_TRANSITIONS, S.RECEIVED)
+
+    @machine.on_enter(S.FAILED)
+    async def broken(request: Request, f: RequestState, t: RequestState) -> None:
+        raise RuntimeError("hook bug")
+
+    request = Request()
+    with pytest.raises(RuntimeError, match="hook bug") as info:
+        await seven({"plan": failer(ValueError("x"))}, machine=machine).run(request)
+    assert request.state is S.FAILED
+    assert isinstance(info.value.__context__, ValueError)
+
+
+async def test_pools_and_retries() -> None:
+    resources = ResourceManager(limit=10, pools={"llm": 1})
+    attempts: list[float] = []
+
+    async def flaky(request: Request) -> str:
+        attempts.append(anyio.current_time())
+        assert resources.statistics().pools["llm"].executing == 1
+        await anyio.sleep(1)
+        if len(attempts) < 3:
+            raise ConnectionError("flaky")
+        return "ok"
+
+    pipeline = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, sleeper(0)),
+            Stage("plan", S.PLANNED, sleeper(0)),
+            Stage("context", S.CONTEXT_GATHERING, sleeper(0)),
+            Stage("process", S.PROCESSING, flaky, pools=["llm"], retry="llm"),
+            Stage("format", S.RESPONSE_FORMATTING, sleeper(0)),
+        ]
+    )
+    policy = RetryPolicy(attempts=3, initial_delay=2, multiplier=1, max_delay=2)
+    result = await pipeline.run(Request(), resources=resources, retry={"llm": policy})
+    assert result.status is ProcessingStatus.COMPLETED
+    assert attempts == [0, 3, 6]
+    assert resources.statistics().pools["llm"].executed == 3
+    assert result.stage_timings["process"] == 7
+
+
+async def test_pools_serialize_requests() -> None:
+    resources = ResourceManager(limit=10, pools={"llm": 2})
+    pipeline = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, sleeper(0)),
+            Stage("plan", S.PLANNED, sleeper(0)),
+            Stage("context", S.CONTEXT_GATHERING, sleeper(0)),
+            Stage("process", S.PROCESSING, sleeper(5), pools=("llm",)),
+            Stage("format", S.RESPONSE_FORMATTING, sleeper(0)),
+        ]
+    )
+    async def one() -> None:
+        await pipeline.run(Request(), resources=resources)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(one)
+    assert anyio.current_time() == 15
+
+
+async def test_run_arguments_are_checked_before_anything_runs() -> None:
+    ran: list[int] = []
+
+    async def mark(request: Request) -> None:
+        ran.append(1)
+
+    pipeline = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, mark),
+            Stage("plan", S.PLANNED, mark),
+            Stage("context", S.CONTEXT_GATHERING, mark, pools=["context"], retry="storage"),
+            Stage("process", S.PROCESSING, mark),
+            Stage("format", S.RESPONSE_FORMATTING, mark),
+        ]
+    )
+    with pytest.raises(ValueError, match="uses pools \\['context'\\] but no resources"):
+        await pipeline.run(Request())
+    with pytest.raises(ValueError, match="unknown pools \\['context'\\]"):
+        await pipeline.run(Request(), resources=ResourceManager(pools={"llm": 1}))
+    rm = ResourceManager(pools={"context": 1})
+    with pytest.raises(ValueError, match="names retry policy 'storage'"):
+        await pipeline.run(Request(), resources=rm, retry={})
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        await pipeline.run(Request(), resources=rm, timeout=-1)
+    with pytest.raises(TypeError, match="request must be a Request"):
+        await pipeline.run("hello")  # type: ignore[arg-type]
+    done = Request(state=S.COMPLETED)
+    with pytest.raises(ValueError, match="already in the terminal state"):
+        await pipeline.run(done)
+    assert ran == []
+
+
+def test_pipeline_construction_is_checked() -> None:
+    async def fn(request: Request) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="at least one Stage"):
+        Pipeline([])
+    with pytest.raises(TypeError, match="only Stage values"):
+        Pipeline([fn])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"unique, got duplicates \['a'\]"):
+        Pipeline([Stage("a", S.VALIDATED, fn), Stage("a", S.PLANNED, fn)])
+    with pytest.raises(ValueError, match="stage 'p' enters <RequestState.PROCESSING"):
+        Pipeline([Stage("p", S.PROCESSING, fn)])
+    with pytest.raises(ValueError, match="must be able to move to <RequestState.COMPLETED"):
+        Pipeline([Stage("v", S.VALIDATED, fn)])
+    with pytest.raises(ValueError, match="timeout must be a number"):
+        Stage("v", S.VALIDATED, fn, timeout=math.nan)
+    with pytest.raises(TypeError, match="pools must be a sequence of pool names, got the string"):
+        Stage("v", S.VALIDATED, fn, pools="llm")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
+        Stage("v", S.VALIDATED, fn, retry=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="state must be a RequestState"):
+        Stage("v", "validated", fn)  # type: ignore[arg-type]
+    # A machine of your own may allow a shorter path.
+    short = {**REQUEST_TRANSITIONS, S.VALIDATED: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})}
+    Pipeline([Stage("v", S.VALIDATED, fn)], machine=StateMachine(short, S.RECEIVED))
+
+
+async def test_stages_sharing_a_state_do_not_transition() -> None:
+    async def step(request: Request) -> int:
+        return len(request.results)
+
+    pipeline = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, step),
+            Stage("plan", S.PLANNED, step),
+            Stage("context", S.CONTEXT_GATHERING, step),
+            Stage("draft", S.PROCESSING, step),
+            Stage("refine", S.PROCESSING, step),
+            Stage("format", S.RESPONSE_FORMATTING, step),
+        ]
+    )
+    result = await pipeline.run(Request())
+    assert result.value == 5
+    assert len(result.history) == 6
+
+
+# --- gather_partial ------------------------------------------------------------------------------
+async def test_gather_partial_returns_what_arrived_within_the_budget() -> None:
+    cancelled: list[str] = []
+
+    def source(delay: float, value: Any) -> Callable[[], Awaitable[Any]]:
+        async def fn() -> Any:
+            try:
+                await anyio.sleep(delay)
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(str(value))
+                raise
+            return value
+
+        return fn
+
+    async def broken() -> Any:
+        await anyio.sleep(0.1)
+        raise ConnectionError("down")
+
+    gathered = await gather_partial(
+        {"fast": source(0.1, 1), "slow": source(5, 2), "broken": broken, "ok": source(0.4, 3)},
+        budget=0.5,
+    )
+    assert anyio.current_time() == 0.5
+    assert dict(gathered.values) == {"fast": 1, "ok": 3}
+    assert list(gathered.values) == ["fast", "ok"]
+    assert isinstance(gathered.errors["broken"], ConnectionError)
+    assert gathered.missing == ("slow",)
+    assert not gathered.complete
+    assert cancelled == ["2"]
+
+
+async def test_gather_partial_without_a_budget_waits_for_all() -> None:
+    async def one() -> int:
+        await anyio.sleep(3)
+        return 1
+
+    gathered = await gather_partial({"a": one, "b": one}, budget=None)
+    assert gathered.complete
+    assert dict(gathered.values) == {"a": 1, "b": 1}
+    assert anyio.current_time() == 3
+
+
+async def test_gather_partial_propagates_outside_cancellation() -> None:
+    async def slow() -> int:
+        await anyio.sleep(10)
+        return 1
+
+    with anyio.move_on_after(1) as scope:
+        await gather_partial({"a": slow}, budget=5)
+        pytest.fail("not reached")
+    assert scope.cancelled_caught
+    assert anyio.current_time() == 1
+
+
+async def test_gather_partial_in_a_stage() -> None:
+    async def docs() -> str:
+        await anyio.sleep(0.2)
+        return "docs"
+
+    async def history() -> str:
+        await anyio.sleep(3)
+        return "history"
+
+    async def context(request: Request) -> dict[str, str]:
+        gathered = await gather_partial({"docs": docs, "history": history}, budget=0.5)
+        return dict(gathered.values)
+
+    result = await seven({"context": context}).run(Request())
+    assert result.status is ProcessingStatus.COMPLETED
+    assert result.stage_timings["context"] == 0.5
+
+
+async def test_gather_partial_validates() -> None:
+    with pytest.raises(TypeError, match="sources must be a mapping"):
+        await gather_partial([], budget=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"sources\['a'\] must be an async callable"):
+        await gather_partial({"a": 1}, budget=1)  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="budget must be a number of seconds >= 0"):
+        await gather_partial({}, budget=-1)
+
+
+def test_error_categories() -> None:
+    of = ErrorCategory.of
+    assert of(TimeoutError()) is ErrorCategory.TIMEOUT
+    assert of(ResourceExhausted("x")) is ErrorCategory.RESOURCE_EXHAUSTION
+    assert of(ConnectionError()) is ErrorCategory.DEPENDENCY
+    assert of(ValueError()) is ErrorCategory.VALIDATION
+    assert of(KeyError()) is ErrorCategory.INTERNAL
+    assert of(ExceptionGroup("g", [TimeoutError(), ValueError()])) is ErrorCategory.TIMEOUT
+
+    class Declared(Exception):
+        error_category = ErrorCategory.DEPENDENCY
+
+    assert of(Declared()) is ErrorCategory.DEPENDENCY

@@ -1,0 +1,333 @@
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Optional
+
+import anyio
+import attrs
+import pytest
+
+from trioflow import (
+    OutcomeStatus,
+    ResourceManager,
+    ToolArgumentError,
+    ToolRegistry,
+    UnknownTool,
+    run_tools,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+    SLOW = "slow"
+
+
+@attrs.frozen
+class Item:
+    count: int
+    label: str = "x"
+
+
+class Opaque:
+    pass
+
+
+@dataclasses.dataclass
+class Filter:
+    field: str
+    values: list[int]
+    exact: bool = True
+
+
+def make_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+
+    @registry.tool
+    async def search(
+        query: str,
+        limit: int = 10,
+        mode: Mode = Mode.FAST,
+        items: list[Item] = [],  # noqa: B006 - a default shown in the schema
+        weights: Optional[dict[str, float]] = None,  # noqa: UP045 - typing.Optional on purpose
+        kind: Literal["web", "docs"] = "docs",
+        filters: Sequence[Filter] = (),
+        tags: set[str] | None = None,
+        ratio: float | None = None,
+        strict: bool = False,
+    ) -> dict[str, Any]:
+        """Search the index.
+
+        Longer text that is not part of the summary.
+
+        Args:
+            query: What to look
+                for, in words.
+            limit: The most results.
+
+        Returns:
+            The search.
+        """
+        return {
+            "query": query,
+            "limit": limit,
+            "mode": mode,
+            "items": items,
+            "weights": weights,
+            "kind": kind,
+            "filters": filters,
+            "tags": tags,
+            "ratio": ratio,
+            "strict": strict,
+        }
+
+    @registry.tool(name="echo", description="Echo the text back.")
+    async def _echo(text: Annotated[str, "the text to echo"]) -> str:
+        await anyio.sleep(1)
+        return text
+
+    return registry
+
+
+async def test_call_structures_arguments_into_the_parameter_types() -> None:
+    registry = make_registry()
+    result = await registry.call(
+        "search",
+        {
+            "query": "trio",
+            "mode": "slow",
+            "items": [{"count": 2}, {"count": 3, "label": "y"}],
+            "weights": {"a": 1, "b": 0.5},
+            "kind": "web",
+            "filters": [{"field": "year", "values": [2020, 2021]}],
+            "tags": ["a", "b", "a"],
+            "ratio": 1,
+            "strict": True,
+        },
+    )
+    assert result == {
+        "query": "trio",
+        "limit": 10,
+        "mode": Mode.SLOW,
+        "items": [Item(2), Item(3, "y")],
+        "weights": {"a": 1.0, "b": 0.5},
+        "kind": "web",
+        "filters": [Filter("year", [2020, 2021])],
+        "tags": {"a", "b"},
+        "ratio": 1.0,
+        "strict": True,
+    }
+    assert await registry.call("echo", {"text": "hi"}) == "hi"
+    assert anyio.current_time() == 1
+
+
+async def test_every_bad_argument_is_listed_with_its_path() -> None:
+    registry = make_registry()
+    with pytest.raises(ToolArgumentError) as info:
+        await registry.call(
+            "search",
+            {
+                "limit": "5",
+                "mode": "medium",
+                "items": [{"count": 1}, {"count": "x"}, {"label": "no count"}, {"count": 1, "z": 0}],
+                "weights": {"a": "heavy"},
+                "kind": "books",
+                "filters": [{"field": "f", "values": [1, "two"]}],
+                "tags": "a,b",
+                "strict": 1,
+                "surprise": True,
+            },
+        )
+    error = info.value
+    assert error.tool == "search"
+    assert dict(error.problems) == {
+        "surprise": "unknown argument",
+        "query": "required argument is missing",
+        "limit": "expected int, got '5'",
+        "mode": "expected one of 'fast', 'slow', got 'medium'",
+        "items[1].count": "expected int, got 'x'",
+        "items[2].count": "required field is missing",
+        "items[3].z": "unknown key",
+        "weights.a": "expected number, got 'heavy'",
+        "kind": "expected one of 'web', 'docs', got 'books'",
+        "filters[0].values[1]": "expected int, got 'two'",
+        "tags": "expected array or null, got 'a,b'",
+        "strict": "expected bool, got 1",
+    }
+    assert len(error.problems) == 12
+    assert "items[1].count: expected int, got 'x'" in str(error)
+    assert isinstance(error, ValueError)
+
+
+async def test_arguments_must_be_an_object() -> None:
+    registry = make_registry()
+    with pytest.raises(ToolArgumentError, match=r"\$: expected an object of arguments, got \[1\]"):
+        await registry.call("echo", [1])  # type: ignore[arg-type]
+    with pytest.raises(ToolArgumentError, match="text: required argument is missing"):
+        await registry.call("echo")
+
+
+async def test_unknown_tool() -> None:
+    registry = make_registry()
+    with pytest.raises(UnknownTool, match="unknown tool 'serch'; known tools: 'search', 'echo'"):
+        await registry.call("serch", {})
+    assert "search" in registry and "serch" not in registry
+    assert registry.names == ("search", "echo")
+    assert len(registry) == 2
+
+
+async def test_tool_errors_propagate_as_they_are() -> None:
+    registry = ToolRegistry()
+
+    @registry.tool
+    async def fail(reason: str) -> None:
+        raise ConnectionError(reason)
+
+    with pytest.raises(ConnectionError, match="backend down"):
+        await registry.call("fail", {"reason": "backend down"})
+
+
+def test_describe_gives_a_json_schema_per_tool() -> None:
+    described = make_registry().describe()
+    assert [d["name"] for d in described] == ["search", "echo"]
+    search, echo = described
+    assert search["description"] == "Search the index."
+    schema = search["inputSchema"]
+    assert schema["type"] == "object"
+    assert schema["required"] == ["query"]
+    assert schema["additionalProperties"] is False
+    props = schema["properties"]
+    assert props["query"] == {"type": "string", "description": "What to look for, in words."}
+    assert props["limit"] == {"type": "integer", "description": "The most results.", "default": 10}
+    assert props["mode"] == {
+        "title": "Mode",
+        "type": "string",
+        "enum": ["fast", "slow"],
+        "default": "fast",
+    }
+    assert props["items"] == {
+        "type": "array",
+        "items": {
+            "title": "Item",
+            "type": "object",
+            "properties": {
+                "count": {"type": "integer"},
+                "label": {"type": "string", "default": "x"},
+            },
+            "required": ["count"],
+            "additionalProperties": False,
+        },
+        "default": [],
+    }
+    assert props["weights"] == {
+        "anyOf": [
+            {"type": "object", "additionalProperties": {"type": "number"}},
+            {"type": "null"},
+        ],
+        "default": None,
+    }
+    assert props["kind"] == {"type": "string", "enum": ["web", "docs"], "default": "docs"}
+    assert props["filters"]["items"]["properties"]["exact"] == {"type": "boolean", "default": True}
+    assert props["filters"]["items"]["required"] == ["field", "values"]
+    assert props["filters"]["default"] == []
+    assert props["tags"]["anyOf"][0] == {
+        "type": "array",
+        "items": {"type": "string"},
+        "uniqueItems": True,
+    }
+    assert echo == {
+        "name": "echo",
+        "description": "Echo the text back.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"text": {"type": "string", "description": "the text to echo"}},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+    }
+    # describe() hands out copies.
+    echo["inputSchema"]["properties"].clear()
+    assert make_registry().describe()[1]["inputSchema"]["properties"]
+
+
+def test_registration_is_checked() -> None:
+    registry = ToolRegistry()
+
+    def sync_tool(a: int) -> int:
+        return a
+
+    with pytest.raises(TypeError, match="must be an async function"):
+        registry.tool(sync_tool)  # type: ignore[type-var]
+
+    async def untyped(a) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    with pytest.raises(TypeError, match="parameter 'a' needs a type hint"):
+        registry.tool(untyped)
+
+    async def star(*args: int) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="passable by keyword"):
+        registry.tool(star)
+
+    async def opaque(thing: Opaque) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="parameter 'thing': unsupported parameter type"):
+        registry.tool(opaque)
+
+    async def int_keys(m: Mapping[int, str]) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="mapping keys must be str"):
+        registry.tool(int_keys)
+
+    async def fine(a: int) -> int:
+        return a
+
+    registry.tool(fine)
+    with pytest.raises(ValueError, match="'fine' is already registered"):
+        registry.tool(fine)
+    registry.tool(name="fine2")(fine)
+    assert registry.names == ("fine", "fine2")
+
+
+async def test_run_tools_runs_a_bounded_batch() -> None:
+    registry = make_registry()
+    calls: list[tuple[str, Mapping[str, Any] | None]] = [
+        ("echo", {"text": "a"}),
+        ("echo", {"text": "b"}),
+        ("echo", {}),
+        ("nope", None),
+        ("echo", {"text": "c"}),
+    ]
+    result = await run_tools(registry, calls, limit=2)
+    assert [o.status for o in result.outcomes] == [
+        OutcomeStatus.SUCCEEDED,
+        OutcomeStatus.SUCCEEDED,
+        OutcomeStatus.FAILED,
+        OutcomeStatus.FAILED,
+        OutcomeStatus.SUCCEEDED,
+    ]
+    assert result.values == ("a", "b", "c")
+    assert isinstance(result.outcomes[2].error, ToolArgumentError)
+    assert isinstance(result.outcomes[3].error, UnknownTool)
+    # Three one-second calls, two at a time (the failures are instant).
+    assert anyio.current_time() == 2
+
+
+async def test_run_tools_shares_a_resource_manager_and_checks_its_input() -> None:
+    registry = make_registry()
+    resources = ResourceManager(limit=3)
+    result = await run_tools(registry, [("echo", {"text": str(i)}) for i in range(6)], limit=resources)
+    assert result.succeeded == 6
+    assert anyio.current_time() == 2
+    with pytest.raises(TypeError, match=r"calls\[1\] must be a \(tool name, arguments\) pair"):
+        await run_tools(registry, [("echo", {}), "echo"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="registry must be a ToolRegistry"):
+        await run_tools({}, [])  # type: ignore[arg-type]
+    assert anyio.current_time() == 2
