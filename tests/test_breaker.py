@@ -211,11 +211,14 @@ async def test_context_manager_entries_are_tracked_per_task() -> None:
     second_out = anyio.Event()
 
     async def first() -> None:
-        with pytest.raises(Boom):
+        async def body() -> None:
             async with breaker:
                 first_in.set()
                 await second_out.wait()
                 raise Boom
+
+        with pytest.raises(Boom):
+            await body()
 
     async def second() -> None:
         await first_in.wait()
@@ -473,4 +476,3 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerModel = BreakerMachine.TestCase
 TestBreakerModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
-

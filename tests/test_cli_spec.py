@@ -50,12 +50,17 @@ def test_a_full_step_is_parsed() -> None:
     assert (spec.name, spec.max_parallel, dict(spec.pools)) == ("ci", 3, {"db": 1})
     assert list(spec.steps) == ["build", "test"]
     build, test = spec.steps["build"], spec.steps["test"]
-    assert build.command == ("make", "all") and not build.is_shell
-    assert build.after == () and build.retries == 0 and build.timeout is None
-    assert test.command == "pytest -q && echo ok" and test.is_shell
+    assert build.command == ("make", "all")
+    assert not build.is_shell
+    assert build.after == ()
+    assert build.retries == 0
+    assert build.timeout is None
+    assert test.command == "pytest -q && echo ok"
+    assert test.is_shell
     assert test.after == ("build",)
     assert (test.timeout, test.retries, test.retry_delay, test.backoff) == (2.5, 2, 0.5, 3.0)
-    assert test.when is not None and test.when.steps == {"build"}
+    assert test.when is not None
+    assert test.when.steps == {"build"}
     assert dict(test.env) == {"MODE": "fast"}
     assert (test.cwd, test.exclusive, test.continue_on_error, test.pools) == (
         "sub",
@@ -68,7 +73,8 @@ def test_a_full_step_is_parsed() -> None:
 def test_defaults_name_the_workflow_after_the_file() -> None:
     spec = parse_spec('[steps.a]\nrun = ["true"]\n', path="some/dir/nightly.toml")
     assert spec.name == "nightly"
-    assert spec.max_parallel is None and dict(spec.pools) == {}
+    assert spec.max_parallel is None
+    assert dict(spec.pools) == {}
     assert spec.directory == Path("some/dir").resolve()
 
 
@@ -196,7 +202,8 @@ def test_a_cycle_names_its_steps_in_order() -> None:
     assert where == "steps"
     assert message.startswith("the steps form a cycle: ")
     cycle = message.removeprefix("the steps form a cycle: ").split(" -> ")
-    assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["a", "b", "c"]
+    assert cycle[0] == cycle[-1]
+    assert sorted(cycle[:-1]) == ["a", "b", "c"]
     # Each step in the message comes after the one before it.
     after = {"a": "c", "b": "a", "c": "b"}
     assert all(after[cycle[i + 1]] == cycle[i] for i in range(len(cycle) - 1))
@@ -329,7 +336,10 @@ def test_conditions_evaluate(
     [
         ("", "empty condition"),
         ("   ", "empty condition"),
-        ("env.CI ==", "expected env.NAME, steps.NAME.status, a 'string', 'not' or '(' at column 10"),
+        (
+            "env.CI ==",
+            "expected env.NAME, steps.NAME.status, a 'string', 'not' or '(' at column 10",
+        ),
         ("env.CI = 'x'", "unexpected character '=' at column 8"),
         ("(env.CI", "expected ')' at column 8, got end of condition"),
         ("env.CI env.X", "expected 'and', 'or' or the end of the condition at column 8"),

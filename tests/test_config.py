@@ -23,6 +23,7 @@ max_concurrency = 8
 default_timeout = "00:05:00"
 enable_metrics = true
 per_user_limit = 4
+max_queue_depth = 100
 optional_stages = ["context", "tools"]
 
 [retry]
@@ -49,7 +50,6 @@ rate = 20
 [health]
 enabled = true
 when_unhealthy = "fail"
-max_queue_depth = 100
 """
 
 
@@ -92,7 +92,9 @@ def test_load_toml_file(tmp_path: pathlib.Path) -> None:
     assert limits.per_user == RateLimitConfig(rate=10, per=60, burst=5)
     assert limits.per_user.per_second == pytest.approx(1 / 6)
     assert limits.per_source["mcp"].capacity == 20
-    assert config.health.enabled and config.health.max_queue_depth == 100
+    assert config.health.enabled
+    assert config.health.when_unhealthy == "fail"
+    assert config.max_queue_depth == 100
     assert load_config(str(path)) == config
 
 
@@ -142,7 +144,7 @@ def test_every_problem_is_listed_with_its_path() -> None:
         "enable_metrics": "expected bool, got 'yes'",
         "retry.backoff_multiplier": "must be >= 1, got 0.5",
         "retry.max_retries": "must be an int >= 0, got -1",
-        "retry.initial_delay": "must be a duration (seconds or an \"HH:MM:SS\" string), "
+        "retry.initial_delay": 'must be a duration (seconds or an "HH:MM:SS" string), '
         "got '00:61:00'",
         "pools.llm": "must be an int >= 1, got 0",
         "pools.tool": "expected int, got 'ten'",
@@ -158,7 +160,9 @@ def test_every_problem_is_listed_with_its_path() -> None:
 
 
 def test_cross_field_problems_and_the_message() -> None:
-    found = problems({"retry": {"initial_delay": 5, "max_delay": 1}, "health": {"max_cpu_percent": 101}})
+    found = problems(
+        {"retry": {"initial_delay": 5, "max_delay": 1}, "health": {"max_cpu_percent": 101}}
+    )
     assert found == {
         "retry.max_delay": "must be >= initial_delay (5), got 1",
         "health.max_cpu_percent": "must be <= 100, got 101.0",
@@ -182,7 +186,7 @@ def test_building_in_code_is_validated_the_same_way() -> None:
         "pools['']": "pool names must be non-empty strings, got ''",
         "optional_stages": "must be a list of non-empty strings, got ('a', '')",
     }
-    with pytest.raises(ConfigError, match="backoff_multiplier: must be >= 1, got 0.5"):
+    with pytest.raises(ConfigError, match=r"backoff_multiplier: must be >= 1, got 0\.5"):
         RetryConfig(backoff_multiplier=0.5)
     with pytest.raises(ConfigError, match="retry: must be a RetryConfig"):
         OrchestrationConfig(retry={"max_retries": 1})  # type: ignore[arg-type]
@@ -217,7 +221,9 @@ def test_retry_policies_become_retry_policy_values() -> None:
         {"retry": {"max_retries": 2, "initial_delay": 1, "backoff_multiplier": 3, "max_delay": 5}}
     )
     policies = config.retry_policy_map()
-    assert policies["default"] == RetryPolicy(attempts=3, initial_delay=1, multiplier=3, max_delay=5)
+    assert policies["default"] == RetryPolicy(
+        attempts=3, initial_delay=1, multiplier=3, max_delay=5
+    )
     assert policies["default"].delays() == (1, 3)
     assert policies["tool"].delays() == (2,)
     assert policies["llm"].delays() == (1, 2)

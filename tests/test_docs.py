@@ -1,16 +1,19 @@
 """Every code sample in the README and the docs runs, so the documentation cannot rot.
 
 Each ```python block is a standalone script: it runs in a fresh interpreter, in an empty
-directory, on the real clock, and must exit with status 0. Each ```toml block that describes a
-workflow (it has ``[steps.``) must pass the ``trioflow run`` file validation.
+directory of its own, on the real clock, and must exit with status 0 (within 60 seconds).
+Each ```toml block that describes a workflow (it has ``[steps.``) must pass the
+``trioflow run`` file validation.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,27 +72,54 @@ def test_fence_parser_finds_blocks_with_their_line_and_dedents_them() -> None:
     assert _blocks_in(text, "text") == [(8, "not python\n")]
 
 
-@pytest.mark.parametrize("code", _blocks("python"))
-def test_python_sample_runs(code: str, tmp_path: Path) -> None:
-    script = tmp_path / "sample.py"
+def _run_sample(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    script = directory / "sample.py"
     script.write_text(code, encoding="utf-8")
-    completed = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(script)],
-        cwd=tmp_path,
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def sample_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run every selected sample, several at once (each mostly waits for Python to start)."""
+    codes: dict[str, str] = {
+        item.callspec.id: str(item.callspec.params["code"])
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_python_sample_runs"
+        and hasattr(item, "callspec")
+    }
+    directories = {where: tmp_path_factory.mktemp("sample") for where in codes}
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        futures = {
+            where: pool.submit(_run_sample, code, directories[where])
+            for where, code in codes.items()
+        }
+        return {where: future.result() for where, future in futures.items()}
+
+
+@pytest.mark.parametrize("code", _blocks("python"))
+def test_python_sample_runs(
+    code: str,
+    request: pytest.FixtureRequest,
+    sample_runs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    completed = sample_runs[request.node.callspec.id]
     assert completed.returncode == 0, (
         f"exit status {completed.returncode}\n--- stdout\n{completed.stdout}"
         f"\n--- stderr\n{completed.stderr}"
     )
 
 
-@pytest.mark.parametrize(
-    "text", [p for p in _blocks("toml") if "[steps." in str(p.values[0])]
-)
+@pytest.mark.parametrize("text", [p for p in _blocks("toml") if "[steps." in str(p.values[0])])
 def test_workflow_file_sample_is_valid(text: str) -> None:
     spec = parse_spec(text, path=ROOT / "docs" / "sample.toml")
     assert spec.steps

@@ -118,6 +118,8 @@ async def test_caller_cancellation_cancels_every_attempt() -> None:
 
 
 async def test_failure_after_the_winner_is_ignored() -> None:
+    calls = 0
+
     async def attempt() -> str:
         nonlocal calls
         calls += 1
@@ -127,7 +129,6 @@ async def test_failure_after_the_winner_is_ignored() -> None:
         await anyio.sleep(1)  # ends at the same instant as the winner
         raise ConnectionError
 
-    calls = 0
     assert await hedge(attempt, delay=1) == "winner"
 
 

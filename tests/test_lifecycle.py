@@ -42,6 +42,11 @@ class Thing:
     created_at: float = 0.0
 
 
+def state_of(thing: Thing) -> Door:
+    # A call, so that mypy does not narrow thing.state across awaits that change it.
+    return thing.state
+
+
 @attrs.define(eq=False)
 class Bare:
     state: Door = Door.CLOSED
@@ -94,17 +99,17 @@ def test_construction_is_validated() -> None:
         X = 1
 
     with pytest.raises(TypeError, match="initial must be a member of an Enum, got 'closed'"):
-        StateMachine(DOOR_TABLE, "closed")  # type: ignore[type-var]
+        StateMachine(DOOR_TABLE, "closed")  # type: ignore[misc]
     with pytest.raises(TypeError, match="keys must be members of Door"):
-        StateMachine({Other.X: set()}, Door.CLOSED)  # type: ignore[dict-item]
+        StateMachine({Other.X: set()}, Door.CLOSED)  # type: ignore[misc]
     with pytest.raises(TypeError, match=r"transitions\[<Door.OPEN: 'open'>\] must contain"):
-        StateMachine({Door.OPEN: {Other.X}}, Door.CLOSED)  # type: ignore[dict-item]
+        StateMachine({Door.OPEN: {Other.X}}, Door.CLOSED)  # type: ignore[misc]
     with pytest.raises(TypeError, match="must be a mapping"):
         StateMachine([(Door.OPEN, Door.CLOSED)], Door.CLOSED)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="terminal state <Door.OPEN: 'open'> must have no"):
+    with pytest.raises(ValueError, match=r"terminal state <Door\.OPEN: 'open'> must have no"):
         StateMachine(DOOR_TABLE, Door.CLOSED, terminal={Door.OPEN})
-    with pytest.raises(TypeError, match="allowed next states|collection"):
-        StateMachine({Door.OPEN: "closed"}, Door.CLOSED)  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"must be a collection of Door members"):
+        StateMachine({Door.OPEN: "closed"}, Door.CLOSED)  # type: ignore[misc]
 
 
 async def test_foreign_states_are_type_errors() -> None:
@@ -112,10 +117,10 @@ async def test_foreign_states_are_type_errors() -> None:
         X = 1
 
     machine = StateMachine(DOOR_TABLE, Door.CLOSED)
-    with pytest.raises(TypeError, match="to_state must be a Door member, got <Other.X: 1>"):
+    with pytest.raises(TypeError, match=r"to_state must be a Door member, got <Other\.X: 1>"):
         await machine.transition(Thing(), Other.X)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="state must be a Door member"):
-        machine.on_enter(Other.X, _noop)  # type: ignore[arg-type]
+        machine.on_enter(Other.X, _noop)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="hook must be an async callable"):
         machine.before(42)  # type: ignore[type-var]
 
@@ -233,7 +238,7 @@ async def test_a_failing_hook_leaves_the_previous_state_and_is_raised(failing: s
     assert stats.states[Door.OPEN].entered == 0
     # hooks=False is the recovery path: validated and recorded, no hook runs.
     change = await machine.transition(thing, Door.OPEN, hooks=False)
-    assert thing.state is Door.OPEN
+    assert state_of(thing) is Door.OPEN
     assert thing.history == [change]
 
 
@@ -282,7 +287,7 @@ async def test_overlapping_transitions_of_one_object_are_refused() -> None:
     assert machine.statistics().rejected == 1
     # Once the first transition is done, the object moves again.
     await machine.transition(thing, Door.CLOSED)
-    assert thing.state is Door.CLOSED
+    assert state_of(thing) is Door.CLOSED
 
 
 async def test_statistics_count_and_time_states() -> None:
@@ -312,8 +317,11 @@ async def test_request_defaults_and_validation() -> None:
     request = Request({"q": 1}, user_id="alice", source="mcp")
     assert request.state is RequestState.RECEIVED
     assert request.created_at == 4
-    assert request.history == [] and request.results == {} and request.timings == {}
-    assert request.kind is None and request.priority == 0
+    assert request.history == []
+    assert request.results == {}
+    assert request.timings == {}
+    assert request.kind is None
+    assert request.priority == 0
     assert len(request.id) == 32
     assert Request().id != Request().id
     with pytest.raises(TypeError, match="user_id must be a non-empty str, got 3"):

@@ -11,7 +11,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from trioflow import REQUEST_TRANSITIONS, InvalidTransition, RequestState, StateChange, StateMachine
+from trioflow import (
+    REQUEST_TRANSITIONS,
+    InvalidTransition,
+    RequestState,
+    StateChange,
+    StateMachine,
+)
 from trioflow.testing import virtual_time_backends
 
 FAILURES = [None, "before", "on_exit", "on_enter", "after", "cancel"]

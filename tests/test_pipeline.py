@@ -103,10 +103,12 @@ async def test_runs_every_stage_in_its_state_and_completes() -> None:
     assert result.history[-1].at == 7
     assert dict(result.stage_timings) == dict.fromkeys(names, 1.0)
     assert result.duration == 7
-    assert result.error is None and result.category is None
+    assert result.error is None
+    assert result.category is None
     stats = pipeline.statistics()
     assert (stats.runs, stats.completed, stats.failed) == (1, 1, 0)
-    assert stats.stages["tools"].runs == 1 and stats.stages["tools"].mean_time == 1
+    assert stats.stages["tools"].runs == 1
+    assert stats.stages["tools"].mean_time == 1
 
 
 async def test_first_failure_ends_failed_and_stops() -> None:
@@ -284,6 +286,7 @@ async def test_pools_serialize_requests() -> None:
             Stage("format", S.RESPONSE_FORMATTING, sleeper(0)),
         ]
     )
+
     async def one() -> None:
         await pipeline.run(Request(), resources=resources)
 
@@ -335,14 +338,14 @@ def test_pipeline_construction_is_checked() -> None:
         Pipeline([fn])  # type: ignore[list-item]
     with pytest.raises(ValueError, match=r"unique, got duplicates \['a'\]"):
         Pipeline([Stage("a", S.VALIDATED, fn), Stage("a", S.PLANNED, fn)])
-    with pytest.raises(ValueError, match="stage 'p' enters <RequestState.PROCESSING"):
+    with pytest.raises(ValueError, match=r"stage 'p' enters <RequestState\.PROCESSING"):
         Pipeline([Stage("p", S.PROCESSING, fn)])
-    with pytest.raises(ValueError, match="must be able to move to <RequestState.COMPLETED"):
+    with pytest.raises(ValueError, match=r"must be able to move to <RequestState\.COMPLETED"):
         Pipeline([Stage("v", S.VALIDATED, fn)])
     with pytest.raises(ValueError, match="timeout must be a number"):
         Stage("v", S.VALIDATED, fn, timeout=math.nan)
     with pytest.raises(TypeError, match="pools must be a sequence of pool names, got the string"):
-        Stage("v", S.VALIDATED, fn, pools="llm")  # type: ignore[arg-type]
+        Stage("v", S.VALIDATED, fn, pools="llm")
     with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
         Stage("v", S.VALIDATED, fn, retry=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="state must be a RequestState"):
@@ -448,7 +451,7 @@ async def test_gather_partial_validates() -> None:
     with pytest.raises(TypeError, match="sources must be a mapping"):
         await gather_partial([], budget=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"sources\['a'\] must be an async callable"):
-        await gather_partial({"a": 1}, budget=1)  # type: ignore[dict-item]
+        await gather_partial({"a": 1}, budget=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="budget must be a number of seconds >= 0"):
         await gather_partial({}, budget=-1)
 
@@ -466,3 +469,61 @@ def test_error_categories() -> None:
         error_category = ErrorCategory.DEPENDENCY
 
     assert of(Declared()) is ErrorCategory.DEPENDENCY
+
+
+async def test_cancel_a_run_returns_a_cancelled_result() -> None:
+    pipeline = seven()
+    request = Request()
+    results: list[Any] = []
+
+    async def run() -> None:
+        results.append(await pipeline.run(request))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.sleep(2.5)
+        assert pipeline.cancel(request)
+        with pytest.raises(ValueError, match="already being run"):
+            await pipeline.run(request)
+    (result,) = results
+    assert result.status is ProcessingStatus.CANCELLED
+    assert result.state is S.CANCELLED is request.state
+    assert result.error is None
+    assert [c.to_state for c in result.history] == [S.VALIDATED, S.PLANNED, S.CANCELLED]
+    assert result.history[-1].at == 2.5
+    assert not pipeline.cancel(request)  # no longer running
+    assert pipeline.statistics().cancelled == 1
+
+
+async def test_retry_policies_and_resolvers() -> None:
+    from trioflow import RetryPolicies
+
+    calls: list[tuple[str, int]] = []
+
+    async def down(request: Request) -> None:
+        calls.append((request.id, request.priority))
+        raise ConnectionError("down")
+
+    pipeline = seven({"process": down})
+    pipeline = Pipeline(
+        [
+            Stage(s.name, s.state, s.fn, retry="llm" if s.name == "process" else None)
+            for s in pipeline.stages
+        ]
+    )
+    policies = RetryPolicies({"llm": RetryPolicy(attempts=2, initial_delay=0, max_delay=0)})
+    normal, high = Request(), Request(priority=2)
+    assert (await pipeline.run(normal, retry=policies)).category is ErrorCategory.DEPENDENCY
+    await pipeline.run(high, retry=policies)
+    assert sum(1 for rid, _ in calls if rid == normal.id) == 2
+    assert sum(1 for rid, _ in calls if rid == high.id) == 4  # priority 2 adds two attempts
+    resolved: list[str] = []
+
+    def resolver(name: str, request: Request) -> RetryPolicy:
+        resolved.append(name)
+        return RetryPolicy(attempts=1)
+
+    await pipeline.run(Request(), retry=resolver)
+    assert resolved == ["llm"]
+    with pytest.raises(ValueError, match="cannot resolve"):
+        await pipeline.run(Request(), retry=RetryPolicies({"other": RetryPolicy()}))

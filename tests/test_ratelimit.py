@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from fractions import Fraction
 
 import anyio
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trioflow import KeyedRateLimiter, TokenBucket
 from trioflow._ratelimit import _new_bucket
+from trioflow.testing import virtual_time_backends
 
 pytestmark = pytest.mark.anyio
 
@@ -51,15 +55,23 @@ async def test_concurrent_acquisitions_are_exact_too() -> None:
     assert sorted(done) == done
 
 
-async def test_acquire_sleeps_once_per_waiter_no_polling() -> None:
-    bucket = TokenBucket(rate=1, burst=1)
+async def test_each_waiter_sleeps_once_no_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    real_sleep = anyio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        sleeps.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(anyio, "sleep", counting_sleep)
+    bucket = TokenBucket(rate=1 / 3, burst=1)
     await bucket.acquire()
-    # One wait of exactly 3 s for 1 token at 1/3 per second after a drain: no extra wakeups.
-    slow = TokenBucket(rate=1 / 3, burst=1)
-    await slow.acquire()
-    start = anyio.current_time()
-    await slow.acquire()
-    assert math.isclose(anyio.current_time() - start, 3.0)
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(bucket.acquire)
+    assert math.isclose(anyio.current_time(), 30)
+    assert len(sleeps) == 10  # one sleep per waiter, each for its whole deficit
+    assert all(math.isclose(s, 3) for s in sleeps)
 
 
 async def test_a_large_request_is_not_starved_by_small_ones() -> None:
@@ -298,12 +310,13 @@ def test_a_million_distinct_keys_keep_memory_bounded() -> None:
     limiter: KeyedRateLimiter[tuple[int, str]] = KeyedRateLimiter(
         rate=10, burst=5, max_keys=10_000, clock=clock
     )
-    most = 0
+    most = granted = 0
     for i in range(1_000_000):
         clock.now = i * 0.001  # 1000 new keys per second
-        assert limiter.try_acquire((i, "mcp"))
+        granted += limiter.try_acquire((i, "mcp"))
         if i % 1000 == 0:
             most = max(most, limiter.statistics().keys)
+    assert granted == 1_000_000
     stats = limiter.statistics()
     # A bucket used once refills in 0.1 s = 100 new keys later, so only ~100 are ever live.
     assert most <= 110
@@ -381,3 +394,69 @@ def test_keyed_repr_and_properties() -> None:
     limiter.try_acquire("k")
     assert (limiter.rate, limiter.burst, limiter.max_keys) == (2, 3, 7)
     assert repr(limiter) == "KeyedRateLimiter(rate=2, burst=3, max_keys=7, keys=1)"
+
+
+# --- property: the bucket matches an exact model, on both backends ----------------------------
+
+
+def _model_completions(
+    rate: float, burst: float, calls: list[tuple[float, float]]
+) -> list[Fraction]:
+    """Exact (rational) completion times of FIFO acquisitions from a bucket full at t=0."""
+    r, b = Fraction(rate), Fraction(burst)
+    tokens, t = b, Fraction(0)
+    done: list[Fraction] = []
+    for when, n in calls:
+        start = max(Fraction(when), t)  # served after everyone ahead (FIFO)
+        tokens = min(b, tokens + (start - t) * r)
+        t = start
+        if tokens < n:
+            t += (Fraction(n) - tokens) / r
+            tokens = Fraction(n)
+        tokens -= Fraction(n)
+        done.append(t)
+    return done
+
+
+async def _run_requests(
+    rate: float, burst: int, requests: list[tuple[int, int]]
+) -> tuple[list[tuple[float, float]], list[float]]:
+    """Start each request at its time; return (call time, n) and finish time in call order."""
+    bucket = TokenBucket(rate, burst)
+    calls: list[tuple[float, float]] = []
+    finished: dict[int, float] = {}
+
+    async def one(n: int) -> None:
+        seq = len(calls)  # the order acquire() is really called in
+        calls.append((anyio.current_time(), n))
+        await bucket.acquire(n)
+        finished[seq] = anyio.current_time()
+
+    async with anyio.create_task_group() as tg:
+        for quarter_seconds, n in sorted(requests):
+            await anyio.sleep_until(quarter_seconds / 4)
+            tg.start_soon(one, min(n, burst))
+    return calls, [finished[i] for i in range(len(calls))]
+
+
+@given(
+    rate=st.sampled_from([0.5, 1, 2.5, 10]),
+    burst=st.sampled_from([1, 2, 5]),
+    requests=st.lists(st.tuples(st.integers(0, 12), st.integers(1, 5)), min_size=1, max_size=12),
+)
+@settings(max_examples=30, deadline=None)
+def test_bucket_matches_an_exact_model(
+    rate: float, burst: int, requests: list[tuple[int, int]]
+) -> None:
+    for backend, options in virtual_time_backends():
+        calls, finished = anyio.run(
+            _run_requests, rate, burst, requests, backend=backend, backend_options=options
+        )
+        assert len(calls) == len(requests)
+        expected = _model_completions(rate, burst, calls)
+        assert finished == pytest.approx([float(e) for e in expected], abs=1e-9)
+        # Served in call order, and never more than burst + rate * t tokens by time t.
+        assert finished == sorted(finished)
+        for i, t in enumerate(finished):
+            granted = sum(n for _, n in calls[: i + 1])
+            assert granted <= burst + rate * t + 1e-9

@@ -32,7 +32,8 @@ def test_default_kinds() -> None:
         "complex_workflow",
         "streaming",
     ]
-    assert RequestKind.STREAMING == "streaming"
+    assert RequestKind("streaming") is RequestKind.STREAMING
+    assert isinstance(RequestKind.STREAMING, str)
 
 
 async def test_sync_classifier_routes_and_sets_the_kind() -> None:

@@ -132,7 +132,12 @@ async def test_every_bad_argument_is_listed_with_its_path() -> None:
             {
                 "limit": "5",
                 "mode": "medium",
-                "items": [{"count": 1}, {"count": "x"}, {"label": "no count"}, {"count": 1, "z": 0}],
+                "items": [
+                    {"count": 1},
+                    {"count": "x"},
+                    {"label": "no count"},
+                    {"count": 1, "z": 0},
+                ],
                 "weights": {"a": "heavy"},
                 "kind": "books",
                 "filters": [{"field": "f", "values": [1, "two"]}],
@@ -174,7 +179,8 @@ async def test_unknown_tool() -> None:
     registry = make_registry()
     with pytest.raises(UnknownTool, match="unknown tool 'serch'; known tools: 'search', 'echo'"):
         await registry.call("serch", {})
-    assert "search" in registry and "serch" not in registry
+    assert "search" in registry
+    assert "serch" not in registry
     assert registry.names == ("search", "echo")
     assert len(registry) == 2
 
@@ -323,7 +329,9 @@ async def test_run_tools_runs_a_bounded_batch() -> None:
 async def test_run_tools_shares_a_resource_manager_and_checks_its_input() -> None:
     registry = make_registry()
     resources = ResourceManager(limit=3)
-    result = await run_tools(registry, [("echo", {"text": str(i)}) for i in range(6)], limit=resources)
+    result = await run_tools(
+        registry, [("echo", {"text": str(i)}) for i in range(6)], limit=resources
+    )
     assert result.succeeded == 6
     assert anyio.current_time() == 2
     with pytest.raises(TypeError, match=r"calls\[1\] must be a \(tool name, arguments\) pair"):

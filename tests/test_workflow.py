@@ -298,6 +298,17 @@ async def test_a_failing_compensation_is_recorded_and_does_not_hide_the_failure(
     assert list(result.errors) == ["c"]
 
 
+async def test_raise_for_errors_leaves_out_tolerated_failures() -> None:
+    t = Timeline()
+    wf = Workflow("mixed")
+    wf.step("lint", t.sleep(1, fail=True), continue_on_error=True)
+    wf.step("build", t.sleep(2, fail=True))
+    result = await run_workflow(wf)
+    assert set(result.errors) == {"lint", "build"}
+    with pytest.RaisesGroup(Boom, match="failed: step 'build'$"):
+        result.raise_for_errors()
+
+
 async def test_without_fail_fast_independent_branches_go_on() -> None:
     t = Timeline()
     undone: list[str] = []
@@ -350,6 +361,8 @@ async def test_continue_on_error_lets_the_run_go_on() -> None:
     assert result.steps["lint"].status is StepStatus.FAILED
     assert isinstance(result.errors["lint"], Boom)
     assert result.steps["test"].status is StepStatus.SUCCEEDED
+    assert result.steps["lint"].continue_on_error
+    assert not result.steps["test"].continue_on_error
     assert undone == []
     result.raise_for_errors()  # nothing to raise
     assert anyio.current_time() == 4
@@ -565,3 +578,26 @@ async def test_decorator_chaining_and_graph_views() -> None:
     assert "3 steps" in repr(wf)
     result = await run_workflow(wf)
     assert result.ok
+
+
+async def test_cancelled_steps_can_finish_shielded_cleanup() -> None:
+    cleaned: list[float] = []
+
+    async def careful(ctx: Context) -> None:
+        try:
+            await anyio.sleep(100)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(2)  # e.g. tell a remote service to stop
+                cleaned.append(anyio.current_time())
+
+    async def failing(ctx: Context) -> None:
+        await anyio.sleep(3)
+        raise Boom("stop")
+
+    wf = Workflow("shielded").step("careful", careful).step("failing", failing)
+    result = await run_workflow(wf)
+    assert cleaned == [5]
+    assert result.steps["careful"].status is StepStatus.CANCELLED
+    assert result.steps["careful"].finished_at == 5
+    assert anyio.current_time() == 5

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trioflow import Context, StepStatus, Workflow, WorkflowResult, run_workflow
+from trioflow import Context, MemoryStore, StepStatus, Workflow, WorkflowResult, run_workflow
 from trioflow.testing import virtual_time_backends
 
 BACKENDS = [0, 1]  # index into virtual_time_backends(): trio, asyncio
@@ -19,7 +19,9 @@ BACKENDS = [0, 1]  # index into virtual_time_backends(): trio, asyncio
 def dags(draw: st.DrawFn, max_steps: int = 12) -> tuple[list[list[int]], list[int], list[int]]:
     """Dependencies of each step (earlier indices), integer durations, a definition order."""
     n = draw(st.integers(1, max_steps))
-    deps = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else [] for i in range(n)]
+    deps = [
+        sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else [] for i in range(n)
+    ]
     durations = draw(st.lists(st.integers(0, 20), min_size=n, max_size=n))
     order = draw(st.permutations(range(n)))
     return deps, durations, list(order)
@@ -136,3 +138,48 @@ def test_without_fail_fast_exactly_the_steps_after_a_failure_do_not_run(
         else:
             assert status is StepStatus.SUCCEEDED
     assert result.ok == (not failing)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=30)
+@given(dag=dags(), data=st.data())
+def test_a_resumed_run_finishes_and_runs_each_step_to_success_once(
+    backend: int, dag: tuple[list[list[int]], list[int], list[int]], data: st.DataObject
+) -> None:
+    deps, durations, order = dag
+    n = len(deps)
+    failing_once = set(data.draw(st.frozensets(st.integers(0, n - 1), max_size=3)))
+    fail_fast = data.draw(st.booleans())
+    successes = [0] * n
+    store = MemoryStore()
+
+    def make(i: int) -> Any:
+        async def fn(ctx: Context) -> int:
+            await anyio.sleep(durations[i])
+            if i in failing_once:
+                failing_once.discard(i)
+                raise ConnectionError(i)
+            successes[i] += 1
+            return int(sum(ctx.results[f"s{d}"] for d in deps[i])) + i
+
+        return fn
+
+    wf = Workflow("resumable")
+    for i in order:
+        wf.step(f"s{i}", make(i), after=[f"s{d}" for d in deps[i]])
+
+    async def main() -> list[WorkflowResult]:
+        results = [await run_workflow(wf, store=store, run_id="r", fail_fast=fail_fast)]
+        while not results[-1].ok and len(results) < 5:
+            results.append(await run_workflow(wf, store=store, run_id="r", fail_fast=fail_fast))
+        return results
+
+    name, options = virtual_time_backends()[backend]
+    results = anyio.run(main, backend=name, backend_options=options)
+    final = results[-1]
+    assert final.ok
+    assert successes == [1] * n  # no step that succeeded ran again
+    expected: list[int] = []
+    for i, before in enumerate(deps):
+        expected.append(sum(expected[d] for d in before) + i)
+    assert [final.values[f"s{i}"] for i in range(n)] == expected

@@ -99,7 +99,7 @@ def test_non_async_step_functions_are_refused() -> None:
     with pytest.raises(TypeError, match="compensate of step 'e' must be an async function"):
         wf.step("e", step, compensate=sync_step)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="when of step 'f' must be callable"):
-        wf.step("f", step, when=True)  # type: ignore[arg-type]
+        wf.step("f", step, when=True)  # type: ignore[call-overload]
     assert list(wf.steps) == []
 
 

@@ -78,6 +78,9 @@ from ._config import RateLimitConfig as RateLimitConfig
 from ._config import RateLimitsConfig as RateLimitsConfig
 from ._config import RetryConfig as RetryConfig
 from ._config import load_config as load_config
+from ._coordinator import Coordinator as Coordinator
+from ._coordinator import CoordinatorStatistics as CoordinatorStatistics
+from ._coordinator import open_coordinator as open_coordinator
 from ._errors import TransitionInProgress as TransitionInProgress
 from ._errors import UnknownKind as UnknownKind
 from ._lifecycle import StateChange as StateChange
@@ -167,6 +170,9 @@ __all__ = (
     "load_of",
     "resilient",
     # --- section: lifecycle (names) ---
+    "Coordinator",
+    "CoordinatorStatistics",
+    "open_coordinator",
     "ErrorCategory",
     "HealthConfig",
     "OrchestrationConfig",

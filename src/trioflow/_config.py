@@ -371,8 +371,6 @@ class HealthConfig:
         interval: How often to sample, a duration > 0.
         max_memory_percent: Unhealthy above this system memory use, in (0, 100].
         max_cpu_percent: Unhealthy above this CPU use, in (0, 100].
-        max_queue_depth: Unhealthy while more requests than this wait for admission, an int
-            >= 1, or ``None`` for no limit.
 
     Raises:
         ConfigError: Listing every field out of range.
@@ -383,7 +381,6 @@ class HealthConfig:
     interval: float = _field(1.0, check=_number_at_least(0, strict=True), duration="required")
     max_memory_percent: float = _field(90.0, check=_number_at_least(0, strict=True))
     max_cpu_percent: float = _field(80.0, check=_number_at_least(0, strict=True))
-    max_queue_depth: int | None = _field(None, check=_optional(_int_at_least(1)))
 
     def __attrs_post_init__(self) -> None:
         _validate(self)
@@ -418,12 +415,16 @@ class OrchestrationConfig:
     Args:
         max_concurrency: The most requests processed at once, an int >= 1.
         per_user_limit: The most requests of one user processed at once, an int >= 1.
+        max_queue_depth: The most requests waiting for admission; more are refused at once
+            (a RESOURCE_EXHAUSTION failure, shedding load). An int >= 1, or ``None`` for no
+            limit.
         default_timeout: The time a request may take from admission to its terminal state, a
             duration > 0, or ``None`` for no limit.
         enable_metrics: Whether the coordinator logs its statistics periodically.
         metrics_interval: How often to log them, a duration > 0.
         pools: Named pools and their sizes, for stages that name them.
-        retry: The default retry policy, named ``"default"`` for stages.
+        retry: The default retry policy, named ``"default"`` for stages (the design's block:
+            ``max_retries``, ``initial_delay``, ``backoff_multiplier``).
         retry_policies: More retry policies by operation type, for stages that name them.
         rate_limits: Per-user and per-source rate limits.
         health: Backpressure from system health.
@@ -436,6 +437,7 @@ class OrchestrationConfig:
 
     max_concurrency: int = _field(50, check=_int_at_least(1))
     per_user_limit: int = _field(10, check=_int_at_least(1))
+    max_queue_depth: int | None = _field(None, check=_optional(_int_at_least(1)))
     default_timeout: float | None = _field(
         30.0, check=_optional(_number_at_least(0, strict=True)), duration="optional"
     )

@@ -26,6 +26,7 @@ import functools
 import inspect
 import math
 import sys
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -109,7 +110,7 @@ class _Backend:
         move_on_after: Callable[[float], AbstractContextManager[_CancelScope]],
         checkpoint: Callable[[], Awaitable[None]],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
-        clock: Callable[[], float],
+        clock: Callable[[], float],  # only differences of its readings are used
     ) -> None:
         self.open_group = open_group
         self.move_on_after = move_on_after
@@ -140,25 +141,34 @@ async def _trio_group() -> AsyncIterator[_TaskGroup]:
 def _current_backend() -> _Backend:
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
+        clock = trio.lowlevel.current_clock()
+        timer: Callable[[], float] = clock.current_time
+        if type(clock).__qualname__ == "SystemClock" and type(clock).__module__.startswith("trio"):
+            # trio's default clock reads offset + perf_counter(), and the engine only ever
+            # subtracts two readings: read perf_counter directly, a C call instead of a method.
+            timer = time.perf_counter
         return _Backend(
             _trio_group,
             trio.move_on_after,
             trio.lowlevel.checkpoint,
             trio.lowlevel.checkpoint_if_cancelled,
-            trio.lowlevel.current_clock().current_time,
+            timer,
         )
-    clock: Callable[[], float] = anyio.current_time
+    timer = anyio.current_time
     with contextlib.suppress(RuntimeError):
         import asyncio
 
         if asyncio.current_task() is not None:
-            clock = asyncio.get_running_loop().time  # what anyio.current_time() returns
+            loop = asyncio.get_running_loop()
+            timer = loop.time  # what anyio.current_time() returns
+            if type(loop).time is asyncio.BaseEventLoop.time:
+                timer = time.monotonic  # what BaseEventLoop.time() returns, without the method
     return _Backend(
         anyio.create_task_group,  # type: ignore[arg-type]
         anyio.move_on_after,
         anyio.lowlevel.checkpoint,
         anyio.lowlevel.checkpoint_if_cancelled,
-        clock,
+        timer,
     )
 
 
@@ -514,18 +524,43 @@ class _Batch:
                 await checkpoint()
 
     async def _slot_worker(self, manager: ResourceManager) -> None:
-        # With a ResourceManager, one task per operation, chained: this task waits for a slot,
-        # takes one operation under it, starts the next waiter, then runs the operation. So the
-        # input is still read only when capacity is free, at most one task per batch waits on
-        # the manager (several batches share it fairly, first come first served), and the batch
-        # follows the manager's limit when it changes while running, which a fixed set of
-        # workers sized from the limit at the start could not.
-        async with manager.slot():
-            item = await self._next()
-            if item is None:
+        # With a ResourceManager, one task per operation, chained: this task takes one
+        # operation, waits for a slot, starts the next task of the chain, then runs the
+        # operation. So the input is read only as capacity frees up (at most one operation per
+        # batch waits for a slot), one task per batch waits on the manager (batches sharing it
+        # are served first come, first served), and the batch follows the manager's limit when
+        # it changes while running, which a fixed set of workers sized from the limit at the
+        # start could not. A failure is re-raised through the slot so that the manager's
+        # statistics and listeners see it, as they do for rm.run().
+        item = await self._next()
+        if item is None:
+            return
+        index, op = item
+        entered = False
+        error: Exception | None = None
+        try:
+            async with manager.slot():
+                entered = True
+                self._group.start_soon(self._slot_worker, manager)
+                error = await self._execute(index, op)
+                if error is not None:
+                    traceback = error.__traceback__
+                    raise error
+        except Exception as exc:
+            if exc is error:
+                exc.__traceback__ = traceback
                 return
-            self._group.start_soon(self._slot_worker, manager)
-            await self._execute(*item)
+            if entered:
+                raise
+            # The manager refused the slot (ResourceExhausted when unhealthy): the operation
+            # fails without running, and the chain goes on.
+            await self._finish(index, FAILED, None, exc, 0.0, 0)
+            if not self._exhausted:
+                self._group.start_soon(self._slot_worker, manager)
+        except BaseException:
+            if not entered and self._send is None:
+                self._extra[index] = (CANCELLED, None, 0)
+            raise
 
     async def _call(self, op: Operation[Any]) -> Any:
         """Call an operation once, under the per-attempt timeout if there is one."""
@@ -536,7 +571,8 @@ class _Batch:
             return await op()
         raise TimeoutError(f"operation timed out after {timeout:g} seconds")
 
-    async def _execute(self, index: int, op: Operation[Any]) -> None:
+    async def _execute(self, index: int, op: Operation[Any]) -> Exception | None:
+        """Run one operation, record its outcome; return its exception if it failed."""
         clock = self._clock
         self._running += 1
         start = clock()
@@ -556,15 +592,16 @@ class _Batch:
         except Exception as exc:
             self._running -= 1
             await self._finish(index, FAILED, None, exc, clock() - start, attempts)
+            return exc
         except BaseException:
             self._running -= 1
             if self._send is None:
                 self._durations[index] = clock() - start
                 self._extra[index] = (CANCELLED, None, attempts)
             raise
-        else:
-            self._running -= 1
-            await self._finish(index, SUCCEEDED, value, None, clock() - start, attempts)
+        self._running -= 1
+        await self._finish(index, SUCCEEDED, value, None, clock() - start, attempts)
+        return None
 
     async def _finish(
         self,

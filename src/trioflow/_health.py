@@ -217,8 +217,9 @@ class HealthMonitor:
         if self._stack is not None:
             raise RuntimeError("this HealthMonitor is already running")
         async with contextlib.AsyncExitStack() as stack:
-            tg = await stack.enter_async_context(anyio.create_task_group())
+            # Unwound in reverse: stop the sampling task, wait for it, then mark stopped.
             stack.callback(self._stop)
+            tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self._sample_forever)
             self._stack = stack.pop_all()

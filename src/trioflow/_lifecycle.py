@@ -14,6 +14,7 @@ is, with a note naming the transition (:pep:`678`), so it is never lost.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
@@ -21,6 +22,8 @@ from typing import Any, Generic, Protocol, TypeVar, final, overload
 
 import anyio
 import attrs
+import sniffio
+import trio
 
 from ._errors import InvalidTransition, TransitionInProgress
 
@@ -67,6 +70,22 @@ class StateChange(Generic[E]):
     at: float
 
 
+# A transition records one StateChange; setting its slots through their descriptors skips the
+# frozen class's guarded __init__ (the same object, built in half the time).
+_new_change = object.__new__
+_set_from = StateChange.__dict__["from_state"].__set__
+_set_to = StateChange.__dict__["to_state"].__set__
+_set_at = StateChange.__dict__["at"].__set__
+
+
+def _change(from_state: E, to_state: E, at: float) -> StateChange[E]:
+    change: StateChange[E] = _new_change(StateChange)
+    _set_from(change, from_state)
+    _set_to(change, to_state)
+    _set_at(change, at)
+    return change
+
+
 @attrs.frozen(kw_only=True)
 class StateStatistics:
     """What one state of a :class:`StateMachine` has seen.
@@ -105,14 +124,39 @@ class StateMachineStatistics(Generic[E]):
 
 
 @final
-class _StateCounters:
-    __slots__ = ("entered", "exited", "time", "timed")
+class _State(Generic[E]):
+    """One state's outgoing transitions (by ``id`` of the target) and counters.
 
-    def __init__(self) -> None:
+    Transitions look states up by ``id()``: Enum members are singletons, and ``Enum.__hash__``
+    is a Python-level function, several times slower than hashing an int.
+    """
+
+    __slots__ = ("entered", "exited", "state", "targets", "time", "timed")
+
+    def __init__(self, state: E) -> None:
+        self.state = state
+        self.targets: dict[int, _State[E]] = {}
         self.entered = 0
         self.exited = 0
         self.time = 0.0
         self.timed = 0
+
+
+def clock() -> Callable[[], float]:
+    """Return the running event loop's clock function, the one ``anyio.current_time()`` reads.
+
+    ``anyio.current_time()`` looks the backend up on every call; code that reads the clock
+    many times per operation resolves it once with this.
+
+    Returns:
+        A function returning the current time in seconds.
+    """
+    library = sniffio.current_async_library()
+    if library == "trio":
+        return trio.current_time
+    if library == "asyncio":
+        return asyncio.get_running_loop().time
+    return anyio.current_time  # pragma: no cover - anyio supports only these two
 
 
 def _enum_of(transitions: Mapping[Any, Any], initial: object) -> type[enum.Enum]:
@@ -189,7 +233,7 @@ class StateMachine(Generic[E]):
     _on_exit: dict[E, list[Hook[E]]]
     _has_hooks: bool
     _busy: set[int]
-    _counters: dict[E, _StateCounters]
+    _states: dict[int, _State[E]]
     _applied: int
     _rejected: int
     _failed: int
@@ -235,14 +279,17 @@ class StateMachine(Generic[E]):
         self._on_exit = {}
         self._has_hooks = False
         self._busy = set()
-        self._counters = {state: _StateCounters() for state in members}
+        self._states = {id(state): _State(state) for state in members}
+        for state, targets in table.items():
+            info = self._states[id(state)]
+            info.targets = {id(t): self._states[id(t)] for t in targets}
         self._applied = 0
         self._rejected = 0
         self._failed = 0
 
     def __repr__(self) -> str:
         cls = type(self._initial).__name__
-        return f"StateMachine({cls}, initial={self._initial!r}, states={len(self._counters)})"
+        return f"StateMachine({cls}, initial={self._initial!r}, states={len(self._states)})"
 
     # --- the table ---------------------------------------------------------------------------
     @property
@@ -433,8 +480,9 @@ class StateMachine(Generic[E]):
                 back in its previous state.
         """
         from_state = obj.state
-        targets = self._transitions.get(from_state)
-        if targets is None or to_state not in targets:
+        left = self._states.get(id(from_state))
+        entered = None if left is None else left.targets.get(id(to_state))
+        if left is None or entered is None:
             self._rejected += 1
             if to_state not in self._transitions:
                 raise self._foreign("to_state", to_state)
@@ -447,9 +495,8 @@ class StateMachine(Generic[E]):
                 f"refused {from_state!r} -> {to_state!r}"
             )
         if not (hooks and self._has_hooks):
-            at = anyio.current_time()
             obj.state = to_state
-            return self._record(obj, from_state, to_state, at)
+            return self._record(obj, left, entered, clock()())
         self._busy.add(key)
         try:
             applied = False
@@ -477,29 +524,43 @@ class StateMachine(Generic[E]):
                         f"{from_state!r} -> {to_state!r}; the object stays in {from_state!r}"
                     )
                 raise
-            return self._record(obj, from_state, to_state, at)
+            return self._record(obj, left, entered, at)
         finally:
             self._busy.discard(key)
 
-    def _record(self, obj: object, from_state: E, to_state: E, at: float) -> StateChange[E]:
-        change = StateChange(from_state=from_state, to_state=to_state, at=at)
+    def _apply(self, obj: Stateful[E], to_state: E, at: float) -> StateChange[E] | None:
+        """Apply a transition without hooks at a given time, for pipelines (no await).
+
+        Returns None, changing nothing, when the machine has hooks or the object is busy or
+        the transition is not allowed: the caller then goes through :meth:`transition`.
+        """
+        if self._has_hooks:
+            return None
+        left = self._states.get(id(obj.state))
+        entered = None if left is None else left.targets.get(id(to_state))
+        if left is None or entered is None or (self._busy and id(obj) in self._busy):
+            return None
+        obj.state = to_state
+        return self._record(obj, left, entered, at)
+
+    def _record(
+        self, obj: object, left: _State[E], entered: _State[E], at: float
+    ) -> StateChange[E]:
+        change = _change(left.state, entered.state, at)
         history = getattr(obj, "history", None)
-        entered_at: float | None = None
-        if history:
-            entered_at = history[-1].at
-        elif history is not None:
-            created = getattr(obj, "created_at", None)
-            if isinstance(created, float | int):
-                entered_at = float(created)
-        left = self._counters[from_state]
-        left.exited += 1
-        if entered_at is not None:
-            left.time += at - entered_at
-            left.timed += 1
-        self._counters[to_state].entered += 1
-        self._applied += 1
         if history is not None:
+            if history:
+                left.time += at - history[-1].at
+                left.timed += 1
+            else:
+                created = getattr(obj, "created_at", None)
+                if isinstance(created, float | int):
+                    left.time += at - created
+                    left.timed += 1
             history.append(change)
+        left.exited += 1
+        entered.entered += 1
+        self._applied += 1
         return change
 
     def statistics(self) -> StateMachineStatistics[E]:
@@ -509,13 +570,13 @@ class StateMachine(Generic[E]):
             A frozen :class:`StateMachineStatistics`.
         """
         states = {
-            state: StateStatistics(
+            c.state: StateStatistics(
                 entered=c.entered,
                 exited=c.exited,
                 time=c.time,
                 mean_time=c.time / c.timed if c.timed else 0.0,
             )
-            for state, c in self._counters.items()
+            for c in self._states.values()
         }
         return StateMachineStatistics(
             transitions=self._applied,

@@ -441,6 +441,7 @@ class ResourceManager:
             An async context manager, to be entered once, that yields ``None``.
 
         Raises:
+            TypeError: A pool name is not a string (raised here, before any waiting).
             ValueError: A pool is unknown or named twice (raised here, before any waiting).
         """
         try:

@@ -21,15 +21,16 @@ import anyio
 import attrs
 
 from ._errors import InvalidTransition
-from ._lifecycle import StateChange, StateMachine
+from ._lifecycle import StateChange, StateMachine, clock
 from ._limits import ResourceManager
+from ._policies import RetryPolicies
 from ._request import (
     REQUEST_TRANSITIONS,
-    ErrorCategory,
     ProcessingResult,
     ProcessingStatus,
     Request,
     RequestState,
+    make_result,
 )
 from ._retry import RetryPolicy
 
@@ -45,6 +46,7 @@ __all__ = (
 T = TypeVar("T")
 StageFn = Callable[[Request], Awaitable[Any]]
 TransitionObserver = Callable[[Request, StateChange[RequestState]], object]
+RetrySource = Mapping[str, RetryPolicy] | RetryPolicies | Callable[[str, Request], RetryPolicy]
 
 _COMPLETED = RequestState.COMPLETED
 _FAILED = RequestState.FAILED
@@ -206,12 +208,28 @@ async def _once(stage: Stage, request: Request, resources: ResourceManager | Non
     return await stage.fn(request)
 
 
-async def _run_stage(
+async def _attempts(
     stage: Stage, request: Request, resources: ResourceManager | None, policy: RetryPolicy | None
 ) -> Any:
     if policy is None:
         return await _once(stage, request, resources)
     return await policy.call(_once, stage, request, resources)
+
+
+async def _run_stage(
+    stage: Stage,
+    request: Request,
+    resources: ResourceManager | None,
+    policy: RetryPolicy | None,
+    begun: float,
+) -> Any:
+    if stage.timeout is None:
+        return await _attempts(stage, request, resources, policy)
+    # A cancel scope rather than anyio.fail_after: the same, without a generator per stage.
+    with anyio.CancelScope(deadline=begun + stage.timeout):
+        return await _attempts(stage, request, resources, policy)
+    # Only this scope's own deadline is caught here (outer cancellation propagates).
+    raise TimeoutError(f"stage {stage.name!r} took longer than its timeout ({stage.timeout} s)")
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -258,6 +276,10 @@ class Pipeline:
     _failed: int
     _cancelled: int
     _checked: tuple[object, object, object] | None
+    _scopes: dict[int, anyio.CancelScope]
+    _cancel_requested: set[int]
+    _retries: bool
+    _simple: tuple[bool, ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -285,6 +307,13 @@ class Pipeline:
         self._counters = {stage.name: _StageCounters() for stage in stages}
         self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
         self._checked = None
+        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._cancel_requested: set[int] = set()
+        self._retries = any(stage.retry is not None for stage in stages)
+        self._simple = tuple(
+            not (stage.pools or stage.retry is not None or stage.timeout is not None)
+            for stage in stages
+        )
 
     def _check_path(self) -> None:
         machine = self._machine
@@ -322,7 +351,7 @@ class Pipeline:
     def _check_run(
         self,
         resources: ResourceManager | None,
-        retry: Mapping[str, RetryPolicy] | None,
+        retry: RetrySource | None,
         optional: Collection[str],
     ) -> None:
         if self._checked is not None:
@@ -331,8 +360,11 @@ class Pipeline:
                 return
         if resources is not None and not isinstance(resources, ResourceManager):
             raise TypeError(f"resources must be a ResourceManager or None, got {resources!r}")
-        if retry is not None and not isinstance(retry, Mapping):
-            raise TypeError(f"retry must be a mapping of name to RetryPolicy, got {retry!r}")
+        if not (retry is None or isinstance(retry, Mapping | RetryPolicies) or callable(retry)):
+            raise TypeError(
+                "retry must be a mapping of name to RetryPolicy, a RetryPolicies or a "
+                f"function (name, request) -> RetryPolicy, got {retry!r}"
+            )
         if isinstance(optional, str) or not isinstance(optional, Collection):
             raise TypeError(f"optional must be a collection of stage names, got {optional!r}")
         for stage in self._stages:
@@ -348,25 +380,58 @@ class Pipeline:
                         f"stage {stage.name!r} uses unknown pools {unknown}; the resources have "
                         f"{list(resources.pools)}"
                     )
-            if isinstance(stage.retry, str):
-                if retry is None or stage.retry not in retry:
-                    known = sorted(retry) if retry is not None else []
+            if isinstance(stage.retry, str) and retry is None:
+                raise ValueError(
+                    f"stage {stage.name!r} names retry policy {stage.retry!r}, but the run was "
+                    "given no retry policies"
+                )
+            if isinstance(stage.retry, str) and isinstance(retry, Mapping):
+                if stage.retry not in retry:
                     raise ValueError(
                         f"stage {stage.name!r} names retry policy {stage.retry!r}, which the "
-                        f"run was not given (known: {known})"
+                        f"run was not given (known: {sorted(retry)})"
                     )
                 if not isinstance(retry[stage.retry], RetryPolicy):
-                    raise TypeError(
-                        f"retry[{stage.retry!r}] must be a RetryPolicy, got {retry[stage.retry]!r}"
-                    )
+                    got = retry[stage.retry]
+                    raise TypeError(f"retry[{stage.retry!r}] must be a RetryPolicy, got {got!r}")
         self._checked = (resources, retry, optional)
+
+    def _policies(
+        self, request: Request, retry: RetrySource | None
+    ) -> tuple[RetryPolicy | None, ...] | None:
+        """Resolve each stage's retry policy for this request (None: no stage retries)."""
+        if not self._retries:
+            return None
+        policies: list[RetryPolicy | None] = []
+        for stage in self._stages:
+            name = stage.retry
+            if not isinstance(name, str):
+                policies.append(name)
+                continue
+            try:
+                if isinstance(retry, Mapping):
+                    policy = retry[name]
+                elif isinstance(retry, RetryPolicies):
+                    policy = retry.get(name, priority=request.priority)
+                else:
+                    assert retry is not None
+                    policy = retry(name, request)
+            except (KeyError, LookupError) as exc:
+                raise ValueError(
+                    f"stage {stage.name!r} names retry policy {name!r}, which the run cannot "
+                    f"resolve: {exc}"
+                ) from None
+            if not isinstance(policy, RetryPolicy):
+                raise TypeError(f"retry policy {name!r} must be a RetryPolicy, got {policy!r}")
+            policies.append(policy)
+        return tuple(policies)
 
     async def run(
         self,
         request: Request,
         *,
         resources: ResourceManager | None = None,
-        retry: Mapping[str, RetryPolicy] | None = None,
+        retry: RetrySource | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - sugar for a cancel scope
         optional: Collection[str] = (),
         on_transition: TransitionObserver | None = None,
@@ -374,12 +439,17 @@ class Pipeline:
         """Run the request through every stage and end it in one terminal state.
 
         A stage failure ends the request FAILED (unless the stage is optional); the failure is
-        in the result, not raised. Cancellation ends it CANCELLED (shielded) and propagates.
+        in the result, not raised. :meth:`cancel` ends it CANCELLED, also a result. Cancellation
+        from outside (a cancel scope around the call) ends it CANCELLED, shielded, and then
+        propagates.
 
         Args:
             request: A request in a state that is not terminal.
             resources: The pools that stages name.
-            retry: Retry policies that stages name, by name.
+            retry: The retry policies that stages name: a mapping of name to
+                :class:`~trioflow.RetryPolicy`, a :class:`~trioflow.RetryPolicies` (adapted to
+                the request's ``priority``), or a function ``(name, request) -> RetryPolicy``.
+                Resolved for every stage before the first one runs.
             timeout: Seconds the whole run may take; past it the request fails with the
                 builtin ``TimeoutError`` (category TIMEOUT). ``None``: no limit.
             optional: Names of stages to treat as optional in this run.
@@ -387,7 +457,8 @@ class Pipeline:
                 final one included), e.g. to log it.
 
         Returns:
-            A :class:`~trioflow.ProcessingResult`: COMPLETED, DEGRADED or FAILED.
+            A :class:`~trioflow.ProcessingResult`: COMPLETED, DEGRADED, FAILED, or CANCELLED
+            after :meth:`cancel`.
 
         Raises:
             TypeError: An argument has the wrong type.
@@ -405,35 +476,44 @@ class Pipeline:
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
         _check_timeout("timeout", timeout)
+        if id(request) in self._scopes:
+            raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)
+        policies = self._policies(request, retry)
         self._runs += 1
-        started = anyio.current_time()
+        now_fn = clock()
+        started = now = now_fn()
         timings = request.timings
+        results = request.results
         degraded: dict[str, BaseException] = {}
         value: Any = None
         counters = self._counters
+        simple = self._simple
+        # One cancel scope per run serves both the run's timeout and cancel(request).
+        scope = anyio.CancelScope(deadline=math.inf if timeout is None else started + timeout)
+        key = id(request)
+        self._scopes[key] = scope
         try:
-            with anyio.fail_after(timeout) if timeout is not None else _NO_SCOPE:
-                for stage in self._stages:
+            with scope:
+                for index, stage in enumerate(self._stages):
                     if request.state is not stage.state:
-                        change = await machine.transition(request, stage.state)
+                        # Without hooks the transition needs no await: apply it at the time
+                        # the previous stage ended.
+                        change = machine._apply(request, stage.state, now)
+                        if change is None:
+                            change = await machine.transition(request, stage.state)
+                            now = now_fn()
                         if on_transition is not None:
                             on_transition(request, change)
                     counter = counters[stage.name]
                     counter.runs += 1
-                    begun = anyio.current_time()
+                    begun = now
                     try:
-                        if stage.pools or stage.retry is not None or stage.timeout is not None:
-                            policy = stage.retry
-                            if isinstance(policy, str):
-                                policy = retry[policy]  # type: ignore[index]
-                            if stage.timeout is not None:
-                                with anyio.fail_after(stage.timeout):
-                                    value = await _run_stage(stage, request, resources, policy)
-                            else:
-                                value = await _run_stage(stage, request, resources, policy)
-                        else:
+                        if simple[index]:
                             value = await stage.fn(request)
+                        else:
+                            policy = None if policies is None else policies[index]
+                            value = await _run_stage(stage, request, resources, policy, begun)
                     except Exception as exc:
                         counter.failed += 1
                         if not (stage.optional or stage.name in optional):
@@ -441,12 +521,25 @@ class Pipeline:
                         degraded[stage.name] = exc
                         value = None
                     else:
-                        request.results[stage.name] = value
+                        results[stage.name] = value
                     finally:
-                        elapsed = anyio.current_time() - begun
+                        now = now_fn()
+                        elapsed = now - begun
                         counter.time += elapsed
                         timings[stage.name] = elapsed
-            change = await machine.transition(request, _COMPLETED)
+            if scope.cancelled_caught:
+                if key not in self._cancel_requested:
+                    raise TimeoutError(
+                        f"request {request.id!r} took longer than its timeout ({timeout} s)"
+                    )
+                with anyio.CancelScope(shield=True):
+                    self._cancelled += 1
+                    await self._finish(request, _CANCELLED, on_transition)
+                return self._result(request, ProcessingStatus.CANCELLED, started, now_fn())
+            change = machine._apply(request, _COMPLETED, now)
+            if change is None:
+                change = await machine.transition(request, _COMPLETED)
+                now = now_fn()
             if on_transition is not None:
                 on_transition(request, change)
         except BaseException as exc:
@@ -458,33 +551,53 @@ class Pipeline:
             with anyio.CancelScope(shield=True):
                 self._failed += 1
                 await self._finish(request, _FAILED, on_transition)
-            return ProcessingResult(
-                request_id=request.id,
-                status=ProcessingStatus.FAILED,
-                state=request.state,
-                error=exc,
-                category=ErrorCategory.of(exc),
-                history=tuple(request.history),
-                stage_timings=timings,
-                degraded=degraded,
-                duration=anyio.current_time() - started,
+            return self._result(
+                request, ProcessingStatus.FAILED, started, now_fn(), error=exc, degraded=degraded
             )
+        finally:
+            del self._scopes[key]
+            self._cancel_requested.discard(key)
         if degraded:
             self._degraded += 1
-            status = ProcessingStatus.DEGRADED
-        else:
-            self._completed += 1
-            status = ProcessingStatus.COMPLETED
-        return ProcessingResult(
-            request_id=request.id,
-            status=status,
-            state=request.state,
-            value=value,
-            history=tuple(request.history),
-            stage_timings=timings,
-            degraded=degraded,
-            duration=anyio.current_time() - started,
+            return self._result(
+                request, ProcessingStatus.DEGRADED, started, now, value=value, degraded=degraded
+            )
+        self._completed += 1
+        return self._result(request, ProcessingStatus.COMPLETED, started, now, value=value)
+
+    @staticmethod
+    def _result(
+        request: Request,
+        status: ProcessingStatus,
+        started: float,
+        now: float,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+        degraded: Mapping[str, BaseException] | None = None,
+    ) -> ProcessingResult:
+        return make_result(
+            request, status, now - started, value=value, error=error, degraded=degraded
         )
+
+    def cancel(self, request: Request) -> bool:
+        """Cancel a run of this pipeline; that ``run()`` returns a CANCELLED result.
+
+        The request ends CANCELLED (the transition runs shielded); unlike cancellation from
+        outside, the cancellation does not propagate out of ``run()``, which returns.
+
+        Args:
+            request: The request being run.
+
+        Returns:
+            Whether the request was being run by this pipeline.
+        """
+        scope = self._scopes.get(id(request))
+        if scope is None:
+            return False
+        self._cancel_requested.add(id(request))
+        scope.cancel()
+        return True
 
     async def _finish(
         self, request: Request, state: RequestState, on_transition: TransitionObserver | None
@@ -526,19 +639,6 @@ class Pipeline:
             cancelled=self._cancelled,
             stages=MappingProxyType(stages),
         )
-
-
-class _NoScope:
-    """A reusable do-nothing context manager (cheaper than contextlib.nullcontext())."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-_NO_SCOPE = _NoScope()
 
 
 def _freeze(value: Mapping[str, Any]) -> Mapping[str, Any]:

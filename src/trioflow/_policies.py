@@ -119,10 +119,9 @@ class RetryPolicies:
     boost B (``"low"`` -1, ``"normal"`` 0, ``"high"`` +1, or any int), the policy returned
     for a base policy P is P with::
 
-        attempts      = max(1, ceil(P.attempts * (1 - L)) + B)
+        attempts      = max(1, A + B)   where A = max(1, ceil(P.attempts * (1 - L)))
         initial_delay = P.initial_delay * S
-        max_delay     = P.max_delay * S
-        where S       = 1 - L * (1 - min_wait_fraction)
+        max_delay     = P.max_delay * S     where S = 1 - L * (1 - min_wait_fraction)
 
     and everything else (multiplier, jitter, which exceptions) unchanged. So at L = 0 a
     normal call gets P itself; at L = 1 it gets a single attempt, and a high-priority call
@@ -203,7 +202,7 @@ class RetryPolicies:
             return policy
         # The small tolerance keeps float noise (3 * (1 - 1/3) = 2.0000000000000004) from
         # rounding up to an extra attempt.
-        attempts = max(1, math.ceil(policy.attempts * (1 - level) - 1e-9) + boost)
+        attempts = max(1, max(1, math.ceil(policy.attempts * (1 - level) - 1e-9)) + boost)
         scale = 1 - level * (1 - self.min_wait_fraction)
         return attrs.evolve(
             policy,

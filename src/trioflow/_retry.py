@@ -214,9 +214,9 @@ class RetryPolicy:
 
         Raises:
             TypeError: ``fn`` is not callable.
-            BaseException: The last try's exception itself (not a tenacity ``RetryError``),
-                with a note saying how many tries were made when there was more than one;
-                or, at once, an exception that is not retried (cancellation included).
+            BaseException: The last try's exception itself (not a tenacity ``RetryError``);
+                when there was more than one try, with a note saying how many. An exception
+                that is not retried (cancellation included) propagates at once.
         """
         if not callable(fn):
             raise TypeError(f"fn must be an async callable, got {fn!r}")
@@ -248,5 +248,9 @@ class RetryPolicy:
         except Exception as exc:
             if self.should_retry(exc):
                 exc.add_note(f"trioflow: gave up after {tries} attempts")
+            else:
+                exc.add_note(
+                    f"trioflow: raised on attempt {tries} of {self.attempts}, not retried"
+                )
             raise
         return result

@@ -128,7 +128,7 @@ class Router:
             Exception: Whatever the classifier raised.
         """
         kind = self._classify(request)
-        if inspect.isawaitable(kind):
+        if not isinstance(kind, str) and inspect.isawaitable(kind):
             kind = await kind
         if not isinstance(kind, str) or not kind:
             raise TypeError(f"classify must return a non-empty str kind, got {kind!r}")

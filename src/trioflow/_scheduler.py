@@ -35,10 +35,10 @@ from typing import Any, final
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import sniffio
 
 from ._context import Context, RunShared
-from ._errors import UnstorableValue, WorkflowDefinitionError, WorkflowShapeChanged
+from ._errors import UnstorableValue, WorkflowDefinitionError
+from ._journal import Journal
 from ._limits import ResourceManager
 from ._store import (
     RunStatus,
@@ -49,8 +49,8 @@ from ._store import (
     encode_value,
     return_hint,
 )
-from ._workflow import Graph, Step, StepStatus, Workflow, describe_shape_change
-from ._workflow_result import StepResult, WorkflowProgress, WorkflowResult
+from ._workflow import Graph, Step, StepStatus, Workflow
+from ._workflow_result import StepResults, StepTable, WorkflowProgress, WorkflowResult
 
 __all__ = ("run_workflow",)
 
@@ -64,15 +64,20 @@ _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields t
 
 
 def _clock() -> Callable[[], float]:
-    # anyio.current_time() re-detects the backend on each call: take the backend's own clock.
-    library = sniffio.current_async_library()
-    if library == "trio":
-        import trio
-
-        return trio.current_time
-    if library == "asyncio":
+    # anyio.current_time() finds the backend again on each call: take the backend's own clock.
+    trio = sys.modules.get("trio")  # not imported: not running on trio
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            clock: Callable[[], float] = trio.current_time
+            return clock
+    try:
         return asyncio.get_running_loop().time
-    return anyio.current_time  # pragma: no cover - anyio has no other backend
+    except RuntimeError:  # pragma: no cover - anyio has no other backend
+        return anyio.current_time
 
 
 def _error_text(exc: BaseException | None) -> str | None:
@@ -188,7 +193,7 @@ async def run_workflow(
         raise TypeError(f"run_id must be a non-empty string or None, got {run_id!r}")
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable or None, got {on_progress!r}")
-    run = _Run(
+    run = Run(
         workflow.name,
         graph,
         cap=cap,
@@ -203,7 +208,7 @@ async def run_workflow(
 
 
 @final
-class _Run:
+class Run:
     """The mutable state of one run. Everything here runs in one thread: no locks."""
 
     def __init__(
@@ -225,10 +230,17 @@ class _Run:
         self.steps: tuple[Step, ...] = graph.steps
         self.succs = graph.succs
         self.exclusive = [step.exclusive for step in graph.steps]
+        self.plain = [
+            manager is None and step.retry is None and step.timeout is None for step in graph.steps
+        ]
+        self.fast = [
+            plain and step.when is None and store is None and on_progress is None
+            for plain, step in zip(self.plain, graph.steps, strict=True)
+        ]
         self.cap = cap
         self.manager = manager
         self.fail_fast = fail_fast
-        self.store = store
+        self.journal = None if store is None else Journal(store, run_id, n)
         self.run_id = run_id
         self.on_progress = on_progress
         self.shared = RunShared(run_id, state)
@@ -239,12 +251,11 @@ class _Run:
         self.attempts = [0] * n
         self.started: list[float | None] = [None] * n
         self.finished: list[float | None] = [None] * n
-        self.duration: list[float | None] = [None] * n
+        self.duration: list[float | None] = [None] * n  # of restored steps
         self.restored = [False] * n
         self.comp_error: list[Exception | None] = [None] * n
         self.seq: list[int | None] = [None] * n
         self.stored: list[StoredValue | None] = [None] * n
-        self.saved: list[StepStatus | None] = [None] * n
         self.remaining = [len(p) for p in graph.preds]
         # Scheduling.
         self.ready: deque[int] = deque()
@@ -256,10 +267,8 @@ class _Run:
         self.next_seq = 0
         self.aborted = False
         self.finished_all = False
-        self.store_error: Exception | None = None
-        self.unsaved: list[int] = []
-        self.flushing = False
         self.completed = self.succeeded = self.failed = self.skipped = 0
+        self.hard_failures = 0  # FAILED steps without continue_on_error
         self.tg: anyio.abc.TaskGroup | None = None
         self.wake = anyio.Event()
         self.poked = False
@@ -272,8 +281,12 @@ class _Run:
         self.now = _clock()
         self.t0 = self.now()
         self.wall0 = time.time()
-        if self.store is not None:
-            await self._open_store(self.store)
+        journal = self.journal
+        if journal is not None:
+            record = await journal.open(self.name, self.graph)
+            if record is not None:
+                self._restore(record.steps, record.state)
+            self.shared.encode = encode_value
         self.ready.extend(
             i for i, n in enumerate(self.remaining) if n == 0 and self.status[i] is None
         )
@@ -288,40 +301,20 @@ class _Run:
                 await self._wrap_up(exc)
             raise
         await self._wrap_up(None)
-        if self.store_error is not None:
-            raise self.store_error
+        if journal is not None and journal.error is not None:
+            raise journal.error
         return self._result()
 
-    async def _open_store(self, store: WorkflowStore) -> None:
-        graph, name, run_id = self.graph, self.name, self.run_id
-        record = await store.load_run(run_id)
-        if record is not None:
-            if record.workflow != name:
-                raise WorkflowShapeChanged(
-                    f"cannot resume run {run_id!r}: it is a run of workflow "
-                    f"{record.workflow!r}, not {name!r}"
-                )
-            if record.fingerprint != graph.fingerprint:
-                change = describe_shape_change(record.shape, graph.shape) or "edges changed"
-                raise WorkflowShapeChanged(
-                    f"cannot resume run {run_id!r}: workflow {name!r} changed since the run was "
-                    f"stored ({change})"
-                )
-            self._restore(record.steps, record.state)
-        await store.begin_run(
-            run_id, workflow=name, fingerprint=graph.fingerprint, shape=graph.shape
-        )
-        self.shared.encode = encode_value
-
-    def _restore(self, records: Mapping[str, StepRecord], state: Mapping[str, StoredValue]) -> None:
+    def _restore(
+        self, records: Mapping[str, StepRecord], state: Mapping[str, StoredValue]
+    ) -> None:
         index = self.graph.index
         done = []
         for record in records.values():
             i = index[record.name]
             if record.status is not _SUCCEEDED and record.status is not _SKIPPED:
-                self.saved[i] = record.status
                 continue
-            self.status[i] = self.saved[i] = record.status
+            self.status[i] = record.status
             self.restored[i] = True
             self.attempts[i] = record.attempts
             self.duration[i] = record.duration
@@ -360,7 +353,8 @@ class _Run:
             self.exclusive_running = True
         self.in_flight += 1
         self.active += 1
-        self.running[i] = None
+        if self.on_progress is not None:
+            self.running[i] = None
         return i
 
     def _poke(self) -> None:
@@ -383,10 +377,40 @@ class _Run:
 
     async def _worker(self, i: int) -> None:
         budget = _CHECKPOINT_EVERY
+        fast, steps, shared, now = self.fast, self.steps, self.shared, self.now
         while True:
             if not self.poked and self.ready and self._can_claim():
                 self._poke()  # another worker may start once this one waits
-            await self._execute(i)
+            if fast[i]:
+                # What _execute does for a step without condition, retry, timeout, slot, store
+                # or progress callback, inlined: most steps of a big workflow come this way.
+                step = steps[i]
+                ctx = object.__new__(Context)
+                ctx._shared = shared
+                ctx._step = step.name
+                self.attempts[i] = 1
+                self.started[i] = now()
+                try:
+                    self.value[i] = await step.fn(ctx)
+                except Exception as exc:
+                    self.error[i] = exc
+                    status = _FAILED
+                except BaseException:
+                    self._cancelled(i)
+                    raise
+                else:
+                    status = _SUCCEEDED
+                    self.seq[i] = self.next_seq
+                    self.next_seq += 1
+                    self.completion.append(i)
+                self.finished[i] = now()
+                self.status[i] = status
+                self.in_flight -= 1
+                if step.exclusive:
+                    self.exclusive_running = False
+                self.complete(i)
+            else:
+                await self._execute(i)
             budget -= 1
             if not budget:
                 budget = _CHECKPOINT_EVERY
@@ -395,7 +419,8 @@ class _Run:
             if i < 0:
                 return
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Stop the run: cancel the steps in flight and start no more."""
         if not self.aborted:
             self.aborted = True
             if self.tg is not None:
@@ -403,9 +428,15 @@ class _Run:
 
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
-        del self.running[i]
-        if self.exclusive[i]:
+        if self.on_progress is not None:
+            del self.running[i]
+        if self.steps[i].exclusive:
             self.exclusive_running = False
+
+    def _cancelled(self, i: int) -> None:
+        self.status[i] = _CANCELLED
+        self.finished[i] = self.now()
+        self._leave(i)
 
     # --- one step -----------------------------------------------------------------------------
     async def _execute(self, i: int) -> None:
@@ -421,56 +452,51 @@ class _Run:
                     go = await go
                 if not go:
                     status = _SKIPPED
-            if status is _SUCCEEDED:
-                if self.manager is not None:
-                    async with self.manager.slot(*step.pools):
-                        self.value[i] = await self._call(i, step, ctx)
-                else:
+            if status is not _SUCCEEDED:
+                pass
+            elif self.plain[i]:  # no retry, timeout or slot: the common case, inline
+                self.attempts[i] = 1
+                self.started[i] = self.now()
+                self.value[i] = await step.fn(ctx)
+            elif self.manager is not None:
+                async with self.manager.slot(*step.pools):
                     self.value[i] = await self._call(i, step, ctx)
+            else:
+                self.value[i] = await self._call(i, step, ctx)
         except Exception as exc:
             status = _FAILED
             self.error[i] = exc
         except BaseException:
-            self.status[i] = _CANCELLED
-            self.finished[i] = finished = self.now()
-            started = self.started[i]
-            self.duration[i] = None if started is None else finished - started
-            self._leave(i)
+            self._cancelled(i)
             raise
         self.finished[i] = finished = self.now()
-        started = self.started[i]
-        if started is None:
-            self.started[i] = started = finished
-        self.duration[i] = finished - started
+        if self.started[i] is None:
+            self.started[i] = finished
         self._leave(i)
-        if self.store is None:
-            self.status[i] = status
+        if status is _SUCCEEDED:
+            if self.journal is not None:
+                try:
+                    self.stored[i] = encode_value(step.name, self.value[i])
+                except UnstorableValue as exc:
+                    status = _FAILED
+                    self.error[i] = exc
+                    self.value[i] = None
             if status is _SUCCEEDED:
                 self.seq[i] = self.next_seq
                 self.next_seq += 1
                 self.completion.append(i)
-            self._complete(i)
-            return
-        if status is _SUCCEEDED:
-            try:
-                self.stored[i] = encode_value(step.name, self.value[i])
-            except UnstorableValue as exc:
-                status = _FAILED
-                self.error[i] = exc
-                self.value[i] = None
-            else:
-                self.seq[i] = self.next_seq
-                self.next_seq += 1
-                self.completion.append(i)
         self.status[i] = status
-        await self._persist(i)
+        if self.journal is None:
+            self.complete(i)
+        else:
+            await self.journal.save(self, i)
 
     async def _call(self, i: int, step: Step, ctx: Context) -> Any:
         fn = step.fn
         timeout = step.timeout
+        self.started[i] = self.now()
         if step.retry is None:
             self.attempts[i] = 1
-            self.started[i] = self.now()
             if timeout is None:
                 return await fn(ctx)
             with anyio.fail_after(timeout):
@@ -483,10 +509,9 @@ class _Run:
             with anyio.fail_after(timeout):
                 return await fn(ctx)
 
-        self.started[i] = self.now()
         return await step.retry.call(attempt)
 
-    def _complete(self, i: int) -> None:
+    def complete(self, i: int) -> None:
         """The step's end is final (and stored): release the steps after it, or fail."""
         self.active -= 1
         self.completed += 1
@@ -501,8 +526,10 @@ class _Run:
         else:
             self.failed += 1
             release = self.steps[i].continue_on_error
-            if not release and self.fail_fast:
-                self._abort()
+            if not release:
+                self.hard_failures += 1
+                if self.fail_fast:
+                    self.abort()
         if release:
             remaining, ready = self.remaining, self.ready
             for s in self.succs[i]:
@@ -515,52 +542,25 @@ class _Run:
             self.finished_all = True
             self._poke()
 
-    async def _persist(self, i: int) -> None:
-        """Write the record of step ``i`` (sharing a transaction with others ending now)."""
-        store = self.store
-        assert store is not None
-        self.unsaved.append(i)
-        if self.flushing:
-            return  # the write in progress takes it next
-        self.flushing = True
-        try:
-            while self.unsaved and self.store_error is None:
-                batch, self.unsaved = self.unsaved, []
-                records = [self._record(j) for j in batch]
-                state = self.shared.take_dirty()
-                try:
-                    await store.save_steps(self.run_id, records, state)
-                except Exception as exc:
-                    self.store_error = exc
-                    self._abort()
-                    return
-                except BaseException:
-                    # Not known to be written: the final write at the end of the run retries.
-                    self.shared.dirty = {**state, **self.shared.dirty}
-                    raise
-                for j in batch:
-                    self.saved[j] = self.status[j]
-                    self._complete(j)
-        finally:
-            self.flushing = False
-
     # --- the end ------------------------------------------------------------------------------
     def _ok(self) -> bool:
-        for i, status in enumerate(self.status):
-            if status is _SUCCEEDED or status is _SKIPPED:
-                continue
-            if status is _FAILED and self.steps[i].continue_on_error:
-                continue
-            return False
-        return True
+        # Every step completed (nothing CANCELLED or NOT_RUN) and none failed for good.
+        return self.completed == len(self.steps) and not self.hard_failures
+
+    def _duration(self, i: int) -> float | None:
+        started, finished = self.started[i], self.finished[i]
+        if started is None or finished is None:
+            return self.duration[i]
+        return finished - started
 
     async def _wrap_up(self, interrupted: BaseException | None) -> None:
-        self.status = [_NOT_RUN if s is None else s for s in self.status]
         ok = interrupted is None and self._ok()
-        if not ok and self.store_error is None:
+        if not ok:
+            self.status = [_NOT_RUN if s is None else s for s in self.status]
+        journal = self.journal
+        if not ok and (journal is None or journal.error is None):
             await self._compensate()
-        store = self.store
-        if store is None:
+        if journal is None:
             return
         if interrupted is None:
             final = RunStatus.SUCCEEDED if ok else RunStatus.FAILED
@@ -568,22 +568,13 @@ class _Run:
             final = RunStatus.CANCELLED
         else:
             final = RunStatus.FAILED
-        changed = [
-            i
-            for i, status in enumerate(self.status)
-            if status is not self.saved[i] or self.comp_error[i] is not None
-        ]
         try:
-            with anyio.CancelScope(shield=True):
-                await store.save_steps(
-                    self.run_id, [self._record(i) for i in changed], self.shared.take_dirty()
-                )
-                await store.finish_run(self.run_id, final)
+            await journal.close(self, final)
         except Exception as exc:
             if interrupted is not None:
                 interrupted.add_note(f"trioflow: could not record the end of the run: {exc!r}")
-            elif self.store_error is None:
-                self.store_error = exc
+            elif journal.error is None:
+                journal.error = exc
 
     async def _compensate(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -601,7 +592,8 @@ class _Run:
     def _wall(self, t: float | None) -> datetime | None:
         return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)
 
-    def _record(self, i: int) -> StepRecord:
+    def record(self, i: int) -> StepRecord:
+        """Return the record of step ``i`` as the store keeps it."""
         status = self.status[i]
         assert status is not None
         keeps_value = status is _SUCCEEDED or status is _COMPENSATED
@@ -614,7 +606,7 @@ class _Run:
             compensation_error=_error_text(self.comp_error[i]),
             started_at=self._wall(self.started[i]),
             finished_at=self._wall(self.finished[i]),
-            duration=self.duration[i],
+            duration=self._duration(i),
             seq=self.seq[i],
         )
 
@@ -635,26 +627,24 @@ class _Run:
         )
 
     def _result(self) -> WorkflowResult:
-        steps = {
-            step.name: StepResult(
-                name=step.name,
-                status=self.status[i] or _NOT_RUN,
-                value=self.value[i],
-                error=self.error[i],
-                attempts=self.attempts[i],
-                started_at=self.started[i],
-                finished_at=self.finished[i],
-                duration=self.duration[i],
-                restored=self.restored[i],
-                compensation_error=self.comp_error[i],
-            )
-            for i, step in enumerate(self.steps)
-        }
+        table = StepTable(
+            names=tuple(self.graph.index),
+            status=self.status,
+            value=self.value,
+            error=self.error,
+            attempts=self.attempts,
+            started=self.started,
+            finished=self.finished,
+            duration=self.duration,
+            restored=self.restored,
+            compensation_error=self.comp_error,
+            continue_on_error=[step.continue_on_error for step in self.steps],
+        )
         return WorkflowResult(
             workflow=self.name,
             run_id=self.run_id,
             ok=self._ok(),
-            steps=steps,
+            steps=StepResults(table),
             context=Context._for(self.shared, None),
             duration=self.now() - self.t0,
         )

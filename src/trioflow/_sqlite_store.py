@@ -71,6 +71,10 @@ _SAVE_STEP = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SAVE_STATE = "INSERT OR REPLACE INTO state (run_id, key, value, value_type) VALUES (?, ?, ?, ?)"
+_RUN_COLUMNS = (
+    "run_id, workflow, status, created_at, max(updated_at, coalesce((SELECT max(finished_at) "
+    "FROM steps WHERE steps.run_id = runs.run_id), '')), fingerprint, shape"
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -251,9 +255,7 @@ class SQLiteStore:
 
         def load(conn: sqlite3.Connection) -> RunRecord | None:
             row = conn.execute(
-                "SELECT run_id, workflow, status, created_at, updated_at, fingerprint, shape "
-                "FROM runs WHERE run_id = ?",
-                (run_id,),
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if row is None:
                 return None
@@ -307,8 +309,7 @@ class SQLiteStore:
             ):
                 counts.setdefault(run_id, {})[StepStatus(status)] = n
             rows = conn.execute(
-                "SELECT run_id, workflow, status, created_at, updated_at, fingerprint, shape "
-                "FROM runs ORDER BY created_at DESC, rowid DESC"
+                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC"
             ).fetchall()
             return tuple(_run_record(row, counts.get(row[0], {}), {}, {}) for row in rows)
 
@@ -380,7 +381,8 @@ class SQLiteStore:
             conn.executemany(_SAVE_STEP, step_rows)
             if state_rows:
                 conn.executemany(_SAVE_STATE, state_rows)
-            conn.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (_now(), run_id))
+            # runs.updated_at is not touched here (one more write per transaction): readers
+            # take the latest of it and the steps' end times.
             conn.execute("COMMIT")
 
         await self._call("cannot write", save)

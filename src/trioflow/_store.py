@@ -150,9 +150,7 @@ class RunRecord:
     updated_at: datetime
     fingerprint: str
     shape: Mapping[str, tuple[str, ...]] = attrs.field(converter=_frozen_mapping)
-    step_counts: Mapping[StepStatus, int] = attrs.field(
-        factory=dict, converter=_frozen_mapping
-    )
+    step_counts: Mapping[StepStatus, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     steps: Mapping[str, StepRecord] = attrs.field(factory=dict, converter=_frozen_mapping)
     state: Mapping[str, StoredValue] = attrs.field(factory=dict, converter=_frozen_mapping)
 
@@ -224,6 +222,29 @@ def _now() -> datetime:
 
 
 @final
+class _MemoryRun:
+    __slots__ = ("head", "state", "status", "steps", "updated_at")
+
+    def __init__(self, head: RunRecord) -> None:
+        self.head = head
+        self.status = head.status
+        self.updated_at = head.updated_at
+        self.steps: dict[str, StepRecord] = {}
+        self.state: dict[str, StoredValue] = {}
+
+    def record(self, *, full: bool) -> RunRecord:
+        return attrs.evolve(
+            self.head,
+            status=self.status,
+            updated_at=self.updated_at,
+            step_counts=_count(self.steps.values()),
+            # Copies: a record handed out never changes under its reader.
+            steps=dict(self.steps) if full else {},
+            state=dict(self.state) if full else {},
+        )
+
+
+@final
 class MemoryStore:
     """A :class:`WorkflowStore` that keeps runs in this process's memory.
 
@@ -234,7 +255,7 @@ class MemoryStore:
     __slots__ = ("_runs",)
 
     def __init__(self) -> None:
-        self._runs: dict[str, RunRecord] = {}
+        self._runs: dict[str, _MemoryRun] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStore with {len(self._runs)} runs>"
@@ -249,7 +270,8 @@ class MemoryStore:
             The run's record, or None.
         """
         await anyio.lowlevel.checkpoint()
-        return self._runs.get(run_id)
+        run = self._runs.get(run_id)
+        return None if run is None else run.record(full=True)
 
     async def list_runs(self) -> tuple[RunRecord, ...]:
         """Return every stored run, newest first, without steps and state (counts only).
@@ -258,8 +280,8 @@ class MemoryStore:
             The runs' records.
         """
         await anyio.lowlevel.checkpoint()
-        runs = sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True)
-        return tuple(attrs.evolve(r, steps={}, state={}) for r in runs)
+        runs = sorted(self._runs.values(), key=lambda run: run.head.created_at, reverse=True)
+        return tuple(run.record(full=False) for run in runs)
 
     async def begin_run(
         self, run_id: str, *, workflow: str, fingerprint: str, shape: Mapping[str, Sequence[str]]
@@ -274,18 +296,21 @@ class MemoryStore:
         """
         await anyio.lowlevel.checkpoint()
         now = _now()
-        old = self._runs.get(run_id)
-        if old is not None:
-            self._runs[run_id] = attrs.evolve(old, status=RunStatus.RUNNING, updated_at=now)
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.status = RunStatus.RUNNING
+            run.updated_at = now
             return
-        self._runs[run_id] = RunRecord(
-            run_id=run_id,
-            workflow=workflow,
-            status=RunStatus.RUNNING,
-            created_at=now,
-            updated_at=now,
-            fingerprint=fingerprint,
-            shape={name: tuple(after) for name, after in shape.items()},
+        self._runs[run_id] = _MemoryRun(
+            RunRecord(
+                run_id=run_id,
+                workflow=workflow,
+                status=RunStatus.RUNNING,
+                created_at=now,
+                updated_at=now,
+                fingerprint=fingerprint,
+                shape={name: tuple(after) for name, after in shape.items()},
+            )
         )
 
     async def save_steps(
@@ -302,17 +327,11 @@ class MemoryStore:
             KeyError: The run was never begun.
         """
         await anyio.lowlevel.checkpoint()
-        old = self._runs[run_id]
-        records = dict(old.steps)
+        run = self._runs[run_id]
         for record in steps:
-            records[record.name] = record
-        self._runs[run_id] = attrs.evolve(
-            old,
-            updated_at=_now(),
-            steps=records,
-            step_counts=_count(records.values()),
-            state={**old.state, **state},
-        )
+            run.steps[record.name] = record
+        run.state.update(state)
+        run.updated_at = _now()
 
     async def finish_run(self, run_id: str, status: RunStatus) -> None:
         """Record how a run ended.
@@ -325,7 +344,9 @@ class MemoryStore:
             KeyError: The run was never begun.
         """
         await anyio.lowlevel.checkpoint()
-        self._runs[run_id] = attrs.evolve(self._runs[run_id], status=status, updated_at=_now())
+        run = self._runs[run_id]
+        run.status = status
+        run.updated_at = _now()
 
 
 def _count(records: Any) -> dict[StepStatus, int]:
@@ -407,7 +428,7 @@ def decode_value(stored: StoredValue, hint: Any = None) -> Any:
             continue
         try:
             return converter.structure(data, target)
-        except Exception:  # noqa: S112 - try the next way, then give back the raw data
+        except Exception:
             continue
     return data
 

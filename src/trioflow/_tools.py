@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import functools
 import inspect
 import json
 import re
@@ -29,7 +30,7 @@ from ._outcomes import BatchResult
 from ._structure import describe as _describe_value
 from ._structure import problems_of, strict_converter
 
-__all__ = ("Tool", "ToolRegistry", "run_tools")
+__all__ = ("Tool", "ToolRegistry", "check_calls", "run_tools")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -483,16 +484,31 @@ async def run_tools(
     """
     if not isinstance(registry, ToolRegistry):
         raise TypeError(f"registry must be a ToolRegistry, got {registry!r}")
-    operations: list[Callable[[], Awaitable[Any]]] = []
+    operations = [
+        functools.partial(registry.call, name, arguments) for name, arguments in check_calls(calls)
+    ]
+    return await run_batch(operations, limit=limit, timeout=timeout, fail_fast=fail_fast)
+
+
+def check_calls(
+    calls: Iterable[tuple[str, Mapping[str, Any] | None]],
+) -> list[tuple[str, Mapping[str, Any] | None]]:
+    """Check that every call is a ``(tool name, arguments)`` pair.
+
+    Args:
+        calls: The calls.
+
+    Returns:
+        The calls, as a list.
+
+    Raises:
+        TypeError: A call is not a pair with a string name; the message names its index.
+    """
+    checked: list[tuple[str, Mapping[str, Any] | None]] = []
     for index, call in enumerate(calls):
         entry: object = call
         if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], str):
             got = _describe_value(entry)
             raise TypeError(f"calls[{index}] must be a (tool name, arguments) pair, got {got}")
-        name, arguments = entry
-
-        async def operation(name: str = name, arguments: Any = arguments) -> Any:
-            return await registry.call(name, arguments)
-
-        operations.append(operation)
-    return await run_batch(operations, limit=limit, timeout=timeout, fail_fast=fail_fast)
+        checked.append(call)
+    return checked

@@ -14,8 +14,8 @@ import hashlib
 import inspect
 import json
 import math
-from inspect import CO_COROUTINE
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
@@ -38,8 +38,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 def is_async_callable(fn: object) -> bool:
     """Return whether calling ``fn`` returns a coroutine (functions, partials, ``__call__``)."""
-    if type(fn) is FunctionType:  # the common case, without inspect's unwrapping
-        return bool(fn.__code__.co_flags & CO_COROUTINE)
+    if type(fn) is FunctionType and fn.__code__.co_flags & CO_COROUTINE:
+        return True  # the common case, without inspect's unwrapping
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
@@ -155,7 +155,7 @@ class Graph:
         order: Every step index in a topological order.
     """
 
-    __slots__ = ("_fingerprint", "_shape", "index", "order", "preds", "succs", "steps")
+    __slots__ = ("_fingerprint", "_shape", "index", "order", "preds", "steps", "succs")
 
     def __init__(
         self,
@@ -428,7 +428,9 @@ class Workflow:
             after=_names(after, name),
             when=when,
             compensate=compensate,
-            exclusive=exclusive if exclusive is False else _check_bool(exclusive, "exclusive", name),
+            exclusive=exclusive
+            if exclusive is False
+            else _check_bool(exclusive, "exclusive", name),
             retry=retry,
             timeout=None if timeout is None else _check_timeout(timeout, name),
             pools=_check_pools(pools, name),
@@ -528,9 +530,7 @@ class Workflow:
         return tuple(tuple(w) for w in waves)
 
 
-def _topological_order(
-    preds: list[tuple[int, ...]], succs: list[list[int]]
-) -> list[int]:
+def _topological_order(preds: list[tuple[int, ...]], succs: list[list[int]]) -> list[int]:
     """Kahn's algorithm: the steps in an order where each comes after its dependencies.
 
     Shorter than the number of steps when there is a cycle.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, final
 
@@ -11,11 +11,13 @@ import attrs
 from ._context import Context
 from ._workflow import StepStatus
 
-__all__ = ("StepResult", "WorkflowProgress", "WorkflowResult")
+__all__ = ("StepResult", "StepResults", "StepTable", "WorkflowProgress", "WorkflowResult")
 
 
 def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+    if isinstance(value, MappingProxyType | StepResults):
+        return value
+    return MappingProxyType(dict(value))
 
 
 @final
@@ -38,6 +40,8 @@ class StepResult:
         restored: Whether the result comes from a stored run instead of running again.
         compensation_error: The exception its ``compensate`` raised, if it did; the status
             stays SUCCEEDED then (COMPENSATED means the compensation succeeded).
+        continue_on_error: Whether the step was defined with ``continue_on_error`` (its
+            failure then does not make the run fail).
     """
 
     name: str
@@ -50,11 +54,108 @@ class StepResult:
     duration: float | None = None
     restored: bool = False
     compensation_error: Exception | None = None
+    continue_on_error: bool = False
 
     @property
     def ok(self) -> bool:
         """Whether the step SUCCEEDED or was SKIPPED."""
         return self.status is StepStatus.SUCCEEDED or self.status is StepStatus.SKIPPED
+
+
+@final
+class StepTable:
+    """The per-step arrays of a finished run, indexed like its steps (internal)."""
+
+    __slots__ = (
+        "attempts",
+        "compensation_error",
+        "continue_on_error",
+        "duration",
+        "error",
+        "finished",
+        "names",
+        "restored",
+        "started",
+        "status",
+        "value",
+    )
+
+    def __init__(
+        self,
+        *,
+        names: Sequence[str],
+        status: Sequence[StepStatus | None],
+        value: Sequence[Any],
+        error: Sequence[Exception | None],
+        attempts: Sequence[int],
+        started: Sequence[float | None],
+        finished: Sequence[float | None],
+        duration: Sequence[float | None],
+        restored: Sequence[bool],
+        compensation_error: Sequence[Exception | None],
+        continue_on_error: Sequence[bool],
+    ) -> None:
+        self.names = names
+        self.status = status
+        self.value = value
+        self.error = error
+        self.attempts = attempts
+        self.started = started
+        self.finished = finished
+        self.duration = duration
+        self.restored = restored
+        self.compensation_error = compensation_error
+        self.continue_on_error = continue_on_error
+
+
+@final
+class StepResults(Mapping[str, StepResult]):
+    """Read-only mapping of step name -> :class:`StepResult`, in definition order.
+
+    Each :class:`StepResult` is made when first looked up, so a run of many steps does not pay
+    for results nobody reads.
+    """
+
+    __slots__ = ("_cache", "_index", "_table")
+
+    def __init__(self, table: StepTable) -> None:
+        self._table = table
+        self._index = {name: i for i, name in enumerate(table.names)}
+        self._cache: dict[str, StepResult] = {}
+
+    def __getitem__(self, name: str) -> StepResult:
+        result = self._cache.get(name)
+        if result is not None:
+            return result
+        i = self._index[name]
+        t = self._table
+        started, finished = t.started[i], t.finished[i]
+        result = self._cache[name] = StepResult(
+            name=name,
+            status=t.status[i] or StepStatus.NOT_RUN,
+            value=t.value[i],
+            error=t.error[i],
+            attempts=t.attempts[i],
+            started_at=started,
+            finished_at=finished,
+            duration=t.duration[i] if started is None or finished is None else finished - started,
+            restored=t.restored[i],
+            compensation_error=t.compensation_error[i],
+            continue_on_error=t.continue_on_error[i],
+        )
+        return result
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.names)
+
+    def __len__(self) -> int:
+        return len(self._table.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __repr__(self) -> str:
+        return f"StepResults({dict(self)!r})"
 
 
 @final
@@ -115,7 +216,7 @@ class WorkflowResult:
         failed = [
             (name, r.error)
             for name, r in self.steps.items()
-            if r.status is StepStatus.FAILED and r.error is not None
+            if r.status is StepStatus.FAILED and r.error is not None and not r.continue_on_error
         ]
         names = ", ".join(repr(name) for name, _ in failed)
         raise ExceptionGroup(

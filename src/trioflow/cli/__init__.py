@@ -1,20 +1,29 @@
-"""The ``trioflow`` command line (placeholder until the workflow runner lands)."""
+"""The ``trioflow`` command line: run workflow files of shell commands.
+
+``python -m trioflow run FILE.toml`` (or the ``trioflow`` console script) runs the steps of a
+workflow file in parallel as their dependencies allow, with retries, timeouts, conditions and
+resource pools, shows live progress, and records every run in a state file so that an
+interrupted or failed run can be resumed. See ``trioflow --help`` and the command-line page of
+the documentation. The command is built only on trioflow's public API.
+"""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+__all__ = ("main",)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line and exit with its status.
 
     Args:
         argv: Arguments without the program name; ``sys.argv[1:]`` when None.
-    """
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["demo"]:
-        from trioflow._demo import main as demo_main
 
-        raise SystemExit(demo_main(args[1:]))
-    print("usage: trioflow demo", file=sys.stderr)
-    raise SystemExit(2)
+    Raises:
+        SystemExit: Always, with the command's exit status.
+    """
+    from ._app import run
+
+    raise SystemExit(run(argv))

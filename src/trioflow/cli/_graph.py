@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._spec import StepSpec, WorkflowSpec
-from ._steps import describe_command
 
 
 def _notes(step: StepSpec) -> list[str]:
@@ -73,7 +73,9 @@ def dot(spec: WorkflowSpec) -> str:
         attributes = []
         notes = _notes(step)
         if notes:
-            attributes.append("label=" + _dot_text(name + "\n" + "; ".join(notes)))
+            # \n inside a DOT string is a line break in the drawn label.
+            label = _dot_text(name)[:-1] + "\\n" + _dot_text("; ".join(notes))[1:]
+            attributes.append(f"label={label}")
         if step.when is not None:
             attributes.append("style=dashed")
         suffix = f" [{', '.join(attributes)}]" if attributes else ""
@@ -85,12 +87,13 @@ def dot(spec: WorkflowSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan(spec: WorkflowSpec, *, max_parallel: int) -> str:
+def plan(spec: WorkflowSpec, *, max_parallel: int, show: Callable[[StepSpec], str]) -> str:
     """Return the dry-run plan: the waves of steps that would run together, with commands.
 
     Args:
         spec: The workflow.
         max_parallel: The limit the run would use.
+        show: Returns a step's command as it would run.
 
     Returns:
         The text, ending with a newline.
@@ -104,7 +107,7 @@ def plan(spec: WorkflowSpec, *, max_parallel: int) -> str:
         lines.append(f"wave {number}: {', '.join(wave)}")
         for name in wave:
             step = spec.steps[name]
-            lines.append(f"  {name}: {describe_command(step.command)}")
+            lines.append(f"  {name}: {show(step)}")
             options = _notes(step)
             if step.timeout is not None:
                 options.append(f"timeout {step.timeout:g}s")

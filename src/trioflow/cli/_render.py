@@ -180,7 +180,8 @@ class PlainReporter:
     def step_finished(self, name: str, status: str, *, detail: str, elapsed: float) -> None:
         """Print how an attempt ended."""
         took = f" ({format_seconds(elapsed)})" if status != "skipped" else ""
-        self._line(f"{name}: {status}{': ' + detail if detail else ''}{took}")
+        word = "attempt failed" if status == "retrying" else status
+        self._line(f"{name}: {word}{': ' + detail if detail else ''}{took}")
 
     def message(self, text: str) -> None:
         """Print a line."""
@@ -225,7 +226,13 @@ class LiveReporter:
             done, total = self._done, self._total
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
-            ProgressBar(total=max(total, 1), completed=done, width=40),
+            ProgressBar(
+                total=max(total, 1),
+                completed=done,
+                width=40,
+                complete_style="cyan",
+                finished_style="green",
+            ),
             f"{done}/{total} steps",
             format_seconds(now - self._start),
         )
@@ -243,7 +250,13 @@ class LiveReporter:
         with self._lock:
             self._total, self._done = total, resumed
         done = f", {resumed} already done" if resumed else ""
-        self._console.print(f"run [bold]{run_id}[/]: workflow {workflow!r}, {total} steps{done}")
+        from rich.markup import escape
+
+        self._console.print(
+            f"run [bold]{escape(run_id)}[/]: workflow {escape(repr(workflow))}, "
+            f"{total} steps{done}",
+            highlight=False,
+        )
         self._live.start()
 
     def step_started(self, name: str, *, attempt: int, command: str) -> None:
@@ -251,7 +264,9 @@ class LiveReporter:
         with self._lock:
             self._running[name] = (time.monotonic(), attempt)
         if self._verbose:
-            self._console.print(f"[dim]{name}: $ {command}[/]", highlight=False, markup=True)
+            from rich.markup import escape
+
+            self._console.print(f"[dim]{escape(name)}: $ {escape(command)}[/]", highlight=False)
 
     def step_finished(self, name: str, status: str, *, detail: str, elapsed: float) -> None:
         """Print how the attempt ended above the live view."""
@@ -264,9 +279,8 @@ class LiveReporter:
         style = _STYLES.get(status, "yellow" if status == "retrying" else "")
         took = f" [dim]({format_seconds(elapsed)})[/]" if status != "skipped" else ""
         extra = f": {escape(detail)}" if detail else ""
-        self._console.print(
-            f"[{style}]{status:>9}[/] {escape(name)}{extra}{took}", highlight=False
-        )
+        word = "attempt failed" if status == "retrying" else status
+        self._console.print(f"[{style}]{word:>9}[/] {escape(name)}{extra}{took}", highlight=False)
 
     def message(self, text: str) -> None:
         """Print a line above the live view."""
@@ -288,6 +302,9 @@ def rich_console(stream: TextIO) -> Console | None:
     Returns:
         The console, or None to use plain lines.
     """
+    isatty = getattr(stream, "isatty", None)
+    if isatty is None or not isatty():
+        return None  # decided before importing rich: plain output stays cheap
     try:
         from rich.console import Console
     except ImportError:
@@ -428,3 +445,29 @@ def print_json(data: object, stream: TextIO | None = None) -> None:
         stream: Where to print (stdout by default).
     """
     print(json.dumps(data, indent=2), file=stream or sys.stdout)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], stream: TextIO) -> None:
+    """Print a table: a rich table on a terminal, aligned plain columns elsewhere.
+
+    Args:
+        headers: The column titles.
+        rows: The cells, as text.
+        stream: Where to print.
+    """
+    console = rich_console(stream)
+    if console is None:
+        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+        for cells in [headers, *rows]:
+            line = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+            print(line.rstrip(), file=stream)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for header in headers:
+        table.add_column(header)
+    for cells in rows:
+        table.add_row(*(escape(c) for c in cells))
+    console.print(table)

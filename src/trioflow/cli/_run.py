@@ -141,6 +141,35 @@ def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
     )
 
 
+def step_command(
+    spec: WorkflowSpec, step: StepSpec, *, run_id: str, logs: Path
+) -> tuple[tuple[str, ...] | str, Path, dict[str, str]]:
+    """Return a step's command, working directory and environment, placeholders expanded.
+
+    Args:
+        spec: The workflow file.
+        step: The step.
+        run_id: The run's id.
+        logs: The run's log directory.
+
+    Returns:
+        The command (argument list or shell line), the directory it runs in (the workflow
+        file's directory, or ``cwd`` relative to it) and its complete environment.
+    """
+    values = placeholders(run_id=run_id, step=step.name, logs=logs)
+    if isinstance(step.command, str):
+        command: tuple[str, ...] | str = expand(step.command, values, quote=True)
+    else:
+        command = tuple(expand(arg, values) for arg in step.command)
+    cwd = spec.directory
+    if step.cwd is not None:
+        cwd = cwd / expand(step.cwd, values)
+    env = dict(os.environ)
+    env.update({key: expand(value, values) for key, value in step.env.items()})
+    env.update(TRIOFLOW_RUN_ID=run_id, TRIOFLOW_STEP=step.name, TRIOFLOW_LOG_DIR=values["logs"])
+    return command, cwd, env
+
+
 @final
 class _Runner:
     """Builds the workflow of a file; its step functions report to the reporter."""
@@ -173,22 +202,7 @@ class _Runner:
 
     def command(self, step: StepSpec) -> tuple[tuple[str, ...] | str, Path, dict[str, str]]:
         """Return the step's command, working directory and environment for this run."""
-        values = placeholders(run_id=self.run_id, step=step.name, logs=self.logs)
-        if isinstance(step.command, str):
-            command: tuple[str, ...] | str = expand(step.command, values, quote=True)
-        else:
-            command = tuple(expand(arg, values) for arg in step.command)
-        cwd = self.spec.directory
-        if step.cwd is not None:
-            cwd = cwd / expand(step.cwd, values)
-        env = dict(os.environ)
-        env.update({key: expand(value, values) for key, value in step.env.items()})
-        env.update(
-            TRIOFLOW_RUN_ID=self.run_id,
-            TRIOFLOW_STEP=step.name,
-            TRIOFLOW_LOG_DIR=values["logs"],
-        )
-        return command, cwd, env
+        return step_command(self.spec, step, run_id=self.run_id, logs=self.logs)
 
     def log_path(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -202,7 +216,10 @@ class _Runner:
             if not go:
                 self.statuses[step.name] = "skipped"
                 self.reporter.step_finished(
-                    step.name, "skipped", detail=f"when {condition.source}", elapsed=0.0
+                    step.name,
+                    "skipped",
+                    detail=f"condition is false: {condition.source}",
+                    elapsed=0.0,
                 )
             return go
 
@@ -289,7 +306,7 @@ def summary_from_result(
                 name=name,
                 status=str(outcome.status),
                 attempts=outcome.attempts,
-                duration=outcome.duration,
+                duration=outcome.duration if outcome.attempts else None,
                 error=_error_text(outcome.error),
                 log=log if log.exists() else None,
                 continue_on_error=step.continue_on_error,
@@ -333,7 +350,7 @@ def summary_from_record(
                 name=name,
                 status="not_run" if stored is None else str(stored.status),
                 attempts=0 if stored is None else stored.attempts,
-                duration=None if stored is None else stored.duration,
+                duration=None if stored is None or not stored.attempts else stored.duration,
                 error=None if stored is None else _error_text(stored.error),
                 log=log if log.exists() else None,
                 continue_on_error=bool(continue_on_error and continue_on_error.get(name)),
@@ -408,6 +425,7 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
         reporter.run_started(
             run_id=run_id, workflow=spec.name, total=len(spec.steps), resumed=resumed
         )
+        failure: Exception | None = None
         try:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with anyio.create_task_group() as tg:
@@ -422,20 +440,23 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
 
                     with anyio.CancelScope() as run_scope:
                         tg.start_soon(watch, run_scope)
-                        result = await trioflow.run_workflow(
-                            workflow,
-                            limit=limits,
-                            fail_fast=not options.keep_going,
-                            store=store,
-                            run_id=run_id,
-                        )
+                        try:
+                            result = await trioflow.run_workflow(
+                                workflow,
+                                limit=limits,
+                                fail_fast=not options.keep_going,
+                                store=store,
+                                run_id=run_id,
+                            )
+                        except (trioflow.WorkflowShapeChanged, trioflow.StoreError) as exc:
+                            failure = exc  # caught here, not wrapped in the task group's group
                     tg.cancel_scope.cancel()
-        except trioflow.WorkflowShapeChanged as exc:
-            raise UsageError(str(exc)) from None
-        except trioflow.StoreError as exc:
-            raise UsageError(describe_store_error(options.state, exc)) from None
         finally:
             reporter.close()
+        if isinstance(failure, trioflow.StoreError):
+            raise UsageError(describe_store_error(options.state, failure))
+        if failure is not None:
+            raise UsageError(str(failure))
         duration = time.monotonic() - started
         logs = runner.logs
         if result is not None:

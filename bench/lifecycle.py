@@ -1,0 +1,236 @@
+"""Request lifecycle overhead: a seven-stage no-op pipeline through the coordinator.
+
+Each request goes through seven no-op async stages (one per non-terminal request state) and
+ends COMPLETED. Rows, per backend, all in one run (each row in a fresh process, see
+``_harness.py``):
+
+* floor: the seven functions called directly, one request after the other;
+* ``Pipeline.run``: a ``Request`` created and run through the pipeline (eight validated
+  transitions with history, per-stage timings, a ``ProcessingResult``);
+* ``coordinator.process``: the same through ``open_coordinator`` with the default
+  configuration (global and per-user limits, the 30 s request timeout, statistics, structlog
+  with debug events filtered out), one request after the other;
+* ``coordinator.process, 100 at once``: 100 concurrent requests at a time, from 10 users, under
+  the default limits (50 at once, 10 per user), so requests also queue for admission.
+
+The request object is created inside the timed loop (a server creates one per request).
+Besides the harness's wall-clock table, the summary gives each row's CPU time per request
+(``time.process_time()`` in a fresh process, median of ``BENCH_REPEATS``), which other load on
+the machine inflates far less than the wall clock.
+Usage: ``python bench/lifecycle.py`` (or ``nox -s bench``). The target, checked at the end:
+at most 50 us of coordination overhead per request on trio (coordinator row minus floor row).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+# Imported here, not in the cases: the harness times the case function only, and importing
+# trio and trioflow takes longer than thousands of requests.
+import anyio
+import structlog
+import trio  # noqa: F401 - imported up front like asyncio, so neither row pays for an import
+
+from _harness import REPEATS, Bench, Row
+from trioflow import (
+    Pipeline,
+    ProcessingStatus,
+    Request,
+    RequestState,
+    Router,
+    Stage,
+    open_coordinator,
+)
+
+bench = Bench(__file__)
+
+N = 20_000
+TARGET_US = 50.0
+
+
+def _stages() -> list[Any]:
+    async def noop(request: Any) -> Any:
+        return None
+
+    return [noop] * 7
+
+
+@bench.case
+def floor(n: int, backend: str) -> int:
+    fns = _stages()
+
+    async def main() -> None:
+        for i in range(n):
+            payload: Any = i
+            for fn in fns:
+                await fn(payload)
+
+    anyio.run(main, backend=backend)
+    return n
+
+
+def _pipeline() -> Any:
+    states = [
+        RequestState.RECEIVED,
+        RequestState.VALIDATED,
+        RequestState.PLANNED,
+        RequestState.CONTEXT_GATHERING,
+        RequestState.PROCESSING,
+        RequestState.TOOL_EXECUTION,
+        RequestState.RESPONSE_FORMATTING,
+    ]
+    fns = _stages()
+    return Pipeline(
+        [Stage(f"stage{i}", s, fn) for i, (s, fn) in enumerate(zip(states, fns, strict=True))]
+    )
+
+
+@bench.case
+def pipeline(n: int, backend: str) -> int:
+    pipe = _pipeline()
+
+    async def main() -> None:
+        for i in range(n):
+            result = await pipe.run(Request(i))
+            assert result.status is ProcessingStatus.COMPLETED
+
+    anyio.run(main, backend=backend)
+    return n
+
+
+def _quiet_logger() -> Any:
+    return structlog.wrap_logger(
+        structlog.PrintLogger(open("/dev/null", "w")),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+@bench.case
+def coordinator(n: int, backend: str, concurrent: int) -> int:
+    router = Router(lambda request: "query", {"query": _pipeline()})
+
+    async def main() -> None:
+        async with open_coordinator(router=router, logger=_quiet_logger()) as c:
+            if concurrent == 1:
+                for i in range(n):
+                    result = await c.process(Request(i))
+                    assert result.status is ProcessingStatus.COMPLETED
+                return
+            done = 0
+            while done < n:
+                batch = [Request(i, user_id=f"user{i % 10}") for i in range(concurrent)]
+                results = await c.process_many(batch)
+                assert all(r.status is ProcessingStatus.COMPLETED for r in results)
+                done += concurrent
+
+    anyio.run(main, backend=backend)
+    return n
+
+
+def _cpu_us(name: str, **params: Any) -> float:
+    """Median CPU time per op of a case, each repetition in a fresh process.
+
+    ``time.process_time()`` counts only this process's CPU time, so it is far less sensitive
+    than the wall clock to other work on the machine (shared CI runners, parallel jobs).
+    """
+    samples = []
+    for _ in range(REPEATS):
+        out = subprocess.run(
+            [sys.executable, __file__, "--cpu", name, json.dumps(params)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        samples.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(samples)
+
+
+def _cpu_child(name: str, params: str) -> None:
+    kwargs = json.loads(params)
+    gc.collect()
+    start = time.process_time()
+    ops = bench.cases[name](**kwargs)
+    print((time.process_time() - start) / ops * 1e6)
+
+
+def plan(run: Any) -> None:
+    rows: dict[str, dict[str, Row]] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    for backend in ("trio", "asyncio"):
+        group = f"{backend}: seven no-op stages"
+        rows[backend] = {
+            "floor": run(
+                "floor",
+                n=N,
+                backend=backend,
+                floor=True,
+                group=group,
+                label=f"raw {backend}: seven direct calls",
+            ),
+            "pipeline": run("pipeline", n=N, backend=backend, group=group, label="Pipeline.run"),
+            "coordinator": run(
+                "coordinator",
+                n=N,
+                backend=backend,
+                concurrent=1,
+                group=group,
+                label="coordinator.process",
+            ),
+            "concurrent": run(
+                "coordinator",
+                n=N,
+                backend=backend,
+                concurrent=100,
+                group=group,
+                label="coordinator.process, 100 at once",
+            ),
+        }
+        cpu[backend] = {
+            "floor": _cpu_us("floor", n=N, backend=backend),
+            "pipeline": _cpu_us("pipeline", n=N, backend=backend),
+            "coordinator": _cpu_us("coordinator", n=N, backend=backend, concurrent=1),
+        }
+    lines = ["", "### Target: coordination overhead per request", ""]
+    for backend, r in rows.items():
+        overhead = r["coordinator"].per_op_us - r["floor"].per_op_us
+        lines.append(
+            f"- {backend}: {r['coordinator'].per_op_us:.1f} us per request through the "
+            f"coordinator, {overhead:.1f} us over the direct calls "
+            f"({r['pipeline'].per_op_us - r['floor'].per_op_us:.1f} us of it in Pipeline.run)"
+        )
+    for backend, c in cpu.items():
+        lines.append(
+            f"- {backend}, CPU time (process_time, median of {REPEATS}): "
+            f"{c['coordinator']:.1f} us per request through the coordinator, "
+            f"{c['coordinator'] - c['floor']:.1f} us over the direct calls "
+            f"({c['pipeline'] - c['floor']:.1f} us of it in Pipeline.run)"
+        )
+    trio_overhead = rows["trio"]["coordinator"].per_op_us - rows["trio"]["floor"].per_op_us
+    trio_cpu = cpu["trio"]["coordinator"] - cpu["trio"]["floor"]
+    verdict = "met" if trio_overhead <= TARGET_US else "MISSED"
+    lines.append(
+        f"- target <= {TARGET_US:.0f} us on trio (wall clock): {verdict} ({trio_overhead:.1f} us;"
+        f" {trio_cpu:.1f} us of CPU time; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs while measuring)"
+    )
+    SUMMARY.extend(lines)
+
+
+SUMMARY: list[str] = []
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--cpu":
+        _cpu_child(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    bench.main(plan, title="Request lifecycle: coordination overhead per request")
+    if SUMMARY:
+        print("\n".join(SUMMARY))
+        sys.stdout.flush()

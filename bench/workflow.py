@@ -1,0 +1,308 @@
+"""Workflow scheduling overhead against graphlib driving raw tasks, and SQLite throughput.
+
+Graphs of 10,000 steps: a random DAG (each step after up to 3 random earlier steps, seeded), a
+chain, and a fan-out (one root, every other step after it). Steps are no-ops, or await one
+checkpoint of the backend (so every step really suspends).
+
+Floors: ``graphlib.TopologicalSorter`` driving raw tasks (a trio nursery or an asyncio
+TaskGroup, completions reported on a memory channel / queue). The graph's description (the
+floor's dependency dict, trioflow's ``Workflow``) is built before the timed region; the timed
+region builds the ``TopologicalSorter`` (floor) or validates the workflow (trioflow) and runs
+it. The "define + run_workflow" rows also time the ``Workflow`` definition (``wf.step`` calls).
+Every row runs in a fresh process, 5 times (see ``_harness.py``).
+
+SQLite rows: the same graphs (5,000 steps) run with ``SQLiteStore`` (WAL,
+``synchronous=NORMAL``), every step's record written before the steps after it start;
+1e6 / (us per step) is the number of persisted step completions per second.
+
+Usage: ``python bench/workflow.py`` (or ``nox -s bench``). Targets checked at the end: trioflow
+within 1.3x of its backend's floor, and at least 2,000 persisted completions per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import graphlib
+import math
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from _harness import Bench, Row
+
+bench = Bench(__file__)
+
+N = 10_000
+N_PERSISTED = 5_000  # a durable chain waits for one transaction per step: keep the run short
+SHAPES = ("random DAG", "chain", "fan-out")
+TARGET_RATIO = 1.3
+TARGET_COMPLETIONS = 2_000
+
+
+def graph(shape: str, n: int) -> dict[int, tuple[int, ...]]:
+    if shape == "chain":
+        return {i: (i - 1,) if i else () for i in range(n)}
+    if shape == "fan-out":
+        return {i: (0,) if i else () for i in range(n)}
+    rng = random.Random(20240601)
+    return {i: tuple(rng.sample(range(i), rng.randint(0, min(3, i)))) for i in range(n)}
+
+
+# --- floors ----------------------------------------------------------------------------------
+@bench.case
+def floor_trio(shape: str, n: int, step: str) -> int:
+    import trio
+
+    deps = PREPARED.get("deps") or graph(shape, n)
+
+    async def main() -> None:
+        sorter = graphlib.TopologicalSorter(deps)
+        sorter.prepare()
+        send, receive = trio.open_memory_channel[int](math.inf)
+        checkpoint = step == "checkpoint"
+
+        async def run(node: int) -> None:
+            if checkpoint:
+                await trio.lowlevel.checkpoint()
+            send.send_nowait(node)
+
+        async with trio.open_nursery() as nursery:
+            for node in sorter.get_ready():
+                nursery.start_soon(run, node)
+            while sorter.is_active():
+                node = await receive.receive()
+                sorter.done(node)
+                for ready in sorter.get_ready():
+                    nursery.start_soon(run, ready)
+
+    trio.run(main)
+    return n
+
+
+@bench.case
+def floor_asyncio(shape: str, n: int, step: str) -> int:
+    deps = PREPARED.get("deps") or graph(shape, n)
+
+    async def main() -> None:
+        sorter = graphlib.TopologicalSorter(deps)
+        sorter.prepare()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        checkpoint = step == "checkpoint"
+
+        async def run(node: int) -> None:
+            if checkpoint:
+                await asyncio.sleep(0)
+            queue.put_nowait(node)
+
+        async with asyncio.TaskGroup() as tg:
+            for node in sorter.get_ready():
+                tg.create_task(run(node))
+            while sorter.is_active():
+                node = await queue.get()
+                sorter.done(node)
+                for ready in sorter.get_ready():
+                    tg.create_task(run(ready))
+
+    asyncio.run(main())
+    return n
+
+
+# --- trioflow --------------------------------------------------------------------------------
+def _step_function(step: str, backend: str) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    # The same user code as the floors: a no-op, or one checkpoint of the backend.
+    if step == "noop":
+
+        async def noop(ctx: Any) -> None:
+            pass
+
+        return noop
+    if backend == "trio":
+        import trio
+
+        async def trio_checkpoint(ctx: Any) -> None:
+            await trio.lowlevel.checkpoint()
+
+        return trio_checkpoint
+
+    async def asyncio_checkpoint(ctx: Any) -> None:
+        await asyncio.sleep(0)
+
+    return asyncio_checkpoint
+
+
+def define(shape: str, n: int, step: str, backend: str) -> Any:
+    """Build the trioflow Workflow of a graph (what a user writes once, before running it)."""
+    import trioflow
+
+    fn = _step_function(step, backend)
+    deps = graph(shape, n)
+    wf = trioflow.Workflow(shape)
+    names = [f"s{i}" for i in range(n)]
+    for i, before in deps.items():
+        wf.step(names[i], fn, after=[names[d] for d in before])
+    return wf
+
+
+def _run_trioflow(shape: str, n: int, step: str, backend: str, store: str | None) -> int:
+    import anyio
+
+    import trioflow
+
+    wf = PREPARED.get("workflow") or define(shape, n, step, backend)
+
+    async def main() -> None:
+        if store is None:
+            result = await trioflow.run_workflow(wf)
+        elif store == "memory":
+            result = await trioflow.run_workflow(wf, store=trioflow.MemoryStore())
+        else:
+            async with trioflow.SQLiteStore(store) as sqlite:
+                result = await trioflow.run_workflow(wf, store=sqlite)
+        assert result.ok
+
+    anyio.run(main, backend=backend)
+    return n
+
+
+@bench.case
+def trioflow_run(shape: str, n: int, step: str, backend: str) -> int:
+    return _run_trioflow(shape, n, step, backend, None)
+
+
+@bench.case
+def trioflow_define_and_run(shape: str, n: int, step: str, backend: str) -> int:
+    PREPARED.clear()  # the definition is timed too
+    return _run_trioflow(shape, n, step, backend, None)
+
+
+@bench.case
+def trioflow_memory_store(shape: str, n: int, step: str, backend: str) -> int:
+    return _run_trioflow(shape, n, step, backend, "memory")
+
+
+@bench.case
+def trioflow_sqlite_store(shape: str, n: int, step: str, backend: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        return _run_trioflow(shape, n, step, backend, os.path.join(tmp, "state.db"))
+
+
+PREPARED: dict[str, Any] = {}
+
+
+def _prepare() -> None:
+    """In a child: import everything and build the case's input before the timed region.
+
+    The floors get their dependency dict, trioflow its ``Workflow`` (the graph as the user
+    describes it); building ``graphlib.TopologicalSorter`` (floors) and validating the workflow
+    (trioflow, on its first run) stay in the timed region. ``trioflow_define_and_run`` times
+    the definition too.
+    """
+    if len(sys.argv) < 4 or sys.argv[1] != "--child":
+        return
+    import json
+
+    import anyio._backends._asyncio
+    import anyio._backends._trio  # noqa: F401
+    import trio  # noqa: F401
+
+    import trioflow  # noqa: F401
+
+    params = json.loads(sys.argv[3])
+    if sys.argv[2].startswith("floor"):
+        PREPARED["deps"] = graph(params["shape"], params["n"])
+    elif sys.argv[2] != "trioflow_define_and_run":
+        PREPARED["workflow"] = define(**params)
+
+
+CHECKS: list[str] = []
+
+
+def plan(run: Callable[..., Row]) -> None:
+    checks = CHECKS
+    for step in ("noop", "checkpoint"):
+        for shape in SHAPES:
+            for backend in ("trio", "asyncio"):
+                group = f"{shape}, {N:,} {step} steps, {backend}"
+                floor = run(
+                    f"floor_{backend}",
+                    label=f"graphlib + raw {backend} tasks",
+                    group=group,
+                    floor=True,
+                    shape=shape,
+                    n=N,
+                    step=step,
+                )
+                ours = run(
+                    "trioflow_run",
+                    label=f"trioflow run_workflow ({backend})",
+                    group=group,
+                    shape=shape,
+                    n=N,
+                    step=step,
+                    backend=backend,
+                )
+                if step == "noop":
+                    run(
+                        "trioflow_define_and_run",
+                        label=f"trioflow define + run_workflow ({backend})",
+                        group=group,
+                        shape=shape,
+                        n=N,
+                        step=step,
+                        backend=backend,
+                    )
+                ratio = ours.per_op_us / floor.per_op_us
+                verdict = "ok" if ratio <= TARGET_RATIO else "MISSED"
+                checks.append(
+                    f"- {group}: {ours.per_op_us:.2f} vs floor {floor.per_op_us:.2f} us/step "
+                    f"= {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}"
+                )
+    for shape in SHAPES:
+        for backend in ("trio", "asyncio"):
+            group = f"{shape}, {N_PERSISTED:,} persisted noop steps, {backend}"
+            run(
+                "trioflow_run",
+                label="trioflow, no store",
+                group=group,
+                floor=True,
+                shape=shape,
+                n=N_PERSISTED,
+                step="noop",
+                backend=backend,
+            )
+            run(
+                "trioflow_memory_store",
+                label="trioflow, MemoryStore",
+                group=group,
+                shape=shape,
+                n=N_PERSISTED,
+                step="noop",
+                backend=backend,
+            )
+            sqlite = run(
+                "trioflow_sqlite_store",
+                label="trioflow, SQLiteStore",
+                group=group,
+                shape=shape,
+                n=N_PERSISTED,
+                step="noop",
+                backend=backend,
+            )
+            per_second = 1e6 / sqlite.per_op_us
+            verdict = "ok" if per_second >= TARGET_COMPLETIONS else "MISSED"
+            checks.append(
+                f"- {group}: SQLiteStore {per_second:,.0f} persisted completions/s "
+                f"(target >= {TARGET_COMPLETIONS:,}): {verdict}"
+            )
+
+
+if __name__ == "__main__":
+    _prepare()
+    bench.main(plan, title="Workflows: scheduling overhead per step and durable completions")
+    if CHECKS:
+        print("### Targets\n")
+        print("\n".join(CHECKS))
+        print()

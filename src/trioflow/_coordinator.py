@@ -1,0 +1,745 @@
+"""The coordinator: admits requests within limits, routes them and runs their pipelines.
+
+``async with open_coordinator(config, router=...) as coordinator`` opens a task group that scopes
+every background task (the health monitor, the metrics reporter); ``await
+coordinator.process(request)`` admits the request (rate limits, a queue-depth cap, health
+backpressure, a per-user limit, then the global limit), routes it, runs its pipeline with the
+configured pools, retry policies, timeout and optional stages, and returns a
+:class:`~trioflow.ProcessingResult`. Whatever happens, the request ends in exactly one terminal
+state; cancellation of the caller ends it CANCELLED (shielded) and propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+import structlog
+
+from ._config import OrchestrationConfig, load_config
+from ._errors import ResourceExhausted
+from ._executor import run_batch
+from ._health import HealthMonitor
+from ._lifecycle import StateChange, StateMachine, clock
+from ._limits import HealthSource, ResourceManager
+from ._outcomes import BatchResult
+from ._pipeline import Pipeline
+from ._policies import RetryPolicies
+from ._ratelimit import KeyedRateLimiter
+from ._request import (
+    REQUEST_TRANSITIONS,
+    ErrorCategory,
+    ProcessingResult,
+    ProcessingStatus,
+    Request,
+    RequestState,
+    make_result,
+)
+from ._retry import RetryPolicy
+from ._router import Router
+from ._tools import ToolRegistry, check_calls
+
+__all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
+
+_WouldBlock = anyio.WouldBlock
+_SPARE_USERS = 64
+_STATUS_OF_STATE = {
+    RequestState.COMPLETED: ProcessingStatus.COMPLETED,
+    RequestState.FAILED: ProcessingStatus.FAILED,
+    RequestState.CANCELLED: ProcessingStatus.CANCELLED,
+}
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorStatistics:
+    """A snapshot of a :class:`Coordinator`, returned by its ``statistics()``.
+
+    Attributes:
+        uptime: Seconds since the coordinator opened.
+        finished: Requests that reached a terminal state.
+        completed: Requests that completed with every stage succeeding.
+        degraded: Requests that completed with optional stages skipped.
+        failed: Requests that failed (refused at admission included).
+        cancelled: Requests that were cancelled.
+        in_flight: Requests admitted and not finished.
+        queue_depth: Requests waiting for admission.
+        users: Users with requests in flight or waiting (each holds a per-user limiter, dropped
+            when the user has none left).
+        throttled: Throttling events: a request had to wait for (or was refused by) a rate
+            limit, the queue-depth cap, health, the per-user limit or the global limit.
+        requests_per_second: ``finished / uptime``.
+        mean_time: Mean seconds from arrival to terminal state of the finished requests.
+        success_ratio: ``(completed + degraded) / (completed + degraded + failed)``;
+            cancellations are left out; 1.0 when nothing finished.
+        failures: Failed requests by :class:`~trioflow.ErrorCategory`.
+        state_times: Mean seconds a finished request spent in each state it went through.
+        pools: The pools' statistics, by pool name.
+    """
+
+    uptime: float
+    finished: int
+    completed: int
+    degraded: int
+    failed: int
+    cancelled: int
+    in_flight: int
+    queue_depth: int
+    users: int
+    throttled: int
+    requests_per_second: float
+    mean_time: float
+    success_ratio: float
+    failures: Mapping[ErrorCategory, int]
+    state_times: Mapping[RequestState, float]
+    pools: Mapping[str, Any]
+
+
+class _CancelRequested(Exception):
+    """Internal: cancel() of a request that had not reached its pipeline yet."""
+
+
+@final
+class _Active:
+    """A request being processed, and how to cancel it at its current step."""
+
+    __slots__ = ("cancel_requested", "pipeline", "request", "scope")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.scope: anyio.CancelScope | None = None  # while waiting for admission
+        self.pipeline: Pipeline | None = None  # once routed
+        self.cancel_requested = False
+
+
+@final
+class _User:
+    """The per-user limiter, shared by a user's requests and dropped when none is left."""
+
+    __slots__ = ("limiter", "requests")
+
+    def __init__(self, limit: int) -> None:
+        self.limiter = anyio.CapacityLimiter(limit)
+        self.requests = 0
+
+
+def _debug_enabled(logger: Any) -> bool:
+    check = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+    if check is None:
+        return True
+    try:
+        return bool(check(logging.DEBUG))
+    except Exception:  # a logger that cannot tell: log
+        return True
+
+
+@final
+class Coordinator:
+    """Admits, routes and processes requests within the configured limits.
+
+    Made by :func:`open_coordinator`, which scopes its background tasks; not constructed
+    directly. Stage functions that call tools use :meth:`call_tool` or :meth:`run_tools`
+    (through the ``"tool"`` pool, when there is one); give such stages no ``"tool"`` pool of
+    their own, or they would hold a token while waiting for another.
+    """
+
+    def __init__(
+        self,
+        config: OrchestrationConfig,
+        router: Router,
+        registry: ToolRegistry | None,
+        health: HealthSource | None,
+        logger: Any,
+    ) -> None:
+        self._config = config
+        self._router = router
+        self._registry = registry
+        self._health = health
+        self._log = logger
+        self._debug = _debug_enabled(logger)
+        self._machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
+        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
+        # Every slot names a pool and the general limit is the sum of the pool sizes, so only
+        # the pools ever bind (stages never wait on the general limit of this manager).
+        pools = dict(config.pools)
+        self._resources = ResourceManager(limit=max(1, sum(pools.values())), pools=pools)
+        self._retry = RetryPolicies(config.retry_policy_map())
+        # Bound once: a pipeline skips re-checking its run options when they are the same
+        # objects as last time, and every attribute access makes a new bound method.
+        self._retry_source = self._policy
+        self._observer = self._on_transition if self._debug else None
+        self._load = health if isinstance(health, HealthMonitor) else 0.0
+        limits = config.rate_limits
+        self._user_rate: KeyedRateLimiter[str] | None = None
+        if limits.per_user is not None:
+            self._user_rate = KeyedRateLimiter(
+                rate=limits.per_user.per_second, burst=limits.per_user.capacity
+            )
+        self._source_rate: KeyedRateLimiter[str] | None = None
+        if limits.per_source:
+            self._source_rate = KeyedRateLimiter(
+                rate=1.0,
+                burst=1.0,
+                limits={s: (c.per_second, c.capacity) for s, c in limits.per_source.items()},
+                classify=lambda source: source,
+            )
+        self._wait_when_limited = limits.when_limited == "wait"
+        self._wait_when_unhealthy = config.health.when_unhealthy == "wait"
+        self._users: dict[str, _User] = {}
+        self._spare_users: list[_User] = []
+        self._active: dict[str, _Active] = {}
+        self._opened_at = anyio.current_time()
+        self._closed = False
+        self._waiting = 0
+        self._running = 0
+        self._throttled = 0
+        self._counts = dict.fromkeys(ProcessingStatus, 0)
+        self._failures = dict.fromkeys(ErrorCategory, 0)
+        self._total_time = 0.0
+        self._state_time = dict.fromkeys(RequestState, 0.0)
+        self._state_visits = dict.fromkeys(RequestState, 0)
+
+    def __repr__(self) -> str:
+        return f"Coordinator(kinds={list(self._router.kinds)}, in_flight={self._running})"
+
+    @property
+    def config(self) -> OrchestrationConfig:
+        """The configuration."""
+        return self._config
+
+    @property
+    def router(self) -> Router:
+        """The router."""
+        return self._router
+
+    @property
+    def resources(self) -> ResourceManager:
+        """The pools stages take tokens of (``config.pools``)."""
+        return self._resources
+
+    @property
+    def machine(self) -> StateMachine[RequestState]:
+        """The machine that ends requests refused before they reach a pipeline."""
+        return self._machine
+
+    # --- processing -----------------------------------------------------------------------
+    async def process(self, request: Request) -> ProcessingResult:
+        """Admit, route and process one request; it ends in exactly one terminal state.
+
+        Failures are results, not exceptions: a request refused at admission (rate limit,
+        queue depth, unhealthy system, admission past ``default_timeout``), an unknown kind,
+        a failing stage, all end FAILED with an :class:`~trioflow.ErrorCategory`.
+        :meth:`cancel` ends it CANCELLED. Cancellation of the caller ends it CANCELLED too
+        (shielded) and then propagates.
+
+        Args:
+            request: A request in a state that is not terminal, with an id not being processed.
+
+        Returns:
+            The :class:`~trioflow.ProcessingResult`.
+
+        Raises:
+            TypeError: ``request`` is not a Request.
+            ValueError: The request is terminal, or one with its id is being processed.
+            RuntimeError: The coordinator is closed.
+        """
+        self._check(request)
+        entry = _Active(request)
+        self._active[request.id] = entry
+        admitted = False
+        result: ProcessingResult | None = None
+        user = self._users.get(request.user_id)
+        if user is None:
+            user = self._users[request.user_id] = self._new_user()
+        user.requests += 1
+        try:
+            timeout = self._config.default_timeout
+            # The budget runs from arrival: waiting for admission counts.
+            deadline = math.inf if timeout is None else request.created_at + timeout
+            try:
+                # A checkpoint (cancel and schedule point), as trio expects of every async call:
+                # a loop of requests whose stages never block still lets other tasks run.
+                await anyio.lowlevel.checkpoint()
+                if not self._admit_now(request, user):
+                    await self._admit_slowly(request, user, deadline, entry)
+            except BaseException as exc:
+                result = await self._refused(request, exc)
+                return result
+            admitted = True
+            self._running += 1
+            result = await self._run(request, deadline, entry)
+            return result
+        finally:
+            if admitted:
+                self._running -= 1
+                self._limiter.release_on_behalf_of(request)
+                user.limiter.release_on_behalf_of(request)
+            user.requests -= 1
+            if not user.requests:
+                self._drop_user(request.user_id, user)
+            del self._active[request.id]
+            self._record(request, result)
+
+    def _new_user(self) -> _User:
+        if self._spare_users:
+            return self._spare_users.pop()
+        return _User(self._config.per_user_limit)
+
+    def _drop_user(self, user_id: str, user: _User) -> None:
+        # An idle limiter (no borrowers, no waiters) is as good as new: keep a few for reuse,
+        # so a user sending one request after the other does not build one per request.
+        del self._users[user_id]
+        if len(self._spare_users) < _SPARE_USERS:
+            self._spare_users.append(user)
+
+    def _check(self, request: Request) -> None:
+        if self._closed:
+            raise RuntimeError("the coordinator is closed")
+        if not isinstance(request, Request):
+            raise TypeError(f"request must be a Request, got {request!r}")
+        if request.id in self._active:
+            raise ValueError(f"a request with id {request.id!r} is already being processed")
+        if self._machine.is_terminal(request.state):
+            raise ValueError(f"request {request.id!r} is already in the terminal state")
+
+    def _admit_now(self, request: Request, user: _User) -> bool:
+        """Take everything admission needs if nothing has to wait; else take nothing."""
+        if self._user_rate is not None or self._source_rate is not None:
+            return False
+        if self._health is not None and not self._health.healthy:
+            return False
+        try:
+            user.limiter.acquire_on_behalf_of_nowait(request)
+        except _WouldBlock:
+            return False
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(request)
+        except _WouldBlock:
+            user.limiter.release_on_behalf_of(request)
+            return False
+        return True
+
+    async def _admit_slowly(
+        self, request: Request, user: _User, deadline: float, entry: _Active
+    ) -> None:
+        """Wait for admission until the deadline; hold nothing on any exception.
+
+        Each step is tried at once first; only a step that must wait makes the request count
+        as waiting (``queue_depth``), and past ``max_queue_depth`` it is refused instead.
+        """
+        held = 0
+        waiting = False
+
+        def must_wait() -> None:
+            nonlocal waiting
+            self._throttled += 1
+            if waiting:
+                return
+            max_depth = self._config.max_queue_depth
+            if max_depth is not None and self._waiting >= max_depth:
+                raise ResourceExhausted(
+                    f"request {request.id!r} refused: {self._waiting} requests already wait "
+                    f"for admission (max_queue_depth={max_depth})"
+                )
+            self._waiting += 1
+            waiting = True
+
+        try:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                entry.scope = scope
+                await self._rate_limit(request, must_wait)
+                health = self._health
+                if health is not None and not health.healthy:
+                    if not self._wait_when_unhealthy:
+                        self._throttled += 1
+                        raise ResourceExhausted(
+                            f"request {request.id!r} refused: the system is unhealthy "
+                            "(health.when_unhealthy='fail')"
+                        )
+                    must_wait()
+                    await health.wait_healthy()
+                for limiter in (user.limiter, self._limiter):
+                    try:
+                        limiter.acquire_on_behalf_of_nowait(request)
+                    except _WouldBlock:
+                        must_wait()
+                        await limiter.acquire_on_behalf_of(request)
+                    held += 1
+            entry.scope = None
+            if scope.cancelled_caught:
+                if entry.cancel_requested:
+                    raise _CancelRequested
+                raise TimeoutError(
+                    f"request {request.id!r} was not admitted within default_timeout "
+                    f"({self._config.default_timeout} s)"
+                )
+        except BaseException:
+            if held >= 1:
+                user.limiter.release_on_behalf_of(request)
+            if held >= 2:
+                self._limiter.release_on_behalf_of(request)
+            raise
+        finally:
+            if waiting:
+                self._waiting -= 1
+
+    async def _rate_limit(self, request: Request, must_wait: Callable[[], None]) -> None:
+        checks = (
+            (self._user_rate, request.user_id, "user"),
+            (self._source_rate, request.source, "source"),
+        )
+        for limiter, key, what in checks:
+            if limiter is None:
+                continue
+            if what == "source" and key not in self._config.rate_limits.per_source:
+                continue
+            if limiter.try_acquire(key):
+                continue
+            if not self._wait_when_limited:
+                self._throttled += 1
+                raise ResourceExhausted(
+                    f"request {request.id!r} refused: rate limit of {what} {key!r} exceeded"
+                )
+            must_wait()
+            await limiter.acquire(key)
+
+    async def _refused(self, request: Request, exc: BaseException) -> ProcessingResult:
+        """End a request that never reached a pipeline; re-raise outside cancellation."""
+        requested = isinstance(exc, _CancelRequested)
+        cancelled = requested or not isinstance(exc, Exception)
+        with anyio.CancelScope(shield=True):
+            change = await self._machine.transition(
+                request, RequestState.CANCELLED if cancelled else RequestState.FAILED
+            )
+        self._on_transition(request, change)
+        if requested:
+            return self._result_of(request)
+        if cancelled:
+            raise exc
+        return self._result_of(request, error=exc)
+
+    async def _run(self, request: Request, deadline: float, entry: _Active) -> ProcessingResult:
+        try:
+            pipeline = await self._router.route(request)
+        except Exception as exc:
+            return await self._refused(request, exc)  # UnknownKind: VALIDATION
+        if entry.cancel_requested:  # cancel() arrived while the request was being routed
+            return await self._refused(request, _CancelRequested())
+        entry.pipeline = pipeline
+        remaining = None if deadline == math.inf else max(0.0, deadline - clock()())
+        try:
+            return await pipeline.run(
+                request,
+                resources=self._resources,
+                retry=self._retry_source,
+                timeout=remaining,
+                optional=self._config.optional_stages,
+                on_transition=self._observer,
+            )
+        except Exception as exc:
+            if not self._machine.is_terminal(request.state):
+                # The pipeline refused the run before starting it (e.g. an unknown pool).
+                return await self._refused(request, exc)
+            # A hook failed while the pipeline ended the request (it is terminal by now).
+            return self._result_of(request, error=exc)
+
+    def _policy(self, name: str, request: Request) -> RetryPolicy:
+        return self._retry.get(name, load=self._load, priority=request.priority)
+
+    def _result_of(
+        self, request: Request, *, error: BaseException | None = None
+    ) -> ProcessingResult:
+        status = _STATUS_OF_STATE.get(request.state, ProcessingStatus.FAILED)
+        duration = anyio.current_time() - request.created_at
+        return make_result(request, status, duration, error=error)
+
+    def _on_transition(self, request: Request, change: StateChange[RequestState]) -> None:
+        if self._debug:
+            self._log.debug(
+                "state transition",
+                request_id=request.id,
+                user_id=request.user_id,
+                from_state=change.from_state.value,
+                to_state=change.to_state.value,
+                at=change.at,
+            )
+
+    def _record(self, request: Request, result: ProcessingResult | None) -> None:
+        history = request.history
+        # The terminal transition is the last one: its time is the request's end.
+        now = history[-1].at if history else anyio.current_time()
+        state = request.state
+        status = result.status if result is not None else _STATUS_OF_STATE.get(state)
+        if status is None:  # cannot happen: every path ends the request
+            return
+        self._counts[status] += 1
+        self._total_time += now - request.created_at
+        if status is ProcessingStatus.FAILED and result is not None and result.category:
+            self._failures[result.category] += 1
+        previous = request.created_at
+        times, visits = self._state_time, self._state_visits
+        for change in history:
+            times[change.from_state] += change.at - previous
+            visits[change.from_state] += 1
+            previous = change.at
+        if self._debug:
+            self._log.debug(
+                "request finished",
+                request_id=request.id,
+                status=status.value,
+                duration=now - request.created_at,
+            )
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a request being processed; its ``process()`` returns a CANCELLED result.
+
+        Works while the request waits for admission, is routed, or runs its pipeline.
+
+        Args:
+            request_id: The request's id.
+
+        Returns:
+            Whether a request with that id was being processed.
+        """
+        entry = self._active.get(request_id)
+        if entry is None:
+            return False
+        entry.cancel_requested = True
+        if entry.scope is not None:
+            entry.scope.cancel()
+        elif entry.pipeline is not None:
+            entry.pipeline.cancel(entry.request)
+        return True
+
+    async def process_many(self, requests: Iterable[Request]) -> list[ProcessingResult]:
+        """Process many requests concurrently (within the limits); results in input order.
+
+        Logs ``operations started`` (count, concurrency) and ``operations completed``
+        (succeeded, failed, cancelled, duration).
+
+        Args:
+            requests: The requests.
+
+        Returns:
+            One result per request, in input order.
+
+        Raises:
+            TypeError: An item is not a Request (checked before anything runs).
+            ValueError: Two requests share an id, or one is terminal (checked first).
+        """
+        batch = list(requests)
+        ids: set[str] = set()
+        for request in batch:
+            self._check(request)
+            if request.id in ids:
+                raise ValueError(f"two requests share the id {request.id!r}")
+            ids.add(request.id)
+        results: list[ProcessingResult | None] = [None] * len(batch)
+        started = anyio.current_time()
+        self._log.info(
+            "operations started", count=len(batch), concurrency=self._config.max_concurrency
+        )
+
+        async def one(index: int, request: Request) -> None:
+            results[index] = await self.process(request)
+
+        async with anyio.create_task_group() as tg:
+            for index, request in enumerate(batch):
+                tg.start_soon(one, index, request)
+        done = [r for r in results if r is not None]
+        self._log.info(
+            "operations completed",
+            succeeded=sum(r.ok for r in done),
+            failed=sum(r.status is ProcessingStatus.FAILED for r in done),
+            cancelled=sum(r.status is ProcessingStatus.CANCELLED for r in done),
+            duration=anyio.current_time() - started,
+        )
+        return done
+
+    # --- tools ------------------------------------------------------------------------------
+    def _tools(self) -> ToolRegistry:
+        if self._registry is None:
+            raise RuntimeError("this coordinator was opened without a tool registry")
+        return self._registry
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Call a tool of the registry, holding a token of the ``"tool"`` pool if there is one.
+
+        Args:
+            name: The tool's name.
+            arguments: Its JSON-like arguments.
+
+        Returns:
+            What the tool returned.
+
+        Raises:
+            RuntimeError: The coordinator has no registry.
+            UnknownTool: No tool has that name.
+            ToolArgumentError: The arguments do not fit.
+        """
+        registry = self._tools()
+        if "tool" not in self._resources.pools:
+            return await registry.call(name, arguments)
+        async with self._resources.slot("tool"):
+            return await registry.call(name, arguments)
+
+    async def run_tools(
+        self, calls: Sequence[tuple[str, Mapping[str, Any] | None]]
+    ) -> BatchResult[Any]:
+        """Run tool calls concurrently, each holding a token of the ``"tool"`` pool.
+
+        Args:
+            calls: ``(tool name, arguments)`` pairs.
+
+        Returns:
+            The :class:`~trioflow.BatchResult`, one outcome per call.
+
+        Raises:
+            RuntimeError: The coordinator has no registry.
+        """
+        self._tools()
+        operations = [
+            functools.partial(self.call_tool, name, arguments)
+            for name, arguments in check_calls(calls)
+        ]
+        return await run_batch(operations)
+
+    # --- statistics ---------------------------------------------------------------------------
+    def statistics(self) -> CoordinatorStatistics:
+        """Return a snapshot of throughput, outcomes, queueing and time per state.
+
+        Returns:
+            A frozen :class:`CoordinatorStatistics`.
+        """
+        counts = self._counts
+        finished = sum(counts.values())
+        uptime = anyio.current_time() - self._opened_at
+        ok = counts[ProcessingStatus.COMPLETED] + counts[ProcessingStatus.DEGRADED]
+        decided = ok + counts[ProcessingStatus.FAILED]
+        return CoordinatorStatistics(
+            uptime=uptime,
+            finished=finished,
+            completed=counts[ProcessingStatus.COMPLETED],
+            degraded=counts[ProcessingStatus.DEGRADED],
+            failed=counts[ProcessingStatus.FAILED],
+            cancelled=counts[ProcessingStatus.CANCELLED],
+            in_flight=self._running,
+            queue_depth=self._waiting,
+            users=len(self._users),
+            throttled=self._throttled,
+            requests_per_second=finished / uptime if uptime > 0 else 0.0,
+            mean_time=self._total_time / finished if finished else 0.0,
+            success_ratio=ok / decided if decided else 1.0,
+            failures=MappingProxyType(dict(self._failures)),
+            state_times=MappingProxyType(
+                {
+                    state: self._state_time[state] / visits
+                    for state, visits in self._state_visits.items()
+                    if visits
+                }
+            ),
+            pools=self._resources.statistics().pools,
+        )
+
+    async def _report_metrics(self) -> None:
+        interval = self._config.metrics_interval
+        while True:
+            await anyio.sleep(interval)
+            stats = self.statistics()
+            self._log.info(
+                "coordinator statistics",
+                requests_per_second=stats.requests_per_second,
+                mean_time=stats.mean_time,
+                success_ratio=stats.success_ratio,
+                queue_depth=stats.queue_depth,
+                in_flight=stats.in_flight,
+                throttled=stats.throttled,
+            )
+
+
+@contextlib.asynccontextmanager
+async def open_coordinator(
+    config: OrchestrationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    router: Router,
+    registry: ToolRegistry | None = None,
+    health: HealthSource | None = None,
+    logger: Any = None,
+) -> AsyncIterator[Coordinator]:
+    """Open a coordinator; its background tasks live exactly as long as the ``async with``.
+
+    Example::
+
+        async with open_coordinator(load_config("orchestration.toml"), router=router) as c:
+            result = await c.process(Request("what is trio?", user_id="alice"))
+
+    Args:
+        config: An :class:`~trioflow.OrchestrationConfig`, or what
+            :func:`~trioflow.load_config` takes (a mapping or a ``.toml``/``.json`` path);
+            defaults to ``OrchestrationConfig()``.
+        router: Picks each request's pipeline.
+        registry: The tools that :meth:`Coordinator.call_tool` and
+            :meth:`Coordinator.run_tools` call.
+        health: A health source for backpressure. A :class:`~trioflow.HealthMonitor` that is
+            not running is run for the coordinator's lifetime. Without one, a monitor is made
+            from ``config.health`` when it is enabled.
+        logger: A structlog logger (``structlog.get_logger("trioflow")`` by default). The
+            coordinator never configures structlog: configure it in your application, or pass
+            a logger of your own. Transitions are logged at debug level, batches and periodic
+            statistics at info.
+
+    Yields:
+        The :class:`Coordinator`.
+
+    Raises:
+        TypeError: ``router``, ``registry`` or ``health`` has the wrong type.
+        ConfigError: ``config`` is a mapping or file that does not load.
+    """
+    if not isinstance(config, OrchestrationConfig):
+        config = OrchestrationConfig() if config is None else load_config(config)
+    if not isinstance(router, Router):
+        raise TypeError(f"router must be a Router, got {router!r}")
+    if registry is not None and not isinstance(registry, ToolRegistry):
+        raise TypeError(f"registry must be a ToolRegistry or None, got {registry!r}")
+    if health is not None and not isinstance(health, HealthSource):
+        raise TypeError(f"health must be a health source (e.g. a HealthMonitor), got {health!r}")
+    log = structlog.get_logger("trioflow") if logger is None else logger
+    async with contextlib.AsyncExitStack() as stack:
+        if health is None and config.health.enabled:
+            health = HealthMonitor(
+                max_cpu_percent=config.health.max_cpu_percent,
+                max_memory_percent=config.health.max_memory_percent,
+                interval=config.health.interval,
+            )
+        if isinstance(health, HealthMonitor) and not health.statistics().running:
+            await stack.enter_async_context(health)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        coordinator = Coordinator(config, router, registry, health, log)
+        if config.enable_metrics:
+            tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")
+        log.info(
+            "coordinator opened",
+            max_concurrency=config.max_concurrency,
+            per_user_limit=config.per_user_limit,
+            pools=dict(config.pools),
+        )
+        try:
+            yield coordinator
+        finally:
+            coordinator._closed = True
+            tg.cancel_scope.cancel()
+            stats = coordinator.statistics()
+            log.info(
+                "coordinator closed",
+                finished=stats.finished,
+                success_ratio=stats.success_ratio,
+                uptime=stats.uptime,
+            )

@@ -1,0 +1,345 @@
+"""The ``trioflow`` command line: argument parsing and the commands.
+
+Exit statuses: 0 when the run succeeded (every step succeeded, was skipped, or failed with
+``continue_on_error``), 1 when a step failed, 2 for a usage, file or state error (a message,
+never a traceback), 130 on SIGINT and 143 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+
+import trioflow
+
+from ._graph import dot, mermaid, plan, plan_json
+from ._render import (
+    TAIL_LINES,
+    format_seconds,
+    make_reporter,
+    print_json,
+    print_summary,
+    print_table,
+)
+from ._run import (
+    DEFAULT_STATE,
+    EXIT_OK,
+    EXIT_USAGE,
+    RunOptions,
+    UsageError,
+    describe_store_error,
+    log_dir,
+    run_file,
+    step_command,
+    summary_from_record,
+)
+from ._spec import SpecError, StepSpec, load_spec
+from ._steps import describe_command
+
+_DESCRIPTION = """\
+Run workflows of shell commands in parallel, with dependencies, retries, timeouts,
+conditions, resource pools, live progress and resumable runs.
+
+examples:
+  trioflow run build.toml              run every step of a workflow file
+  trioflow run build.toml --dry-run    show the waves of steps that would run together
+  trioflow run build.toml --resume ID  finish an interrupted or failed run
+  trioflow runs                        list past runs
+  trioflow show ID                     show one run, step by step
+  trioflow graph build.toml            print the steps as a Mermaid diagram
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``trioflow`` command.
+
+    Returns:
+        The parser; each sub-command sets ``handler``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="trioflow",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"trioflow {trioflow.__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands.required = True
+
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state",
+        metavar="PATH",
+        type=Path,
+        default=DEFAULT_STATE,
+        help=f"the state file of runs (default: {DEFAULT_STATE})",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    run = commands.add_parser(
+        "run",
+        parents=[state, as_json],
+        help="run a workflow file",
+        description="Run the steps of a workflow file, each as soon as the steps it comes "
+        "after are done. Step output goes to log files beside the state file "
+        "(logs/RUN_ID/STEP.log).",
+    )
+    run.add_argument("file", metavar="FILE", help="the workflow file (TOML)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="finish an earlier run: steps that succeeded or were skipped do not run again",
+    )
+    run.add_argument(
+        "--max-parallel",
+        metavar="N",
+        type=_positive_int,
+        help="run at most N steps at once (default: the file's max_parallel, else the CPUs)",
+    )
+    run.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="after a failure, let steps that do not depend on it go on",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the plan (waves of steps) and run nothing"
+    )
+    run.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="how long a stopped step's processes get to exit before they are killed (default: 5)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="print each command as it starts"
+    )
+    run.set_defaults(handler=_run)
+
+    runs = commands.add_parser("runs", parents=[state, as_json], help="list past runs")
+    runs.set_defaults(handler=_runs)
+
+    show = commands.add_parser("show", parents=[state, as_json], help="show one run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.set_defaults(handler=_show)
+
+    graph = commands.add_parser(
+        "graph", help="print a workflow file's steps as Mermaid (or DOT) text"
+    )
+    graph.add_argument("file", metavar="FILE", help="the workflow file (TOML)")
+    graph.add_argument("--dot", action="store_true", help="print Graphviz DOT instead")
+    graph.set_defaults(handler=_graph)
+
+    demo = commands.add_parser(
+        "demo", help="run a short demonstration of the library", add_help=False
+    )
+    demo.add_argument("args", nargs=argparse.REMAINDER)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status.
+
+    Args:
+        argv: The arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status.
+    """
+    args = build_parser().parse_args(argv)  # exits with status 2 on a usage error
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except SpecError as exc:
+        for line in str(exc).splitlines():
+            print(f"trioflow: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"trioflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("trioflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def _limit(args: argparse.Namespace, spec_limit: int | None) -> int:
+    limit: int = args.max_parallel or spec_limit or os.cpu_count() or 1
+    return limit
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.file)
+    if args.dry_run:
+        if args.json:
+            print_json(plan_json(spec, max_parallel=_limit(args, spec.max_parallel)))
+        else:
+            logs = log_dir(args.state, "RUN_ID")
+
+            def show(step: StepSpec) -> str:
+                command = step_command(spec, step, run_id="RUN_ID", logs=logs)[0]
+                return describe_command(command)
+
+            print(plan(spec, max_parallel=_limit(args, spec.max_parallel), show=show), end="")
+        return EXIT_OK
+    options = RunOptions(
+        file=args.file,
+        state=args.state,
+        resume=args.resume,
+        max_parallel=args.max_parallel,
+        keep_going=args.keep_going,
+        verbose=args.verbose,
+        grace=args.grace,
+    )
+    progress = sys.stderr if args.json else sys.stdout
+    reporter = make_reporter(progress, verbose=args.verbose, live=not args.json)
+    outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
+    if args.json:
+        data = outcome.summary.to_json()
+        data["exit_status"] = outcome.exit_status
+        data["resume_command"] = outcome.resume_command
+        print_json(data)
+        return outcome.exit_status
+    print_summary(outcome.summary, sys.stdout, tail_lines=40 if args.verbose else TAIL_LINES)
+    if outcome.resume_command is not None:
+        if outcome.summary.status == "cancelled":
+            print("the run was interrupted; to finish it (completed steps will not run again):")
+        else:
+            print("to run the steps that did not succeed again:")
+        print(f"  {outcome.resume_command}")
+    return outcome.exit_status
+
+
+def _open_state(args: argparse.Namespace) -> trioflow.SQLiteStore | None:
+    path: Path = args.state
+    if not path.exists():
+        return None
+    return trioflow.SQLiteStore(path)
+
+
+async def _list_runs(store: trioflow.SQLiteStore) -> tuple[trioflow.RunRecord, ...]:
+    async with store:
+        return await store.list_runs()
+
+
+async def _load_run(store: trioflow.SQLiteStore, run_id: str) -> trioflow.RunRecord | None:
+    async with store:
+        return await store.load_run(run_id)
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _counts(record: trioflow.RunRecord) -> str:
+    counts = {str(status): n for status, n in record.step_counts.items() if n}
+    done = sum(counts.values())
+    if done < record.total:
+        counts["not_run"] = counts.get("not_run", 0) + record.total - done
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def _runs(args: argparse.Namespace) -> int:
+    store = _open_state(args)
+    try:
+        records = () if store is None else anyio.run(_list_runs, store, backend="trio")
+    except trioflow.StoreError as exc:
+        raise UsageError(describe_store_error(args.state, exc)) from None
+    if args.json:
+        print_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "workflow": r.workflow,
+                    "status": str(r.status),
+                    "created_at": r.created_at.isoformat(),
+                    "updated_at": r.updated_at.isoformat(),
+                    "steps": r.total,
+                    "step_counts": {str(s): n for s, n in r.step_counts.items()},
+                }
+                for r in records
+            ]
+        )
+        return EXIT_OK
+    if not records:
+        print(f"no runs recorded in {args.state}")
+        return EXIT_OK
+    print_table(
+        ("run id", "workflow", "status", "started", "took", "steps"),
+        [
+            (
+                r.run_id,
+                r.workflow,
+                str(r.status),
+                _when(r.created_at),
+                format_seconds((r.updated_at - r.created_at).total_seconds()),
+                _counts(r),
+            )
+            for r in records
+        ],
+        sys.stdout,
+    )
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = _open_state(args)
+    if store is None:
+        raise UsageError(f"no run {args.run_id!r}: there is no state file at {args.state}")
+    try:
+        record = anyio.run(_load_run, store, args.run_id, backend="trio")
+    except trioflow.StoreError as exc:
+        raise UsageError(describe_store_error(args.state, exc)) from None
+    if record is None:
+        raise UsageError(f"no run {args.run_id!r} in the state file {str(args.state)!r}")
+    summary = summary_from_record(record, log_dir(args.state, record.run_id))
+    if args.json:
+        data = summary.to_json()
+        data["created_at"] = record.created_at.isoformat()
+        data["updated_at"] = record.updated_at.isoformat()
+        print_json(data)
+        return EXIT_OK
+    print(f"run {record.run_id} of workflow {record.workflow!r}: {record.status}")
+    print(f"started {_when(record.created_at)}, last update {_when(record.updated_at)}")
+    print_summary(summary, sys.stdout)
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    spec = load_spec(args.file)
+    print(dot(spec) if args.dot else mermaid(spec), end="")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trioflow._demo import main as demo_main
+
+    status: int = demo_main(list(args.args))
+    return status

@@ -1,0 +1,168 @@
+"""Running a step's command: exit statuses, missing commands, logs, timeouts and cancellation.
+
+Real processes on the real clock, on trio and on asyncio.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from trioflow.cli._steps import (
+    CommandFailed,
+    describe_command,
+    describe_exit,
+    expand,
+    placeholders,
+    run_command,
+    tail,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
+
+PY = sys.executable
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (waiting for a parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+async def test_output_goes_to_the_log_with_a_header_and_a_footer(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "a.log"
+    code = "import sys; print('out'); print('err', file=sys.stderr)"
+    await run_command([PY, "-c", code], cwd=tmp_path, env=env(), log_path=log, attempt=2)
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("--- ")
+    assert lines[0].endswith(f" attempt 2: {describe_command([PY, '-c', code])}")
+    assert sorted(lines[1:3]) == ["err", "out"]
+    assert lines[3:] == ["--- exit status 0"]
+
+
+async def test_a_non_zero_exit_fails_with_the_status(tmp_path: Path) -> None:
+    log = tmp_path / "b.log"
+    with pytest.raises(CommandFailed) as info:
+        await run_command("exit 3", cwd=tmp_path, env=env(), log_path=log)
+    assert str(info.value) == "exit status 3"
+    assert (info.value.exit_code, info.value.retryable) == (3, True)
+    assert tail(log, 1) == ["--- exit status 3"]
+
+
+async def test_a_missing_command_is_named_and_not_retryable(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    with pytest.raises(CommandFailed) as info:
+        await run_command(["no-such-cmd-trioflow", "x"], cwd=tmp_path, env=env(), log_path=log)
+    assert str(info.value) == "command not found: no-such-cmd-trioflow"
+    assert info.value.retryable is False
+    assert tail(log, 1) == ["command not found: no-such-cmd-trioflow"]
+    with pytest.raises(CommandFailed, match=r"^command not found: \./nope\.sh$"):
+        await run_command(["./nope.sh"], cwd=tmp_path, env=env(), log_path=log)
+    (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")  # not executable
+    with pytest.raises(CommandFailed, match=r"^permission denied: \./script\.sh$"):
+        await run_command(["./script.sh"], cwd=tmp_path, env=env(), log_path=log)
+
+
+async def test_a_shell_command_that_is_not_found_exits_127(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    with pytest.raises(CommandFailed, match=r"^exit status 127 \(command not found\)$"):
+        await run_command("no-such-cmd-trioflow", cwd=tmp_path, env=env(), log_path=log)
+
+
+async def test_a_missing_working_directory(tmp_path: Path) -> None:
+    with pytest.raises(CommandFailed, match=r"^working directory not found: ") as info:
+        await run_command([PY, "-V"], cwd=tmp_path / "nope", env=env(), log_path=tmp_path / "l")
+    assert info.value.retryable is False
+
+
+async def test_environment_and_working_directory_reach_the_command(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    log = tmp_path / "e.log"
+    code = "import os; print(os.environ['GREETING'], os.path.basename(os.getcwd()))"
+    await run_command(
+        [PY, "-c", code], cwd=tmp_path / "sub", env={**env(), "GREETING": "hi"}, log_path=log
+    )
+    assert "hi sub" in log.read_text().splitlines()
+
+
+async def test_a_timeout_terminates_the_process_group(tmp_path: Path) -> None:
+    # The shell starts a grandchild; stopping the group stops both.
+    log = tmp_path / "f.log"
+    script = (
+        f'{PY} -c \'import os, time; open("pid", "w").write(str(os.getpid())); time.sleep(30)\''
+    )
+    with pytest.raises(CommandFailed, match=r"^timed out after 1s$") as info:
+        await run_command(script, cwd=tmp_path, env=env(), log_path=log, timeout=1)
+    assert info.value.retryable is True
+    # The grandchild got SIGTERM with its group; give it a moment to finish exiting.
+    grandchild = int((tmp_path / "pid").read_text())
+    with anyio.fail_after(10):
+        while alive(grandchild):
+            await anyio.sleep(0.02)
+    assert tail(log, 1) == ["--- timed out after 1s: terminated"]
+
+
+async def test_cancellation_kills_a_command_that_ignores_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "g.log"
+    code = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open('pid', 'w').write(str(os.getpid())); time.sleep(30)"
+    )
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(
+                    run_command, [PY, "-c", code], cwd=tmp_path, env=env(), log_path=log, grace=0.2
+                )
+            )
+            while not (tmp_path / "pid").exists():
+                await anyio.sleep(0.02)
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert not alive(int((tmp_path / "pid").read_text()))
+    assert tail(log, 1) == ["--- cancelled: terminated"]
+
+
+def test_placeholders_are_expanded_and_other_braces_kept(tmp_path: Path) -> None:
+    values = placeholders(run_id="r1", step="build", logs=tmp_path)
+    assert values == {
+        "python": sys.executable,
+        "run_id": "r1",
+        "step": "build",
+        "logs": str(tmp_path.resolve()),
+    }
+    assert expand("{python} x {run_id}/{step}.txt ${HOME} {other}", values) == (
+        f"{sys.executable} x r1/build.txt ${{HOME}} {{other}}"
+    )
+    spaced = {"logs": "/a dir/x"}
+    assert expand("ls {logs}", spaced, quote=True) == "ls '/a dir/x'"
+    assert expand("{logs}", spaced) == "/a dir/x"
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(1) == "exit status 1"
+    assert describe_exit(127) == "exit status 127 (command not found)"
+    assert describe_exit(-9) == "killed by signal SIGKILL"
+    assert describe_exit(-200) == "killed by signal 200"
+
+
+def test_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert tail(tmp_path / "nope.log", 5) == []
+    (tmp_path / "x.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    assert tail(tmp_path / "x.log", 2) == ["line 98", "line 99"]

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from trioflow import HealthMonitor, ResourceExhausted, ResourceManager
+from trioflow._health import psutil_sampler
+
+pytestmark = pytest.mark.anyio
+
+
+class Script:
+    """A sampler that returns one scripted (cpu, memory) pair per call, repeating the last."""
+
+    def __init__(self, samples: Sequence[tuple[float, float]]) -> None:
+        self.samples = list(samples)
+        self.calls: list[float] = []
+
+    def __call__(self) -> tuple[float, float]:
+        self.calls.append(anyio.current_time())
+        return self.samples[min(len(self.calls) - 1, len(self.samples) - 1)]
+
+
+OK, HOT_CPU, FULL_MEMORY = (10.0, 20.0), (95.0, 20.0), (10.0, 95.0)
+
+
+async def test_first_sample_is_taken_before_the_block_and_then_every_interval() -> None:
+    script = Script([OK])
+    async with HealthMonitor(interval=2, sampler=script) as health:
+        stats = health.statistics()
+        assert (stats.samples, stats.sampled_at, stats.running) == (1, 0, True)
+        assert (stats.cpu_percent, stats.memory_percent) == OK
+        await anyio.sleep(7)
+    assert script.calls == [0, 2, 4, 6]
+    await anyio.sleep(10)
+    assert len(script.calls) == 4  # sampling stopped with the block
+    assert not health.statistics().running
+
+
+async def test_healthy_follows_the_thresholds() -> None:
+    script = Script([OK, HOT_CPU, FULL_MEMORY, (80.0, 90.0), HOT_CPU])
+    seen: list[bool] = []
+    async with HealthMonitor(max_cpu_percent=80, max_memory_percent=90, sampler=script) as health:
+        seen.append(health.healthy)
+        for _ in range(4):
+            # Read between samples (t = 1.5, 2.5, ...), never at the same instant as one.
+            await anyio.sleep(1.5 if not _ else 1)
+            seen.append(health.healthy)
+        stats = health.statistics()
+    # At exactly the threshold the system is still healthy.
+    assert seen == [True, False, False, True, False]
+    assert (stats.samples, stats.unhealthy_samples, stats.transitions) == (5, 3, 3)
+    assert not stats.healthy
+    assert stats.load == 1
+
+
+async def test_wait_healthy_returns_when_the_system_recovers() -> None:
+    script = Script([HOT_CPU, HOT_CPU, HOT_CPU, OK])
+    async with HealthMonitor(sampler=script) as health:
+        assert not health.healthy
+        await health.wait_healthy()
+        assert anyio.current_time() == 3
+        await health.wait_healthy()  # healthy already: returns at once
+        assert anyio.current_time() == 3
+
+
+async def test_wait_healthy_waits_again_after_a_relapse() -> None:
+    script = Script([HOT_CPU, OK, HOT_CPU, HOT_CPU, OK])
+    async with HealthMonitor(sampler=script) as health:
+        await anyio.sleep(0.5)
+        await health.wait_healthy()
+        assert anyio.current_time() == 1
+        await anyio.sleep(1.5)
+        assert not health.healthy
+        await health.wait_healthy()
+        assert anyio.current_time() == 4
+
+
+async def test_stopping_releases_waiters_and_reports_healthy() -> None:
+    script = Script([HOT_CPU])
+    woke: list[float] = []
+    async with anyio.create_task_group() as tg:
+        async with HealthMonitor(sampler=script) as health:
+
+            async def waiter() -> None:
+                await health.wait_healthy()
+                woke.append(anyio.current_time())
+
+            tg.start_soon(waiter)
+            await anyio.sleep(5)
+            assert woke == []
+        assert health.healthy
+    assert woke == [5]
+
+
+async def test_load_is_the_closest_threshold_ratio() -> None:
+    async with HealthMonitor(
+        max_cpu_percent=50, max_memory_percent=80, sampler=Script([(25.0, 60.0)])
+    ) as health:
+        assert health.load == 0.75
+        assert health.statistics().load == 0.75
+
+
+async def test_resource_manager_waits_while_unhealthy() -> None:
+    script = Script([HOT_CPU, HOT_CPU, OK])
+    started: list[float] = []
+
+    async def work() -> None:
+        started.append(anyio.current_time())
+
+    async with HealthMonitor(sampler=script) as health:
+        rm = ResourceManager(limit=2, health=health, when_unhealthy="wait")
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(rm.run, work)
+            await anyio.sleep(1)
+            assert rm.statistics().waiting == 3
+    assert started == [2, 2, 2]
+
+
+async def test_resource_manager_fails_fast_while_unhealthy() -> None:
+    script = Script([FULL_MEMORY, OK])
+
+    async def work() -> str:
+        return "done"
+
+    async with HealthMonitor(sampler=script) as health:
+        rm = ResourceManager(limit=2, health=health, when_unhealthy="fail")
+        with pytest.raises(ResourceExhausted):
+            await rm.run(work)
+        assert anyio.current_time() == 0
+        await anyio.sleep(1.5)
+        assert await rm.run(work) == "done"
+
+
+async def test_a_failing_sampler_ends_the_block_with_its_error() -> None:
+    calls = 0
+
+    def sampler() -> tuple[float, float]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError("no /proc")
+        return OK
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with HealthMonitor(sampler=sampler):
+            await anyio.sleep(10)
+    assert info.group_contains(OSError, match="no /proc")
+    assert anyio.current_time() == 2
+
+
+async def test_the_monitor_cannot_run_twice_at_once_but_can_run_again() -> None:
+    monitor = HealthMonitor(sampler=Script([OK]))
+    async with monitor:
+        with pytest.raises(RuntimeError, match="already running"):
+            async with monitor:
+                pass
+    async with monitor:
+        assert monitor.statistics().samples == 2
+
+
+async def test_the_default_sampler_reads_psutil() -> None:
+    cpu, memory = psutil_sampler()
+    assert 0 <= cpu <= 100
+    assert 0 < memory <= 100
+    async with HealthMonitor(max_cpu_percent=100, max_memory_percent=100) as health:
+        stats = health.statistics()
+        assert stats.healthy
+        assert stats.cpu_percent is not None
+        assert 0 <= stats.cpu_percent <= 100
+
+
+def test_statistics_before_running() -> None:
+    monitor = HealthMonitor()
+    stats = monitor.statistics()
+    assert stats.healthy
+    assert not stats.running
+    assert (stats.cpu_percent, stats.memory_percent, stats.sampled_at) == (None, None, None)
+    assert (stats.max_cpu_percent, stats.max_memory_percent) == (80, 90)
+    assert (
+        repr(monitor)
+        == "HealthMonitor(max_cpu_percent=80.0, max_memory_percent=90.0, interval=1.0)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"max_cpu_percent": 0},
+            ValueError,
+            r"max_cpu_percent must be a number in \(0, 100\], got 0",
+        ),
+        ({"max_cpu_percent": 101}, ValueError, "max_cpu_percent .* got 101"),
+        ({"max_cpu_percent": math.nan}, ValueError, "max_cpu_percent .* got nan"),
+        ({"max_memory_percent": -5}, ValueError, "max_memory_percent .* got -5"),
+        ({"max_memory_percent": "90"}, ValueError, "max_memory_percent .* got '90'"),
+        ({"interval": 0}, ValueError, "interval must be a finite number > 0, got 0"),
+        ({"interval": math.inf}, ValueError, "interval must be a finite number > 0, got inf"),
+        ({"sampler": 3}, TypeError, "sampler must be a callable"),
+    ],
+)
+def test_bad_arguments_are_rejected(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        HealthMonitor(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import anyio
+import pytest
+
+from trioflow import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Context,
+    RetryPolicy,
+    TokenBucket,
+    Workflow,
+    resilient,
+    run_batch,
+    run_workflow,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Flaky:
+    """Call i sleeps plan[i][0] seconds, then returns or raises plan[i][1]."""
+
+    def __init__(self, *plan: tuple[float, object]) -> None:
+        self.plan = list(plan)
+        self.starts: list[float] = []
+
+    async def __call__(self, suffix: str = "") -> str:
+        index = len(self.starts)
+        self.starts.append(anyio.current_time())
+        seconds, outcome = self.plan[min(index, len(self.plan) - 1)]
+        await anyio.sleep(seconds)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return f"{outcome}{suffix}"
+
+
+async def test_no_strategies_is_a_plain_call_with_the_same_signature() -> None:
+    async def fetch(url: str, *, retries: int = 0) -> str:
+        return f"{url}:{retries}"
+
+    wrapped = resilient(fetch)
+    assert await wrapped("a", retries=2) == "a:2"
+    assert wrapped is not fetch
+    assert wrapped.__name__ == "fetch"
+    assert inspect.signature(wrapped) == inspect.signature(fetch)
+    assert inspect.iscoroutinefunction(wrapped)
+
+
+async def test_timeout_is_per_attempt_and_retried() -> None:
+    fn = Flaky((10, "slow"), (0.5, "fast"))
+    wrapped = resilient(fn, timeout=1, retry=RetryPolicy(attempts=2, initial_delay=0))
+    assert await wrapped("!") == "fast!"
+    assert fn.starts == [0, 1]
+    assert anyio.current_time() == 1.5
+
+
+async def test_the_rate_limit_is_charged_per_attempt() -> None:
+    fn = Flaky((0, ConnectionError()), (0, ConnectionError()), (0, "ok"))
+    bucket = TokenBucket(rate=1, burst=1)
+    wrapped = resilient(fn, rate=bucket, retry=RetryPolicy(attempts=3, initial_delay=0.25))
+    assert await wrapped() == "ok"
+    # Each retry waits for its own token: 0, then 1 and 2 (not 0.25 and 0.5).
+    assert fn.starts == [0, 1, 2]
+    assert bucket.statistics().acquired == 3
+
+
+async def test_an_opening_breaker_stops_the_retries() -> None:
+    fn = Flaky((0, ConnectionError("down")))
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=60)
+    wrapped = resilient(fn, breaker=breaker, retry=RetryPolicy(attempts=5, initial_delay=1))
+    with pytest.raises(CircuitOpenError):
+        await wrapped()
+    assert fn.starts == [0, 1]  # the third attempt was refused by the open circuit
+    assert breaker.state is CircuitState.OPEN
+
+
+async def test_the_breaker_counts_a_hedged_attempt_once() -> None:
+    fn = Flaky((1, ConnectionError("a")), (1, ConnectionError("b")), (0.1, "third"))
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=60)
+    wrapped = resilient(fn, breaker=breaker, hedge=0.5, hedge_attempts=2)
+    with pytest.raises(ExceptionGroup) as info:
+        await wrapped()
+    assert [str(e) for e in info.value.exceptions] == ["a", "b"]
+    stats = breaker.statistics()
+    assert (stats.failures, stats.consecutive_failures, stats.state) == (1, 1, CircuitState.CLOSED)
+    assert await wrapped() == "third"
+    assert breaker.statistics().consecutive_failures == 0
+
+
+async def test_hedged_calls_take_a_token_each() -> None:
+    fn = Flaky((5, "first"), (1, "second"))
+    bucket = TokenBucket(rate=1, burst=1)
+    wrapped = resilient(fn, rate=bucket, hedge=0.5)
+    assert await wrapped() == "second"
+    # The backup was due at 0.5 but waited for a token until 1.0.
+    assert fn.starts == [0, 1]
+    assert anyio.current_time() == 2
+
+
+async def test_timeout_does_not_count_the_wait_for_a_token() -> None:
+    fn = Flaky((0.5, "ok"))
+    bucket = TokenBucket(rate=0.5, burst=1)
+    wrapped = resilient(fn, rate=bucket, timeout=1)
+    assert await wrapped() == "ok"
+    assert await wrapped() == "ok"  # waited 1.5 s for a token, then ran 0.5 s: no timeout
+    assert fn.starts == [0, 2]
+
+
+async def test_fallback_gets_what_escaped_everything_else() -> None:
+    seen: list[BaseException] = []
+
+    async def cached(exc: Exception) -> str:
+        seen.append(exc)
+        return "cached"
+
+    fn = Flaky((0, ConnectionError("down")))
+    wrapped = resilient(fn, retry=RetryPolicy(attempts=2, initial_delay=0), fallback=cached)
+    assert await wrapped() == "cached"
+    assert len(fn.starts) == 2
+    assert [type(e) for e in seen] == [ConnectionError]
+
+
+async def test_fallback_never_sees_cancellation() -> None:
+    async def cached(exc: Exception) -> str:
+        raise AssertionError("fallback must not run on cancellation")
+
+    wrapped = resilient(Flaky((10, "slow")), fallback=cached)
+    with anyio.move_on_after(1) as scope:
+        await wrapped()
+    assert scope.cancelled_caught
+
+
+async def test_usable_as_a_batch_operation() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=60)
+
+    async def op() -> int:
+        await anyio.sleep(1)
+        return 7
+
+    wrapped = resilient(op, breaker=breaker, timeout=5)
+    result = await run_batch([wrapped] * 4, limit=2)
+    assert result.values == (7, 7, 7, 7)
+    assert anyio.current_time() == 2
+    assert breaker.statistics().successes == 4
+
+
+async def test_usable_as_a_workflow_step() -> None:
+    attempts = 0
+
+    async def step(ctx: Context) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionError("blip")
+        return 41 + len(ctx.results)
+
+    wf = Workflow("wf")
+    wf.step("answer", resilient(step, retry=RetryPolicy(attempts=2, initial_delay=1)))
+    result = await run_workflow(wf)
+    assert result.ok
+    assert result.context.results["answer"] == 41
+    assert attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"rate": 5}, TypeError, "rate must be a TokenBucket or None, got 5"),
+        ({"breaker": "b"}, TypeError, "breaker must be a CircuitBreaker or None"),
+        ({"retry": 3}, TypeError, "retry must be a RetryPolicy or None"),
+        ({"timeout": -1}, ValueError, "timeout must be None or a finite number >= 0, got -1"),
+        ({"timeout": math.nan}, ValueError, "timeout must be .* got nan"),
+        ({"hedge": -0.5}, ValueError, "hedge must be a finite number >= 0, got -0.5"),
+        ({"hedge": 1, "hedge_attempts": 0}, ValueError, "hedge_attempts must be an int >= 1"),
+        ({"fallback": "x"}, TypeError, "fallback must be an async callable or None"),
+    ],
+)
+def test_bad_arguments_are_rejected_at_wrapping_time(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    async def fn() -> None:
+        pass
+
+    with pytest.raises(error, match=message):
+        resilient(fn, **kwargs)
+
+
+def test_fn_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="fn must be an async callable"):
+        resilient(3)  # type: ignore[arg-type]
