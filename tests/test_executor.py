@@ -713,6 +713,27 @@ async def test_leaving_as_completed_early_cancels_the_rest() -> None:
     assert len(anyio.get_running_tasks()) == baseline
 
 
+async def test_as_completed_over_an_endless_input_reads_only_what_it_hands_out() -> None:
+    tracker = Tracker()
+    pulled = 0
+
+    def endless() -> Iterator[Callable[[], Awaitable[Any]]]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield tracker.op(i, 1 + i % 3)
+
+    handed_out = 0
+    async with as_completed(endless(), limit=4) as outcomes:
+        async for _ in outcomes:
+            handed_out += 1
+            if handed_out == 50:
+                break
+    # What was read: what was handed out, plus at most the channel's 4 and 4 in flight.
+    assert pulled <= handed_out + 4 + 4
+    assert tracker.running == 0
+
+
 async def test_an_error_in_the_as_completed_body_propagates_as_itself() -> None:
     tracker = Tracker()
 

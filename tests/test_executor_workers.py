@@ -86,3 +86,16 @@ def test_the_demo_runs(backend: str, capsys: pytest.CaptureFixture[str]) -> None
     assert out.rstrip().endswith(
         "10 succeeded, 2 failed, 0 cancelled in 1.8 s (one at a time: 6.6 s)"
     )
+
+
+@pytest.mark.real_time
+@pytest.mark.parametrize("limit", [1, None])
+async def test_durations_on_the_real_clock(limit: int | None) -> None:
+    async def nap() -> None:
+        await anyio.sleep(0.02)
+
+    result = await run_batch([nap, nap], limit=limit, timeout=None)
+    assert all(o.duration >= 0.015 for o in result.outcomes)
+    assert result.duration >= max(o.duration for o in result.outcomes) - 1e-6
+    if limit == 1:
+        assert result.duration >= sum(o.duration for o in result.outcomes) - 1e-6

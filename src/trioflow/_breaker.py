@@ -341,7 +341,11 @@ class CircuitBreaker:
                 self._transition(CircuitState.OPEN)
 
     async def __aenter__(self) -> None:
-        generation = self._admit()
+        if self._state is CircuitState.CLOSED:  # _admit() inlined for the common case
+            self._calls += 1
+            generation = self._generation
+        else:
+            generation = self._admit()
         _TICKETS.set(_Ticket(self, generation, _TICKETS.get()))
 
     async def __aexit__(
@@ -361,6 +365,11 @@ class CircuitBreaker:
             if ticket is None or previous is None:
                 raise RuntimeError("CircuitBreaker exited without a matching enter in this task")
             previous.parent = ticket.parent
+        if exc is None and self._state is CircuitState.CLOSED:
+            if ticket.generation == self._generation:
+                self._consecutive_failures = 0
+            self._successes += 1
+            return
         self._settle(ticket.generation, exc)
 
     async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
@@ -382,8 +391,17 @@ class CircuitBreaker:
         except BaseException as exc:
             self._settle(generation, exc)
             raise
-        self._settle(generation, None)
+        self._succeeded(generation)
         return result
+
+    def _succeeded(self, generation: int) -> None:
+        """``_settle(generation, None)``, with the common case (closed) first."""
+        if self._state is CircuitState.CLOSED:
+            if generation == self._generation:
+                self._consecutive_failures = 0
+            self._successes += 1
+        else:
+            self._settle(generation, None)
 
     def statistics(self) -> CircuitBreakerStatistics:
         """Return a snapshot of the breaker's state and counters.

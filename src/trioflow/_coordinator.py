@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, final
 
@@ -25,16 +25,14 @@ import anyio.lowlevel
 import attrs
 import structlog
 
+from ._admission import Admission, CancelRequested, Ticket
 from ._config import OrchestrationConfig, load_config
-from ._errors import ResourceExhausted
 from ._executor import run_batch
 from ._health import HealthMonitor
 from ._lifecycle import StateChange, StateMachine, clock
-from ._limits import HealthSource, ResourceManager
+from ._limits import HealthSource, PoolStatistics, ResourceManager
 from ._outcomes import BatchResult
-from ._pipeline import Pipeline
 from ._policies import RetryPolicies
-from ._ratelimit import KeyedRateLimiter
 from ._request import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
@@ -50,8 +48,6 @@ from ._tools import ToolRegistry, check_calls
 
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
 
-_WouldBlock = anyio.WouldBlock
-_SPARE_USERS = 64
 _STATUS_OF_STATE = {
     RequestState.COMPLETED: ProcessingStatus.COMPLETED,
     RequestState.FAILED: ProcessingStatus.FAILED,
@@ -100,35 +96,7 @@ class CoordinatorStatistics:
     success_ratio: float
     failures: Mapping[ErrorCategory, int]
     state_times: Mapping[RequestState, float]
-    pools: Mapping[str, Any]
-
-
-class _CancelRequested(Exception):
-    """Internal: cancel() of a request that had not reached its pipeline yet."""
-
-
-@final
-class _Active:
-    """A request being processed, and how to cancel it at its current step."""
-
-    __slots__ = ("cancel_requested", "pipeline", "request", "scope")
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.scope: anyio.CancelScope | None = None  # while waiting for admission
-        self.pipeline: Pipeline | None = None  # once routed
-        self.cancel_requested = False
-
-
-@final
-class _User:
-    """The per-user limiter, shared by a user's requests and dropped when none is left."""
-
-    __slots__ = ("limiter", "requests")
-
-    def __init__(self, limit: int) -> None:
-        self.limiter = anyio.CapacityLimiter(limit)
-        self.requests = 0
+    pools: Mapping[str, PoolStatistics]
 
 
 def _debug_enabled(logger: Any) -> bool:
@@ -162,11 +130,9 @@ class Coordinator:
         self._config = config
         self._router = router
         self._registry = registry
-        self._health = health
         self._log = logger
         self._debug = _debug_enabled(logger)
         self._machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
-        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
         # Every slot names a pool and the general limit is the sum of the pool sizes, so only
         # the pools ever bind (stages never wait on the general limit of this manager).
         pools = dict(config.pools)
@@ -177,30 +143,11 @@ class Coordinator:
         self._retry_source = self._policy
         self._observer = self._on_transition if self._debug else None
         self._load = health if isinstance(health, HealthMonitor) else 0.0
-        limits = config.rate_limits
-        self._user_rate: KeyedRateLimiter[str] | None = None
-        if limits.per_user is not None:
-            self._user_rate = KeyedRateLimiter(
-                rate=limits.per_user.per_second, burst=limits.per_user.capacity
-            )
-        self._source_rate: KeyedRateLimiter[str] | None = None
-        if limits.per_source:
-            self._source_rate = KeyedRateLimiter(
-                rate=1.0,
-                burst=1.0,
-                limits={s: (c.per_second, c.capacity) for s, c in limits.per_source.items()},
-                classify=lambda source: source,
-            )
-        self._wait_when_limited = limits.when_limited == "wait"
-        self._wait_when_unhealthy = config.health.when_unhealthy == "wait"
-        self._users: dict[str, _User] = {}
-        self._spare_users: list[_User] = []
-        self._active: dict[str, _Active] = {}
+        self._admission = Admission(config, health)
+        self._active: dict[str, Ticket] = {}
         self._opened_at = anyio.current_time()
         self._closed = False
-        self._waiting = 0
         self._running = 0
-        self._throttled = 0
         self._counts = dict.fromkeys(ProcessingStatus, 0)
         self._failures = dict.fromkeys(ErrorCategory, 0)
         self._total_time = 0.0
@@ -252,14 +199,12 @@ class Coordinator:
             RuntimeError: The coordinator is closed.
         """
         self._check(request)
-        entry = _Active(request)
+        entry = Ticket(request)
         self._active[request.id] = entry
         admitted = False
         result: ProcessingResult | None = None
-        user = self._users.get(request.user_id)
-        if user is None:
-            user = self._users[request.user_id] = self._new_user()
-        user.requests += 1
+        admission = self._admission
+        user = admission.join(request.user_id)
         try:
             timeout = self._config.default_timeout
             # The budget runs from arrival: waiting for admission counts.
@@ -268,8 +213,8 @@ class Coordinator:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
                 await anyio.lowlevel.checkpoint()
-                if not self._admit_now(request, user):
-                    await self._admit_slowly(request, user, deadline, entry)
+                if not admission.try_now(request, user):
+                    await admission.wait(request, user, deadline, entry)
             except BaseException as exc:
                 result = await self._refused(request, exc)
                 return result
@@ -280,25 +225,10 @@ class Coordinator:
         finally:
             if admitted:
                 self._running -= 1
-                self._limiter.release_on_behalf_of(request)
-                user.limiter.release_on_behalf_of(request)
-            user.requests -= 1
-            if not user.requests:
-                self._drop_user(request.user_id, user)
+                admission.release(request, user)
+            admission.leave(request.user_id, user)
             del self._active[request.id]
             self._record(request, result)
-
-    def _new_user(self) -> _User:
-        if self._spare_users:
-            return self._spare_users.pop()
-        return _User(self._config.per_user_limit)
-
-    def _drop_user(self, user_id: str, user: _User) -> None:
-        # An idle limiter (no borrowers, no waiters) is as good as new: keep a few for reuse,
-        # so a user sending one request after the other does not build one per request.
-        del self._users[user_id]
-        if len(self._spare_users) < _SPARE_USERS:
-            self._spare_users.append(user)
 
     def _check(self, request: Request) -> None:
         if self._closed:
@@ -310,110 +240,9 @@ class Coordinator:
         if self._machine.is_terminal(request.state):
             raise ValueError(f"request {request.id!r} is already in the terminal state")
 
-    def _admit_now(self, request: Request, user: _User) -> bool:
-        """Take everything admission needs if nothing has to wait; else take nothing."""
-        if self._user_rate is not None or self._source_rate is not None:
-            return False
-        if self._health is not None and not self._health.healthy:
-            return False
-        try:
-            user.limiter.acquire_on_behalf_of_nowait(request)
-        except _WouldBlock:
-            return False
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(request)
-        except _WouldBlock:
-            user.limiter.release_on_behalf_of(request)
-            return False
-        return True
-
-    async def _admit_slowly(
-        self, request: Request, user: _User, deadline: float, entry: _Active
-    ) -> None:
-        """Wait for admission until the deadline; hold nothing on any exception.
-
-        Each step is tried at once first; only a step that must wait makes the request count
-        as waiting (``queue_depth``), and past ``max_queue_depth`` it is refused instead.
-        """
-        held = 0
-        waiting = False
-
-        def must_wait() -> None:
-            nonlocal waiting
-            self._throttled += 1
-            if waiting:
-                return
-            max_depth = self._config.max_queue_depth
-            if max_depth is not None and self._waiting >= max_depth:
-                raise ResourceExhausted(
-                    f"request {request.id!r} refused: {self._waiting} requests already wait "
-                    f"for admission (max_queue_depth={max_depth})"
-                )
-            self._waiting += 1
-            waiting = True
-
-        try:
-            with anyio.CancelScope(deadline=deadline) as scope:
-                entry.scope = scope
-                await self._rate_limit(request, must_wait)
-                health = self._health
-                if health is not None and not health.healthy:
-                    if not self._wait_when_unhealthy:
-                        self._throttled += 1
-                        raise ResourceExhausted(
-                            f"request {request.id!r} refused: the system is unhealthy "
-                            "(health.when_unhealthy='fail')"
-                        )
-                    must_wait()
-                    await health.wait_healthy()
-                for limiter in (user.limiter, self._limiter):
-                    try:
-                        limiter.acquire_on_behalf_of_nowait(request)
-                    except _WouldBlock:
-                        must_wait()
-                        await limiter.acquire_on_behalf_of(request)
-                    held += 1
-            entry.scope = None
-            if scope.cancelled_caught:
-                if entry.cancel_requested:
-                    raise _CancelRequested
-                raise TimeoutError(
-                    f"request {request.id!r} was not admitted within default_timeout "
-                    f"({self._config.default_timeout} s)"
-                )
-        except BaseException:
-            if held >= 1:
-                user.limiter.release_on_behalf_of(request)
-            if held >= 2:
-                self._limiter.release_on_behalf_of(request)
-            raise
-        finally:
-            if waiting:
-                self._waiting -= 1
-
-    async def _rate_limit(self, request: Request, must_wait: Callable[[], None]) -> None:
-        checks = (
-            (self._user_rate, request.user_id, "user"),
-            (self._source_rate, request.source, "source"),
-        )
-        for limiter, key, what in checks:
-            if limiter is None:
-                continue
-            if what == "source" and key not in self._config.rate_limits.per_source:
-                continue
-            if limiter.try_acquire(key):
-                continue
-            if not self._wait_when_limited:
-                self._throttled += 1
-                raise ResourceExhausted(
-                    f"request {request.id!r} refused: rate limit of {what} {key!r} exceeded"
-                )
-            must_wait()
-            await limiter.acquire(key)
-
     async def _refused(self, request: Request, exc: BaseException) -> ProcessingResult:
         """End a request that never reached a pipeline; re-raise outside cancellation."""
-        requested = isinstance(exc, _CancelRequested)
+        requested = isinstance(exc, CancelRequested)
         cancelled = requested or not isinstance(exc, Exception)
         with anyio.CancelScope(shield=True):
             change = await self._machine.transition(
@@ -426,13 +255,13 @@ class Coordinator:
             raise exc
         return self._result_of(request, error=exc)
 
-    async def _run(self, request: Request, deadline: float, entry: _Active) -> ProcessingResult:
+    async def _run(self, request: Request, deadline: float, entry: Ticket) -> ProcessingResult:
         try:
             pipeline = await self._router.route(request)
         except Exception as exc:
             return await self._refused(request, exc)  # UnknownKind: VALIDATION
         if entry.cancel_requested:  # cancel() arrived while the request was being routed
-            return await self._refused(request, _CancelRequested())
+            return await self._refused(request, CancelRequested())
         entry.pipeline = pipeline
         remaining = None if deadline == math.inf else max(0.0, deadline - clock()())
         try:
@@ -632,9 +461,9 @@ class Coordinator:
             failed=counts[ProcessingStatus.FAILED],
             cancelled=counts[ProcessingStatus.CANCELLED],
             in_flight=self._running,
-            queue_depth=self._waiting,
-            users=len(self._users),
-            throttled=self._throttled,
+            queue_depth=self._admission.waiting,
+            users=len(self._admission.users),
+            throttled=self._admission.throttled,
             requests_per_second=finished / uptime if uptime > 0 else 0.0,
             mean_time=self._total_time / finished if finished else 0.0,
             success_ratio=ok / decided if decided else 1.0,

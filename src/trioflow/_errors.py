@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import anyio
+
 
 class TrioflowError(Exception):
     """Base class of every error trioflow raises on purpose."""
@@ -38,6 +40,20 @@ class CircuitOpenError(TrioflowError):
     def __init__(self, message: str, *, retry_at: float) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds from now until the breaker half-opens (0 once that time has passed).
+
+        A :class:`~trioflow.RetryPolicy` that retries ``CircuitOpenError`` honours this as its
+        minimum wait, so the retry lands when a trial call is let through. Outside a running
+        event loop it is 0.
+        """
+        try:
+            now = anyio.current_time()
+        except RuntimeError:  # no event loop running: nothing to wait for
+            return 0.0
+        return max(0.0, self.retry_at - now)
 
 
 class InvalidTransition(TrioflowError, ValueError):

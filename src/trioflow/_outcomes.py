@@ -58,8 +58,9 @@ class Outcome(Generic[T]):
         error: The exception it raised when it failed, else None.
         duration: Seconds on the running backend's clock from its start to its end, retries and
             the waits between them included.
-        attempts: How many times it was called (more than 1 only with a retry policy; 0 if it was
-            cancelled before its first call began).
+        attempts: How many times it was called: more than 1 only with a retry policy; 0 if it
+            never started (cancelled while waiting for a resource manager's slot, or refused by
+            an unhealthy one).
     """
 
     index: int

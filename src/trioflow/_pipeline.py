@@ -5,9 +5,6 @@ stage's state through a :class:`~trioflow.StateMachine`, runs the stage's async 
 its timeout, its resource pools and its retry policy), records how long it took, and ends the
 request in exactly one terminal state: COMPLETED, FAILED at the first failure, or CANCELLED
 when the run is cancelled (that last transition runs shielded, then the cancellation goes on).
-
-:func:`gather_partial` is the fan-out a stage uses to gather from several sources at once and go
-on with whatever arrived within a time budget.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar, final
+from typing import Any, TypeVar, final
 
 import anyio
 import attrs
@@ -34,14 +31,7 @@ from ._request import (
 )
 from ._retry import RetryPolicy
 
-__all__ = (
-    "PartialResults",
-    "Pipeline",
-    "PipelineStatistics",
-    "Stage",
-    "StageStatistics",
-    "gather_partial",
-)
+__all__ = ("Pipeline", "PipelineStatistics", "Stage", "StageStatistics")
 
 T = TypeVar("T")
 StageFn = Callable[[Request], Awaitable[Any]]
@@ -53,7 +43,13 @@ _FAILED = RequestState.FAILED
 _CANCELLED = RequestState.CANCELLED
 
 
-def _check_timeout(what: str, value: object) -> None:
+def check_timeout(what: str, value: object) -> None:
+    """Check a timeout argument: None, or a number of seconds >= 0 (not NaN).
+
+    Raises:
+        TypeError: Not a number.
+        ValueError: Negative or NaN.
+    """
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -78,7 +74,7 @@ def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) 
 
 
 def _stage_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    _check_timeout("timeout", value)
+    check_timeout("timeout", value)
 
 
 def _to_pools(value: object) -> object:
@@ -475,7 +471,7 @@ class Pipeline:
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        _check_timeout("timeout", timeout)
+        check_timeout("timeout", timeout)
         if id(request) in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)
@@ -639,81 +635,3 @@ class Pipeline:
             cancelled=self._cancelled,
             stages=MappingProxyType(stages),
         )
-
-
-def _freeze(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value))
-
-
-@attrs.frozen(kw_only=True)
-class PartialResults(Generic[T]):
-    """What :func:`gather_partial` gathered before its budget ran out.
-
-    Attributes:
-        values: The values that arrived, by source name (in the sources' order).
-        errors: The sources that raised, with their exceptions.
-        missing: The sources still running at the deadline (they were cancelled).
-    """
-
-    values: Mapping[str, T] = attrs.field(converter=_freeze)
-    errors: Mapping[str, Exception] = attrs.field(converter=_freeze)
-    missing: tuple[str, ...]
-
-    @property
-    def complete(self) -> bool:
-        """Whether every source returned a value in time."""
-        return not self.errors and not self.missing
-
-
-async def gather_partial(
-    sources: Mapping[str, Callable[[], Awaitable[T]]], budget: float | None
-) -> PartialResults[T]:
-    """Run sources concurrently and return what arrived within the budget.
-
-    The design's context gathering: ask every source at once, wait at most ``budget``
-    seconds, cancel the ones still running and go on with what arrived. A source that raises
-    does not disturb the others; its exception is in ``errors``. Cancellation from outside is
-    not a deadline: it propagates.
-
-    Example::
-
-        gathered = await gather_partial(
-            {"docs": search_docs, "history": load_history}, budget=0.5
-        )
-        context = gathered.values      # whatever arrived within 500 ms
-
-    Args:
-        sources: Zero-argument async callables by name.
-        budget: Seconds to wait, >= 0, or ``None`` to wait for every source.
-
-    Returns:
-        The :class:`PartialResults`.
-
-    Raises:
-        TypeError: ``sources`` is not a mapping of callables, or ``budget`` is not a number.
-        ValueError: ``budget`` is negative or NaN.
-    """
-    if not isinstance(sources, Mapping):
-        raise TypeError(f"sources must be a mapping of name to async callable, got {sources!r}")
-    for name, fn in sources.items():
-        if not callable(fn):
-            raise TypeError(f"sources[{name!r}] must be an async callable, got {fn!r}")
-    _check_timeout("budget", budget)
-    values: dict[str, T] = {}
-    errors: dict[str, Exception] = {}
-
-    async def run_one(name: str, fn: Callable[[], Awaitable[T]]) -> None:
-        try:
-            values[name] = await fn()
-        except Exception as exc:
-            errors[name] = exc
-
-    with anyio.move_on_after(math.inf if budget is None else budget):
-        async with anyio.create_task_group() as tg:
-            for name, fn in sources.items():
-                tg.start_soon(run_one, name, fn, name=f"gather_partial:{name}")
-    return PartialResults(
-        values={name: values[name] for name in sources if name in values},
-        errors={name: errors[name] for name in sources if name in errors},
-        missing=tuple(name for name in sources if name not in values and name not in errors),
-    )

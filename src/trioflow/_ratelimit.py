@@ -54,14 +54,6 @@ def _current_time() -> float:
     return anyio.current_time()  # pragma: no cover - another anyio backend
 
 
-async def _checkpoint_if_cancelled() -> None:
-    """``anyio.lowlevel.checkpoint_if_cancelled()``, with the same shortcut on trio."""
-    if sniffio.current_async_library() == "trio":
-        await trio.lowlevel.checkpoint_if_cancelled()
-    else:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-
-
 def _positive(name: str, value: object) -> float:
     if (
         isinstance(value, bool)
@@ -172,11 +164,23 @@ class TokenBucket:
 
     def _take(self, n: float) -> bool:
         """Take ``n`` tokens if they are there now and nobody is queued."""
-        if self._waiting == 0 and self._tokens(self._clock()) >= n:
+        return self._take_at(n, self._clock())
+
+    def _take_at(self, n: float, now: float) -> bool:
+        """Take ``n`` tokens if they are there at ``now`` and nobody is queued."""
+        if self._waiting:
+            return False
+        anchor = self._anchor
+        if anchor is None or (now - anchor) * self._rate >= self._consumed:
+            # Full (n <= burst was checked): re-anchor, which keeps the arithmetic exact.
+            self._anchor = now
+            self._consumed = n
+        elif self._burst + (now - anchor) * self._rate - self._consumed >= n:
             self._consumed += n
-            self._acquired += 1
-            return True
-        return False
+        else:
+            return False
+        self._acquired += 1
+        return True
 
     def _tokens(self, now: float) -> float:
         """Return the tokens available at ``now``, re-anchoring when the bucket is full."""
@@ -224,9 +228,19 @@ class TokenBucket:
         Raises:
             ValueError: If ``n`` is not a number in (0, burst].
         """
-        self._check(n)
-        await _checkpoint_if_cancelled()
-        if not self._take(n):
+        kind = type(n)
+        if not ((kind is int or kind is float) and 0 < n <= self._burst):
+            self._check(n)
+        # anyio.lowlevel.checkpoint_if_cancelled() and the clock, calling trio directly on trio
+        # as anyio's trio backend does: this is the hot path.
+        if sniffio.current_async_library() == "trio":
+            await trio.lowlevel.checkpoint_if_cancelled()
+            clock = self._clock
+            now = trio.current_time() if clock is _current_time else clock()
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            now = self._clock()
+        if not self._take_at(n, now):
             await self._acquire_queued(n)
 
     async def _acquire_queued(self, n: float) -> None:
@@ -520,11 +534,24 @@ class KeyedRateLimiter(Generic[K]):
         Raises:
             ValueError: If ``n`` is not a number in (0, burst].
         """
-        bucket = self._bucket(key)
-        bucket._check(n)
-        # TokenBucket.acquire inlined: one coroutine less on the hot path.
-        await _checkpoint_if_cancelled()
-        if not bucket._take(n):
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = self._bucket(key)
+        else:
+            buckets.move_to_end(key)
+        kind = type(n)
+        if not ((kind is int or kind is float) and 0 < n <= bucket._burst):
+            bucket._check(n)
+        # TokenBucket.acquire() inlined: one coroutine less on the hot path.
+        if sniffio.current_async_library() == "trio":
+            await trio.lowlevel.checkpoint_if_cancelled()
+            clock = self._clock
+            now = trio.current_time() if clock is _current_time else clock()
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            now = self._clock()
+        if not bucket._take_at(n, now):
             await bucket._acquire_queued(n)
         self._acquired += 1
 

@@ -174,6 +174,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        # The demo has options of its own; argparse.REMAINDER would drop leading ones.
+        return _demo(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)  # exits with status 2 on a usage error
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
