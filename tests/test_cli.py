@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,19 @@ elif action == "stubborn":  # ignores SIGTERM: only SIGKILL stops it
     time.sleep(30)
 mark("done")
 """
+
+
+# What the command prints to repeat itself after `python -m trioflow` (the interpreter by
+# name when PATH finds that same interpreter, else by path).
+PROGRAM = shlex.join(
+    [
+        os.path.basename(sys.executable)
+        if shutil.which(os.path.basename(sys.executable)) == sys.executable
+        else sys.executable,
+        "-m",
+        "trioflow",
+    ]
+)
 
 
 def trioflow(
@@ -348,7 +362,7 @@ def test_a_failing_step_fails_the_run_and_stops_the_rest(runs: Runs) -> None:
     data = json_out(completed)
     assert statuses(data) == {"build": "failed", "test": "not_run", "docs": "cancelled"}
     assert data["steps"][0]["error"] == "exit status 2"
-    assert data["resume_command"] == f"trioflow run wf.toml --resume {data['run_id']}"
+    assert data["resume_command"] == f"{PROGRAM} run wf.toml --resume {data['run_id']}"
     assert marks(directory, "test", "started") == 0
     # The cancelled step's process is gone, and it never finished.
     assert not alive(int((directory / "docs.pid").read_text()))
@@ -405,7 +419,7 @@ def test_graph_prints_mermaid(runs: Runs) -> None:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("malformed-toml", "wf.toml: invalid TOML: Unclosed array (at line 2, column 12)\n"),
+        ("malformed-toml", "wf.toml:2:12: invalid TOML: Unclosed array\n"),
         ("unknown-key", "wf.toml: steps.a: unknown key 'tmieout'; did you mean 'timeout'?\n"),
         ("cycle", "wf.toml: steps: the steps form a cycle: a -> b -> a\n"),
         ("unknown-after", "wf.toml: steps.a.after: unknown step 'zz'\n"),
@@ -464,7 +478,8 @@ def test_sigint_cancels_the_run_and_resume_finishes_it(project: Path) -> None:
     assert match is not None, out
     run_id = match[1]
     lines = [line.strip() for line in out.splitlines()]
-    assert f"trioflow run wf.toml --resume {run_id} --state state/s.db" in lines
+    printed = f"{PROGRAM} run wf.toml --resume {run_id} --state state/s.db"
+    assert printed in lines
     assert re.search(r"^slow\s+cancelled\s+1", out, re.M)
     assert re.search(r"^last\s+not_run\s+0", out, re.M)
     # The step's process is gone, and it never finished.
@@ -475,8 +490,15 @@ def test_sigint_cancels_the_run_and_resume_finishes_it(project: Path) -> None:
     assert statuses(shown) == {"first": "succeeded", "slow": "cancelled", "last": "not_run"}
 
     (project / "release").touch()
-    resumed = trioflow(
-        "run", "wf.toml", "--resume", run_id, "--state", "state/s.db", "--json", cwd=project
+    # The printed command is the exact one: run it as it is (plus --json).
+    resumed = subprocess.run(
+        [*shlex.split(printed), "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=_env(),
     )
     assert resumed.returncode == 0, resumed.stderr
     data = json_out(resumed)
@@ -521,5 +543,100 @@ def test_sigterm_kills_a_step_that_ignores_sigterm_after_the_grace_period(projec
     data = json.loads(out)
     assert data["status"] == "cancelled"
     assert statuses(data) == {"stubborn": "cancelled"}
-    assert data["resume_command"] == f"trioflow run wf.toml --resume {data['run_id']}"
+    assert data["resume_command"] == f"{PROGRAM} run wf.toml --resume {data['run_id']}"
     assert not alive(int((project / "stubborn.pid").read_text()))
+
+
+def test_a_second_sigint_kills_the_steps_without_waiting_for_the_grace_period(
+    project: Path,
+) -> None:
+    write(project, f"[steps.stubborn]\nrun = {step('stubborn', 'stubborn')}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--grace", "120"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        wait_for(project / "stubborn.pid")
+        process.send_signal(signal.SIGINT)
+        assert process.stdout is not None
+        for line in process.stdout:  # the plain reporter flushes each line
+            if "SIGINT: stopping the running steps" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        # A hang guard, far below the 120 s grace period the first SIGINT alone would wait.
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "SIGINT: killing the running steps" in out
+    assert re.search(r"^stubborn\s+cancelled\s+1", out, re.M)
+    assert not alive(int((project / "stubborn.pid").read_text()))
+
+
+def test_sighup_stops_the_run_like_sigterm(project: Path) -> None:
+    # The terminal closed: the steps, in sessions of their own, would not get its SIGHUP.
+    write(project, f"[steps.slow]\nrun = {step('wait', 'slow')}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--json"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        wait_for(project / "slow.pid")
+        process.send_signal(signal.SIGHUP)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 129, err
+    assert statuses(json.loads(out)) == {"slow": "cancelled"}
+    assert not alive(int((project / "slow.pid").read_text()))
+
+
+def test_the_run_goes_on_when_its_output_pipe_closes(project: Path) -> None:
+    # `trioflow run wf.toml | head -1`: the progress lines are lost, not the steps.
+    write(
+        project,
+        f"""
+        [steps.slow]
+        run = {step("wait", "slow")}
+
+        [steps.after]
+        run = {step("ok", "after")}
+        after = ["slow"]
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "wf.toml"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert process.stdout is not None
+        assert " run " in process.stdout.readline()
+        process.stdout.close()  # the reader goes away
+        wait_for(project / "slow.pid")
+        (project / "release").touch()
+        err = process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 141, err
+    assert "Traceback" not in err
+    assert marks(project, "after") == 1
+    runs = json_out(trioflow("runs", "--json", cwd=project))
+    assert [r["status"] for r in runs] == ["succeeded"]

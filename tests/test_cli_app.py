@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import io
 import json
 import re
 import sys
+import types
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from trioflow.cli._graph import dot, mermaid
 from trioflow.cli._render import (
     LiveReporter,
     PlainReporter,
+    QuietOnError,
     RunSummary,
     StepRow,
     format_seconds,
@@ -31,6 +34,7 @@ from trioflow.cli._run import (
     _retry_policy,
     log_dir,
     new_run_id,
+    program,
     resume_command,
     summary_from_record,
 )
@@ -141,8 +145,9 @@ def test_runs_and_show_with_a_broken_state_file(
     state = tmp_path / "broken.db"
     state.write_bytes(b"garbage" * 1000)
     assert run(["runs", "--state", str(state)]) == 2
-    assert capsys.readouterr().err.startswith(
+    assert capsys.readouterr().err == (
         f"trioflow: error: cannot use the state file {str(state)!r}: "
+        "cannot open (is it a trioflow store?): file is not a database\n"
     )
     assert run(["show", "x", "--state", str(state)]) == 2
 
@@ -158,6 +163,27 @@ def test_run_ids_sort_by_time_and_resume_commands_quote() -> None:
     )
     assert resume_command(RunOptions(file="ci.toml"), "r1") == "trioflow run ci.toml --resume r1"
     assert log_dir(Path(".trioflow/state.db"), "r1") == Path(".trioflow/logs/r1")
+
+
+def test_after_python_m_trioflow_the_resume_command_repeats_the_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main_module = types.ModuleType("__main__")
+    main_module.__spec__ = importlib.machinery.ModuleSpec("trioflow.__main__", None)
+    monkeypatch.setitem(sys.modules, "__main__", main_module)
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert program() == [str(python), "-m", "trioflow"]  # not on PATH: by path
+    assert resume_command(RunOptions(file="ci.toml"), "r1") == (
+        f"{python} -m trioflow run ci.toml --resume r1"
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert program() == ["python3", "-m", "trioflow"]  # PATH finds this very interpreter
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    assert program() == ["trioflow"]  # the console script
 
 
 def test_retries_become_a_retry_policy_for_command_failures_only() -> None:
@@ -285,6 +311,40 @@ def test_plain_reporter_lines() -> None:
     ]
 
 
+class ClosedPipe(io.StringIO):
+    """A stream whose reader went away after ``lines`` lines."""
+
+    def __init__(self, lines: int = 0) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        if self.getvalue().count("\n") >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_progress_stops_quietly_when_its_output_goes_away() -> None:
+    out = ClosedPipe(lines=1)
+    reporter = QuietOnError(PlainReporter(out))
+    reporter.run_started(run_id="r1", workflow="ci", total=2, resumed=0)
+    # From here on every write fails; the steps that report must not fail with it.
+    reporter.step_started("build", attempt=1, command="make")
+    reporter.step_finished("build", "succeeded", detail="", elapsed=1.0)
+    reporter.message("done")
+    reporter.close()
+    assert out.getvalue().endswith("run r1: workflow 'ci', 2 steps\n")
+
+
+def test_a_closed_output_pipe_exits_141_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    workflow = tmp_path / "wf.toml"
+    workflow.write_text('[steps.a]\nrun = ["true"]\n[steps.b]\nrun = ["true"]\nafter = ["a"]\n')
+    assert run(["graph", str(workflow)]) == 141
+
+
 def test_the_live_view_is_used_only_on_a_terminal() -> None:
     assert isinstance(make_reporter(io.StringIO(), verbose=False, live=True), PlainReporter)
     assert isinstance(make_reporter(Terminal(), verbose=False, live=False), PlainReporter)
@@ -316,6 +376,11 @@ def test_live_reporter_prints_finished_steps_and_shows_running_ones() -> None:
     assert "make [all]" in text
     assert "exit status [1]" in text
     assert "done [ok]" in text
+    # The view drawn right after a step's line is up to date: not the one from before.
+    after_build = text.split("succeeded", 1)[1]
+    assert re.search(r"(\d)/2 steps", after_build)[1] == "1"  # type: ignore[index]
+    after_test = text.split("exit status [1]", 1)[1]
+    assert re.search(r"(\d)/2 steps", after_test)[1] == "2"  # type: ignore[index]
 
 
 def _summary() -> RunSummary:

@@ -84,10 +84,10 @@ def test_after_accepts_a_single_name() -> None:
 
 
 def test_malformed_toml_names_file_line_and_column() -> None:
-    [(where, message)] = problems('[steps.a]\nrun = ["x" oops\n')
-    assert where == ""
-    assert message.startswith("invalid TOML:")
-    assert message.endswith("(at line 2, column 12)")
+    with pytest.raises(SpecError) as info:
+        parse_spec('[steps.a]\nrun = ["x" oops\n', path="ci/flow.toml")
+    assert info.value.problems == (("", "invalid TOML: Unclosed array"),)
+    assert str(info.value) == "ci/flow.toml:2:12: invalid TOML: Unclosed array"
 
 
 def test_the_message_names_the_file() -> None:

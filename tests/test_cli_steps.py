@@ -15,6 +15,7 @@ import pytest
 
 from trioflow.cli._steps import (
     CommandFailed,
+    GracePeriods,
     describe_command,
     describe_exit,
     expand,
@@ -22,6 +23,7 @@ from trioflow.cli._steps import (
     run_command,
     tail,
 )
+from trioflow.testing import virtual_time_backends
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
@@ -137,6 +139,33 @@ async def test_cancellation_kills_a_command_that_ignores_sigterm(tmp_path: Path)
     assert scope.cancelled_caught
     assert not alive(int((tmp_path / "pid").read_text()))
     assert tail(log, 1) == ["--- cancelled: terminated"]
+
+
+def test_ending_the_grace_periods_cuts_current_and_later_ones_short() -> None:
+    async def main() -> None:
+        periods = GracePeriods()
+        ended_at: list[float] = []
+
+        async def stopping() -> None:
+            with periods.wait(30):
+                await anyio.sleep(100)  # a command that does not exit
+            ended_at.append(anyio.current_time())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stopping)
+            tg.start_soon(stopping)
+            await anyio.sleep(2)
+            periods.end()  # the second Ctrl-C
+        assert ended_at == [2, 2]
+        with periods.wait(30):
+            await anyio.sleep(100)
+        assert anyio.current_time() == 2  # a later stop does not wait either
+        with GracePeriods().wait(30):
+            await anyio.sleep(100)
+        assert anyio.current_time() == 32  # without end(): the whole grace period
+
+    for backend, options in virtual_time_backends():
+        anyio.run(main, backend=backend, backend_options=options)
 
 
 def test_placeholders_are_expanded_and_other_braces_kept(tmp_path: Path) -> None:

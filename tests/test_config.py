@@ -155,7 +155,19 @@ def test_every_problem_is_listed_with_its_path() -> None:
         "rate_limits.per_source.mcp.extra": "unknown key",
         "rate_limits.when_limited": "expected one of 'wait', 'fail', got 'queue'",
         "health.interval": "must be > 0, got 0.0",
+        "health.max_cpu_percent": "must be <= 100, got 150.0",
         "optional_stages": "expected array, got 'context'",
+    }
+
+
+def test_a_table_given_something_else_is_a_problem_of_that_table() -> None:
+    assert problems(
+        {"health": [], "retry": 3, "rate_limits": {"per_source": {"cli": 5, "mcp": {"rate": 0}}}}
+    ) == {
+        "health": "expected a table, got []",
+        "retry": "expected a table, got 3",
+        "rate_limits.per_source.cli": "expected a table, got 5",
+        "rate_limits.per_source.mcp.rate": "must be > 0, got 0.0",
     }
 
 

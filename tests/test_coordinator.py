@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -234,15 +236,17 @@ async def test_failures_are_categorized() -> None:
 
 async def test_unknown_kind_fails_the_request_without_a_pipeline() -> None:
     router = Router(lambda r: "poetry", {"simple_query": seven()})
-    async with open_coordinator(
-        {"enable_metrics": False}, router=router, logger=capture()[1]
-    ) as c:
+    cap, log = capture()
+    async with open_coordinator({"enable_metrics": False}, router=router, logger=log) as c:
         request = Request()
         result = await c.process(request)
     assert result.status is ProcessingStatus.FAILED
     assert result.category is ErrorCategory.VALIDATION
     assert "known kinds: 'simple_query'" in str(result.error)
     assert [(h.from_state, h.to_state) for h in result.history] == [(S.RECEIVED, S.FAILED)]
+    # A request refused before any pipeline still logs its one transition, and its end.
+    logged = [(e["event"], e.get("to_state", e.get("status"))) for e in cap.entries]
+    assert logged[1:-1] == [("state transition", "failed"), ("request finished", "failed")]
 
 
 async def test_default_timeout_counts_admission_too() -> None:
@@ -508,3 +512,29 @@ async def test_cancel_while_routing_takes_effect_before_the_pipeline() -> None:
     assert [h.to_state for h in request.history] == [S.CANCELLED]
     assert request.history[0].at == 2
     assert ran == []
+
+
+async def test_outer_cancellation_while_routing_ends_the_request_cancelled() -> None:
+    async def classify(request: Request) -> str:
+        await anyio.sleep(5)
+        return "q"
+
+    router = Router(classify, {"q": seven()})
+    async with open_coordinator(
+        {"enable_metrics": False}, router=router, logger=capture()[1]
+    ) as c:
+        request = Request()
+        with anyio.move_on_after(1) as scope:
+            await c.process(request)
+        stats = c.statistics()
+    assert scope.cancelled_caught
+    assert [(h.to_state, h.at) for h in request.history] == [(S.CANCELLED, 1)]
+    assert (stats.cancelled, stats.in_flight, stats.users) == (1, 0, 0)
+
+
+@pytest.mark.real_time
+def test_importing_trioflow_does_not_import_structlog() -> None:
+    # structlog (with rich and pygments behind it) is imported when a coordinator opens
+    # without a logger of its own, not by ``import trioflow``.
+    code = "import sys, trioflow; assert 'structlog' not in sys.modules, 'structlog imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

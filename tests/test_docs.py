@@ -1,19 +1,23 @@
 """Every code sample in the README and the docs runs, so the documentation cannot rot.
 
-Each ```python block is a standalone script: it runs in a fresh interpreter, in an empty
-directory of its own, on the real clock, and must exit with status 0 (within 60 seconds).
+Each ```python block is a standalone script: it runs as ``__main__`` in a process of its own
+(forked from one that has imported trioflow, trio, anyio, pytest and hypothesis, so that the
+samples do not each pay for those imports), in an empty directory of its own, on the real
+clock, and must exit with status 0 (within 60 seconds).
 Each ```toml block that describes a workflow (it has ``[steps.``) must pass the
 ``trioflow run`` file validation.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -72,24 +76,108 @@ def test_fence_parser_finds_blocks_with_their_line_and_dedents_them() -> None:
     assert _blocks_in(text, "text") == [(8, "not python\n")]
 
 
-def _run_sample(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
-    script = directory / "sample.py"
-    script.write_text(code, encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, str(script)],
-        cwd=directory,
+# Runs samples for the tests: it imports the heavy modules once, then forks one child per
+# sample (at most ``workers`` at a time). Each child is a fresh copy of a process that has
+# imported but not run anything: it runs the sample as ``__main__`` in the sample's own
+# directory, with stdout and stderr in files, and exits through the normal interpreter exit
+# (atexit handlers and non-daemon threads run). A sample that hangs is killed by SIGALRM.
+_RUNNER = r"""
+import gc, json, os, runpy, signal, sys, traceback
+
+import anyio, hypothesis, pytest, trio, trioflow, trioflow.testing  # noqa: F401 - shared by forks
+
+# Without this, each child's collections at exit touch every object the imports made, copying
+# the whole heap page by page: five times the cost of a typical sample.
+gc.freeze()
+jobs, workers, seconds = json.load(sys.stdin)
+results, running, pending = {}, {}, list(jobs)
+
+
+def child(where, script):
+    directory = os.path.dirname(script)
+    os.chdir(directory)
+    for fd, name, flags in ((0, os.devnull, os.O_RDONLY), (1, "stdout", os.O_WRONLY | os.O_CREAT),
+                            (2, "stderr", os.O_WRONLY | os.O_CREAT)):
+        os.dup2(os.open(os.path.join(directory, name) if fd else name, flags), fd)
+    sys.argv, sys.path[0] = [script], directory
+    signal.alarm(seconds)
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        raise SystemExit(1)
+    raise SystemExit(0)
+
+
+while pending or running:
+    while pending and len(running) < workers:
+        where, script = pending.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            child(where, script)  # never returns: the child exits with the sample's status
+        running[pid] = (where, script)
+    pid, status = os.wait()
+    where, script = running.pop(pid)
+    results[where] = os.waitstatus_to_exitcode(status)
+json.dump(results, sys.stdout)
+"""
+
+
+def _run_samples(
+    codes: Mapping[str, str], directory: Path, *, seconds: int = 60
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run samples (``{name: code}``), each in a fresh process and an empty directory."""
+    jobs = []
+    for number, (where, code) in enumerate(codes.items()):
+        sample = directory / f"sample{number}"
+        sample.mkdir()
+        (sample / "sample.py").write_text(code, encoding="utf-8")
+        jobs.append((where, str(sample / "sample.py")))
+    workers = max(2, os.cpu_count() or 1)
+    runner = subprocess.run(
+        [sys.executable, "-c", _RUNNER],
+        input=json.dumps([jobs, workers, seconds]),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=seconds * (1 + len(jobs) // workers) + 60,
         check=False,
     )
+    assert runner.returncode == 0, f"the sample runner failed:\n{runner.stderr}"
+    statuses: dict[str, int] = json.loads(runner.stdout)
+    completed = {}
+    for where, script in jobs:
+        sample = Path(script).parent
+        completed[where] = subprocess.CompletedProcess(
+            args=[sys.executable, script],
+            returncode=statuses[where],
+            stdout=(sample / "stdout").read_text(encoding="utf-8", errors="replace"),
+            stderr=(sample / "stderr").read_text(encoding="utf-8", errors="replace"),
+        )
+    return completed
+
+
+def test_sample_runner_reports_each_samples_status_and_output(tmp_path: Path) -> None:
+    codes = {
+        "ok": "import pathlib\nprint('hello', len(list(pathlib.Path('.').iterdir())))\n",
+        "raises": "raise ValueError('broken sample')\n",
+        "exits": "import sys\nprint('partial', flush=True)\nsys.exit(3)\n",
+        "hangs": "import time\ntime.sleep(60)\n",
+    }
+    done = _run_samples(codes, tmp_path, seconds=1)
+    assert (done["ok"].returncode, done["ok"].stdout) == (0, "hello 3\n")  # its own directory
+    assert done["raises"].returncode == 1
+    assert "ValueError: broken sample" in done["raises"].stderr
+    assert (done["exits"].returncode, done["exits"].stdout) == (3, "partial\n")
+    assert done["hangs"].returncode == -signal.SIGALRM
 
 
 @pytest.fixture(scope="session")
 def sample_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, subprocess.CompletedProcess[str]]:
-    """Run every selected sample, several at once (each mostly waits for Python to start)."""
+    """Run every selected sample once, for all the tests that check one."""
     codes: dict[str, str] = {
         item.callspec.id: str(item.callspec.params["code"])
         for item in request.session.items
@@ -97,13 +185,7 @@ def sample_runs(
         and item.originalname == "test_python_sample_runs"
         and hasattr(item, "callspec")
     }
-    directories = {where: tmp_path_factory.mktemp("sample") for where in codes}
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {
-            where: pool.submit(_run_sample, code, directories[where])
-            for where, code in codes.items()
-        }
-        return {where: future.result() for where, future in futures.items()}
+    return _run_samples(codes, tmp_path_factory.mktemp("samples"))
 
 
 @pytest.mark.parametrize("code", _blocks("python"))

@@ -57,6 +57,37 @@ async def test_healthy_follows_the_thresholds() -> None:
     assert stats.load == 1
 
 
+async def test_consecutive_samples_ride_out_spikes() -> None:
+    # Samples at t = 0, 1, 2, ...; the state flips only after 2 disagreeing samples in a row.
+    script = Script([OK, HOT_CPU, OK, HOT_CPU, FULL_MEMORY, OK, HOT_CPU, OK, OK, OK])
+    seen: list[bool] = []
+    async with HealthMonitor(consecutive_samples=2, sampler=script) as health:
+        seen.append(health.healthy)
+        await anyio.sleep(0.5)  # then read between samples, never at the same instant
+        for _ in range(9):
+            await anyio.sleep(1)
+            seen.append(health.healthy)
+        stats = health.statistics()
+    # A lone hot sample (t=1) or a lone cool one (t=5) changes nothing; two hot samples in a
+    # row (t=3, 4) turn it unhealthy at the second, two cool ones (t=7, 8) healthy again.
+    assert seen == [True, True, True, True, False, False, False, False, True, True]
+    assert (stats.samples, stats.unhealthy_samples, stats.transitions) == (10, 4, 2)
+
+
+async def test_the_first_sample_of_a_run_decides_at_once() -> None:
+    script = Script([HOT_CPU, OK, HOT_CPU])
+    monitor = HealthMonitor(consecutive_samples=3, sampler=script)
+    async with monitor:
+        # No history to outweigh: the first sample sets the state.
+        assert not monitor.statistics().healthy
+        await anyio.sleep(1.5)
+        assert not monitor.statistics().healthy  # one cool sample (t=1) of the 3 needed
+    assert monitor.statistics().healthy  # stopped
+    async with monitor:  # a new run: its first sample (hot) decides at once again
+        assert not monitor.statistics().healthy
+    assert monitor.statistics().transitions == 2
+
+
 async def test_wait_healthy_returns_when_the_system_recovers() -> None:
     script = Script([HOT_CPU, HOT_CPU, HOT_CPU, OK])
     async with HealthMonitor(sampler=script) as health:
@@ -163,6 +194,25 @@ async def test_the_monitor_cannot_run_twice_at_once_but_can_run_again() -> None:
         assert monitor.statistics().samples == 2
 
 
+async def test_two_tasks_cannot_enter_the_same_monitor_at_once() -> None:
+    monitor = HealthMonitor(sampler=Script([OK]))
+    errors: list[str] = []
+
+    async def enter() -> None:
+        try:
+            async with monitor:
+                await anyio.sleep(1.5)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    with anyio.fail_after(10):  # two runs tangled in one monitor could deadlock
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(enter)
+            tg.start_soon(enter)
+    assert errors == ["this HealthMonitor is already running"]
+    assert monitor.statistics().samples == 2  # one run: t=0 and t=1
+
+
 async def test_the_default_sampler_reads_psutil() -> None:
     cpu, memory = psutil_sampler()
     assert 0 <= cpu <= 100
@@ -200,6 +250,12 @@ def test_statistics_before_running() -> None:
         ({"max_memory_percent": -5}, ValueError, "max_memory_percent .* got -5"),
         ({"max_memory_percent": "90"}, ValueError, "max_memory_percent .* got '90'"),
         ({"interval": 0}, ValueError, "interval must be a finite number > 0, got 0"),
+        (
+            {"consecutive_samples": 0},
+            ValueError,
+            "consecutive_samples must be an int >= 1, got 0",
+        ),
+        ({"consecutive_samples": 2.0}, ValueError, "consecutive_samples .* got 2.0"),
         ({"interval": math.inf}, ValueError, "interval must be a finite number > 0, got inf"),
         ({"sampler": 3}, TypeError, "sampler must be a callable"),
     ],

@@ -150,3 +150,48 @@ async def test_bad_arguments_are_rejected_before_any_attempt(
     with pytest.raises(ValueError, match=message):
         await call(service, **kwargs)
     assert service.started == []
+
+
+async def test_no_attempt_starts_after_a_winner_in_the_same_instant_as_a_failure() -> None:
+    # Attempt #0 fails at t=1 and, in the same step, releases #1, which wins at once: the
+    # failure woke the hedge to start #2, but the winner came first, so #2 never calls fn.
+    gate = anyio.Event()
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await anyio.sleep(1)
+            gate.set()
+            raise ConnectionError("first")
+        if calls == 2:
+            await gate.wait()
+            return "second"
+        return "too late"
+
+    assert await hedge(attempt, delay=0.75, max_attempts=3) == "second"
+    assert calls == 2
+    assert anyio.current_time() == 1
+
+
+async def test_an_attempt_scheduled_before_the_win_does_not_call_fn() -> None:
+    # With delay=0 the next attempt is scheduled while the first one (which needs no
+    # checkpoint) may already have won; either way fn runs once. Repeated, because the
+    # order of the two tasks is random on trio.
+    for _ in range(20):
+        calls = 0
+
+        async def immediate() -> int:
+            nonlocal calls
+            calls += 1
+            return calls
+
+        assert await hedge(immediate, delay=0, max_attempts=3) == 1
+        assert calls == 1
+
+
+async def test_fn_must_be_callable() -> None:
+    call: Callable[..., Awaitable[str]] = hedge
+    with pytest.raises(TypeError, match="fn must be an async callable, got 3"):
+        await call(3, delay=1)

@@ -45,6 +45,7 @@ class TransitionsMatchTheTable(RuleBasedStateMachine):
         self.applied = 0
         self.rejected = 0
         self.failed = 0
+        self.cancelled = 0
         self.armed: str | None = None
         self.hook_log: list[str] = []
         self.machine.before(self._hook("before"))
@@ -93,9 +94,10 @@ class TransitionsMatchTheTable(RuleBasedStateMachine):
         elif failure is not None:
             if failure == "cancel":
                 assert error is None  # the scope swallowed its own cancellation
+                self.cancelled += 1
             else:
                 assert isinstance(error, HookFailure)
-            self.failed += 1
+                self.failed += 1
         else:
             assert error is None
             assert self.hook_log == ["before", "on_exit", "on_enter", "after"]
@@ -121,6 +123,7 @@ class TransitionsMatchTheTable(RuleBasedStateMachine):
         assert stats.transitions == self.applied == len(self.subject.history)
         assert stats.rejected == self.rejected
         assert stats.failed == self.failed
+        assert stats.cancelled == self.cancelled
         assert sum(s.entered for s in stats.states.values()) == self.applied
         assert sum(s.exited for s in stats.states.values()) == self.applied
 

@@ -621,6 +621,7 @@ def schedules(draw: st.DrawFn) -> dict[str, Any]:
 async def run_schedule(schedule: dict[str, Any]) -> None:
     rm = ResourceManager(limit=schedule["limit"], pools=schedule["sizes"])
     inside: dict[str, dict[int, int]] = {key: {} for key in ("", *POOLS)}  # op -> entry seq
+    waiting: dict[int, tuple[str, ...]] = {}  # op -> the keys it needs, until it is inside
     # Every size each key has had, with the event number it took effect at.
     history: dict[str, list[tuple[int, int]]] = {"": [(0, schedule["limit"])]}
     history.update({name: [(0, size)] for name, size in schedule["sizes"].items()})
@@ -628,14 +629,35 @@ async def run_schedule(schedule: dict[str, Any]) -> None:
     completed = 0
 
     def bound(key: str, since: int) -> int:
-        """The largest size ``key`` had from event ``since`` on.
+        """The largest size ``key`` has had from event ``since`` on.
 
-        A token is granted only while fewer are held than the size at that moment, and all the
-        work inside took its token after it started waiting, so no more can be inside than the
-        largest size since the earliest of them started waiting.
+        A token is granted only while fewer are held than the size at that moment. Take the
+        work inside that started waiting last (at event ``since``): when the last of the tokens
+        held now was granted, at or after ``since``, all of them were already held; so no more
+        can be inside than the largest size from ``since`` on. (Running work is never cancelled
+        by a shrink, so the size now alone is not a bound.)
         """
         in_effect = max((i for i, (at, _) in enumerate(history[key]) if at <= since), default=0)
         return max(size for _, size in history[key][in_effect:])
+
+    def size(key: str) -> int:
+        return rm.limit if key == "" else rm.pool_size(key)
+
+    def audit() -> None:
+        """No waiter may stay blocked while every resource it needs has room for it.
+
+        A resource's tokens are held by the work inside and by waiters that took it and wait
+        for a later one; if even counting every other waiter as a holder leaves room in each
+        resource a waiter needs, it must have been admitted (growing admits waiters at once).
+        """
+        for index, keys in waiting.items():
+            if all(
+                len(inside[key])
+                + sum(1 for other, needs in waiting.items() if other != index and key in needs)
+                < size(key)
+                for key in keys
+            ):
+                raise AssertionError(f"operation {index} waits for {keys} though all have room")
 
     async def operation(
         index: int, start: int, duration: int, pools: list[str], fails: bool
@@ -644,12 +666,14 @@ async def run_schedule(schedule: dict[str, Any]) -> None:
         await anyio.sleep(start)
         seq += 1
         entered = seq
+        waiting[index] = ("", *pools)
         try:
             async with rm.slot(*pools):
+                del waiting[index]
                 for key in ("", *pools):
                     inside[key][index] = entered
                     n = len(inside[key])
-                    limit = bound(key, min(inside[key].values()))
+                    limit = bound(key, max(inside[key].values()))
                     assert n <= limit, (key, n, limit)
                 try:
                     await anyio.sleep(duration)
@@ -672,12 +696,21 @@ async def run_schedule(schedule: dict[str, Any]) -> None:
         seq += 1
         history[key].append((seq, new))
 
+    async def auditor() -> None:
+        # Every event happens at a whole second; half a second later all of them have settled.
+        now = 0.5
+        while completed < len(schedule["operations"]):
+            await anyio.sleep(now - anyio.current_time())
+            audit()
+            now += 1
+
     with anyio.fail_after(10_000):
         async with anyio.create_task_group() as tg:
             for index, op in enumerate(schedule["operations"]):
                 tg.start_soon(operation, index, *op)
             for event in schedule["resizes"]:
                 tg.start_soon(resize, *event)
+            tg.start_soon(auditor)
     operations = schedule["operations"]
     assert completed == len(operations)
     stats = rm.statistics()

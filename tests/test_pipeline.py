@@ -527,3 +527,58 @@ async def test_retry_policies_and_resolvers() -> None:
     assert resolved == ["llm"]
     with pytest.raises(ValueError, match="cannot resolve"):
         await pipeline.run(Request(), retry=RetryPolicies({"other": RetryPolicy()}))
+
+
+async def test_cancel_is_honoured_even_if_no_checkpoint_notices_it() -> None:
+    pipeline: Pipeline
+
+    async def cancel_myself(request: Request) -> str:
+        assert pipeline.cancel(request)
+        return "done anyway"  # no await: the cancelled scope never raises
+
+    async def instant(request: Request) -> None:
+        pass
+
+    pipeline = Pipeline(
+        [
+            Stage("validate", S.VALIDATED, instant),
+            Stage("plan", S.PLANNED, instant),
+            Stage("context", S.CONTEXT_GATHERING, instant),
+            Stage("process", S.PROCESSING, instant),
+            Stage("format", S.RESPONSE_FORMATTING, cancel_myself),
+        ]
+    )
+    request = Request()
+    result = await pipeline.run(request)
+    assert result.status is ProcessingStatus.CANCELLED
+    assert request.state is S.CANCELLED
+    stats = pipeline.statistics()
+    assert (stats.cancelled, stats.completed) == (1, 0)
+
+
+async def test_a_failing_hook_on_the_cancelled_transition_is_raised_as_it_is() -> None:
+    machine = StateMachine(REQUEST_TRANSITIONS, S.RECEIVED)
+
+    @machine.on_enter(S.CANCELLED)
+    async def broken(request: Request, f: RequestState, t: RequestState) -> None:
+        raise RuntimeError("hook bug")
+
+    pipeline = seven(machine=machine)
+    request = Request()
+    raised: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await pipeline.run(request)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.sleep(1.5)
+        pipeline.cancel(request)
+    assert [str(e) for e in raised] == ["hook bug"]
+    assert request.state is S.CANCELLED  # forced without hooks, once
+    assert [c.to_state for c in request.history] == [S.VALIDATED, S.CANCELLED]
+    stats = pipeline.statistics()
+    assert (stats.cancelled, stats.failed) == (1, 0)

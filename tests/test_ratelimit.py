@@ -305,25 +305,54 @@ def test_custom_classify_and_non_tuple_keys() -> None:
     assert default.limits_for(("u",)) == (1, 1)
 
 
-def test_a_million_distinct_keys_keep_memory_bounded() -> None:
+def test_memory_stays_bounded_whatever_the_number_of_distinct_keys() -> None:
+    # 1000 new keys per second, each used once. A bucket used once refills in 0.1 s, i.e.
+    # 100 new keys later, so the sweep keeps ~100 live and the count reaches a steady state
+    # within the first few hundred keys: from then on each new key forgets one old one. The
+    # bound therefore does not depend on how many keys there are; 100,000 of them (ten times
+    # max_keys, so the cap alone could not hold it) show it as well as a million would.
     clock = FakeClock()
     limiter: KeyedRateLimiter[tuple[int, str]] = KeyedRateLimiter(
         rate=10, burst=5, max_keys=10_000, clock=clock
     )
-    most = granted = 0
-    for i in range(1_000_000):
-        clock.now = i * 0.001  # 1000 new keys per second
+    total = 100_000
+    live: list[int] = []
+    granted = 0
+    for i in range(total):
+        clock.now = i * 0.001
         granted += limiter.try_acquire((i, "mcp"))
-        if i % 1000 == 0:
-            most = max(most, limiter.statistics().keys)
-    assert granted == 1_000_000
+        if i % 1000 == 999:
+            live.append(limiter.statistics().keys)
+    assert granted == total
+    # The same small number of live buckets at every checkpoint: a steady state, not growth.
+    assert max(live) <= 110
+    assert max(live) - min(live) <= 2
     stats = limiter.statistics()
-    # A bucket used once refills in 0.1 s = 100 new keys later, so only ~100 are ever live.
-    assert most <= 110
-    assert stats.keys <= 110
-    assert stats.acquired == 1_000_000
+    assert stats.acquired == total
     assert stats.evicted == 0
-    assert stats.forgotten == 1_000_000 - stats.keys
+    assert stats.forgotten == total - stats.keys
+
+
+def test_a_bad_request_for_a_new_key_changes_nothing() -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(
+        rate=1, burst=1, max_keys=1, limits={"x": (1, 3)}, classify=str, clock=FakeClock()
+    )
+    assert limiter.try_acquire("a")
+    with pytest.raises(ValueError, match=r"n must be a number > 0 and <= burst \(1\), got 2"):
+        limiter.try_acquire("b", 2)
+    stats = limiter.statistics()
+    assert (stats.keys, stats.evicted, stats.forgotten) == (1, 0, 0)
+    assert not limiter.try_acquire("a")  # "a" kept its (empty) bucket: it was not pushed out
+    assert limiter.try_acquire("x", 3)  # a class's own burst bounds the request
+
+
+async def test_a_bad_acquire_for_a_new_key_changes_nothing() -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(rate=1, burst=1, max_keys=1)
+    await limiter.acquire("a")
+    with pytest.raises(ValueError, match="got 0"):
+        await limiter.acquire("b", 0)
+    assert limiter.statistics().keys == 1
+    assert not limiter.try_acquire("a")
 
 
 def test_max_keys_caps_memory_when_every_bucket_is_busy() -> None:

@@ -12,6 +12,7 @@ from trioflow import (
     CircuitOpenError,
     CircuitState,
     Context,
+    KeyedRateLimiter,
     RetryPolicy,
     TokenBucket,
     Workflow,
@@ -103,6 +104,29 @@ async def test_hedged_calls_take_a_token_each() -> None:
     assert anyio.current_time() == 2
 
 
+async def test_a_keyed_limiter_throttles_each_key_on_its_own() -> None:
+    served: list[tuple[str, float]] = []
+
+    async def ask(user: str, prompt: str) -> str:
+        served.append((user, anyio.current_time()))
+        return f"{prompt} for {user}"
+
+    limiter: KeyedRateLimiter[tuple[str, str]] = KeyedRateLimiter(rate=1, burst=2)
+    wrapped = resilient(ask, rate=limiter, rate_key=lambda user, prompt: (user, "llm"))
+
+    async def hi(user: str) -> None:
+        await wrapped(user, "hi")
+
+    async with anyio.create_task_group() as tg:
+        for user in ("alice", "alice", "alice", "bob"):
+            tg.start_soon(hi, user)
+    assert await wrapped("bob", "again") == "again for bob"
+    # alice's third call waits a second for her bucket; bob's is served at once, as is his
+    # second call (made at t=1, after the group).
+    assert sorted(served) == [("alice", 0), ("alice", 0), ("alice", 1), ("bob", 0), ("bob", 1)]
+    assert limiter.statistics().keys == 2
+
+
 async def test_timeout_does_not_count_the_wait_for_a_token() -> None:
     fn = Flaky((0.5, "ok"))
     bucket = TokenBucket(rate=0.5, burst=1)
@@ -171,7 +195,22 @@ async def test_usable_as_a_workflow_step() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"rate": 5}, TypeError, "rate must be a TokenBucket or None, got 5"),
+        ({"rate": 5}, TypeError, "rate must be a TokenBucket, a KeyedRateLimiter or None, got 5"),
+        (
+            {"rate": KeyedRateLimiter(1, 1)},
+            TypeError,
+            "rate_key must be a callable taking fn's arguments when rate is a KeyedRateLimiter",
+        ),
+        (
+            {"rate": KeyedRateLimiter(1, 1), "rate_key": "user"},
+            TypeError,
+            "rate_key must be a callable .* got 'user'",
+        ),
+        (
+            {"rate": TokenBucket(1, 1), "rate_key": lambda: "k"},
+            TypeError,
+            "rate_key needs rate to be a KeyedRateLimiter, got rate=TokenBucket",
+        ),
         ({"breaker": "b"}, TypeError, "breaker must be a CircuitBreaker or None"),
         ({"retry": 3}, TypeError, "retry must be a RetryPolicy or None"),
         ({"timeout": -1}, ValueError, "timeout must be None or a finite number >= 0, got -1"),

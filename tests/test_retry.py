@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from trioflow import RetryPolicy
+from trioflow.testing import VirtualTimeEventLoop
 
 pytestmark = pytest.mark.anyio
 
@@ -224,6 +225,31 @@ async def test_cancellation_raised_by_the_call_is_never_retried() -> None:
         await policy.call(fn)
     assert scope.cancelled_caught
     assert tries == 1
+
+
+def test_a_native_asyncio_cancellation_is_never_retried() -> None:
+    # asyncio's own task.cancel() is delivered once, unlike a cancel scope that keeps
+    # cancelling at every checkpoint: retrying the CancelledError would swallow it.
+    tries = 0
+    policy = RetryPolicy(attempts=5, initial_delay=0, on=(BaseException,))
+
+    async def fn() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 2:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0)
+        raise ConnectionError
+
+    async def main() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await policy.call(fn)
+
+    with asyncio.Runner(loop_factory=VirtualTimeEventLoop) as runner:
+        runner.run(main())
+    assert tries == 2
 
 
 async def test_base_exceptions_are_never_retried() -> None:

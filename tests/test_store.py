@@ -202,6 +202,43 @@ async def test_resuming_a_finished_run_runs_nothing(store: WorkflowStore) -> Non
     assert again.steps["artifact"].attempts == 1
 
 
+async def test_steps_after_one_that_runs_again_are_not_rerun(store: WorkflowStore) -> None:
+    # lint FAILED with continue_on_error, and undo COMPENSATED: both run again on resume, and
+    # the restored steps after them must not run again when they end.
+    counter = Counter()
+
+    async def lint(ctx: Context) -> None:
+        counter.hit(ctx)
+        raise RuntimeError("style warnings")
+
+    async def work(ctx: Context) -> str:
+        counter.hit(ctx)
+        return str(ctx.step)
+
+    async def undo(ctx: Context) -> None:
+        pass
+
+    async def fails_once(ctx: Context) -> None:
+        counter.hit(ctx)
+        if counter.calls["flaky"] == 1:
+            raise ConnectionError("down")
+
+    wf = Workflow("again").step("lint", lint, continue_on_error=True)
+    wf.step("build", work, after="lint")
+    wf.step("reserve", work, compensate=undo).step("ship", work, after="reserve")
+    wf.step("flaky", fails_once, after=["build", "ship"])
+    first = await run_workflow(wf, store=store, run_id="a")
+    assert not first.ok
+    assert first.steps["reserve"].status is StepStatus.COMPENSATED
+    assert first.steps["ship"].status is StepStatus.SUCCEEDED  # no compensation
+    counter.calls.clear()
+    counter.calls["flaky"] = 1  # the next call succeeds
+    second = await run_workflow(wf, store=store, run_id="a")
+    assert second.ok
+    assert counter.calls == {"lint": 1, "reserve": 1, "flaky": 2}
+    assert {name for name, r in second.steps.items() if r.restored} == {"build", "ship"}
+
+
 async def test_a_run_id_is_generated_with_a_store(store: WorkflowStore) -> None:
     result = await run_workflow(Workflow("w").step("a", noop), store=store)
     assert len(result.run_id) == 32
@@ -311,26 +348,11 @@ async def test_unstorable_values_are_fine_without_a_store() -> None:
     assert result.values["a"] is lock
 
 
-async def test_records_are_written_before_later_steps_start(store: WorkflowStore) -> None:
-    seen: list[Mapping[str, StepStatus]] = []
-
-    async def check(ctx: Context) -> int:
-        record = await store.load_run(ctx.run_id)
-        assert record is not None
-        seen.append({name: r.status for name, r in record.steps.items()})
-        return 1
-
-    wf = Workflow("order").step("a", check).step("b", check).step("c", check, after=["a", "b"])
-    await run_workflow(wf, store=store, run_id="o")
-    assert seen[2] == {"a": StepStatus.SUCCEEDED, "b": StepStatus.SUCCEEDED}
-
-
 async def test_list_runs_and_load_run(store: WorkflowStore) -> None:
     async def boom(ctx: Context) -> None:
         raise ValueError("bad input")
 
     await run_workflow(Workflow("one").step("a", noop), store=store, run_id="first")
-    await anyio.sleep(0.01)  # distinct creation times
     wf = Workflow("two").step("a", noop).step("b", boom, after="a").step("c", noop, after="b")
     await run_workflow(wf, store=store, run_id="second")
     runs = await store.list_runs()
@@ -363,11 +385,22 @@ async def test_list_runs_and_load_run(store: WorkflowStore) -> None:
     assert record.created_at <= record.updated_at
 
 
+async def test_runs_begun_in_the_same_instant_are_listed_newest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moment = datetime(2024, 1, 1, tzinfo=UTC)
+    monkeypatch.setattr("trioflow._store._now", lambda: moment)
+    store = MemoryStore()
+    for run_id in ("first", "second", "third"):
+        await store.begin_run(run_id, workflow="w", fingerprint="f", shape={})
+    assert [r.run_id for r in await store.list_runs()] == ["third", "second", "first"]
+
+
 class Wrapper:
     """A store that forwards to a MemoryStore; tests override one method."""
 
-    def __init__(self) -> None:
-        self.inner = MemoryStore()
+    def __init__(self, inner: WorkflowStore | None = None) -> None:
+        self.inner = MemoryStore() if inner is None else inner
 
     async def load_run(self, run_id: str) -> RunRecord | None:
         return await self.inner.load_run(run_id)
@@ -387,6 +420,36 @@ class Wrapper:
 
     async def finish_run(self, run_id: str, status: RunStatus) -> None:
         await self.inner.finish_run(run_id, status)
+
+
+async def test_records_are_written_before_later_steps_start(store: WorkflowStore) -> None:
+    events: list[str] = []
+
+    class SlowWrites(Wrapper):
+        async def save_steps(
+            self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
+        ) -> None:
+            await anyio.sleep(0.01)  # a write that takes a while: nothing may start meanwhile
+            await self.inner.save_steps(run_id, steps, state)
+            events.extend(f"saved {s.name}" for s in steps)
+
+    seen: list[Mapping[str, StepStatus]] = []
+
+    async def check(ctx: Context) -> int:
+        events.append(f"started {ctx.step}")
+        record = await store.load_run(ctx.run_id)
+        assert record is not None
+        seen.append({name: r.status for name, r in record.steps.items()})
+        return 1
+
+    async def between(ctx: Context) -> None:
+        await anyio.sleep(0.015)  # ends while b is written (0.01-0.02): its task is free then
+
+    wf = Workflow("order").step("a", check).step("b", check).step("c", check, after=["a", "b"])
+    wf.step("between", between)
+    await run_workflow(wf, store=SlowWrites(store), run_id="o")
+    assert events.index("started c") > max(events.index("saved a"), events.index("saved b"))
+    assert seen[2]["a"] is seen[2]["b"] is StepStatus.SUCCEEDED  # c read them from the store
 
 
 async def test_steps_ending_together_share_a_transaction() -> None:
@@ -422,6 +485,45 @@ async def test_steps_ending_together_share_a_transaction() -> None:
     record = await store.load_run("f")
     assert record is not None
     assert record.step_counts == {StepStatus.SUCCEEDED: 11}
+
+
+async def test_nothing_starts_while_a_fail_fast_failure_is_written() -> None:
+    class SlowStore(Wrapper):
+        async def save_steps(
+            self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
+        ) -> None:
+            await anyio.sleep(1)
+            await self.inner.save_steps(run_id, steps, state)
+
+    started: list[str] = []
+
+    def sleeper(seconds: float, *, fail: bool = False) -> Any:
+        async def fn(ctx: Context) -> None:
+            started.append(str(ctx.step))
+            await anyio.sleep(seconds)
+            if fail:
+                raise ValueError("broken")
+
+        return fn
+
+    store = SlowStore()
+    wf = Workflow("stop").step("fails", sleeper(1, fail=True)).step("other", sleeper(1.5))
+    wf.step("long", sleeper(10), after="other")
+    wf.step("queued", sleeper(1))  # waits for the limit: "other" frees a slot at 1.5
+    result = await run_workflow(wf, store=store, run_id="s", limit=2)
+    # The failure at 1 is written 1-2: "other", ending meanwhile, starts nothing.
+    assert started == ["fails", "other"]
+    assert result.steps["other"].status is StepStatus.SUCCEEDED
+    assert result.steps["queued"].status is StepStatus.NOT_RUN
+    assert result.steps["long"].status is StepStatus.NOT_RUN
+    record = await store.load_run("s")
+    assert record is not None
+    assert {name: step.status for name, step in record.steps.items()} == {
+        "fails": StepStatus.FAILED,
+        "other": StepStatus.SUCCEEDED,
+        "long": StepStatus.NOT_RUN,
+        "queued": StepStatus.NOT_RUN,
+    }
 
 
 async def test_a_failing_store_ends_the_run_without_compensation() -> None:
@@ -550,6 +652,21 @@ async def test_sqlite_store_refuses_a_corrupt_file(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"state\.db"):
         await run_workflow(Workflow("w").step("a", noop), store=store)
     store.close()
+
+
+@pytest.mark.real_time
+async def test_sqlite_store_reports_a_malformed_record(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with SQLiteStore(path) as store:
+        await run_workflow(Workflow("w").step("a", noop), store=store, run_id="r")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE steps SET status = 'exploded'")
+    conn.close()
+    async with SQLiteStore(path) as store:
+        with pytest.raises(StoreError, match=r"cannot read \(a malformed record\).*'exploded'"):
+            await store.load_run("r")
+        with pytest.raises(StoreError, match="malformed"):
+            await run_workflow(Workflow("w").step("a", noop), store=store, run_id="r")
 
 
 @pytest.mark.real_time

@@ -45,10 +45,11 @@ def test_a_killed_run_resumes_without_rerunning_finished_steps(
     with child("crash", str(store), "run-1", str(markers), backend, "hang") as first:
         assert first.stdout is not None
         try:
-            assert first.stdout.readline() == "started c\n"  # c is in the middle of its work
+            line = first.stdout.readline()
         finally:
             first.send_signal(signal.SIGKILL)
-            first.wait(timeout=30)
+            _, err = first.communicate(timeout=30)
+        assert line == "started c\n", err  # c is in the middle of its work
     assert first.returncode == -signal.SIGKILL
     assert runs(markers) == {"a": 1, "b": 1, "c": 1, "p1": 1, "p2": 1}
     # Everything c comes after was recorded before c started, with its state.
@@ -78,7 +79,10 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
     try:
         for proc in children:
             assert proc.stdout is not None
-            assert proc.stdout.readline() == "ready\n"
+            line = proc.stdout.readline()
+            if line != "ready\n":
+                proc.kill()
+                pytest.fail(f"child not ready ({line!r}): {proc.communicate()[1]}")
         for proc in children:  # both hold the file open; now both write at once
             assert proc.stdin is not None
             proc.stdin.write("go\n")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Optional
 
@@ -339,3 +340,88 @@ async def test_run_tools_shares_a_resource_manager_and_checks_its_input() -> Non
     with pytest.raises(TypeError, match="registry must be a ToolRegistry"):
         await run_tools({}, [])  # type: ignore[arg-type]
     assert anyio.current_time() == 2
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Shade(str, enum.Enum):  # noqa: UP042 - the mixin form on purpose (str in its MRO)
+    DARK = "dark"
+
+
+async def test_enums_mixing_in_int_or_str_are_structured_as_enums() -> None:
+    registry = ToolRegistry()
+
+    @registry.tool
+    async def paint(
+        level: Level,
+        shade: Shade = Shade.DARK,
+        exact: Literal[Level.HIGH] = Level.HIGH,
+        maybe: Level | None = None,
+    ) -> tuple[object, ...]:
+        return (level, shade, exact, maybe)
+
+    got = await registry.call("paint", {"level": 2, "shade": "dark", "exact": 2, "maybe": 1})
+    assert got == (Level.HIGH, Shade.DARK, Level.HIGH, Level.LOW)
+    assert [type(v) for v in got] == [Level, Shade, Level, Level]
+    with pytest.raises(ToolArgumentError) as info:
+        await registry.call("paint", {"level": 3, "shade": 1, "exact": 1, "maybe": True})
+    assert dict(info.value.problems) == {
+        "level": "expected one of 1, 2, got 3",
+        "shade": "expected one of 'dark', got 1",
+        "exact": "expected one of 2, got 1",
+        "maybe": "expected Level or null, got True",
+    }
+    props = registry.describe()[0]["inputSchema"]["properties"]
+    assert props["level"] == {"title": "Level", "type": "integer", "enum": [1, 2]}
+    assert props["exact"] == {"type": "integer", "enum": [2], "default": 2}
+    assert props["shade"]["default"] == "dark"
+    json.dumps(props)  # the schema is JSON: enum members are shown by value
+
+
+async def test_bare_containers_accept_any_items() -> None:
+    registry = ToolRegistry()
+
+    @registry.tool
+    async def keep(mapping: dict, items: list, numbers: tuple[int, ...] = ()) -> object:  # type: ignore[type-arg]
+        return (mapping, items, numbers)
+
+    props = registry.describe()[0]["inputSchema"]["properties"]
+    assert props["mapping"] == {"type": "object", "additionalProperties": {}}
+    assert props["items"] == {"type": "array", "items": {}}
+    got = await registry.call("keep", {"mapping": {"a": [1]}, "items": [1, "x"], "numbers": [3]})
+    assert got == ({"a": [1]}, [1, "x"], (3,))
+    with pytest.raises(ToolArgumentError) as info:
+        await registry.call("keep", {"mapping": 1, "items": "x", "numbers": ["a"]})
+    assert dict(info.value.problems) == {
+        "mapping": "expected object, got 1",
+        "items": "expected array, got 'x'",
+        "numbers[0]": "expected int, got 'a'",
+    }
+
+
+@attrs.define
+class Secret:
+    _token: str
+    level: int = attrs.field(default=1, alias="depth")
+
+
+async def test_attrs_fields_are_keyed_by_their_init_names_as_described() -> None:
+    registry = ToolRegistry()
+
+    @registry.tool
+    async def unlock(secret: Secret) -> Secret:
+        return secret
+
+    schema = registry.describe()[0]["inputSchema"]["properties"]["secret"]
+    assert list(schema["properties"]) == ["token", "depth"]
+    assert await registry.call("unlock", {"secret": {"token": "t", "depth": 2}}) == Secret("t", 2)
+    with pytest.raises(ToolArgumentError) as info:
+        await registry.call("unlock", {"secret": {"token": 1, "depth": "x", "level": 3}})
+    assert dict(info.value.problems) == {
+        "secret.token": "expected string, got 1",
+        "secret.depth": "expected int, got 'x'",
+        "secret.level": "unknown key",
+    }

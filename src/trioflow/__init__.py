@@ -11,6 +11,7 @@ import contextlib
 
 from ._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
 from ._adaptive import AdaptiveStatistics as AdaptiveStatistics
+from ._as_completed import as_completed as as_completed
 from ._breaker import CircuitBreaker as CircuitBreaker
 from ._breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
 from ._breaker import CircuitState as CircuitState
@@ -37,9 +38,6 @@ from ._errors import UnknownTool as UnknownTool
 from ._errors import UnstorableValue as UnstorableValue
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._errors import WorkflowShapeChanged as WorkflowShapeChanged
-from ._executor import as_completed as as_completed
-from ._executor import in_process as in_process
-from ._executor import in_thread as in_thread
 from ._executor import map as map
 from ._executor import run_batch as run_batch
 from ._gather import PartialResults as PartialResults
@@ -91,6 +89,8 @@ from ._store import WorkflowStore as WorkflowStore
 from ._tools import Tool as Tool
 from ._tools import ToolRegistry as ToolRegistry
 from ._tools import run_tools as run_tools
+from ._workers import in_process as in_process
+from ._workers import in_thread as in_thread
 from ._workflow import Step as Step
 from ._workflow import StepStatus as StepStatus
 from ._workflow import Workflow as Workflow

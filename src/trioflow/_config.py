@@ -10,26 +10,41 @@
 
 Durations are seconds (a number) or ``"HH:MM:SS"`` strings (``"00:00:01.5"`` too); an
 optional duration (``default_timeout``) may also be ``"none"`` (or JSON ``null``) for no limit.
+How fields carry their checks, and how every problem is collected, is ``_checked``'s concern.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn, override
 
+from ._checked import (
+    Problems,
+    boolean,
+    checked_converter,
+    field,
+    instance_of,
+    int_at_least,
+    mapping,
+    names,
+    number_at_least,
+    one_of,
+    optional,
+    percent,
+    validate,
+)
 from ._errors import ConfigError
 from ._retry import RetryPolicy
-from ._structure import Invalid, describe, join_path, problems_of, strict_converter
+from ._structure import describe, problems_of
 
 __all__ = (
     "HealthConfig",
@@ -40,66 +55,8 @@ __all__ = (
     "load_config",
 )
 
-T = TypeVar("T")
-Problems = list[tuple[str, str]]
-Check = Callable[[Any], "str | Problems | None"]
 
-_CHECK = "trioflow.check"
-_DURATION = "trioflow.duration"
-_ITEMS = "trioflow.items"
-_KEYS = "trioflow.keys"
-
-
-# --- checks: return a problem message, or None ---------------------------------------------
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float)
-
-
-def _int_at_least(minimum: int) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            return f"must be an int >= {minimum}, got {describe(value)}"
-        return None
-
-    return check
-
-
-def _number_at_least(minimum: float, *, strict: bool = False) -> Check:
-    op = ">" if strict else ">="
-
-    def check(value: Any) -> str | None:
-        if not _is_number(value):
-            return f"must be a number {op} {minimum:g}, got {describe(value)}"
-        if math.isnan(value) or value < minimum or (strict and value == minimum):
-            return f"must be {op} {minimum:g}, got {describe(value)}"
-        return None
-
-    return check
-
-
-def _optional(check: Check) -> Check:
-    return lambda value: None if value is None else check(value)
-
-
-def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, got {describe(value)}"
-
-
-def _one_of(*choices: str) -> Check:
-    listed = ", ".join(repr(c) for c in choices)
-
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {listed}, got {describe(value)}"
-
-    return check
-
-
-def _names(value: Any) -> str | None:
-    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
-        return f"must be a list of non-empty strings, got {describe(value)}"
-    return None
-
-
+# --- checks of names, specific to this configuration ---------------------------------------
 def _pool_name(name: Any) -> str | None:
     if not isinstance(name, str) or not name:
         return f"pool names must be non-empty strings, got {describe(name)}"
@@ -112,113 +69,10 @@ def _policy_name(name: Any) -> str | None:
     return None
 
 
-def _mapping(value: Any) -> str | None:
-    if not isinstance(value, Mapping):
-        return f"must be a mapping, got {describe(value)}"
-    return None
-
-
-def _key(name: str) -> str:
-    return name if name.isidentifier() else f"[{name!r}]"
-
-
-def _as_problems(result: str | Problems | None) -> Problems:
-    if result is None:
-        return []
-    if isinstance(result, str):
-        return [("", result)]
-    return result
-
-
 def _source_name(name: Any) -> str | None:
     if not isinstance(name, str) or not name:
         return f"sources must be non-empty strings, got {describe(name)}"
     return None
-
-
-def _instance_of(cls: type, *, optional: bool = False) -> Check:
-    def check(value: Any) -> str | None:
-        if (optional and value is None) or isinstance(value, cls):
-            return None
-        return f"must be a {cls.__name__}, got {describe(value)}"
-
-    return check
-
-
-_HMS = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
-
-
-def parse_duration(value: Any, *, optional: bool = False) -> float | None:
-    """Parse a duration: seconds as a number, or an ``"HH:MM:SS[.fff]"`` string.
-
-    Args:
-        value: The value read from the configuration.
-        optional: Whether ``None`` (or the string ``"none"``) is allowed, meaning no limit.
-
-    Returns:
-        The duration in seconds, or ``None``.
-
-    Raises:
-        Invalid: The value is not a duration.
-    """
-    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
-        return None
-    if _is_number(value):
-        return float(value)
-    if isinstance(value, str):
-        match = _HMS.match(value.strip())
-        if match:
-            hours, minutes, seconds = match.groups()
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    expected = 'seconds or an "HH:MM:SS" string' + (' or "none"' if optional else "")
-    raise Invalid(f"must be a duration ({expected}), got {describe(value)}")
-
-
-def _field(
-    default: Any = attrs.NOTHING,
-    *,
-    check: Check,
-    duration: Literal["required", "optional"] | None = None,
-    items: Check | None = None,
-    keys: Check | None = None,
-    factory: Callable[[], Any] | None = None,
-    converter: Callable[[Any], Any] | None = None,
-) -> Any:
-    # check: the whole value; items/keys: each value/key of a mapping, so that every bad
-    # entry is reported (with its key in the path), not only the first.
-    metadata = {_CHECK: check, _DURATION: duration, _ITEMS: items, _KEYS: keys}
-    if factory is not None:
-        return attrs.field(factory=factory, metadata=metadata, converter=converter)
-    return attrs.field(default=default, metadata=metadata, converter=converter)
-
-
-def _entry_problems(value: Mapping[Any, Any], items: Check | None, keys: Check | None) -> Problems:
-    problems: Problems = []
-    for key, item in value.items():
-        where = _key(key) if isinstance(key, str) else f"[{key!r}]"
-        for check, checked in ((keys, key), (items, item)):
-            if check is not None:
-                problems.extend(
-                    (join_path(where, sub), p) for sub, p in _as_problems(check(checked))
-                )
-    return problems
-
-
-def _validate(instance: Any) -> None:
-    """Check every field of a config value; raise one ConfigError listing every problem."""
-    problems: list[tuple[str, str]] = []
-    for field in attrs.fields(type(instance)):
-        check = field.metadata.get(_CHECK)
-        if check is None:
-            continue
-        value = getattr(instance, field.name)
-        found = _as_problems(check(value))
-        if not found and isinstance(value, Mapping):
-            found = _entry_problems(value, field.metadata[_ITEMS], field.metadata[_KEYS])
-        problems.extend((join_path(field.name, sub), problem) for sub, problem in found)
-    problems.extend(instance._cross_problems())
-    if problems:
-        raise ConfigError(problems)
 
 
 def _read_only(value: Any) -> Any:
@@ -244,18 +98,18 @@ class RetryConfig:
         ConfigError: Listing every field out of range.
     """
 
-    max_retries: int = _field(3, check=_int_at_least(0))
-    initial_delay: float = _field(1.0, check=_number_at_least(0), duration="required")
-    backoff_multiplier: float = _field(2.0, check=_number_at_least(1))
-    max_delay: float = _field(30.0, check=_number_at_least(0), duration="required")
-    jitter: float = _field(0.0, check=_number_at_least(0), duration="required")
+    max_retries: int = field(3, check=int_at_least(0))
+    initial_delay: float = field(1.0, check=number_at_least(0), duration="required")
+    backoff_multiplier: float = field(2.0, check=number_at_least(1))
+    max_delay: float = field(30.0, check=number_at_least(0), duration="required")
+    jitter: float = field(0.0, check=number_at_least(0), duration="required")
 
     def __attrs_post_init__(self) -> None:
-        _validate(self)
+        validate(self, self._cross_problems)
 
-    def _cross_problems(self) -> list[tuple[str, str]]:
+    def _cross_problems(self) -> Problems:
         low, high = self.initial_delay, self.max_delay
-        if _is_number(low) and _is_number(high) and high < low:
+        if high < low:
             return [("max_delay", f"must be >= initial_delay ({low:g}), got {high:g}")]
         return []
 
@@ -303,15 +157,12 @@ class RateLimitConfig:
         ConfigError: Listing every field out of range.
     """
 
-    rate: float = _field(check=_number_at_least(0, strict=True))
-    per: float = _field(1.0, check=_number_at_least(0, strict=True), duration="required")
-    burst: int | None = _field(None, check=_optional(_int_at_least(1)))
+    rate: float = field(check=number_at_least(0, strict=True))
+    per: float = field(1.0, check=number_at_least(0, strict=True), duration="required")
+    burst: int | None = field(None, check=optional(int_at_least(1)))
 
     def __attrs_post_init__(self) -> None:
-        _validate(self)
-
-    def _cross_problems(self) -> list[tuple[str, str]]:
-        return []
+        validate(self)
 
     @property
     def per_second(self) -> float:
@@ -324,8 +175,8 @@ class RateLimitConfig:
         return self.burst if self.burst is not None else max(1, math.ceil(self.rate))
 
 
-_RATE_LIMIT = _instance_of(RateLimitConfig)
-_RATE_LIMIT_OR_NONE = _instance_of(RateLimitConfig, optional=True)
+_RATE_LIMIT = instance_of(RateLimitConfig)
+_RATE_LIMIT_OR_NONE = instance_of(RateLimitConfig, optional=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -343,21 +194,18 @@ class RateLimitsConfig:
         ConfigError: Listing every field out of range.
     """
 
-    per_user: RateLimitConfig | None = _field(None, check=_RATE_LIMIT_OR_NONE)  # noqa: RUF009
-    per_source: Mapping[str, RateLimitConfig] = _field(
-        check=_mapping,
+    per_user: RateLimitConfig | None = field(None, check=_RATE_LIMIT_OR_NONE)  # noqa: RUF009
+    per_source: Mapping[str, RateLimitConfig] = field(
+        check=mapping,
         items=_RATE_LIMIT,
         keys=_source_name,
         factory=dict,
         converter=_read_only,
     )
-    when_limited: Literal["wait", "fail"] = _field("wait", check=_one_of("wait", "fail"))
+    when_limited: Literal["wait", "fail"] = field("wait", check=one_of("wait", "fail"))
 
     def __attrs_post_init__(self) -> None:
-        _validate(self)
-
-    def _cross_problems(self) -> list[tuple[str, str]]:
-        return []
+        validate(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -376,27 +224,19 @@ class HealthConfig:
         ConfigError: Listing every field out of range.
     """
 
-    enabled: bool = _field(False, check=_bool)
-    when_unhealthy: Literal["wait", "fail"] = _field("wait", check=_one_of("wait", "fail"))
-    interval: float = _field(1.0, check=_number_at_least(0, strict=True), duration="required")
-    max_memory_percent: float = _field(90.0, check=_number_at_least(0, strict=True))
-    max_cpu_percent: float = _field(80.0, check=_number_at_least(0, strict=True))
+    enabled: bool = field(False, check=boolean)
+    when_unhealthy: Literal["wait", "fail"] = field("wait", check=one_of("wait", "fail"))
+    interval: float = field(1.0, check=number_at_least(0, strict=True), duration="required")
+    max_memory_percent: float = field(90.0, check=percent)
+    max_cpu_percent: float = field(80.0, check=percent)
 
     def __attrs_post_init__(self) -> None:
-        _validate(self)
-
-    def _cross_problems(self) -> list[tuple[str, str]]:
-        problems = []
-        for name in ("max_memory_percent", "max_cpu_percent"):
-            value = getattr(self, name)
-            if _is_number(value) and value > 100:
-                problems.append((name, f"must be <= 100, got {describe(value)}"))
-        return problems
+        validate(self)
 
 
-_RETRY = _instance_of(RetryConfig)
-_RATE_LIMITS = _instance_of(RateLimitsConfig)
-_HEALTH = _instance_of(HealthConfig)
+_RETRY = instance_of(RetryConfig)
+_RATE_LIMITS = instance_of(RateLimitsConfig)
+_HEALTH = instance_of(HealthConfig)
 
 
 def _default_pools() -> Mapping[str, int]:
@@ -435,40 +275,37 @@ class OrchestrationConfig:
         ConfigError: Listing every field out of range.
     """
 
-    max_concurrency: int = _field(50, check=_int_at_least(1))
-    per_user_limit: int = _field(10, check=_int_at_least(1))
-    max_queue_depth: int | None = _field(None, check=_optional(_int_at_least(1)))
-    default_timeout: float | None = _field(
-        30.0, check=_optional(_number_at_least(0, strict=True)), duration="optional"
+    max_concurrency: int = field(50, check=int_at_least(1))
+    per_user_limit: int = field(10, check=int_at_least(1))
+    max_queue_depth: int | None = field(None, check=optional(int_at_least(1)))
+    default_timeout: float | None = field(
+        30.0, check=optional(number_at_least(0, strict=True)), duration="optional"
     )
-    enable_metrics: bool = _field(True, check=_bool)
-    metrics_interval: float = _field(
-        60.0, check=_number_at_least(0, strict=True), duration="required"
+    enable_metrics: bool = field(True, check=boolean)
+    metrics_interval: float = field(
+        60.0, check=number_at_least(0, strict=True), duration="required"
     )
-    pools: Mapping[str, int] = _field(
-        check=_mapping,
-        items=_int_at_least(1),
+    pools: Mapping[str, int] = field(
+        check=mapping,
+        items=int_at_least(1),
         keys=_pool_name,
         factory=_default_pools,
         converter=_read_only,
     )
-    retry: RetryConfig = _field(check=_RETRY, factory=RetryConfig)  # noqa: RUF009
-    retry_policies: Mapping[str, RetryConfig] = _field(
-        check=_mapping,
+    retry: RetryConfig = field(check=_RETRY, factory=RetryConfig)  # noqa: RUF009
+    retry_policies: Mapping[str, RetryConfig] = field(
+        check=mapping,
         items=_RETRY,
         keys=_policy_name,
         factory=_default_retry_policies,
         converter=_read_only,
     )
-    rate_limits: RateLimitsConfig = _field(check=_RATE_LIMITS, factory=RateLimitsConfig)  # noqa: RUF009
-    health: HealthConfig = _field(check=_HEALTH, factory=HealthConfig)  # noqa: RUF009
-    optional_stages: tuple[str, ...] = _field((), check=_names, converter=_tuple)
+    rate_limits: RateLimitsConfig = field(check=_RATE_LIMITS, factory=RateLimitsConfig)  # noqa: RUF009
+    health: HealthConfig = field(check=_HEALTH, factory=HealthConfig)  # noqa: RUF009
+    optional_stages: tuple[str, ...] = field((), check=names, converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
-        _validate(self)
-
-    def _cross_problems(self) -> list[tuple[str, str]]:
-        return []
+        validate(self)
 
     def retry_policy_map(self) -> Mapping[str, RetryPolicy]:
         """Return every retry policy by name: ``"default"`` and those of ``retry_policies``.
@@ -488,74 +325,16 @@ _CONFIG_CLASSES = (
     HealthConfig,
     OrchestrationConfig,
 )
+# Resolved now: trioflow sets the classes' __module__ to "trioflow" once imported, and the string
+# annotations must be evaluated in this module's namespace.
+for _cls in _CONFIG_CLASSES:
+    attrs.resolve_types(_cls)
 
 
-def _field_hook(converter: cattrs.Converter, field: attrs.Attribute[Any]) -> Any:
-    check: Check = field.metadata[_CHECK]
-    items: Check | None = field.metadata[_ITEMS]
-    keys: Check | None = field.metadata[_KEYS]
-    duration = field.metadata.get(_DURATION)
-    tp: Any = field.type
-
-    def structure(value: Any, _: Any) -> Any:
-        if duration is not None:
-            value = parse_duration(value, optional=duration == "optional")
-        elif items is not None or keys is not None:
-            value = _structure_entries(converter, value, tp, items, keys)
-        else:
-            value = converter.structure(value, tp)
-            if isinstance(value, list):
-                value = tuple(value)
-        problems = _as_problems(check(value))
-        if problems:
-            raise ConfigError(problems)
-        return value
-
-    return structure
-
-
-def _structure_entries(
-    converter: cattrs.Converter, value: Any, tp: Any, items: Check | None, keys: Check | None
-) -> dict[str, Any]:
-    """Structure a mapping entry by entry, collecting every bad key and value."""
-    if not isinstance(value, Mapping):
-        raise Invalid(f"expected a table, got {describe(value)}")
-    _, item_type = get_args(tp)
-    out: dict[str, Any] = {}
-    problems: Problems = []
-    for key, raw in value.items():
-        where = _key(key) if isinstance(key, str) else f"[{key!r}]"
-        if keys is not None:
-            problems.extend((where, p) for _, p in _as_problems(keys(key)))
-        try:
-            item = converter.structure(raw, item_type)
-        except Exception as exc:
-            problems.extend(problems_of(exc, where))
-            continue
-        if items is not None:
-            found = _as_problems(items(item))
-            problems.extend((join_path(where, sub), p) for sub, p in found)
-        out[key] = item
-    if problems:
-        raise ConfigError(problems)
-    return out
-
-
+@functools.cache
 def _converter() -> cattrs.Converter:
-    converter = strict_converter()
-    for cls in _CONFIG_CLASSES:
-        attrs.resolve_types(cls)
-        overrides = {
-            field.name: override(struct_hook=_field_hook(converter, field))
-            for field in attrs.fields(cls)
-            if _CHECK in field.metadata
-        }
-        hook = make_dict_structure_fn(cls, converter, **overrides)  # type: ignore[arg-type]
-        converter.register_structure_hook(cls, hook)
-    return converter
-
-
-_CONVERTER = _converter()
+    # Built on first use, not at import: generating the structuring code takes milliseconds.
+    return checked_converter(_CONFIG_CLASSES)
 
 
 def _read(path: str) -> Any:
@@ -608,6 +387,6 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Orchestra
             [("$", f"expected a table of settings, got {describe(data)}")], source=where
         )
     try:
-        return _CONVERTER.structure(data, OrchestrationConfig)
+        return _converter().structure(data, OrchestrationConfig)
     except Exception as exc:
         raise ConfigError(list(problems_of(exc)), source=where) from None

@@ -23,7 +23,6 @@ from typing import Any, final
 import anyio
 import anyio.lowlevel
 import attrs
-import structlog
 
 from ._admission import Admission, CancelRequested, Ticket
 from ._config import OrchestrationConfig, load_config
@@ -258,7 +257,7 @@ class Coordinator:
     async def _run(self, request: Request, deadline: float, entry: Ticket) -> ProcessingResult:
         try:
             pipeline = await self._router.route(request)
-        except Exception as exc:
+        except BaseException as exc:  # outer cancellation of an async classifier included
             return await self._refused(request, exc)  # UnknownKind: VALIDATION
         if entry.cancel_requested:  # cancel() arrived while the request was being routed
             return await self._refused(request, CancelRequested())
@@ -540,7 +539,11 @@ async def open_coordinator(
         raise TypeError(f"registry must be a ToolRegistry or None, got {registry!r}")
     if health is not None and not isinstance(health, HealthSource):
         raise TypeError(f"health must be a health source (e.g. a HealthMonitor), got {health!r}")
-    log = structlog.get_logger("trioflow") if logger is None else logger
+    if logger is None:
+        import structlog  # here, not at module level: it imports rich, pygments, ... (~50 ms)
+
+        logger = structlog.get_logger("trioflow")
+    log = logger
     async with contextlib.AsyncExitStack() as stack:
         if health is None and config.health.enabled:
             health = HealthMonitor(

@@ -44,11 +44,10 @@ async def _download(name: str, seconds: float, trouble: str | None) -> int:
     return len(name) * 1000 + int(seconds * 100)  # a made-up size in bytes
 
 
-async def _main(out: list[str]) -> None:
+async def _main() -> None:
     start = anyio.current_time()
 
     def say(line: str) -> None:
-        out.append(line)
         print(line, flush=True)
 
     def on_progress(progress: Progress) -> None:
@@ -102,6 +101,5 @@ def main(argv: list[str]) -> int:
         from .testing import virtual_time_backends
 
         options = dict(virtual_time_backends())[args.backend]
-    out: list[str] = []
-    anyio.run(_main, out, backend=args.backend, backend_options=options)
+    anyio.run(_main, backend=args.backend, backend_options=options)
     return 0

@@ -61,6 +61,11 @@ def _interval(instance: object, attribute: attrs.Attribute[float], value: object
         raise ValueError(f"{attribute.alias} must be a finite number > 0, got {value!r}")
 
 
+def _at_least_1(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.alias} must be an int >= 1, got {value!r}")
+
+
 def _sampler(value: Sampler | None) -> Sampler:
     if value is None:
         return psutil_sampler
@@ -74,7 +79,7 @@ class HealthStatistics:
     """A snapshot of a :class:`HealthMonitor`.
 
     Attributes:
-        healthy: Whether the last sample was within both thresholds (True when not running).
+        healthy: Whether the system counts as healthy (see :attr:`HealthMonitor.healthy`).
         running: Whether the monitor is sampling (inside its ``async with``).
         cpu_percent: CPU use at the last sample, or None before the first.
         memory_percent: Memory use at the last sample, or None before the first.
@@ -112,20 +117,28 @@ class HealthMonitor:
             ...
 
     Entering takes the first sample before the block starts (so :attr:`healthy` is meaningful
-    at once) and starts a sampling task in a task group; leaving the block stops it. The
-    system is healthy when CPU use <= ``max_cpu_percent`` and memory use <=
-    ``max_memory_percent`` at the latest sample. Outside its block the monitor has no fresh
-    data and reports healthy, and releases anything waiting in :meth:`wait_healthy`.
+    at once) and starts a sampling task in a task group; leaving the block stops it. A sample
+    is healthy when CPU use <= ``max_cpu_percent`` and memory use <= ``max_memory_percent``.
+    Outside its block the monitor has no fresh data and reports healthy, and releases
+    anything waiting in :meth:`wait_healthy`.
+
+    **Hysteresis.** The first sample of a run sets the state. After that, the state flips only
+    when ``consecutive_samples`` samples in a row disagree with it; one that agrees starts the
+    count again. The default, 1, follows every sample; 2 or 3 rides out a momentary CPU
+    spike (at the cost of reacting ``interval`` x (``consecutive_samples`` - 1) later).
 
     Args:
         max_cpu_percent: CPU use above which the system is unhealthy, in (0, 100].
         max_memory_percent: Memory use above which the system is unhealthy, in (0, 100].
         interval: Seconds between samples, a finite number > 0.
+        consecutive_samples: Samples in a row that must disagree with the state to flip it,
+            an int >= 1.
         sampler: A callable returning ``(cpu_percent, memory_percent)``; defaults to psutil
             (see :func:`psutil_sampler`). Tests inject a scripted one.
 
     Raises:
-        ValueError: If a percentage is outside (0, 100] or ``interval`` is not > 0.
+        ValueError: If a percentage is outside (0, 100], ``interval`` is not > 0 or
+            ``consecutive_samples`` is not an int >= 1.
         TypeError: If ``sampler`` is not callable.
     """
 
@@ -136,6 +149,9 @@ class HealthMonitor:
         alias="max_memory_percent", default=90.0, validator=_percent
     )
     _interval: float = attrs.field(alias="interval", default=1.0, validator=_interval)
+    _consecutive_samples: int = attrs.field(
+        alias="consecutive_samples", default=1, kw_only=True, validator=_at_least_1
+    )
     _sampler: Sampler = attrs.field(
         alias="sampler", default=None, kw_only=True, converter=_sampler
     )
@@ -143,6 +159,8 @@ class HealthMonitor:
     _memory: float | None = attrs.field(default=None, init=False)
     _sampled_at: float | None = attrs.field(default=None, init=False)
     _unhealthy: bool = attrs.field(default=False, init=False)
+    # Samples in a row that disagreed with _unhealthy, and -1 before the first of a run.
+    _streak: int = attrs.field(default=-1, init=False)
     # Set when the system turns healthy again (or the monitor stops); replaced when it turns
     # unhealthy.
     _recovered: anyio.Event | None = attrs.field(default=None, init=False)
@@ -159,7 +177,11 @@ class HealthMonitor:
 
     @property
     def healthy(self) -> bool:
-        """Whether the latest sample is within both thresholds (True when not running)."""
+        """Whether the system counts as healthy (True when not running).
+
+        With ``consecutive_samples=1``, whether the latest sample is within both thresholds;
+        otherwise the state flips only after that many disagreeing samples in a row.
+        """
         return not self._unhealthy
 
     @property
@@ -191,7 +213,13 @@ class HealthMonitor:
         unhealthy = self._cpu > self._max_cpu_percent or self._memory > self._max_memory_percent
         if unhealthy:
             self._unhealthy_samples += 1
-        if unhealthy != self._unhealthy:
+        if unhealthy == self._unhealthy:
+            self._streak = 0
+            return
+        first = self._streak < 0
+        self._streak += 1
+        if first or self._streak >= self._consecutive_samples:
+            self._streak = 0
             self._transitions += 1
             self._set_unhealthy(unhealthy)
 
@@ -219,6 +247,8 @@ class HealthMonitor:
         async with contextlib.AsyncExitStack() as stack:
             # Unwound in reverse: stop the sampling task, wait for it, then mark stopped.
             stack.callback(self._stop)
+            # Claimed before the first checkpoint, so that a concurrent enter fails.
+            self._stack = stack
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self._sample_forever)
@@ -227,6 +257,7 @@ class HealthMonitor:
 
     def _stop(self) -> None:
         self._stack = None
+        self._streak = -1
         if self._unhealthy:
             self._set_unhealthy(False)
 

@@ -89,7 +89,10 @@ async def hedge(
     Raises:
         ExceptionGroup: If every attempt failed; its exceptions are in attempt order.
         ValueError: If ``delay`` or ``max_attempts`` is out of range (before any attempt).
+        TypeError: If ``fn`` is not callable.
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be an async callable, got {fn!r}")
     check_delay(delay)
     check_attempts(max_attempts)
     errors: list[Exception | None] = [None] * max_attempts
@@ -100,6 +103,10 @@ async def hedge(
 
     async def attempt(index: int) -> None:
         nonlocal unanswered_failures
+        if won:
+            # Another attempt won before this task first ran: it may have been started in
+            # the instant the winner finished, before the cancellation reached the loop.
+            return
         try:
             value = await fn(*args)
         except Exception as exc:

@@ -14,8 +14,8 @@ is, with a note naming the transition (:pep:`678`), so it is never lost.
 
 from __future__ import annotations
 
-import asyncio
 import enum
+import sys
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar, final, overload
@@ -23,7 +23,6 @@ from typing import Any, Generic, Protocol, TypeVar, final, overload
 import anyio
 import attrs
 import sniffio
-import trio
 
 from ._errors import InvalidTransition, TransitionInProgress
 
@@ -113,13 +112,16 @@ class StateMachineStatistics(Generic[E]):
         transitions: Transitions applied.
         rejected: Transitions refused because the table does not allow them (or another
             transition of the same object was in progress).
-        failed: Transitions undone because a hook or handler raised or was cancelled.
+        failed: Transitions undone because a hook or handler raised.
+        cancelled: Transitions undone because they were cancelled while a hook awaited (not
+            failures: cancellation is the caller's decision).
         states: Per-state statistics, for every state of the enum.
     """
 
     transitions: int
     rejected: int
     failed: int
+    cancelled: int
     states: Mapping[E, StateStatistics]
 
 
@@ -152,10 +154,13 @@ def clock() -> Callable[[], float]:
         A function returning the current time in seconds.
     """
     library = sniffio.current_async_library()
+    # The running library is imported already: looked up, not imported here (trio is heavy).
     if library == "trio":
-        return trio.current_time
+        now: Callable[[], float] = sys.modules["trio"].current_time
+        return now
     if library == "asyncio":
-        return asyncio.get_running_loop().time
+        now = sys.modules["asyncio"].get_running_loop().time
+        return now
     return anyio.current_time  # pragma: no cover - anyio supports only these two
 
 
@@ -237,6 +242,7 @@ class StateMachine(Generic[E]):
     _applied: int
     _rejected: int
     _failed: int
+    _cancelled: int
 
     def __init__(
         self,
@@ -286,6 +292,7 @@ class StateMachine(Generic[E]):
         self._applied = 0
         self._rejected = 0
         self._failed = 0
+        self._cancelled = 0
 
     def __repr__(self) -> str:
         cls = type(self._initial).__name__
@@ -516,8 +523,10 @@ class StateMachine(Generic[E]):
             except BaseException as exc:
                 if applied:
                     obj.state = from_state
-                self._failed += 1
-                if isinstance(exc, Exception):
+                if not isinstance(exc, Exception):
+                    self._cancelled += 1
+                else:
+                    self._failed += 1
                     name = getattr(hook, "__qualname__", repr(hook))
                     exc.add_note(
                         f"raised by hook {name} during the transition "
@@ -582,5 +591,6 @@ class StateMachine(Generic[E]):
             transitions=self._applied,
             rejected=self._rejected,
             failed=self._failed,
+            cancelled=self._cancelled,
             states=MappingProxyType(states),
         )

@@ -228,10 +228,6 @@ async def _run_stage(
     raise TimeoutError(f"stage {stage.name!r} took longer than its timeout ({stage.timeout} s)")
 
 
-def _is_failure(exc: BaseException) -> bool:
-    return isinstance(exc, Exception)
-
-
 @final
 @attrs.define(eq=False, init=False, repr=False)
 class Pipeline:
@@ -523,15 +519,16 @@ class Pipeline:
                         elapsed = now - begun
                         counter.time += elapsed
                         timings[stage.name] = elapsed
-            if scope.cancelled_caught:
-                if key not in self._cancel_requested:
-                    raise TimeoutError(
-                        f"request {request.id!r} took longer than its timeout ({timeout} s)"
-                    )
+            if key in self._cancel_requested:
+                # cancel() was called: the run ends CANCELLED even if no checkpoint noticed.
                 with anyio.CancelScope(shield=True):
                     self._cancelled += 1
                     await self._finish(request, _CANCELLED, on_transition)
-                return self._result(request, ProcessingStatus.CANCELLED, started, now_fn())
+                return make_result(request, ProcessingStatus.CANCELLED, now_fn() - started)
+            if scope.cancelled_caught:
+                raise TimeoutError(
+                    f"request {request.id!r} took longer than its timeout ({timeout} s)"
+                )
             change = machine._apply(request, _COMPLETED, now)
             if change is None:
                 change = await machine.transition(request, _COMPLETED)
@@ -539,42 +536,32 @@ class Pipeline:
             if on_transition is not None:
                 on_transition(request, change)
         except BaseException as exc:
-            if not _is_failure(exc):
-                with anyio.CancelScope(shield=True):
+            if machine.is_terminal(request.state):
+                # The request has ended; a hook or observer of that last transition failed.
+                raise
+            failed = isinstance(exc, Exception)
+            with anyio.CancelScope(shield=True):
+                if failed:
+                    self._failed += 1
+                    await self._finish(request, _FAILED, on_transition)
+                else:  # cancelled from outside: end CANCELLED, then let it propagate
                     self._cancelled += 1
                     await self._finish(request, _CANCELLED, on_transition)
+            if not failed:
                 raise
-            with anyio.CancelScope(shield=True):
-                self._failed += 1
-                await self._finish(request, _FAILED, on_transition)
-            return self._result(
-                request, ProcessingStatus.FAILED, started, now_fn(), error=exc, degraded=degraded
+            return make_result(
+                request, ProcessingStatus.FAILED, now_fn() - started, error=exc, degraded=degraded
             )
         finally:
             del self._scopes[key]
             self._cancel_requested.discard(key)
         if degraded:
             self._degraded += 1
-            return self._result(
-                request, ProcessingStatus.DEGRADED, started, now, value=value, degraded=degraded
+            return make_result(
+                request, ProcessingStatus.DEGRADED, now - started, value=value, degraded=degraded
             )
         self._completed += 1
-        return self._result(request, ProcessingStatus.COMPLETED, started, now, value=value)
-
-    @staticmethod
-    def _result(
-        request: Request,
-        status: ProcessingStatus,
-        started: float,
-        now: float,
-        *,
-        value: Any = None,
-        error: BaseException | None = None,
-        degraded: Mapping[str, BaseException] | None = None,
-    ) -> ProcessingResult:
-        return make_result(
-            request, status, now - started, value=value, error=error, degraded=degraded
-        )
+        return make_result(request, ProcessingStatus.COMPLETED, now - started, value=value)
 
     def cancel(self, request: Request) -> bool:
         """Cancel a run of this pipeline; that ``run()`` returns a CANCELLED result.

@@ -65,6 +65,15 @@ def _positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_request(n: float, burst: float) -> None:
+    kind = type(n)
+    if (kind is int or kind is float) and 0 < n <= burst:
+        return
+    if not isinstance(n, bool) and isinstance(n, int | float) and 0 < n <= burst:
+        return  # a subclass of int or float
+    raise ValueError(f"n must be a number > 0 and <= burst ({burst:g}), got {n!r}")
+
+
 @attrs.frozen(kw_only=True)
 class TokenBucketStatistics:
     """A snapshot of a :class:`TokenBucket`.
@@ -155,12 +164,7 @@ class TokenBucket:
         return self._burst
 
     def _check(self, n: float) -> None:
-        kind = type(n)
-        if (kind is int or kind is float) and 0 < n <= self._burst:
-            return
-        if not isinstance(n, bool) and isinstance(n, int | float) and 0 < n <= self._burst:
-            return  # a subclass of int or float
-        raise ValueError(f"n must be a number > 0 and <= burst ({self._burst:g}), got {n!r}")
+        _check_request(n, self._burst)
 
     def _take(self, n: float) -> bool:
         """Take ``n`` tokens if they are there now and nobody is queued."""
@@ -370,7 +374,9 @@ class KeyedRateLimiter(Generic[K]):
     **Memory.** A bucket that has refilled to full is the same as a new one, so it can be
     dropped without changing any outcome. Each new key looks at the two least recently used
     buckets and forgets them if they are full; the live buckets therefore stay near the number
-    of keys active within one refill period, whatever the number of distinct keys. Beyond
+    of keys active within one refill period, whatever the number of distinct keys. (The sweep
+    stops at the first bucket that is not full, so with key classes of very different rates
+    the longest refill period is the one that counts; ``max_keys`` bounds memory anyway.) Beyond
     ``max_keys`` the least recently used bucket is dropped even if it is not full (a full one
     among the 8 least recently used first); that key then starts again with a full burst.
     Buckets with queued waiters are never dropped.
@@ -455,13 +461,15 @@ class KeyedRateLimiter(Generic[K]):
                 return found
         return (self._rate, self._burst)
 
-    def _bucket(self, key: K) -> TokenBucket:
+    def _bucket(self, key: K, n: float) -> TokenBucket:
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is not None:
             buckets.move_to_end(key)
             return bucket
         rate, burst = self.limits_for(key)
+        # Before the new bucket can push another key's out: a bad request changes nothing.
+        _check_request(n, burst)
         bucket = _new_bucket(rate, burst, self._clock)
         if buckets:
             self._make_room()
@@ -516,7 +524,7 @@ class KeyedRateLimiter(Generic[K]):
         Raises:
             ValueError: If ``n`` is not a number in (0, burst].
         """
-        bucket = self._bucket(key)
+        bucket = self._bucket(key, n)
         bucket._check(n)
         if bucket._take(n):
             self._acquired += 1
@@ -537,7 +545,7 @@ class KeyedRateLimiter(Generic[K]):
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:
-            bucket = self._bucket(key)
+            bucket = self._bucket(key, n)
         else:
             buckets.move_to_end(key)
         kind = type(n)

@@ -16,8 +16,9 @@ From the outside in::
   never sees more than the rate, and a backup cancelled while waiting for its token spends
   nothing.
 * **rate limit** is charged per call that reaches ``fn``, retries and backups included: those
-  are real load on the dependency. (To throttle incoming requests once each, call a
-  :class:`~trioflow.KeyedRateLimiter` at the entrance instead.)
+  are real load on the dependency. With a :class:`~trioflow.KeyedRateLimiter`, ``rate_key``
+  picks the bucket from the call's arguments (per user, per tenant). (To throttle incoming
+  requests once each, call the limiter at the entrance instead.)
 * **timeout** is innermost, per call of ``fn``: it bounds the dependency, not the wait for a
   token; it raises the builtin ``TimeoutError``, which the default retry policy retries.
 """
@@ -26,15 +27,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
 from ._breaker import CircuitBreaker
 from ._hedge import check_attempts, check_delay
 from ._hedge import hedge as _hedge
-from ._ratelimit import TokenBucket
+from ._ratelimit import KeyedRateLimiter, TokenBucket
 from ._retry import RetryPolicy
 
 __all__ = ("resilient",)
@@ -63,7 +64,8 @@ def _check_type(name: str, value: object, kind: type) -> None:
 def resilient(
     fn: Callable[P, Awaitable[T]],
     *,
-    rate: TokenBucket | None = None,
+    rate: TokenBucket | KeyedRateLimiter[Any] | None = None,
+    rate_key: Callable[P, Hashable] | None = None,
     breaker: CircuitBreaker | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
@@ -89,11 +91,23 @@ def resilient(
         answer = await call_model(prompt)
 
     Share one ``rate`` bucket and one ``breaker`` between every function that calls the
-    same dependency.
+    same dependency. To rate-limit per user (or tenant, or request type), pass a
+    :class:`~trioflow.KeyedRateLimiter` and a ``rate_key`` that names the key from the call's
+    arguments::
+
+        per_user = resilient(
+            ask_model,
+            rate=KeyedRateLimiter(rate=1, burst=5),
+            rate_key=lambda user, prompt: (user, "llm"),
+        )
+        answer = await per_user("alice", prompt)
 
     Args:
         fn: The async function to protect.
-        rate: A token bucket; each call of ``fn`` takes one token (waiting for it).
+        rate: A :class:`~trioflow.TokenBucket`, or a :class:`~trioflow.KeyedRateLimiter`
+            with ``rate_key``; each call of ``fn`` takes one token (waiting for it).
+        rate_key: With a keyed limiter (and only then), a function called with ``fn``'s
+            arguments that returns the key whose bucket the call draws from.
         breaker: A circuit breaker; each attempt goes through it.
         retry: A retry policy; each attempt is retried as it says.
         timeout: Seconds each call of ``fn`` may take (``TimeoutError`` past it); None for no
@@ -109,12 +123,22 @@ def resilient(
         An async function with ``fn``'s signature.
 
     Raises:
-        TypeError: If ``fn`` or ``fallback`` is not callable or a strategy has the wrong type.
+        TypeError: If ``fn`` or ``fallback`` is not callable, a strategy has the wrong type,
+            or ``rate_key`` is missing with a keyed limiter (or given without one).
         ValueError: If ``timeout``, ``hedge`` or ``hedge_attempts`` is out of range.
     """
     if not callable(fn):
         raise TypeError(f"fn must be an async callable, got {fn!r}")
-    _check_type("rate", rate, TokenBucket)
+    if rate is not None and not isinstance(rate, TokenBucket | KeyedRateLimiter):
+        raise TypeError(f"rate must be a TokenBucket, a KeyedRateLimiter or None, got {rate!r}")
+    if isinstance(rate, KeyedRateLimiter):
+        if not callable(rate_key):
+            raise TypeError(
+                "rate_key must be a callable taking fn's arguments when rate is a "
+                f"KeyedRateLimiter, got {rate_key!r}"
+            )
+    elif rate_key is not None:
+        raise TypeError(f"rate_key needs rate to be a KeyedRateLimiter, got rate={rate!r}")
     _check_type("breaker", breaker, CircuitBreaker)
     _check_type("retry", retry, RetryPolicy)
     _check_timeout(timeout)
@@ -136,7 +160,7 @@ def resilient(
 
         call = timed
 
-    if rate is not None:
+    if isinstance(rate, TokenBucket):
         bucket = rate
         limited_inner = call
 
@@ -145,6 +169,16 @@ def resilient(
             return await limited_inner(*args, **kwargs)
 
         call = limited
+    elif isinstance(rate, KeyedRateLimiter):
+        assert rate_key is not None
+        limiter, key_of = rate, rate_key
+        keyed_inner = call
+
+        async def keyed(*args: P.args, **kwargs: P.kwargs) -> T:
+            await limiter.acquire(key_of(*args, **kwargs))
+            return await keyed_inner(*args, **kwargs)
+
+        call = keyed
 
     if hedge is not None:
         delay, attempts = hedge, hedge_attempts

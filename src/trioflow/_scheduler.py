@@ -15,7 +15,9 @@ How the scheduler works (the policy ``run_workflow`` documents):
   steps are admissible, it wakes a supervisor task, which starts one more worker once the first
   is actually waiting; the next worker does the same, so there are as many workers as steps
   waiting at once, and never a task per step that does not need one. Everything runs in the
-  task group opened by ``run_workflow``: no task outlives the call.
+  task group opened by ``run_workflow``: no task outlives the call. A worker whose step changed
+  its context variables ends after it (checked in O(1) when it did not), so every step starts
+  from the run's context variables, as with a task per step.
 * With a store, a step's record is written before the steps after it are released; records of
   steps that end while a write is in progress share the next transaction.
 """
@@ -23,6 +25,7 @@ How the scheduler works (the policy ``run_workflow`` documents):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import sys
 import time
@@ -144,6 +147,9 @@ async def run_workflow(
     when it raises, the step stays SUCCEEDED with ``compensation_error`` set (the original
     failure stays the step's ``error``). If the caller cancels the run, running steps are
     cancelled, compensations run the same way, and the cancellation propagates.
+
+    Context variables behave as with a task per step: each step and each compensation starts
+    with the caller's, and what one sets is seen by no other step nor by the caller.
 
     With a ``store``, the run is durable: each step's record (status, attempts, value) and the
     state set with ``ctx.set`` are written, in one transaction, before any step after it
@@ -316,6 +322,9 @@ class Run:
                 continue
             self.status[i] = record.status
             self.restored[i] = True
+            # Never ready (decrements keep it below 0): a step it comes after may run again (it
+            # FAILED with continue_on_error, or was COMPENSATED), and its end must not rerun it.
+            self.remaining[i] = -1
             self.attempts[i] = record.attempts
             self.duration[i] = record.duration
             self.seq[i] = record.seq
@@ -378,6 +387,8 @@ class Run:
     async def _worker(self, i: int) -> None:
         budget = _CHECKPOINT_EVERY
         fast, steps, shared, now = self.fast, self.steps, self.shared, self.now
+        copy_context = contextvars.copy_context
+        fresh = copy_context()  # the run's context variables, as each step must find them
         while True:
             if not self.poked and self.ready and self._can_claim():
                 self._poke()  # another worker may start once this one waits
@@ -415,16 +426,23 @@ class Run:
             if not budget:
                 budget = _CHECKPOINT_EVERY
                 await anyio.lowlevel.checkpoint()
+            if copy_context() != fresh:
+                # The step set context variables in this task (O(1) to check when it did not:
+                # the two contexts then share one mapping). Steps must not see each other's, as
+                # with a task per step: this worker ends, and a new one (a fresh copy of the
+                # run's context) takes the next ready step.
+                if self._can_claim():
+                    self._poke()
+                return
             i = self._claim()
             if i < 0:
                 return
 
     def abort(self) -> None:
         """Stop the run: cancel the steps in flight and start no more."""
-        if not self.aborted:
-            self.aborted = True
-            if self.tg is not None:
-                self.tg.cancel_scope.cancel()
+        self.aborted = True
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
 
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
@@ -489,6 +507,10 @@ class Run:
         if self.journal is None:
             self.complete(i)
         else:
+            if status is _FAILED and self.fail_fast and not step.continue_on_error:
+                # Start nothing more while the failure is written; complete() then cancels
+                # the steps in flight.
+                self.aborted = True
             await self.journal.save(self, i)
 
     async def _call(self, i: int, step: Step, ctx: Context) -> Any:
@@ -582,12 +604,18 @@ class Run:
                 step = self.steps[i]
                 if step.compensate is None or self.status[i] is not _SUCCEEDED:
                     continue
-                try:
-                    await step.compensate(Context._for(self.shared, step.name))
-                except Exception as exc:
-                    self.comp_error[i] = exc
-                else:
-                    self.status[i] = _COMPENSATED
+                # Each in a task of its own, one after the other: context variables it sets
+                # reach neither the caller nor the other compensations.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._undo, i, step.compensate)
+
+    async def _undo(self, i: int, compensate: Callable[[Context], Any]) -> None:
+        try:
+            await compensate(Context._for(self.shared, self.steps[i].name))
+        except Exception as exc:
+            self.comp_error[i] = exc
+        else:
+            self.status[i] = _COMPENSATED
 
     def _wall(self, t: float | None) -> datetime | None:
         return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)

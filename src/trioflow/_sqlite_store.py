@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +182,7 @@ class SQLiteStore:
             raise self._error("cannot open", exc) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
         except StoreError:
@@ -191,6 +192,21 @@ class SQLiteStore:
             conn.close()
             raise self._error("cannot open (is it a trioflow store?)", exc) from exc
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
+        # locked" at once, without its busy handler, when another process opening the same new
+        # file does the same: retry for up to the busy timeout.
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+            else:
+                return
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -231,9 +247,11 @@ class SQLiteStore:
                 conn = self._conn = self._connect()
             try:
                 return fn(conn)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if not isinstance(exc, sqlite3.Error):  # a row it cannot parse (JSON, a status)
+                    what = f"{what} (a malformed record)"
                 raise self._error(what, exc) from exc
 
     async def _call(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:

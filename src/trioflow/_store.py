@@ -280,7 +280,10 @@ class MemoryStore:
             The runs' records.
         """
         await anyio.lowlevel.checkpoint()
-        runs = sorted(self._runs.values(), key=lambda run: run.head.created_at, reverse=True)
+        # Newest first; runs created in the same microsecond: the one begun last first.
+        runs = sorted(
+            reversed(self._runs.values()), key=lambda run: run.head.created_at, reverse=True
+        )
         return tuple(run.record(full=False) for run in runs)
 
     async def begin_run(

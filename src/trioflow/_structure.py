@@ -55,19 +55,25 @@ def _json_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
 
-def _int(value: Any, _: Any) -> int:
+def _int(value: Any, tp: Any) -> int:
+    if tp is not int:  # an IntEnum: singledispatch picks int's hook for it (int is in its MRO)
+        return _enum(value, tp)  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, int):
         raise Invalid(f"expected int, got {describe(value)}")
     return value
 
 
-def _float(value: Any, _: Any) -> float:
+def _float(value: Any, tp: Any) -> float:
+    if tp is not float:  # an Enum mixing in float
+        return _enum(value, tp)  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Invalid(f"expected number, got {describe(value)}")
     return float(value)
 
 
-def _str(value: Any, _: Any) -> str:
+def _str(value: Any, tp: Any) -> str:
+    if tp is not str:  # a StrEnum, or an Enum mixing in str
+        return _enum(value, tp)  # type: ignore[return-value]
     if not isinstance(value, str):
         raise Invalid(f"expected string, got {describe(value)}")
     return value
@@ -178,29 +184,30 @@ def _mapping_factory(tp: Any, converter: cattrs.Converter) -> Hook:
     return structure
 
 
-def _enum_factory(tp: Any, converter: cattrs.Converter) -> Hook:
-    members: list[enum.Enum] = list(tp)
-    allowed = ", ".join(describe(m.value) for m in members)
+def _same(candidate: object, value: object) -> bool:
+    """Whether a JSON value is this enum value or literal: ``True`` does not match ``1``."""
+    if isinstance(candidate, enum.Enum):
+        candidate = candidate.value
+    return type(candidate) is type(value) and candidate == value
 
-    def structure(value: Any, _: Any) -> Any:
-        if isinstance(value, tp):
-            return value
-        for member in members:
-            # Compare with types too: True must not match a member whose value is 1.
-            if type(member.value) is type(value) and member.value == value:
-                return member
-        raise Invalid(f"expected one of {allowed}, got {describe(value)}")
 
-    return structure
+def _enum(value: Any, tp: type[enum.Enum]) -> enum.Enum:
+    if isinstance(value, tp):
+        return value
+    for member in tp:
+        if _same(member, value):
+            return member
+    allowed = ", ".join(describe(m.value) for m in tp)
+    raise Invalid(f"expected one of {allowed}, got {describe(value)}")
 
 
 def _literal_factory(tp: Any, converter: cattrs.Converter) -> Hook:
     values = get_args(tp)
-    allowed = ", ".join(describe(v) for v in values)
+    allowed = ", ".join(describe(v.value if isinstance(v, enum.Enum) else v) for v in values)
 
     def structure(value: Any, _: Any) -> Any:
         for candidate in values:
-            if type(candidate) is type(value) and candidate == value:
+            if candidate is value or _same(candidate, value):
                 return candidate
         raise Invalid(f"expected one of {allowed}, got {describe(value)}")
 
@@ -258,14 +265,16 @@ def _annotated_factory(tp: Any, converter: cattrs.Converter) -> Hook:
 def strict_converter() -> cattrs.Converter:
     """Return a cattrs converter that structures JSON-like data strictly.
 
-    Unknown keys of attrs classes and dataclasses are rejected; every bad field is collected
-    (detailed validation); primitives are not coerced (``"5"`` is not an int, ``0`` is not a
-    bool); a string is not an array; enums and literals match by value and type.
+    Unknown keys of attrs classes and dataclasses are rejected; attrs fields are keyed by their
+    ``__init__`` names (aliases: ``secret`` for ``_secret``), as described in JSON Schema;
+    every bad field is collected (detailed validation); primitives are not coerced (``"5"`` is
+    not an int, ``0`` is not a bool); a string is not an array; enums and literals match by
+    value and type.
 
     Returns:
         A new converter.
     """
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True, use_alias=True)
     for tp, hook in ((int, _int), (float, _float), (str, _str), (bool, _bool)):
         converter.register_structure_hook(tp, hook)
     converter.register_structure_hook(type(None), _none)
@@ -273,7 +282,7 @@ def strict_converter() -> cattrs.Converter:
         (_is_annotated, _annotated_factory),
         (_is_array, _array_factory),
         (_is_mapping, _mapping_factory),
-        (_is_enum, _enum_factory),
+        (_is_enum, lambda tp, _: _enum),
         (_is_literal, _literal_factory),
         (_is_record, _record_factory),
         (_is_union, _union_factory),
@@ -319,6 +328,12 @@ def _leaf_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _aliases(cls: type) -> dict[str, str]:
+    if not attrs.has(cls):
+        return {}
+    return {a.name: a.alias for a in attrs.fields(cls) if a.alias and a.alias != a.name}
+
+
 def problems_of(exc: BaseException, path: str = "") -> Iterator[tuple[str, str]]:
     """Flatten a structuring exception into ``(path, message)`` pairs.
 
@@ -331,9 +346,13 @@ def problems_of(exc: BaseException, path: str = "") -> Iterator[tuple[str, str]]
         are reported one by one as ``(path.key, "unknown key")``.
     """
     if isinstance(exc, ClassValidationError | IterableValidationError):
+        aliases = _aliases(exc.cl) if isinstance(exc, ClassValidationError) else {}
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
-            key = note.index if isinstance(note, IterableValidationNote) else note.name
+            if isinstance(note, IterableValidationNote):
+                key = note.index
+            else:  # name the key as the data spells it: an attrs field's alias
+                key = aliases.get(note.name, note.name)
             yield from problems_of(sub, _join(path, key))
         for sub in without:
             yield from problems_of(sub, path)

@@ -99,7 +99,8 @@ def json_schema(tp: Any, *, _seen: tuple[type, ...] = ()) -> dict[str, Any]:
         arms = [json_schema(arm, _seen=_seen) for arm in args]
         return {"anyOf": arms}
     if origin is Literal:
-        return {**_type_of_values(args), "enum": list(args)}
+        values = [a.value if isinstance(a, enum.Enum) else a for a in args]
+        return {**_type_of_values(values), "enum": values}
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         values = [member.value for member in tp]
         return {"title": tp.__name__, **_type_of_values(values), "enum": values}
@@ -115,7 +116,8 @@ def json_schema(tp: Any, *, _seen: tuple[type, ...] = ()) -> dict[str, Any]:
     if (origin or tp) in _MAPPINGS:
         if args and args[0] is not str:
             raise TypeError(f"mapping keys must be str to be described as JSON, got {tp!r}")
-        return {"type": "object", "additionalProperties": json_schema(args[1], _seen=_seen)}
+        value_schema = json_schema(args[1], _seen=_seen) if args else {}
+        return {"type": "object", "additionalProperties": value_schema}
     if isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
         if tp in _seen:
             raise TypeError(f"recursive types are not supported, got {tp.__qualname__}")

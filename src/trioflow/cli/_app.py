@@ -2,12 +2,14 @@
 
 Exit statuses: 0 when the run succeeded (every step succeeded, was skipped, or failed with
 ``continue_on_error``), 1 when a step failed, 2 for a usage, file or state error (a message,
-never a traceback), 130 on SIGINT and 143 on SIGTERM.
+never a traceback), 130 on SIGINT, 143 on SIGTERM, 129 on SIGHUP, and 141 when the output
+pipe closes early.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ import trioflow
 from ._graph import dot, mermaid, plan, plan_json
 from ._render import (
     TAIL_LINES,
+    QuietOnError,
     format_seconds,
     make_reporter,
     print_json,
@@ -29,6 +32,7 @@ from ._render import (
 )
 from ._run import (
     DEFAULT_STATE,
+    EXIT_BROKEN_PIPE,
     EXIT_OK,
     EXIT_USAGE,
     RunOptions,
@@ -136,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_seconds,
         default=5.0,
-        help="how long a stopped step's processes get to exit before they are killed (default: 5)",
+        help="how long a stopped step's processes get to exit before they are killed "
+        "(default: 5; a second Ctrl-C kills them at once)",
     )
     run.add_argument(
         "-v", "--verbose", action="store_true", help="print each command as it starts"
@@ -192,6 +197,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trioflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read the output went away (`trioflow runs | head -1`): stop quietly, with
+        # the status of a command killed by SIGPIPE. Point stdout at /dev/null so that
+        # Python's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _limit(args: argparse.Namespace, spec_limit: int | None) -> int:
@@ -223,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         grace=args.grace,
     )
     progress = sys.stderr if args.json else sys.stdout
-    reporter = make_reporter(progress, verbose=args.verbose, live=not args.json)
+    reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))
     outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
     if args.json:
         data = outcome.summary.to_json()

@@ -7,11 +7,12 @@ is one plain line such as ``[  3.2s] build: succeeded (1.9s)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 
@@ -229,7 +230,7 @@ class LiveReporter:
             ProgressBar(
                 total=max(total, 1),
                 completed=done,
-                width=40,
+                width=max(10, min(40, self._console.width - 24)),  # fits narrow terminals
                 complete_style="cyan",
                 finished_style="green",
             ),
@@ -263,6 +264,7 @@ class LiveReporter:
         """Show the step as running."""
         with self._lock:
             self._running[name] = (time.monotonic(), attempt)
+        self._live.refresh()
         if self._verbose:
             from rich.markup import escape
 
@@ -280,6 +282,9 @@ class LiveReporter:
         took = f" [dim]({format_seconds(elapsed)})[/]" if status != "skipped" else ""
         extra = f": {escape(detail)}" if detail else ""
         word = "attempt failed" if status == "retrying" else status
+        # Redraw first: printing above the live view draws its last rendering again, which
+        # would still show this step running until the next timed refresh.
+        self._live.refresh()
         self._console.print(f"[{style}]{word:>9}[/] {escape(name)}{extra}{took}", highlight=False)
 
     def message(self, text: str) -> None:
@@ -313,6 +318,50 @@ def rich_console(stream: TextIO) -> Console | None:
     if not console.is_terminal or console.is_dumb_terminal:
         return None
     return console
+
+
+@final
+class QuietOnError:
+    """Forwards events until writing fails, then drops them.
+
+    The output may go away while the run goes on (``trioflow run ... | head``, a closed
+    terminal): losing the progress lines must not fail the steps that report them.
+    """
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._reporter: Reporter | None = reporter
+
+    def _call(self, event: Callable[[Reporter], None]) -> None:
+        if self._reporter is None:
+            return
+        try:
+            event(self._reporter)
+        except OSError:
+            reporter, self._reporter = self._reporter, None
+            with contextlib.suppress(OSError):
+                reporter.close()
+
+    def run_started(self, *, run_id: str, workflow: str, total: int, resumed: int) -> None:
+        """Forward the event."""
+        self._call(
+            lambda r: r.run_started(run_id=run_id, workflow=workflow, total=total, resumed=resumed)
+        )
+
+    def step_started(self, name: str, *, attempt: int, command: str) -> None:
+        """Forward the event."""
+        self._call(lambda r: r.step_started(name, attempt=attempt, command=command))
+
+    def step_finished(self, name: str, status: str, *, detail: str, elapsed: float) -> None:
+        """Forward the event."""
+        self._call(lambda r: r.step_finished(name, status, detail=detail, elapsed=elapsed))
+
+    def message(self, text: str) -> None:
+        """Forward the line."""
+        self._call(lambda r: r.message(text))
+
+    def close(self) -> None:
+        """Forward the end of the run."""
+        self._call(lambda r: r.close())
 
 
 def make_reporter(stream: TextIO, *, verbose: bool, live: bool) -> Reporter:

@@ -3,9 +3,9 @@
 Built only on the public API: every step is an async function that runs its command with
 :func:`run_command`; ``run_workflow`` schedules the steps with a ``ResourceManager`` (the
 ``max_parallel`` limit and the named pools), retries them with a ``RetryPolicy``, and records
-every step in an ``SQLiteStore`` so that ``--resume`` can finish an interrupted run. SIGINT and
-SIGTERM cancel the run inside its task group: the steps' processes are stopped and the run is
-recorded CANCELLED.
+every step in an ``SQLiteStore`` so that ``--resume`` can finish an interrupted run. SIGINT,
+SIGTERM and SIGHUP cancel the run inside its task group: the steps' processes are stopped and
+the run is recorded CANCELLED.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import math
 import os
 import secrets
 import shlex
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -30,6 +32,7 @@ from ._spec import StepSpec, WorkflowSpec
 from ._steps import (
     GRACE_PERIOD,
     CommandFailed,
+    GracePeriods,
     describe_command,
     expand,
     placeholders,
@@ -40,7 +43,14 @@ DEFAULT_STATE: Final = Path(".trioflow/state.db")
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-_EXIT_SIGNAL: Final[Mapping[int, int]] = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, as a shell reports a command it killed
+# The signals that stop a run, with the exit status a shell gives a process they kill. SIGHUP
+# comes when the terminal closes: the steps run in sessions of their own and would not get it.
+_STOP_SIGNALS: Final[Mapping[signal.Signals, int]] = {
+    signal.SIGINT: 130,
+    signal.SIGTERM: 143,
+    **({signal.SIGHUP: 129} if hasattr(signal, "SIGHUP") else {}),
+}
 
 
 class UsageError(Exception):
@@ -78,7 +88,7 @@ class RunOutcome:
 
     Attributes:
         summary: The run's summary.
-        exit_status: 0, 1, 130 (SIGINT) or 143 (SIGTERM).
+        exit_status: 0, 1, 130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP).
         resume_command: The command that finishes the run, when it did not succeed.
     """
 
@@ -119,10 +129,31 @@ def resume_command(options: RunOptions, run_id: str) -> str:
     Returns:
         E.g. ``trioflow run build.toml --resume 20240601-141503-3fa2``.
     """
-    words = ["trioflow", "run", options.file, "--resume", run_id]
+    words = [*program(), "run", options.file, "--resume", run_id]
     if options.state != DEFAULT_STATE:
         words += ["--state", str(options.state)]
     return shlex.join(words)
+
+
+def program() -> list[str]:
+    """Return the words that started this command: ``trioflow`` or ``python -m trioflow``.
+
+    After ``python3 -m trioflow`` the console script may not be installed or on ``PATH`` (pip
+    installs it in a directory it only warns about), so a printed command repeats the
+    interpreter: by name when that name finds the same interpreter on ``PATH``, else by path.
+
+    Returns:
+        The program's words, to be followed by the arguments.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name != "trioflow.__main__":
+        return ["trioflow"]
+    python = sys.executable
+    found = shutil.which(os.path.basename(python))
+    if found is not None and os.path.abspath(found) == os.path.abspath(python):
+        python = os.path.basename(python)
+    return [python, "-m", "trioflow"]
 
 
 def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
@@ -184,6 +215,7 @@ class _Runner:
         self.logs = log_dir(options.state, run_id)
         self.statuses: dict[str, str] = {}  # what `when` conditions read
         self.attempts: dict[str, int] = {}
+        self.grace_periods = GracePeriods()
 
     def workflow(self) -> trioflow.Workflow:
         wf = trioflow.Workflow(self.spec.name)
@@ -244,6 +276,7 @@ class _Runner:
                     log_path=self.log_path(step.name),
                     timeout=step.timeout,
                     grace=self.options.grace,
+                    grace_periods=self.grace_periods,
                     attempt=attempt,
                 )
             except CommandFailed as exc:
@@ -378,14 +411,16 @@ def describe_store_error(state: Path, exc: BaseException) -> str:
     Returns:
         The message.
     """
-    return f"cannot use the state file {str(state)!r}: {exc}"
+    # The store names its file too; say it once.
+    text = str(exc).removeprefix(f"workflow store {str(state)!r}: ")
+    return f"cannot use the state file {str(state)!r}: {text}"
 
 
 async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) -> RunOutcome:
     """Run (or resume) a workflow file and summarize the run.
 
-    SIGINT and SIGTERM cancel the run: the running steps' processes are stopped, the steps are
-    recorded CANCELLED, and the outcome carries the command that resumes the run.
+    SIGINT, SIGTERM and SIGHUP cancel the run: the running steps' processes are stopped, the
+    steps are recorded CANCELLED, and the outcome carries the command that resumes the run.
 
     Args:
         spec: The validated workflow file.
@@ -406,7 +441,7 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
     workflow = runner.workflow()
     continue_on_error = {n: s.continue_on_error for n, s in spec.steps.items()}
     started = time.monotonic()
-    interrupted: list[int] = []
+    interrupted: list[signal.Signals] = []
     result: trioflow.WorkflowResult | None = None
     async with trioflow.SQLiteStore(options.state) as store:
         try:
@@ -427,16 +462,22 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
         )
         failure: Exception | None = None
         try:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
                 async with anyio.create_task_group() as tg:
 
                     async def watch(scope: anyio.CancelScope) -> None:
                         async for signum in signals:
+                            name = signal.Signals(signum).name
                             if not interrupted:
-                                interrupted.append(signum)
-                                name = signal.Signals(signum).name
-                                reporter.message(f"{name}: stopping the running steps")
+                                interrupted.append(signal.Signals(signum))
+                                reporter.message(
+                                    f"{name}: stopping the running steps "
+                                    "(again to kill them at once)"
+                                )
                                 scope.cancel()
+                            elif not runner.grace_periods.ended:
+                                reporter.message(f"{name}: killing the running steps")
+                                runner.grace_periods.end()
 
                     with anyio.CancelScope() as run_scope:
                         tg.start_soon(watch, run_scope)
@@ -472,7 +513,7 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
             )
             summary = attrs.evolve(summary, status="cancelled")
     if result is None:
-        status = _EXIT_SIGNAL.get(interrupted[0], 130) if interrupted else 130
+        status = _STOP_SIGNALS.get(interrupted[0], 130) if interrupted else 130
     else:
         status = EXIT_OK if result.ok else EXIT_FAILED
     hint = None if status == EXIT_OK else resume_command(options, run_id)

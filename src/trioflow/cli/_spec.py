@@ -21,6 +21,7 @@ import attrs
 from ._condition import Condition, ConditionSyntaxError, parse_condition
 
 _STEP_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*\Z")
+_TOML_WHERE: Final = re.compile(r" \(at line (?P<line>\d+), column (?P<column>\d+)\)\Z")
 _WORKFLOW_KEYS: Final = ("name", "max_parallel", "pools")
 _STEP_KEYS: Final = (
     "run",
@@ -206,8 +207,14 @@ def parse_spec(text: str, *, path: Path | str) -> WorkflowSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib's message ends with "(at line L, column C)".
-        raise SpecError(str(path), [("", f"invalid TOML: {exc}")]) from None
+        # tomllib's message ends with "(at line L, column C)": show it as compilers do,
+        # FILE:LINE:COLUMN, which terminals and editors turn into a link to the spot.
+        message, source = str(exc), str(path)
+        where = _TOML_WHERE.search(message)
+        if where is not None:
+            message = message[: where.start()]
+            source = f"{source}:{where['line']}:{where['column']}"
+        raise SpecError(source, [("", f"invalid TOML: {message}")]) from None
     checker = _Checker()
     spec = checker.workflow(data, path)
     if checker.problems or spec is None:

@@ -14,15 +14,52 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, final
 
 import anyio
 import anyio.abc
 
 GRACE_PERIOD: Final = 5.0
 """Seconds a terminated command gets to exit before it is killed."""
+
+
+@final
+class GracePeriods:
+    """The grace periods of the commands being stopped, which :meth:`end` cuts short.
+
+    A second Ctrl-C means "stop now": the commands still in their grace period are killed at
+    once, and so are the ones stopped later in the same run.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: set[anyio.CancelScope] = set()
+        self.ended = False
+
+    @contextmanager
+    def wait(self, seconds: float) -> Iterator[None]:
+        """Give up waiting after ``seconds``, or at once when :meth:`end` is called.
+
+        Args:
+            seconds: The grace period.
+
+        Yields:
+            Nothing; the block is where the command is waited for.
+        """
+        with anyio.move_on_after(0 if self.ended else seconds) as scope:
+            self._scopes.add(scope)
+            try:
+                yield
+            finally:
+                self._scopes.discard(scope)
+
+    def end(self) -> None:
+        """End every grace period, now and later in this run."""
+        self.ended = True
+        for scope in self._scopes:
+            scope.cancel()
 
 
 class CommandFailed(Exception):
@@ -159,12 +196,12 @@ def _signal_group(process: anyio.abc.Process, signum: int) -> None:
         pass
 
 
-async def _stop(process: anyio.abc.Process, grace: float) -> None:
+async def _stop(process: anyio.abc.Process, grace: float, periods: GracePeriods) -> None:
     """Terminate the command's process group, then kill it after ``grace`` seconds."""
     with anyio.CancelScope(shield=True):
         if process.returncode is None:
             _signal_group(process, signal.SIGTERM)
-            with anyio.move_on_after(grace):
+            with periods.wait(grace):
                 await process.wait()
             if process.returncode is None:
                 _signal_group(process, signal.SIGKILL)
@@ -179,6 +216,7 @@ async def run_command(
     log_path: Path,
     timeout: float | None = None,  # noqa: ASYNC109 - a cancel scope at once, see below
     grace: float = GRACE_PERIOD,
+    grace_periods: GracePeriods | None = None,
     attempt: int = 1,
 ) -> None:
     """Run one attempt of a step's command and wait for it.
@@ -195,6 +233,7 @@ async def run_command(
         log_path: The log file to append the output to.
         timeout: Seconds the attempt may take, or None.
         grace: Seconds a terminated command gets before it is killed.
+        grace_periods: Where the run can cut the grace period short (a second Ctrl-C).
         attempt: The attempt number, for the log header.
 
     Raises:
@@ -222,18 +261,19 @@ async def run_command(
     finally:
         log.close()  # the child holds its own descriptor
 
+    periods = GracePeriods() if grace_periods is None else grace_periods
     timed_out = False
     try:
         with anyio.move_on_after(timeout) as scope:
             await process.wait()
         timed_out = scope.cancelled_caught
     except anyio.get_cancelled_exc_class():
-        await _stop(process, grace)
+        await _stop(process, grace, periods)
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_append, log_path, "--- cancelled: terminated\n")
         raise
     if timed_out:
-        await _stop(process, grace)
+        await _stop(process, grace, periods)
         message = f"timed out after {timeout:g}s"
         await anyio.to_thread.run_sync(_append, log_path, f"--- {message}: terminated\n")
         raise CommandFailed(message)
