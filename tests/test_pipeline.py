@@ -318,7 +318,10 @@ async def test_run_arguments_are_checked_before_anything_runs() -> None:
     rm = ResourceManager(pools={"context": 1})
     with pytest.raises(ValueError, match="names retry policy 'storage'"):
         await pipeline.run(Request(), resources=rm, retry={})
-    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"timeout must be a finite number of seconds >= 0 \(None for no timeout\), got -1",
+    ):
         await pipeline.run(Request(), resources=rm, timeout=-1)
     with pytest.raises(TypeError, match="request must be a Request"):
         await pipeline.run("hello")  # type: ignore[arg-type]
@@ -342,7 +345,10 @@ def test_pipeline_construction_is_checked() -> None:
         Pipeline([Stage("p", S.PROCESSING, fn)])
     with pytest.raises(ValueError, match=r"must be able to move to <RequestState\.COMPLETED"):
         Pipeline([Stage("v", S.VALIDATED, fn)])
-    with pytest.raises(ValueError, match="timeout must be a number"):
+    with pytest.raises(
+        ValueError,
+        match=r"timeout must be a finite number of seconds >= 0 \(None for no timeout\), got nan",
+    ):
         Stage("v", S.VALIDATED, fn, timeout=math.nan)
     with pytest.raises(TypeError, match="pools must be a sequence of pool names, got the string"):
         Stage("v", S.VALIDATED, fn, pools="llm")
@@ -452,7 +458,7 @@ async def test_gather_partial_validates() -> None:
         await gather_partial([], budget=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"sources\['a'\] must be an async callable"):
         await gather_partial({"a": 1}, budget=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="budget must be a number of seconds >= 0"):
+    with pytest.raises(ValueError, match="budget must be a finite number of seconds >= 0"):
         await gather_partial({}, budget=-1)
 
 

@@ -213,7 +213,11 @@ async def test_usable_as_a_workflow_step() -> None:
         ),
         ({"breaker": "b"}, TypeError, "breaker must be a CircuitBreaker or None"),
         ({"retry": 3}, TypeError, "retry must be a RetryPolicy or None"),
-        ({"timeout": -1}, ValueError, "timeout must be None or a finite number >= 0, got -1"),
+        (
+            {"timeout": -1},
+            ValueError,
+            r"timeout must be a finite number of seconds >= 0 \(None for no timeout\), got -1",
+        ),
         ({"timeout": math.nan}, ValueError, "timeout must be .* got nan"),
         ({"hedge": -0.5}, ValueError, "hedge must be a finite number >= 0, got -0.5"),
         ({"hedge": 1, "hedge_attempts": 0}, ValueError, "hedge_attempts must be an int >= 1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -106,7 +107,12 @@ def test_non_async_step_functions_are_refused() -> None:
 @pytest.mark.parametrize(
     ("timeout", "error", "message"),
     [
-        (-1, ValueError, "timeout of step 'a' must be a number >= 0 or None, got -1"),
+        (
+            -1,
+            ValueError,
+            "timeout of step 'a' must be a finite number of seconds >= 0 "
+            "(None for no timeout), got -1",
+        ),
         (math.nan, ValueError, "got nan"),
         (-math.inf, ValueError, "got -inf"),
         ("5", TypeError, "got '5'"),
@@ -114,7 +120,7 @@ def test_non_async_step_functions_are_refused() -> None:
     ],
 )
 def test_bad_timeouts(timeout: Any, error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=re.escape(message)):
         Workflow("t").step("a", step, timeout=timeout)
 
 

@@ -20,7 +20,6 @@ Design, in the order it matters for speed:
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -37,6 +36,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._backend import CancelScope, TaskGroup, current_backend
+from ._checks import check_timeout
 from ._limits import ResourceManager
 from ._outcomes import (
     CANCELLED,
@@ -80,19 +80,6 @@ def _check_limit(limit: object) -> int | ResourceManager | None:
     if limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit}")
     return limit
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds >= 0 or None, got {kind(timeout)}")
-    if not math.isfinite(timeout) or timeout < 0:
-        raise ValueError(
-            f"timeout must be a finite number of seconds >= 0 (None for no timeout), "
-            f"got {timeout!r}"
-        )
-    return float(timeout)
 
 
 def check_operations(operations: object, name: str = "operations") -> None:
@@ -552,7 +539,7 @@ def validate(
 ) -> tuple[int | ResourceManager | None, float | None]:
     check_operations(operations)
     checked_limit = _check_limit(limit)
-    checked_timeout = _check_timeout(timeout)
+    checked_timeout = check_timeout(timeout)
     if not isinstance(fail_fast, bool):
         raise TypeError(f"fail_fast must be a bool, got {kind(fail_fast)}")
     if retry is not None and not isinstance(retry, RetryPolicy):

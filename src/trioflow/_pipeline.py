@@ -17,6 +17,7 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
+from ._checks import check_timeout
 from ._errors import InvalidTransition
 from ._lifecycle import StateChange, StateMachine, clock
 from ._limits import ResourceManager
@@ -43,21 +44,6 @@ _FAILED = RequestState.FAILED
 _CANCELLED = RequestState.CANCELLED
 
 
-def check_timeout(what: str, value: object) -> None:
-    """Check a timeout argument: None, or a number of seconds >= 0 (not NaN).
-
-    Raises:
-        TypeError: Not a number.
-        ValueError: Negative or NaN.
-    """
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds >= 0 or None, got {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0 or None, got {value!r}")
-
-
 def _stage_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value:
         raise TypeError(f"name must be a non-empty str, got {value!r}")
@@ -74,7 +60,7 @@ def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) 
 
 
 def _stage_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_timeout("timeout", value)
+    check_timeout(value)
 
 
 def _to_pools(value: object) -> object:
@@ -467,7 +453,7 @@ class Pipeline:
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        check_timeout("timeout", timeout)
+        check_timeout(timeout)
         if id(request) in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)

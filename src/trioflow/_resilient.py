@@ -26,13 +26,13 @@ From the outside in::
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
 from ._breaker import CircuitBreaker
+from ._checks import check_timeout
 from ._hedge import check_attempts, check_delay
 from ._hedge import hedge as _hedge
 from ._ratelimit import KeyedRateLimiter, TokenBucket
@@ -42,18 +42,6 @@ __all__ = ("resilient",)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _check_timeout(value: object) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"timeout must be None or a finite number >= 0, got {value!r}")
 
 
 def _check_type(name: str, value: object, kind: type) -> None:
@@ -141,7 +129,7 @@ def resilient(
         raise TypeError(f"rate_key needs rate to be a KeyedRateLimiter, got rate={rate!r}")
     _check_type("breaker", breaker, CircuitBreaker)
     _check_type("retry", retry, RetryPolicy)
-    _check_timeout(timeout)
+    check_timeout(timeout)
     if hedge is not None:
         check_delay(hedge, "hedge")
     check_attempts(hedge_attempts, "hedge_attempts")

@@ -13,7 +13,6 @@ import enum
 import hashlib
 import inspect
 import json
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from inspect import CO_COROUTINE
 from types import FunctionType, MappingProxyType
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 import attrs
 
+from ._checks import check_timeout
 from ._errors import WorkflowDefinitionError
 from ._retry import RetryPolicy
 
@@ -75,16 +75,6 @@ def _names(value: object, step: str) -> tuple[str, ...]:
         # Repeated names add nothing: keep the first of each, in order.
         names = tuple(dict.fromkeys(names))
     return names
-
-
-def _check_timeout(value: object, step: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"timeout of step {step!r} must be a number >= 0 or None, got {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"timeout of step {step!r} must be a number >= 0 or None, got {value!r}")
-    return float(value)
 
 
 def _check_pools(value: object, step: str) -> tuple[str, ...]:
@@ -432,7 +422,9 @@ class Workflow:
             if exclusive is False
             else _check_bool(exclusive, "exclusive", name),
             retry=retry,
-            timeout=None if timeout is None else _check_timeout(timeout, name),
+            timeout=None
+            if timeout is None
+            else check_timeout(timeout, f"timeout of step {name!r}"),
             pools=_check_pools(pools, name),
             continue_on_error=continue_on_error
             if continue_on_error is False
