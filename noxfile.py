@@ -11,7 +11,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = True
 
 ROOT = pathlib.Path(__file__).parent
-TEST_DEPS = ["pytest>=8.3", "pytest-trio>=0.8", "hypothesis>=6.100"]
+TEST_DEPS = ["pytest>=8.3", "pytest-trio>=0.8", "hypothesis>=6.100", "jsonschema>=4.20"]
 
 
 @nox.session
@@ -32,7 +32,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and its tests."""
-    session.install("-e", ".[cli]", *TEST_DEPS, "mypy>=1.13")
+    session.install("-e", ".[cli]", *TEST_DEPS, "mypy>=1.13", "types-jsonschema")
     session.run("mypy", "--strict", "src", "tests")
 
 
