@@ -476,3 +476,13 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerModel = BreakerMachine.TestCase
 TestBreakerModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+@pytest.mark.anyio
+async def test_call_with_a_non_callable_is_refused_and_not_counted() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=10)
+    with pytest.raises(TypeError, match="fn must be an async callable, got 42"):
+        await breaker.call(42)  # type: ignore[arg-type]
+    stats = breaker.statistics()
+    assert stats.state is CircuitState.CLOSED
+    assert stats.failures == 0

@@ -384,7 +384,11 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpenError: If the circuit is open, or half-open with every trial slot taken.
+            TypeError: ``fn`` is not callable (checked before admission, so it never counts as
+                a failure of the protected dependency).
         """
+        if not callable(fn):
+            raise TypeError(f"fn must be an async callable, got {fn!r}")
         generation = self._admit()
         try:
             result = await fn(*args)

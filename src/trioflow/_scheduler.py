@@ -32,28 +32,20 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._context import Context, RunShared
+from ._context import Context
 from ._errors import UnstorableValue, WorkflowDefinitionError
 from ._journal import Journal
 from ._limits import ResourceManager
-from ._store import (
-    RunStatus,
-    StepRecord,
-    StoredValue,
-    WorkflowStore,
-    decode_value,
-    encode_value,
-    return_hint,
-)
+from ._run_state import RunState
+from ._store import RunStatus, WorkflowStore, encode_value
 from ._workflow import Graph, Step, StepStatus, Workflow
-from ._workflow_result import StepResults, StepTable, WorkflowProgress, WorkflowResult
+from ._workflow_result import WorkflowProgress, WorkflowResult
 
 __all__ = ("run_workflow",)
 
@@ -62,7 +54,6 @@ _FAILED = StepStatus.FAILED
 _SKIPPED = StepStatus.SKIPPED
 _CANCELLED = StepStatus.CANCELLED
 _NOT_RUN = StepStatus.NOT_RUN
-_COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
 
 
@@ -81,13 +72,6 @@ def _clock() -> Callable[[], float]:
         return asyncio.get_running_loop().time
     except RuntimeError:  # pragma: no cover - anyio has no other backend
         return anyio.current_time
-
-
-def _error_text(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    message = str(exc)
-    return f"{type(exc).__qualname__}: {message}" if message else type(exc).__qualname__
 
 
 def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
@@ -214,7 +198,7 @@ async def run_workflow(
 
 
 @final
-class Run:
+class Run(RunState):
     """The mutable state of one run. Everything here runs in one thread: no locks."""
 
     def __init__(
@@ -230,11 +214,7 @@ class Run:
         on_progress: Callable[[WorkflowProgress], object] | None,
         state: Mapping[str, Any] | None,
     ) -> None:
-        n = len(graph.steps)
-        self.name = name
-        self.graph = graph
-        self.steps: tuple[Step, ...] = graph.steps
-        self.succs = graph.succs
+        super().__init__(name, graph, run_id=run_id, on_progress=on_progress, state=state)
         self.exclusive = [step.exclusive for step in graph.steps]
         self.plain = [
             manager is None and step.retry is None and step.timeout is None for step in graph.steps
@@ -246,41 +226,17 @@ class Run:
         self.cap = cap
         self.manager = manager
         self.fail_fast = fail_fast
-        self.journal = None if store is None else Journal(store, run_id, n)
-        self.run_id = run_id
-        self.on_progress = on_progress
-        self.shared = RunShared(run_id, state)
-        # Per step, by index.
-        self.status: list[StepStatus | None] = [None] * n
-        self.value: list[Any] = [None] * n
-        self.error: list[Exception | None] = [None] * n
-        self.attempts = [0] * n
-        self.started: list[float | None] = [None] * n
-        self.finished: list[float | None] = [None] * n
-        self.duration: list[float | None] = [None] * n  # of restored steps
-        self.restored = [False] * n
-        self.comp_error: list[Exception | None] = [None] * n
-        self.seq: list[int | None] = [None] * n
-        self.stored: list[StoredValue | None] = [None] * n
-        self.remaining = [len(p) for p in graph.preds]
+        self.journal = None if store is None else Journal(store, run_id, len(graph.steps))
         # Scheduling.
         self.ready: deque[int] = deque()
-        self.running: dict[int, None] = {}
         self.in_flight = 0
         self.exclusive_running = False
         self.active = 0  # claimed and not completed (running, or waiting for the store)
-        self.completion: list[int] = []  # SUCCEEDED steps in order of completion
-        self.next_seq = 0
         self.aborted = False
         self.finished_all = False
-        self.completed = self.succeeded = self.failed = self.skipped = 0
-        self.hard_failures = 0  # FAILED steps without continue_on_error
         self.tg: anyio.abc.TaskGroup | None = None
         self.wake = anyio.Event()
         self.poked = False
-        self.now: Callable[[], float] = anyio.current_time
-        self.t0 = 0.0
-        self.wall0 = 0.0
 
     # --- the run ------------------------------------------------------------------------------
     async def run(self) -> WorkflowResult:
@@ -310,41 +266,6 @@ class Run:
         if journal is not None and journal.error is not None:
             raise journal.error
         return self._result()
-
-    def _restore(
-        self, records: Mapping[str, StepRecord], state: Mapping[str, StoredValue]
-    ) -> None:
-        index = self.graph.index
-        done = []
-        for record in records.values():
-            i = index[record.name]
-            if record.status is not _SUCCEEDED and record.status is not _SKIPPED:
-                continue
-            self.status[i] = record.status
-            self.restored[i] = True
-            # Never ready (decrements keep it below 0): a step it comes after may run again (it
-            # FAILED with continue_on_error, or was COMPENSATED), and its end must not rerun it.
-            self.remaining[i] = -1
-            self.attempts[i] = record.attempts
-            self.duration[i] = record.duration
-            self.seq[i] = record.seq
-            self.completed += 1
-            if record.status is _SUCCEEDED:
-                self.succeeded += 1
-                self.stored[i] = record.value
-                if record.value is not None:
-                    self.value[i] = decode_value(record.value, return_hint(self.steps[i].fn))
-                self.shared.results[record.name] = self.value[i]
-                done.append(i)
-            else:
-                self.skipped += 1
-            for s in self.succs[i]:
-                self.remaining[s] -= 1
-        done.sort(key=lambda i: self.seq[i] or 0)
-        self.completion.extend(done)
-        self.next_seq = 1 + max((s for s in self.seq if s is not None), default=-1)
-        for key, stored in state.items():
-            self.shared.state[key] = decode_value(stored)
 
     # --- scheduling ---------------------------------------------------------------------------
     def _can_claim(self) -> bool:
@@ -565,16 +486,6 @@ class Run:
             self._poke()
 
     # --- the end ------------------------------------------------------------------------------
-    def _ok(self) -> bool:
-        # Every step completed (nothing CANCELLED or NOT_RUN) and none failed for good.
-        return self.completed == len(self.steps) and not self.hard_failures
-
-    def _duration(self, i: int) -> float | None:
-        started, finished = self.started[i], self.finished[i]
-        if started is None or finished is None:
-            return self.duration[i]
-        return finished - started
-
     async def _wrap_up(self, interrupted: BaseException | None) -> None:
         ok = interrupted is None and self._ok()
         if not ok:
@@ -597,82 +508,3 @@ class Run:
                 interrupted.add_note(f"trioflow: could not record the end of the run: {exc!r}")
             elif journal.error is None:
                 journal.error = exc
-
-    async def _compensate(self) -> None:
-        with anyio.CancelScope(shield=True):
-            for i in reversed(self.completion):
-                step = self.steps[i]
-                if step.compensate is None or self.status[i] is not _SUCCEEDED:
-                    continue
-                # Each in a task of its own, one after the other: context variables it sets
-                # reach neither the caller nor the other compensations.
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._undo, i, step.compensate)
-
-    async def _undo(self, i: int, compensate: Callable[[Context], Any]) -> None:
-        try:
-            await compensate(Context._for(self.shared, self.steps[i].name))
-        except Exception as exc:
-            self.comp_error[i] = exc
-        else:
-            self.status[i] = _COMPENSATED
-
-    def _wall(self, t: float | None) -> datetime | None:
-        return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)
-
-    def record(self, i: int) -> StepRecord:
-        """Return the record of step ``i`` as the store keeps it."""
-        status = self.status[i]
-        assert status is not None
-        keeps_value = status is _SUCCEEDED or status is _COMPENSATED
-        return StepRecord(
-            name=self.steps[i].name,
-            status=status,
-            attempts=self.attempts[i],
-            value=self.stored[i] if keeps_value else None,
-            error=_error_text(self.error[i]),
-            compensation_error=_error_text(self.comp_error[i]),
-            started_at=self._wall(self.started[i]),
-            finished_at=self._wall(self.finished[i]),
-            duration=self._duration(i),
-            seq=self.seq[i],
-        )
-
-    def _report(self) -> None:
-        if self.on_progress is None:
-            return
-        names = self.steps
-        self.on_progress(
-            WorkflowProgress(
-                total=len(names),
-                completed=self.completed,
-                succeeded=self.succeeded,
-                failed=self.failed,
-                skipped=self.skipped,
-                running=tuple(names[i].name for i in self.running),
-                elapsed=self.now() - self.t0,
-            )
-        )
-
-    def _result(self) -> WorkflowResult:
-        table = StepTable(
-            names=tuple(self.graph.index),
-            status=self.status,
-            value=self.value,
-            error=self.error,
-            attempts=self.attempts,
-            started=self.started,
-            finished=self.finished,
-            duration=self.duration,
-            restored=self.restored,
-            compensation_error=self.comp_error,
-            continue_on_error=[step.continue_on_error for step in self.steps],
-        )
-        return WorkflowResult(
-            workflow=self.name,
-            run_id=self.run_id,
-            ok=self._ok(),
-            steps=StepResults(table),
-            context=Context._for(self.shared, None),
-            duration=self.now() - self.t0,
-        )
