@@ -140,6 +140,34 @@ def wait_for(path: Path, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+def start_run(project: Path, *args: str) -> subprocess.Popen[str]:
+    """Start ``trioflow run wf.toml ARGS`` in ``project`` with piped output."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "wf.toml", *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+
+
+def interrupt(
+    project: Path, pid_file: str, sig: signal.Signals, *args: str
+) -> tuple[int, str, str]:
+    """Run the workflow, send ``sig`` once ``pid_file`` appears; return (status, out, err)."""
+    process = start_run(project, *args)
+    try:
+        wait_for(project / pid_file)
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out, err
+
+
 def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie (waiting for a parent to reap it)."""
     try:
@@ -456,23 +484,8 @@ def test_sigint_cancels_the_run_and_resume_finishes_it(project: Path) -> None:
         after = ["slow"]
         """,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--state", "state/s.db"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    try:
-        wait_for(project / "slow.pid")
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 130, out + err
+    returncode, out, err = interrupt(project, "slow.pid", signal.SIGINT, "--state", "state/s.db")
+    assert returncode == 130, out + err
     assert "Traceback" not in err
     match = re.search(r"--resume (\S+)", out)
     assert match is not None, out
@@ -523,23 +536,10 @@ def test_sigint_cancels_the_run_and_resume_finishes_it(project: Path) -> None:
 
 def test_sigterm_kills_a_step_that_ignores_sigterm_after_the_grace_period(project: Path) -> None:
     write(project, f"[steps.stubborn]\nrun = {step('stubborn', 'stubborn')}\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--grace", "0.3", "--json"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
+    returncode, out, err = interrupt(
+        project, "stubborn.pid", signal.SIGTERM, "--grace", "0.3", "--json"
     )
-    try:
-        wait_for(project / "stubborn.pid")
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 143, err
+    assert returncode == 143, err
     data = json.loads(out)
     assert data["status"] == "cancelled"
     assert statuses(data) == {"stubborn": "cancelled"}
@@ -551,14 +551,7 @@ def test_a_second_sigint_kills_the_steps_without_waiting_for_the_grace_period(
     project: Path,
 ) -> None:
     write(project, f"[steps.stubborn]\nrun = {step('stubborn', 'stubborn')}\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--grace", "120"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    process = start_run(project, "--grace", "120")
     try:
         wait_for(project / "stubborn.pid")
         process.send_signal(signal.SIGINT)
@@ -582,23 +575,8 @@ def test_a_second_sigint_kills_the_steps_without_waiting_for_the_grace_period(
 def test_sighup_stops_the_run_like_sigterm(project: Path) -> None:
     # The terminal closed: the steps, in sessions of their own, would not get its SIGHUP.
     write(project, f"[steps.slow]\nrun = {step('wait', 'slow')}\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--json"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    try:
-        wait_for(project / "slow.pid")
-        process.send_signal(signal.SIGHUP)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 129, err
+    returncode, out, err = interrupt(project, "slow.pid", signal.SIGHUP, "--json")
+    assert returncode == 129, err
     assert statuses(json.loads(out)) == {"slow": "cancelled"}
     assert not alive(int((project / "slow.pid").read_text()))
 
@@ -616,14 +594,7 @@ def test_the_run_goes_on_when_its_output_pipe_closes(project: Path) -> None:
         after = ["slow"]
         """,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "run", "wf.toml"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    process = start_run(project)
     try:
         assert process.stdout is not None
         assert " run " in process.stdout.readline()

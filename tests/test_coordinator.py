@@ -12,6 +12,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from _lifecycle_stages import SEVEN_STAGES
 from trioflow import (
     Coordinator,
     ErrorCategory,
@@ -34,15 +35,6 @@ pytestmark = pytest.mark.anyio
 
 S = RequestState
 StageFn = Callable[[Request], Awaitable[Any]]
-STATES = [
-    ("receive", S.RECEIVED),
-    ("validate", S.VALIDATED),
-    ("plan", S.PLANNED),
-    ("context", S.CONTEXT_GATHERING),
-    ("process", S.PROCESSING),
-    ("tools", S.TOOL_EXECUTION),
-    ("format", S.RESPONSE_FORMATTING),
-]
 
 
 class Tracker:
@@ -79,7 +71,7 @@ def seven(fns: dict[str, StageFn] | None = None, **stage_options: Any) -> Pipeli
     return Pipeline(
         [
             Stage(name, state, fns.get(name) or tracker.stage(1), **stage_options.get(name, {}))
-            for name, state in STATES
+            for name, state in SEVEN_STAGES
         ]
     )
 
@@ -141,7 +133,7 @@ async def test_nothing_is_printed_and_structlog_is_not_configured(
 async def test_process_many_logs_the_batch_and_keeps_order() -> None:
     cap, log = capture()
     tracker = Tracker()
-    pipeline = seven({name: tracker.stage(1) for name, _ in STATES})
+    pipeline = seven({name: tracker.stage(1) for name, _ in SEVEN_STAGES})
     async with coordinator(pipeline, log, max_concurrency=3, per_user_limit=3) as c:
         requests = [Request(i, user_id=f"u{i % 3}") for i in range(9)]
         results = await c.process_many(requests)
@@ -157,7 +149,7 @@ async def test_process_many_logs_the_batch_and_keeps_order() -> None:
 
 async def test_per_user_limit_does_not_hold_back_other_users() -> None:
     tracker = Tracker()
-    pipeline = seven({name: tracker.stage(1) for name, _ in STATES})
+    pipeline = seven({name: tracker.stage(1) for name, _ in SEVEN_STAGES})
     async with coordinator(pipeline, max_concurrency=10, per_user_limit=2) as c:
         requests = [Request(user_id="heavy") for _ in range(6)] + [Request(user_id="light")]
         async with anyio.create_task_group() as tg:
@@ -493,7 +485,7 @@ async def test_cancel_while_routing_takes_effect_before_the_pipeline() -> None:
     async def stage(request: Request) -> None:
         ran.append(request.id)
 
-    pipeline = seven(dict.fromkeys([name for name, _ in STATES], stage))
+    pipeline = seven(dict.fromkeys([name for name, _ in SEVEN_STAGES], stage))
     router = Router(classify, {"q": pipeline})
     async with open_coordinator(
         {"enable_metrics": False}, router=router, logger=capture()[1]

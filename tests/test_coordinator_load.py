@@ -13,6 +13,7 @@ import attrs
 import pytest
 import structlog
 
+from _lifecycle_stages import SEVEN_STAGES
 from trioflow import (
     REQUEST_TRANSITIONS,
     Pipeline,
@@ -32,15 +33,6 @@ REQUESTS = 10_000
 USERS = 20
 PER_USER_LIMIT = 10
 MAX_CONCURRENCY = 150  # below USERS * PER_USER_LIMIT, so both limits bind
-STAGES = [
-    ("receive", S.RECEIVED),
-    ("validate", S.VALIDATED),
-    ("plan", S.PLANNED),
-    ("context", S.CONTEXT_GATHERING),
-    ("process", S.PROCESSING),
-    ("tools", S.TOOL_EXECUTION),
-    ("format", S.RESPONSE_FORMATTING),
-]
 STAGE_TIMEOUT = 5.0
 TIMED = (3, 4, 5)  # context, process and tools have a timeout (a cancel scope each: not free)
 TERMINAL = {S.COMPLETED, S.FAILED, S.CANCELLED}
@@ -61,8 +53,8 @@ def make_plans(rng: random.Random) -> list[Plan]:
         roll = rng.random()
         plans.append(
             Plan(
-                delays=tuple(rng.choice((0.0, 0.0, 0.0, 0.1, 0.5, 1.0)) for _ in STAGES),
-                fail_at=rng.randrange(len(STAGES)) if roll < 0.04 else None,
+                delays=tuple(rng.choice((0.0, 0.0, 0.0, 0.1, 0.5, 1.0)) for _ in SEVEN_STAGES),
+                fail_at=rng.randrange(len(SEVEN_STAGES)) if roll < 0.04 else None,
                 hang_at=rng.choice(TIMED) if 0.04 <= roll < 0.07 else None,
                 cancel_after=rng.uniform(0, 3) if 0.07 <= roll < 0.09 else None,
                 abandon_after=rng.uniform(0, 3) if 0.09 <= roll < 0.11 else None,
@@ -115,7 +107,7 @@ async def test_ten_thousand_requests_each_end_in_exactly_one_terminal_state() ->
                 timeout=STAGE_TIMEOUT if i in TIMED else None,
                 optional=name == "tools",
             )
-            for i, (name, state) in enumerate(STAGES)
+            for i, (name, state) in enumerate(SEVEN_STAGES)
         ]
     )
     router = Router(lambda r: "load", {"load": pipeline})

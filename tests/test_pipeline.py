@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
+from _lifecycle_stages import SEVEN_STAGES
 from trioflow import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
@@ -48,17 +49,9 @@ def failer(exc: Exception, after: float = 0) -> StageFn:
 def seven(fns: dict[str, StageFn] | None = None, **options: Any) -> Pipeline:
     """The full request lifecycle: seven stages, one per non-terminal state."""
     fns = fns or {}
-    states = [
-        ("receive", S.RECEIVED),
-        ("validate", S.VALIDATED),
-        ("plan", S.PLANNED),
-        ("context", S.CONTEXT_GATHERING),
-        ("process", S.PROCESSING),
-        ("tools", S.TOOL_EXECUTION),
-        ("format", S.RESPONSE_FORMATTING),
-    ]
     return Pipeline(
-        [Stage(name, state, fns.get(name, sleeper(1, name))) for name, state in states], **options
+        [Stage(name, state, fns.get(name, sleeper(1, name))) for name, state in SEVEN_STAGES],
+        **options,
     )
 
 
