@@ -12,7 +12,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from trioflow import OutcomeStatus, in_process, in_thread, run_batch
-from trioflow._demo import main as demo_main
+from trioflow.cli._demo import main as demo_main
 
 pytestmark = pytest.mark.anyio
 

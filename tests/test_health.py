@@ -7,7 +7,7 @@ import anyio
 import pytest
 
 from trioflow import HealthMonitor, ResourceExhausted, ResourceManager
-from trioflow._health import psutil_sampler
+from trioflow._resilience._health import psutil_sampler
 
 pytestmark = pytest.mark.anyio
 

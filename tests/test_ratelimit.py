@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioflow import KeyedRateLimiter, TokenBucket
-from trioflow._ratelimit import _new_bucket
+from trioflow._resilience._ratelimit import _new_bucket
 from trioflow.testing import virtual_time_backends
 
 pytestmark = pytest.mark.anyio

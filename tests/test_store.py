@@ -30,7 +30,7 @@ from trioflow import (
     WorkflowStore,
     run_workflow,
 )
-from trioflow._store import decode_value, encode_value
+from trioflow._workflow._store import decode_value, encode_value
 
 pytestmark = pytest.mark.anyio
 
@@ -389,7 +389,7 @@ async def test_runs_begun_in_the_same_instant_are_listed_newest_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     moment = datetime(2024, 1, 1, tzinfo=UTC)
-    monkeypatch.setattr("trioflow._store._now", lambda: moment)
+    monkeypatch.setattr("trioflow._workflow._store._now", lambda: moment)
     store = MemoryStore()
     for run_id in ("first", "second", "third"):
         await store.begin_run(run_id, workflow="w", fingerprint="f", shape={})

@@ -355,7 +355,7 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from trioflow._demo import main as demo_main
+    from trioflow.cli._demo import main as demo_main
 
     status: int = demo_main(list(args.args))
     return status

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from ._errors import WorkflowShapeChanged
+from .._errors import WorkflowShapeChanged
+from ._graph import Graph, StepStatus, describe_shape_change
 from ._store import RunRecord, RunStatus, WorkflowStore
-from ._workflow import Graph, StepStatus, describe_shape_change
 
 if TYPE_CHECKING:
     from ._scheduler import Run

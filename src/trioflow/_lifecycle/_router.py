@@ -14,7 +14,7 @@ from typing import final
 
 import attrs
 
-from ._errors import UnknownKind
+from .._errors import UnknownKind
 from ._pipeline import Pipeline
 from ._request import Request
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 import attrs
 
-from ._checks import check_timeout
-from ._errors import WorkflowDefinitionError
-from ._retry import RetryPolicy
+from .._checks import check_timeout
+from .._errors import WorkflowDefinitionError
+from .._retry import RetryPolicy
 
 if TYPE_CHECKING:
     from ._context import Context

@@ -11,10 +11,10 @@ import functools
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from ._batch import Batch, Operation, Operations, check_operations, kind, validate
-from ._limits import ResourceManager
+from .._limits import ResourceManager
+from .._retry import RetryPolicy
+from ._engine import Batch, Operation, Operations, check_operations, kind, validate
 from ._outcomes import BatchResult, Progress
-from ._retry import RetryPolicy
 
 __all__ = ("map", "run_batch")
 

@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 
 from ._context import Context, RunShared
+from ._graph import Graph, Step, StepStatus
+from ._result import StepResults, StepTable, WorkflowProgress, WorkflowResult
 from ._store import StepRecord, StoredValue, decode_value, return_hint
-from ._workflow import Graph, Step, StepStatus
-from ._workflow_result import StepResults, StepTable, WorkflowProgress, WorkflowResult
 
 __all__ = ("RunState",)
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
-from ._checked import (
+from .._checked import (
     Problems,
     boolean,
     checked_converter,
@@ -42,9 +42,9 @@ from ._checked import (
     percent,
     validate,
 )
-from ._errors import ConfigError
-from ._retry import RetryPolicy
-from ._structure import describe, problems_of
+from .._errors import ConfigError
+from .._retry import RetryPolicy
+from .._structure import describe, problems_of
 
 __all__ = (
     "HealthConfig",

@@ -22,7 +22,7 @@ from typing import TypeVar, TypeVarTuple, final
 import anyio
 import attrs
 
-from ._errors import CircuitOpenError
+from .._errors import CircuitOpenError
 
 __all__ = ("CircuitBreaker", "CircuitBreakerStatistics", "CircuitState")
 

@@ -27,8 +27,8 @@ import attrs
 import cattrs
 from cattrs.preconf.json import make_converter
 
-from ._errors import UnstorableValue
-from ._workflow import StepStatus
+from .._errors import UnstorableValue
+from ._graph import StepStatus
 
 __all__ = (
     "MemoryStore",

@@ -35,9 +35,10 @@ from typing import Any, TypeVar, final
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._backend import CancelScope, TaskGroup, current_backend
-from ._checks import check_timeout
-from ._limits import ResourceManager
+from .._backend import CancelScope, TaskGroup, current_backend
+from .._checks import check_timeout
+from .._limits import ResourceManager
+from .._retry import RetryPolicy
 from ._outcomes import (
     CANCELLED,
     FAILED,
@@ -50,7 +51,6 @@ from ._outcomes import (
     make_outcome,
     make_result,
 )
-from ._retry import RetryPolicy
 
 __all__ = ("Batch", "Operation", "Operations", "check_operations", "kind", "validate")
 

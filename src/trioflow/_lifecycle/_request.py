@@ -15,7 +15,7 @@ from typing import Any, final
 
 import attrs
 
-from ._errors import (
+from .._errors import (
     CircuitOpenError,
     InvalidTransition,
     ResourceExhausted,
@@ -23,7 +23,7 @@ from ._errors import (
     UnknownKind,
     UnknownTool,
 )
-from ._lifecycle import StateChange, clock
+from ._machine import StateChange, clock
 
 __all__ = (
     "REQUEST_TRANSITIONS",

@@ -24,7 +24,7 @@ import anyio
 import attrs
 import sniffio
 
-from ._errors import InvalidTransition, TransitionInProgress
+from .._errors import InvalidTransition, TransitionInProgress
 
 __all__ = (
     "StateChange",

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from .._errors import ResourceExhausted
+from .._limits import HealthSource
+from .._resilience._ratelimit import KeyedRateLimiter
 from ._config import OrchestrationConfig
-from ._errors import ResourceExhausted
-from ._limits import HealthSource
-from ._ratelimit import KeyedRateLimiter
 from ._request import Request
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 import attrs
 
-from ._checks import check_timeout
+from .._checks import check_timeout
 
 __all__ = ("PartialResults", "gather_partial")
 

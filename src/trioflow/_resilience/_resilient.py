@@ -31,12 +31,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
+from .._checks import check_timeout
+from .._retry import RetryPolicy
 from ._breaker import CircuitBreaker
-from ._checks import check_timeout
 from ._hedge import check_attempts, check_delay
 from ._hedge import hedge as _hedge
 from ._ratelimit import KeyedRateLimiter, TokenBucket
-from ._retry import RetryPolicy
 
 __all__ = ("resilient",)
 

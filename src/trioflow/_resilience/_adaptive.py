@@ -31,7 +31,7 @@ from typing import Self, final
 import anyio
 import attrs
 
-from ._limits import HealthSource, ResourceManager
+from .._limits import HealthSource, ResourceManager
 
 __all__ = ("AdaptiveConcurrency", "AdaptiveStatistics")
 

@@ -38,14 +38,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._errors import UnstorableValue, WorkflowDefinitionError
+from .._limits import ResourceManager
 from ._context import Context
-from ._errors import UnstorableValue, WorkflowDefinitionError
+from ._graph import Graph, Step, StepStatus, Workflow
 from ._journal import Journal
-from ._limits import ResourceManager
+from ._result import WorkflowProgress, WorkflowResult
 from ._run_state import RunState
 from ._store import RunStatus, WorkflowStore, encode_value
-from ._workflow import Graph, Step, StepStatus, Workflow
-from ._workflow_result import WorkflowProgress, WorkflowResult
 
 __all__ = ("run_workflow",)
 

@@ -10,11 +10,11 @@ from typing import Generic, TypeVar, final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._backend import current_backend
-from ._batch import Batch, Operations, validate
-from ._limits import ResourceManager
+from .._backend import current_backend
+from .._limits import ResourceManager
+from .._retry import RetryPolicy
+from ._engine import Batch, Operations, validate
 from ._outcomes import Outcome
-from ._retry import RetryPolicy
 
 __all__ = ("as_completed",)
 

@@ -9,7 +9,7 @@ from typing import Any, final
 import attrs
 
 from ._context import Context
-from ._workflow import StepStatus
+from ._graph import StepStatus
 
 __all__ = ("StepResult", "StepResults", "StepTable", "WorkflowProgress", "WorkflowResult")
 

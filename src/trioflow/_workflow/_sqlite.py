@@ -21,9 +21,9 @@ from typing import Any, TypeVar, final
 
 import anyio.to_thread
 
-from ._errors import StoreError
+from .._errors import StoreError
+from ._graph import StepStatus
 from ._store import RunRecord, RunStatus, StepRecord, StoredValue
-from ._workflow import StepStatus
 
 __all__ = ("SQLiteStore",)
 

@@ -16,9 +16,9 @@ from typing import Literal, final
 
 import attrs
 
+from .._limits import ResourceManager
+from .._retry import RetryPolicy
 from ._health import HealthMonitor
-from ._limits import ResourceManager
-from ._retry import RetryPolicy
 
 __all__ = ("Load", "Priority", "RetryPolicies", "load_of")
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import anyio
 
-from ._executor import run_batch
-from ._outcomes import OutcomeStatus, Progress
+from trioflow import OutcomeStatus, Progress, run_batch
 
 # (name, seconds it takes, what goes wrong)
 _DOWNLOADS: tuple[tuple[str, float, str | None], ...] = (
@@ -98,7 +97,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     options: dict[str, Any] = {}
     if args.virtual:
-        from .testing import virtual_time_backends
+        from trioflow.testing import virtual_time_backends
 
         options = dict(virtual_time_backends())[args.backend]
     anyio.run(_main, backend=args.backend, backend_options=options)

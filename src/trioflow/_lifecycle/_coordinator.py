@@ -24,14 +24,15 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._batch._outcomes import BatchResult
+from .._batch._run import run_batch
+from .._limits import HealthSource, PoolStatistics, ResourceManager
+from .._resilience._health import HealthMonitor
+from .._resilience._policies import RetryPolicies
+from .._retry import RetryPolicy
 from ._admission import Admission, CancelRequested, Ticket
 from ._config import OrchestrationConfig, load_config
-from ._executor import run_batch
-from ._health import HealthMonitor
-from ._lifecycle import StateChange, StateMachine, clock
-from ._limits import HealthSource, PoolStatistics, ResourceManager
-from ._outcomes import BatchResult
-from ._policies import RetryPolicies
+from ._machine import StateChange, StateMachine, clock
 from ._request import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
@@ -41,7 +42,6 @@ from ._request import (
     RequestState,
     make_result,
 )
-from ._retry import RetryPolicy
 from ._router import Router
 from ._tools import ToolRegistry, check_calls
 

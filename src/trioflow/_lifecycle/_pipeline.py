@@ -17,11 +17,12 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
-from ._checks import check_timeout
-from ._errors import InvalidTransition
-from ._lifecycle import StateChange, StateMachine, clock
-from ._limits import ResourceManager
-from ._policies import RetryPolicies
+from .._checks import check_timeout
+from .._errors import InvalidTransition
+from .._limits import ResourceManager
+from .._resilience._policies import RetryPolicies
+from .._retry import RetryPolicy
+from ._machine import StateChange, StateMachine, clock
 from ._request import (
     REQUEST_TRANSITIONS,
     ProcessingResult,
@@ -30,7 +31,6 @@ from ._request import (
     RequestState,
     make_result,
 )
-from ._retry import RetryPolicy
 
 __all__ = ("Pipeline", "PipelineStatistics", "Stage", "StageStatistics")
 

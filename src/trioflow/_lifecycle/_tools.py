@@ -23,12 +23,12 @@ from typing import Any, Literal, TypeVar, final, get_args, get_origin, overload
 
 import attrs
 
-from ._errors import ToolArgumentError, UnknownTool
-from ._executor import run_batch
-from ._limits import ResourceManager
-from ._outcomes import BatchResult
-from ._structure import describe as _describe_value
-from ._structure import problems_of, strict_converter
+from .._batch._outcomes import BatchResult
+from .._batch._run import run_batch
+from .._errors import ToolArgumentError, UnknownTool
+from .._limits import ResourceManager
+from .._structure import describe as _describe_value
+from .._structure import problems_of, strict_converter
 
 __all__ = ("Tool", "ToolRegistry", "check_calls", "run_tools")
 

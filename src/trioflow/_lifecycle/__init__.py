@@ -1,0 +1,1 @@
+"""Request lifecycles: state machine, requests, pipelines, router, tools, coordinator, config."""

@@ -1,0 +1,1 @@
+"""Resilience: rate limits, circuit breaker, hedging, health, adaptive limits, resilient()."""
