@@ -40,7 +40,7 @@ import structlog
 import trio  # noqa: F401 - imported up front like asyncio, so neither row pays for an import
 
 from _harness import REPEATS, Bench, Row
-from trioflow import (
+from trioflow.lifecycle import (
     Pipeline,
     ProcessingStatus,
     Request,

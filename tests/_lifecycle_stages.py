@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trioflow import RequestState
+from trioflow.lifecycle import RequestState
 
 S = RequestState
 

@@ -7,14 +7,13 @@ from typing import Any
 import attrs
 import pytest
 
-from trioflow import (
-    ConfigError,
+from trioflow import ConfigError, RetryPolicy
+from trioflow.lifecycle import (
     HealthConfig,
     OrchestrationConfig,
     RateLimitConfig,
     RateLimitsConfig,
     RetryConfig,
-    RetryPolicy,
     load_config,
 )
 

@@ -13,10 +13,10 @@ import structlog
 from structlog.testing import LogCapture
 
 from _lifecycle_stages import SEVEN_STAGES
-from trioflow import (
+from trioflow import HealthMonitor, ToolArgumentError
+from trioflow.lifecycle import (
     Coordinator,
     ErrorCategory,
-    HealthMonitor,
     OrchestrationConfig,
     Pipeline,
     ProcessingResult,
@@ -26,7 +26,6 @@ from trioflow import (
     RequestState,
     Router,
     Stage,
-    ToolArgumentError,
     ToolRegistry,
     open_coordinator,
 )
@@ -386,7 +385,7 @@ async def test_health_backpressure_waits_or_refuses() -> None:
 
 
 def load_fail_config() -> OrchestrationConfig:
-    from trioflow import load_config
+    from trioflow.lifecycle import load_config
 
     return load_config({"enable_metrics": False, "health": {"when_unhealthy": "fail"}})
 

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from _lifecycle_stages import SEVEN_STAGES
-from trioflow import (
+from trioflow.lifecycle import (
     REQUEST_TRANSITIONS,
     Pipeline,
     ProcessingResult,

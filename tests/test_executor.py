@@ -14,7 +14,7 @@ import pytest
 import trioflow
 from trioflow import (
     BatchResult,
-    OperationError,
+    OperationFailure,
     Outcome,
     OutcomeStatus,
     Progress,
@@ -283,7 +283,7 @@ async def test_without_fail_fast_every_failure_is_collected() -> None:
     assert not result.ok
     assert [e.index for e in result.errors] == [1, 3]
     error = result.errors[0]
-    assert isinstance(error, OperationError)
+    assert isinstance(error, OperationFailure)
     assert isinstance(error.exception, Boom)
     assert error.message == "operation 1 failed: Boom: op 1"
 
@@ -646,7 +646,7 @@ async def test_map_returns_values_in_order() -> None:
         await anyio.sleep(10 - x)
         return 2 * x
 
-    assert await trioflow.map(double, range(10), limit=3) == [2 * x for x in range(10)]
+    assert await trioflow.amap(double, range(10), limit=3) == [2 * x for x in range(10)]
 
 
 async def test_map_over_an_async_iterable() -> None:
@@ -658,7 +658,7 @@ async def test_map_over_an_async_iterable() -> None:
         await anyio.sleep(1)
         return x * x
 
-    assert await trioflow.map(square, items(), limit=2) == [0, 1, 4, 9, 16]
+    assert await trioflow.amap(square, items(), limit=2) == [0, 1, 4, 9, 16]
     assert anyio.current_time() == 3
 
 
@@ -673,7 +673,7 @@ async def test_map_raises_the_first_failure_and_cancels_the_rest() -> None:
         return x
 
     with pytest.raises(ExceptionGroup) as info:
-        await trioflow.map(fn, [5, 2, 9, 1, 1], limit=3, timeout=100)
+        await trioflow.amap(fn, [5, 2, 9, 1, 1], limit=3, timeout=100)
     (error,) = info.value.exceptions
     assert isinstance(error, Boom)
     assert error.__notes__ == ["operation 1"]
@@ -683,11 +683,11 @@ async def test_map_raises_the_first_failure_and_cancels_the_rest() -> None:
 
 async def test_map_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError, match="fn must be an async callable of one argument, got 3"):
-        await trioflow.map(3, [1])  # type: ignore[arg-type]
+        await trioflow.amap(3, [1])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="items must be an iterable"):
-        await trioflow.map(anyio.sleep, 3)  # type: ignore[arg-type]
+        await trioflow.amap(anyio.sleep, 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit must be an int >= 1, got 0"):
-        await trioflow.map(anyio.sleep, [1], limit=0)
+        await trioflow.amap(anyio.sleep, [1], limit=0)
 
 
 # --- as_completed --------------------------------------------------------------------------
@@ -835,7 +835,7 @@ async def test_operations_refused_by_an_unhealthy_resource_manager_fail_without_
     result = await run_batch(tracker.ops([1, 1, 1]), limit=rm)
     assert tracker.started == []
     assert [o.status for o in result.outcomes] == [FAILED] * 3
-    assert all(isinstance(o.error, trioflow.ResourceExhausted) for o in result.outcomes)
+    assert all(isinstance(o.error, trioflow.ResourceExhaustedError) for o in result.outcomes)
     assert [o.attempts for o in result.outcomes] == [0, 0, 0]
 
 

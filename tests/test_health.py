@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from trioflow import HealthMonitor, ResourceExhausted, ResourceManager
+from trioflow import HealthMonitor, ResourceExhaustedError, ResourceManager
 from trioflow._resilience._health import psutil_sampler
 
 pytestmark = pytest.mark.anyio
@@ -160,7 +160,7 @@ async def test_resource_manager_fails_fast_while_unhealthy() -> None:
 
     async with HealthMonitor(sampler=script) as health:
         rm = ResourceManager(limit=2, health=health, when_unhealthy="fail")
-        with pytest.raises(ResourceExhausted):
+        with pytest.raises(ResourceExhaustedError):
             await rm.run(work)
         assert anyio.current_time() == 0
         await anyio.sleep(1.5)

@@ -8,14 +8,13 @@ import attrs
 import pytest
 
 import trioflow
-from trioflow import (
+from trioflow import InvalidTransitionError, TransitionInProgressError
+from trioflow.lifecycle import (
     REQUEST_TRANSITIONS,
-    InvalidTransition,
     Request,
     RequestState,
     StateChange,
     StateMachine,
-    TransitionInProgress,
 )
 
 pytestmark = pytest.mark.anyio
@@ -155,7 +154,7 @@ async def test_invalid_transition_names_both_states_and_changes_nothing() -> Non
         calls.append("before")
 
     thing = Thing(state=Door.OPEN)
-    with pytest.raises(InvalidTransition) as info:
+    with pytest.raises(InvalidTransitionError) as info:
         await machine.transition(thing, Door.LOCKED)
     assert info.value.from_state is Door.OPEN
     assert info.value.to_state is Door.LOCKED
@@ -167,7 +166,7 @@ async def test_invalid_transition_names_both_states_and_changes_nothing() -> Non
     assert calls == []
     # Nothing leaves a terminal state.
     broken = Thing(state=Door.BROKEN)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransitionError):
         await machine.transition(broken, Door.CLOSED)
     stats = machine.statistics()
     assert (stats.transitions, stats.rejected, stats.failed) == (0, 2, 0)
@@ -275,7 +274,7 @@ async def test_overlapping_transitions_of_one_object_are_refused() -> None:
         await anyio.sleep(1)
         try:
             await machine.transition(thing, Door.LOCKED)
-        except TransitionInProgress as exc:
+        except TransitionInProgressError as exc:
             refused.append(exc)
         # Another object is not affected.
         tg.start_soon(machine.transition, other, Door.LOCKED)
@@ -308,7 +307,7 @@ async def test_statistics_count_and_time_states() -> None:
     assert (closed.entered, closed.exited, closed.time, closed.mean_time) == (2, 2, 8, 4)
     assert stats.states[Door.OPEN].time == 2
     assert stats.states[Door.LOCKED].time == 1
-    assert stats.states[Door.BROKEN] == trioflow.StateStatistics(
+    assert stats.states[Door.BROKEN] == trioflow.lifecycle.StateStatistics(
         entered=0, exited=0, time=0.0, mean_time=0.0
     )
 

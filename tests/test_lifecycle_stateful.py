@@ -11,13 +11,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from trioflow import (
-    REQUEST_TRANSITIONS,
-    InvalidTransition,
-    RequestState,
-    StateChange,
-    StateMachine,
-)
+from trioflow import InvalidTransitionError
+from trioflow.lifecycle import REQUEST_TRANSITIONS, RequestState, StateChange, StateMachine
 from trioflow.testing import virtual_time_backends
 
 FAILURES = [None, "before", "on_exit", "on_enter", "after", "cancel"]
@@ -87,7 +82,7 @@ class TransitionsMatchTheTable(RuleBasedStateMachine):
         error = self._run(to_state)
         valid = to_state in REQUEST_TRANSITIONS[before]
         if not valid:
-            assert isinstance(error, InvalidTransition)
+            assert isinstance(error, InvalidTransitionError)
             assert (error.from_state, error.to_state) == (before, to_state)
             assert self.hook_log == []  # nothing ran
             self.rejected += 1

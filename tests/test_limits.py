@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from trioflow import (
     HealthSource,
     PoolStatistics,
-    ResourceExhausted,
+    ResourceExhaustedError,
     ResourceManager,
-    ResourceStatistics,
+    ResourceManagerStatistics,
 )
 from trioflow.testing import virtual_time_backends
 
@@ -83,7 +83,7 @@ async def test_four_ten_second_operations_with_limit_two_take_twenty_seconds() -
             tg.start_soon(rm.run, sleeper, 10)
     assert anyio.current_time() == 20
     stats = rm.statistics()
-    assert stats == ResourceStatistics(
+    assert stats == ResourceManagerStatistics(
         limit=2,
         executing=0,
         waiting=0,
@@ -457,7 +457,7 @@ async def test_waiting_for_health_is_cancellable() -> None:
 async def test_unhealthy_fails_fast_when_asked() -> None:
     health = FakeHealth(False)
     rm = ResourceManager(limit=1, health=health, when_unhealthy="fail")
-    with pytest.raises(ResourceExhausted, match="health source reports unhealthy"):
+    with pytest.raises(ResourceExhaustedError, match="health source reports unhealthy"):
         await rm.run(sleeper, 1)
     assert anyio.current_time() == 0
     stats = rm.statistics()

@@ -8,16 +8,14 @@ import anyio
 import pytest
 
 from _lifecycle_stages import SEVEN_STAGES
-from trioflow import (
+from trioflow import ResourceExhaustedError, ResourceManager, RetryPolicy
+from trioflow.lifecycle import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
     Pipeline,
     ProcessingStatus,
     Request,
     RequestState,
-    ResourceExhausted,
-    ResourceManager,
-    RetryPolicy,
     Stage,
     StateChange,
     StateMachine,
@@ -458,7 +456,7 @@ async def test_gather_partial_validates() -> None:
 def test_error_categories() -> None:
     of = ErrorCategory.of
     assert of(TimeoutError()) is ErrorCategory.TIMEOUT
-    assert of(ResourceExhausted("x")) is ErrorCategory.RESOURCE_EXHAUSTION
+    assert of(ResourceExhaustedError("x")) is ErrorCategory.RESOURCE_EXHAUSTION
     assert of(ConnectionError()) is ErrorCategory.DEPENDENCY
     assert of(ValueError()) is ErrorCategory.VALIDATION
     assert of(KeyError()) is ErrorCategory.INTERNAL

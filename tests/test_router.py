@@ -3,7 +3,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from trioflow import Pipeline, Request, RequestKind, RequestState, Router, Stage, UnknownKind
+from trioflow import UnknownKindError
+from trioflow.lifecycle import Pipeline, Request, RequestKind, RequestState, Router, Stage
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +79,7 @@ async def test_a_preset_kind_skips_the_classifier() -> None:
 
 async def test_unknown_kind_lists_the_known_kinds() -> None:
     router = Router(lambda r: "complex_workflow", {"simple_query": pipeline(), "x": pipeline()})
-    with pytest.raises(UnknownKind) as info:
+    with pytest.raises(UnknownKindError) as info:
         await router.route(Request())
     message = str(info.value)
     assert "'complex_workflow'" in message

@@ -24,9 +24,9 @@ from trioflow import (
     StepStatus,
     StoredValue,
     StoreError,
-    UnstorableValue,
+    UnstorableValueError,
     Workflow,
-    WorkflowShapeChanged,
+    WorkflowShapeChangedError,
     WorkflowStore,
     run_workflow,
 )
@@ -258,7 +258,7 @@ async def test_a_changed_shape_is_refused(store: WorkflowStore) -> None:
     grown = Workflow("shape").step("a", noop).step("b", noop, after="a").step("c", noop)
     grown.step("d", noop)
     with pytest.raises(
-        WorkflowShapeChanged,
+        WorkflowShapeChangedError,
         match=r"cannot resume run 's': workflow 'shape' changed since the run was stored "
         r"\(steps added: 'd'\)",
     ):
@@ -266,16 +266,18 @@ async def test_a_changed_shape_is_refused(store: WorkflowStore) -> None:
 
     rewired = Workflow("shape").step("a", noop).step("b", noop, after="c").step("c", noop)
     with pytest.raises(
-        WorkflowShapeChanged, match="edges added: 'c' -> 'b'; edges removed: 'a' -> 'b'"
+        WorkflowShapeChangedError, match="edges added: 'c' -> 'b'; edges removed: 'a' -> 'b'"
     ):
         await run_workflow(rewired, store=store, run_id="s")
 
     shrunk = Workflow("shape").step("a", noop).step("b", noop, after="a")
-    with pytest.raises(WorkflowShapeChanged, match="steps removed: 'c'"):
+    with pytest.raises(WorkflowShapeChangedError, match="steps removed: 'c'"):
         await run_workflow(shrunk, store=store, run_id="s")
 
     other = Workflow("other").step("a", noop).step("b", noop, after="a").step("c", noop)
-    with pytest.raises(WorkflowShapeChanged, match="it is a run of workflow 'shape', not 'other'"):
+    with pytest.raises(
+        WorkflowShapeChangedError, match="it is a run of workflow 'shape', not 'other'"
+    ):
         await run_workflow(other, store=store, run_id="s")
 
     assert await store.load_run("s") == before  # a refused resume writes nothing
@@ -306,7 +308,7 @@ async def test_an_unstorable_value_fails_its_step(store: WorkflowStore) -> None:
     result = await run_workflow(wf, store=store, run_id="u")
     a = result.steps["a"]
     assert a.status is StepStatus.FAILED
-    assert isinstance(a.error, UnstorableValue)
+    assert isinstance(a.error, UnstorableValueError)
     assert (a.error.step, a.error.value_type) == ("a", Opaque)
     assert "step 'a' returned a value of type" in str(a.error)
     assert "Opaque" in str(a.error)
@@ -318,7 +320,7 @@ async def test_an_unstorable_value_fails_its_step(store: WorkflowStore) -> None:
     assert record is not None
     assert record.steps["a"].status is StepStatus.FAILED
     assert record.steps["a"].error is not None
-    assert "UnstorableValue" in record.steps["a"].error
+    assert "UnstorableValueError" in record.steps["a"].error
 
 
 async def test_unstorable_state_fails_the_step_that_sets_it(store: WorkflowStore) -> None:
@@ -330,7 +332,7 @@ async def test_unstorable_state_fails_the_step_that_sets_it(store: WorkflowStore
 
     result = await run_workflow(Workflow("w").step("a", sets), store=store)
     error = result.steps["a"].error
-    assert isinstance(error, UnstorableValue)
+    assert isinstance(error, UnstorableValueError)
     assert error.value_type is Handle
     assert error.__notes__ == ["trioflow: raised by ctx.set('lock', ...)"]
     assert "lock" not in result.context.state
@@ -609,12 +611,12 @@ def test_the_type_hint_wins_and_unknown_types_come_back_as_data() -> None:
 
 
 def test_unstorable_values() -> None:
-    with pytest.raises(UnstorableValue) as info:
+    with pytest.raises(UnstorableValueError) as info:
         encode_value("build", {"x": object()})
     assert (info.value.step, info.value.value_type) == ("build", object)
     looped: list[Any] = []
     looped.append(looped)
-    with pytest.raises(UnstorableValue, match="step 'build' returned a value of type 'list'"):
+    with pytest.raises(UnstorableValueError, match="step 'build' returned a value of type 'list'"):
         encode_value("build", looped)
 
 

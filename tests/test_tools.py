@@ -10,14 +10,8 @@ import anyio
 import attrs
 import pytest
 
-from trioflow import (
-    OutcomeStatus,
-    ResourceManager,
-    ToolArgumentError,
-    ToolRegistry,
-    UnknownTool,
-    run_tools,
-)
+from trioflow import OutcomeStatus, ResourceManager, ToolArgumentError, UnknownToolError
+from trioflow.lifecycle import ToolRegistry, run_tools
 
 pytestmark = pytest.mark.anyio
 
@@ -178,7 +172,9 @@ async def test_arguments_must_be_an_object() -> None:
 
 async def test_unknown_tool() -> None:
     registry = make_registry()
-    with pytest.raises(UnknownTool, match="unknown tool 'serch'; known tools: 'search', 'echo'"):
+    with pytest.raises(
+        UnknownToolError, match="unknown tool 'serch'; known tools: 'search', 'echo'"
+    ):
         await registry.call("serch", {})
     assert "search" in registry
     assert "serch" not in registry
@@ -322,7 +318,7 @@ async def test_run_tools_runs_a_bounded_batch() -> None:
     ]
     assert result.values == ("a", "b", "c")
     assert isinstance(result.outcomes[2].error, ToolArgumentError)
-    assert isinstance(result.outcomes[3].error, UnknownTool)
+    assert isinstance(result.outcomes[3].error, UnknownToolError)
     # Three one-second calls, two at a time (the failures are instant).
     assert anyio.current_time() == 2
 

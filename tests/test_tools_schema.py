@@ -36,8 +36,8 @@ class Shape:
     color: Color = Color.RED
 
 
-def _registry() -> trioflow.ToolRegistry:
-    registry = trioflow.ToolRegistry()
+def _registry() -> trioflow.lifecycle.ToolRegistry:
+    registry = trioflow.lifecycle.ToolRegistry()
 
     @registry.tool
     async def draw(

@@ -2,77 +2,51 @@
 
 Bounded batches, resource limits, retries, workflows with durable runs, resilience strategies
 and request lifecycles, all scoped by nurseries and cancel scopes. Everything public is
-re-exported here; the modules beside this file are private.
+re-exported here, the request layer (coordinator,
+pipelines, tools) in :mod:`trioflow.lifecycle`; the modules beside this file are private.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from . import lifecycle as lifecycle
 from ._batch._as_completed import as_completed as as_completed
 from ._batch._outcomes import BatchResult as BatchResult
-from ._batch._outcomes import OperationError as OperationError
+from ._batch._outcomes import OperationFailure as OperationFailure
 from ._batch._outcomes import Outcome as Outcome
 from ._batch._outcomes import OutcomeStatus as OutcomeStatus
 from ._batch._outcomes import Progress as Progress
-from ._batch._run import map as map
+from ._batch._run import amap as amap
 from ._batch._run import run_batch as run_batch
 from ._batch._workers import in_process as in_process
 from ._batch._workers import in_thread as in_thread
+from ._deprecate import Alias as _Alias
+from ._deprecate import module_getattr as _module_getattr
 from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import ConfigError as ConfigError
-from ._errors import InvalidTransition as InvalidTransition
-from ._errors import ResourceExhausted as ResourceExhausted
+from ._errors import InvalidTransitionError as InvalidTransitionError
+from ._errors import ResourceExhaustedError as ResourceExhaustedError
 from ._errors import StoreError as StoreError
 from ._errors import ToolArgumentError as ToolArgumentError
-from ._errors import TransitionInProgress as TransitionInProgress
+from ._errors import TransitionInProgressError as TransitionInProgressError
 from ._errors import TrioflowError as TrioflowError
-from ._errors import UnknownKind as UnknownKind
-from ._errors import UnknownTool as UnknownTool
-from ._errors import UnstorableValue as UnstorableValue
+from ._errors import UnknownKindError as UnknownKindError
+from ._errors import UnknownToolError as UnknownToolError
+from ._errors import UnstorableValueError as UnstorableValueError
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
-from ._errors import WorkflowShapeChanged as WorkflowShapeChanged
-from ._lifecycle._config import HealthConfig as HealthConfig
-from ._lifecycle._config import OrchestrationConfig as OrchestrationConfig
-from ._lifecycle._config import RateLimitConfig as RateLimitConfig
-from ._lifecycle._config import RateLimitsConfig as RateLimitsConfig
-from ._lifecycle._config import RetryConfig as RetryConfig
-from ._lifecycle._config import load_config as load_config
-from ._lifecycle._coordinator import Coordinator as Coordinator
-from ._lifecycle._coordinator import CoordinatorStatistics as CoordinatorStatistics
-from ._lifecycle._coordinator import open_coordinator as open_coordinator
-from ._lifecycle._gather import PartialResults as PartialResults
-from ._lifecycle._gather import gather_partial as gather_partial
-from ._lifecycle._machine import StateChange as StateChange
-from ._lifecycle._machine import StateMachine as StateMachine
-from ._lifecycle._machine import StateMachineStatistics as StateMachineStatistics
-from ._lifecycle._machine import StateStatistics as StateStatistics
-from ._lifecycle._pipeline import Pipeline as Pipeline
-from ._lifecycle._pipeline import PipelineStatistics as PipelineStatistics
-from ._lifecycle._pipeline import Stage as Stage
-from ._lifecycle._pipeline import StageStatistics as StageStatistics
-from ._lifecycle._request import REQUEST_TRANSITIONS as REQUEST_TRANSITIONS
-from ._lifecycle._request import ErrorCategory as ErrorCategory
-from ._lifecycle._request import ProcessingResult as ProcessingResult
-from ._lifecycle._request import ProcessingStatus as ProcessingStatus
-from ._lifecycle._request import Request as Request
-from ._lifecycle._request import RequestState as RequestState
-from ._lifecycle._router import RequestKind as RequestKind
-from ._lifecycle._router import Router as Router
-from ._lifecycle._tools import Tool as Tool
-from ._lifecycle._tools import ToolRegistry as ToolRegistry
-from ._lifecycle._tools import run_tools as run_tools
+from ._errors import WorkflowShapeChangedError as WorkflowShapeChangedError
 from ._limits import HealthSource as HealthSource
 from ._limits import PoolStatistics as PoolStatistics
 from ._limits import ResourceManager as ResourceManager
-from ._limits import ResourceStatistics as ResourceStatistics
+from ._limits import ResourceManagerStatistics as ResourceManagerStatistics
 from ._resilience._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
-from ._resilience._adaptive import AdaptiveStatistics as AdaptiveStatistics
+from ._resilience._adaptive import AdaptiveConcurrencyStatistics as AdaptiveConcurrencyStatistics
 from ._resilience._breaker import CircuitBreaker as CircuitBreaker
 from ._resilience._breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
 from ._resilience._breaker import CircuitState as CircuitState
 from ._resilience._health import HealthMonitor as HealthMonitor
-from ._resilience._health import HealthStatistics as HealthStatistics
+from ._resilience._health import HealthMonitorStatistics as HealthMonitorStatistics
 from ._resilience._hedge import hedge as hedge
 from ._resilience._policies import RetryPolicies as RetryPolicies
 from ._resilience._policies import load_of as load_of
@@ -102,99 +76,70 @@ __version__ = "0.1.0"
 
 __all__ = (
     # errors
+    "TrioflowError",
     "CircuitOpenError",
     "ConfigError",
-    "InvalidTransition",
-    "ResourceExhausted",
+    "InvalidTransitionError",
+    "ResourceExhaustedError",
     "StoreError",
     "ToolArgumentError",
-    "TransitionInProgress",
-    "TrioflowError",
-    "UnknownKind",
-    "UnknownTool",
-    "UnstorableValue",
+    "TransitionInProgressError",
+    "UnknownKindError",
+    "UnknownToolError",
+    "UnstorableValueError",
     "WorkflowDefinitionError",
-    "WorkflowShapeChanged",
+    "WorkflowShapeChangedError",
     # limits and retry
-    "HealthSource",
-    "PoolStatistics",
     "ResourceManager",
-    "ResourceStatistics",
+    "ResourceManagerStatistics",
+    "PoolStatistics",
+    "HealthSource",
     "RetryPolicy",
     # batches
-    "BatchResult",
-    "OperationError",
-    "Outcome",
-    "OutcomeStatus",
-    "Progress",
+    "run_batch",
+    "amap",
     "as_completed",
     "in_process",
     "in_thread",
-    "map",
-    "run_batch",
+    "BatchResult",
+    "Outcome",
+    "OutcomeStatus",
+    "OperationFailure",
+    "Progress",
     # workflows and stores
+    "Workflow",
+    "Step",
+    "StepStatus",
     "Context",
+    "run_workflow",
+    "WorkflowResult",
+    "StepResult",
+    "WorkflowProgress",
+    "WorkflowStore",
+    "SQLiteStore",
     "MemoryStore",
     "RunRecord",
     "RunStatus",
-    "SQLiteStore",
-    "Step",
     "StepRecord",
-    "StepResult",
-    "StepStatus",
     "StoredValue",
-    "Workflow",
-    "WorkflowProgress",
-    "WorkflowResult",
-    "WorkflowStore",
-    "run_workflow",
     # resilience
-    "AdaptiveConcurrency",
-    "AdaptiveStatistics",
+    "TokenBucket",
+    "TokenBucketStatistics",
+    "KeyedRateLimiter",
+    "KeyedRateLimiterStatistics",
     "CircuitBreaker",
     "CircuitBreakerStatistics",
     "CircuitState",
-    "HealthMonitor",
-    "HealthStatistics",
     "hedge",
-    "KeyedRateLimiter",
-    "KeyedRateLimiterStatistics",
-    "TokenBucket",
-    "TokenBucketStatistics",
+    "HealthMonitor",
+    "HealthMonitorStatistics",
+    "AdaptiveConcurrency",
+    "AdaptiveConcurrencyStatistics",
     "RetryPolicies",
     "load_of",
     "resilient",
-    # request lifecycle
-    "Coordinator",
-    "CoordinatorStatistics",
-    "open_coordinator",
-    "ErrorCategory",
-    "HealthConfig",
-    "OrchestrationConfig",
-    "PartialResults",
-    "Pipeline",
-    "PipelineStatistics",
-    "ProcessingResult",
-    "ProcessingStatus",
-    "RateLimitConfig",
-    "RateLimitsConfig",
-    "REQUEST_TRANSITIONS",
-    "Request",
-    "RequestKind",
-    "RequestState",
-    "RetryConfig",
-    "Router",
-    "Stage",
-    "StageStatistics",
-    "StateChange",
-    "StateMachine",
-    "StateMachineStatistics",
-    "StateStatistics",
-    "Tool",
-    "ToolRegistry",
-    "gather_partial",
-    "load_config",
-    "run_tools",
+    # the request layer
+    "lifecycle",
 )
 
 
@@ -209,3 +154,31 @@ def _fix_module_names() -> None:
 
 _fix_module_names()
 del _fix_module_names
+
+
+def _renamed(new: str) -> _Alias:
+    return _Alias(f"trioflow.{new}", lambda: globals()[new])
+
+
+def _moved(name: str) -> _Alias:
+    return _Alias(f"trioflow.lifecycle.{name}", lambda: getattr(lifecycle, name))
+
+
+# Names of trioflow 0.1 that still work, with a DeprecationWarning naming the replacement.
+_DEPRECATED: dict[str, _Alias] = {
+    "AdaptiveStatistics": _renamed("AdaptiveConcurrencyStatistics"),
+    "HealthStatistics": _renamed("HealthMonitorStatistics"),
+    "InvalidTransition": _renamed("InvalidTransitionError"),
+    "OperationError": _renamed("OperationFailure"),
+    "ResourceExhausted": _renamed("ResourceExhaustedError"),
+    "ResourceStatistics": _renamed("ResourceManagerStatistics"),
+    "TransitionInProgress": _renamed("TransitionInProgressError"),
+    "UnknownKind": _renamed("UnknownKindError"),
+    "UnknownTool": _renamed("UnknownToolError"),
+    "UnstorableValue": _renamed("UnstorableValueError"),
+    "WorkflowShapeChanged": _renamed("WorkflowShapeChangedError"),
+    "map": _renamed("amap"),
+    **{name: _moved(name) for name in lifecycle.__all__},
+}
+
+__getattr__ = _module_getattr(__name__, _DEPRECATED)

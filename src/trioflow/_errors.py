@@ -21,7 +21,7 @@ class TrioflowError(Exception):
     """Base class of every error trioflow raises on purpose."""
 
 
-class ResourceExhausted(TrioflowError):
+class ResourceExhaustedError(TrioflowError):
     """Work was refused because capacity or system health would not admit it.
 
     Raised by a resource manager configured to fail fast when its health source reports
@@ -56,7 +56,7 @@ class CircuitOpenError(TrioflowError):
         return max(0.0, self.retry_at - now)
 
 
-class InvalidTransition(TrioflowError, ValueError):
+class InvalidTransitionError(TrioflowError, ValueError):
     """A state machine was asked for a transition its table does not allow.
 
     Attributes:
@@ -70,7 +70,7 @@ class InvalidTransition(TrioflowError, ValueError):
         self.to_state = to_state
 
 
-class UnknownTool(TrioflowError, LookupError):
+class UnknownToolError(TrioflowError, LookupError):
     """A tool registry was asked for a tool it does not have."""
 
 
@@ -110,7 +110,7 @@ class WorkflowDefinitionError(TrioflowError, ValueError):
     """A workflow is malformed: duplicate or unknown step names, a cycle, a bad step option."""
 
 
-class WorkflowShapeChanged(TrioflowError):
+class WorkflowShapeChangedError(TrioflowError):
     """A stored run cannot be resumed because its workflow's steps or edges changed."""
 
 
@@ -118,7 +118,7 @@ class StoreError(TrioflowError):
     """A workflow store could not be read or written."""
 
 
-class UnstorableValue(TrioflowError, TypeError):
+class UnstorableValueError(TrioflowError, TypeError):
     """A step returned a value that the store cannot serialize.
 
     Attributes:
@@ -135,7 +135,7 @@ class UnstorableValue(TrioflowError, TypeError):
         self.value_type = value_type
 
 
-class TransitionInProgress(TrioflowError, RuntimeError):
+class TransitionInProgressError(TrioflowError, RuntimeError):
     """A state machine refused a transition because another one of the same object is running.
 
     Transitions of one object never overlap: while one awaits its hooks, another is refused
@@ -143,7 +143,7 @@ class TransitionInProgress(TrioflowError, RuntimeError):
     """
 
 
-class UnknownKind(TrioflowError, LookupError):
+class UnknownKindError(TrioflowError, LookupError):
     """A router was asked to route a request whose kind has no pipeline.
 
     Attributes:

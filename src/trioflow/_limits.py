@@ -18,9 +18,9 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._errors import ResourceExhausted
+from ._errors import ResourceExhaustedError
 
-__all__ = ("HealthSource", "PoolStatistics", "ResourceManager", "ResourceStatistics")
+__all__ = ("HealthSource", "PoolStatistics", "ResourceManager", "ResourceManagerStatistics")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -77,7 +77,7 @@ def _read_only(pools: Mapping[str, PoolStatistics]) -> Mapping[str, PoolStatisti
 
 
 @attrs.frozen(kw_only=True)
-class ResourceStatistics:
+class ResourceManagerStatistics:
     """A snapshot of a :class:`ResourceManager`, returned by its ``statistics()``.
 
     Attributes:
@@ -183,7 +183,7 @@ class _Slot:
         health = manager._health
         if health is not None and not health.healthy:
             if manager._when_unhealthy == "fail":
-                raise ResourceExhausted(
+                raise ResourceExhaustedError(
                     "resource manager refused work: its health source reports unhealthy "
                     "(when_unhealthy='fail')"
                 )
@@ -300,7 +300,7 @@ class ResourceManager:
         health: Consulted before admitting work; see ``when_unhealthy``.
         when_unhealthy: When ``health`` reports unhealthy at acquisition: ``"wait"`` waits
             (cancellably) until it is healthy again; ``"fail"`` raises
-            :class:`~trioflow.ResourceExhausted` at once.
+            :class:`~trioflow.ResourceExhaustedError` at once.
 
     Raises:
         TypeError: A limit or pool size is not an int, a pool name is not a string, or
@@ -484,7 +484,7 @@ class ResourceManager:
         Raises:
             TypeError: ``fn`` is not callable or ``pools`` is a string.
             ValueError: A pool is unknown or named twice.
-            ResourceExhausted: The health source reports unhealthy and ``when_unhealthy`` is
+            ResourceExhaustedError: The health source reports unhealthy and ``when_unhealthy`` is
                 ``"fail"``.
         """
         if not callable(fn):
@@ -494,14 +494,14 @@ class ResourceManager:
         async with self.slot(*pools):
             return await fn(*args)
 
-    def statistics(self) -> ResourceStatistics:
+    def statistics(self) -> ResourceManagerStatistics:
         """Return a snapshot of the limits, the work running and waiting, and what ran.
 
         Returns:
-            A frozen :class:`ResourceStatistics`, with one :class:`PoolStatistics` per pool.
+            A frozen :class:`ResourceManagerStatistics`, with one :class:`PoolStatistics` per pool.
         """
         general = self._general
-        return ResourceStatistics(
+        return ResourceManagerStatistics(
             limit=general.size,
             executing=general.executing,
             waiting=self._waiting,

@@ -432,7 +432,7 @@ class Batch:
             if entered:  # leaving the slot raised: one of the manager's listeners did
                 self._abort(exc, "raised by a ResourceManager listener")
                 return
-            # The manager refused the slot (ResourceExhausted when unhealthy): the operation
+            # The manager refused the slot (ResourceExhaustedError when unhealthy): the operation
             # fails without running, and the chain goes on.
             await self._finish(index, FAILED, None, exc, 0.0, 0)
             if not self._exhausted:

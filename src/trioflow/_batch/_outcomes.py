@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar, final
 
 import attrs
 
-__all__ = ("BatchResult", "OperationError", "Outcome", "OutcomeStatus", "Progress")
+__all__ = ("BatchResult", "OperationFailure", "Outcome", "OutcomeStatus", "Progress")
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ def describe(index: int, exc: BaseException) -> str:
 
 @final
 @attrs.frozen(kw_only=True)
-class OperationError:
+class OperationFailure:
     """A failed operation of a batch.
 
     Attributes:
@@ -213,10 +213,10 @@ class BatchResult(Generic[T]):
         return tuple(value for index, value in enumerate(self._values) if index not in skip)
 
     @functools.cached_property
-    def errors(self) -> tuple[OperationError, ...]:
+    def errors(self) -> tuple[OperationFailure, ...]:
         """The operations that failed, in input order."""
         return tuple(
-            OperationError(index=index, exception=error, message=describe(index, error))
+            OperationFailure(index=index, exception=error, message=describe(index, error))
             for index, _, error, _ in self._extra
             if error is not None
         )

@@ -1,4 +1,4 @@
-"""The batch executor's functions: ``run_batch`` and ``map``.
+"""The batch executor's functions: ``run_batch`` and ``amap``.
 
 The engine behind them is in ``_batch.py``; ``as_completed`` (the streaming form) is in
 ``_as_completed.py``; ``in_process`` and ``in_thread`` are in ``_workers.py``.
@@ -16,7 +16,7 @@ from .._retry import RetryPolicy
 from ._engine import Batch, Operation, Operations, check_operations, kind, validate
 from ._outcomes import BatchResult, Progress
 
-__all__ = ("map", "run_batch")
+__all__ = ("amap", "run_batch")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,7 +98,7 @@ async def _bind(
         yield functools.partial(fn, item)
 
 
-async def map(
+async def amap(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T] | AsyncIterable[T],
     *,
@@ -109,7 +109,7 @@ async def map(
 
     Example::
 
-        sizes = await trioflow.map(download_size, urls, limit=8)
+        sizes = await trioflow.amap(download_size, urls, limit=8)
 
     Args:
         fn: An async function of one argument.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from .._errors import ResourceExhausted
+from .._errors import ResourceExhaustedError
 from .._limits import HealthSource
 from .._resilience._ratelimit import KeyedRateLimiter
 from ._config import OrchestrationConfig
@@ -135,7 +135,7 @@ class Admission:
         """Wait for admission until the deadline; hold nothing on any exception.
 
         Raises:
-            ResourceExhausted: Refused (rate limit or health in "fail" mode, queue too deep).
+            ResourceExhaustedError: Refused (rate limit or health in "fail" mode, queue too deep).
             TimeoutError: Not admitted by the deadline.
             CancelRequested: ``ticket`` was cancelled while waiting.
         """
@@ -149,7 +149,7 @@ class Admission:
                 return
             max_depth = self._config.max_queue_depth
             if max_depth is not None and self.waiting >= max_depth:
-                raise ResourceExhausted(
+                raise ResourceExhaustedError(
                     f"request {request.id!r} refused: {self.waiting} requests already wait "
                     f"for admission (max_queue_depth={max_depth})"
                 )
@@ -164,7 +164,7 @@ class Admission:
                 if health is not None and not health.healthy:
                     if not self._wait_when_unhealthy:
                         self.throttled += 1
-                        raise ResourceExhausted(
+                        raise ResourceExhaustedError(
                             f"request {request.id!r} refused: the system is unhealthy "
                             "(health.when_unhealthy='fail')"
                         )
@@ -209,7 +209,7 @@ class Admission:
                 continue
             if not self._wait_when_limited:
                 self.throttled += 1
-                raise ResourceExhausted(
+                raise ResourceExhaustedError(
                     f"request {request.id!r} refused: rate limit of {what} {key!r} exceeded"
                 )
             must_wait()

@@ -250,7 +250,7 @@ class OrchestrationConfig:
     The defaults are the orchestration design's: 50 requests at once, 10 per user, pools of 5
     LLM calls, 10 tool calls and 20 context assemblies, a 30-second request timeout, and retry
     policies for llm, tool and storage operations. Build one in code or with
-    :func:`trioflow.load_config`.
+    :func:`trioflow.lifecycle.load_config`.
 
     Args:
         max_concurrency: The most requests processed at once, an int >= 1.

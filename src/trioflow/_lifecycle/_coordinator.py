@@ -5,8 +5,8 @@ every background task (the health monitor, the metrics reporter); ``await
 coordinator.process(request)`` admits the request (rate limits, a queue-depth cap, health
 backpressure, a per-user limit, then the global limit), routes it, runs its pipeline with the
 configured pools, retry policies, timeout and optional stages, and returns a
-:class:`~trioflow.ProcessingResult`. Whatever happens, the request ends in exactly one terminal
-state; cancellation of the caller ends it CANCELLED (shielded) and propagates.
+:class:`~trioflow.lifecycle.ProcessingResult`. Whatever happens, the request ends in exactly
+one terminal state; cancellation of the caller ends it CANCELLED (shielded) and propagates.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class CoordinatorStatistics:
         mean_time: Mean seconds from arrival to terminal state of the finished requests.
         success_ratio: ``(completed + degraded) / (completed + degraded + failed)``;
             cancellations are left out; 1.0 when nothing finished.
-        failures: Failed requests by :class:`~trioflow.ErrorCategory`.
+        failures: Failed requests by :class:`~trioflow.lifecycle.ErrorCategory`.
         state_times: Mean seconds a finished request spent in each state it went through.
         pools: The pools' statistics, by pool name.
     """
@@ -182,7 +182,7 @@ class Coordinator:
 
         Failures are results, not exceptions: a request refused at admission (rate limit,
         queue depth, unhealthy system, admission past ``default_timeout``), an unknown kind,
-        a failing stage, all end FAILED with an :class:`~trioflow.ErrorCategory`.
+        a failing stage, all end FAILED with an :class:`~trioflow.lifecycle.ErrorCategory`.
         :meth:`cancel` ends it CANCELLED. Cancellation of the caller ends it CANCELLED too
         (shielded) and then propagates.
 
@@ -190,7 +190,7 @@ class Coordinator:
             request: A request in a state that is not terminal, with an id not being processed.
 
         Returns:
-            The :class:`~trioflow.ProcessingResult`.
+            The :class:`~trioflow.lifecycle.ProcessingResult`.
 
         Raises:
             TypeError: ``request`` is not a Request.
@@ -258,7 +258,7 @@ class Coordinator:
         try:
             pipeline = await self._router.route(request)
         except BaseException as exc:  # outer cancellation of an async classifier included
-            return await self._refused(request, exc)  # UnknownKind: VALIDATION
+            return await self._refused(request, exc)  # UnknownKindError: VALIDATION
         if entry.cancel_requested:  # cancel() arrived while the request was being routed
             return await self._refused(request, CancelRequested())
         entry.pipeline = pipeline
@@ -410,7 +410,7 @@ class Coordinator:
 
         Raises:
             RuntimeError: The coordinator has no registry.
-            UnknownTool: No tool has that name.
+            UnknownToolError: No tool has that name.
             ToolArgumentError: The arguments do not fit.
         """
         registry = self._tools()
@@ -510,9 +510,9 @@ async def open_coordinator(
             result = await c.process(Request("what is trio?", user_id="alice"))
 
     Args:
-        config: An :class:`~trioflow.OrchestrationConfig`, or what
-            :func:`~trioflow.load_config` takes (a mapping or a ``.toml``/``.json`` path);
-            defaults to ``OrchestrationConfig()``.
+        config: An :class:`~trioflow.lifecycle.OrchestrationConfig`, or what
+            :func:`~trioflow.lifecycle.load_config` takes (a mapping or a ``.toml``/``.json``
+            path); defaults to ``OrchestrationConfig()``.
         router: Picks each request's pipeline.
         registry: The tools that :meth:`Coordinator.call_tool` and
             :meth:`Coordinator.run_tools` call.

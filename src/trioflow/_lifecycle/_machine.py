@@ -24,7 +24,7 @@ import anyio
 import attrs
 import sniffio
 
-from .._errors import InvalidTransition, TransitionInProgress
+from .._errors import InvalidTransitionError, TransitionInProgressError
 
 __all__ = (
     "StateChange",
@@ -213,7 +213,7 @@ class StateMachine(Generic[E]):
     note naming the hook and the transition.
 
     Two transitions of the same object may not overlap: while one awaits its hooks, another
-    raises :class:`~trioflow.TransitionInProgress` without running anything (trio's
+    raises :class:`~trioflow.TransitionInProgressError` without running anything (trio's
     ``BusyResourceError`` rule). Without hooks a transition never yields to the event loop.
 
     Args:
@@ -479,9 +479,9 @@ class StateMachine(Generic[E]):
             The :class:`StateChange` applied (also appended to ``obj.history``, if any).
 
         Raises:
-            InvalidTransition: The table does not allow moving from ``obj.state`` to
+            InvalidTransitionError: The table does not allow moving from ``obj.state`` to
                 ``to_state`` (nothing ran, nothing changed).
-            TransitionInProgress: Another transition of ``obj`` is awaiting its hooks.
+            TransitionInProgressError: Another transition of ``obj`` is awaiting its hooks.
             TypeError: ``to_state`` is not a state of this machine.
             Exception: Whatever a hook or handler raised, with a note naming it; ``obj`` is
                 back in its previous state.
@@ -493,11 +493,11 @@ class StateMachine(Generic[E]):
             self._rejected += 1
             if to_state not in self._transitions:
                 raise self._foreign("to_state", to_state)
-            raise InvalidTransition(from_state, to_state)
+            raise InvalidTransitionError(from_state, to_state)
         key = id(obj)
         if key in self._busy:
             self._rejected += 1
-            raise TransitionInProgress(
+            raise TransitionInProgressError(
                 f"another transition of {obj!r} is in progress; "
                 f"refused {from_state!r} -> {to_state!r}"
             )

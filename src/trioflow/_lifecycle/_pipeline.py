@@ -1,10 +1,11 @@
 """Processing pipelines: stages that move a request through its lifecycle, one state at a time.
 
 A :class:`Pipeline` is a sequence of :class:`Stage` values. Running it on a request enters each
-stage's state through a :class:`~trioflow.StateMachine`, runs the stage's async function (under
-its timeout, its resource pools and its retry policy), records how long it took, and ends the
-request in exactly one terminal state: COMPLETED, FAILED at the first failure, or CANCELLED
-when the run is cancelled (that last transition runs shielded, then the cancellation goes on).
+stage's state through a :class:`~trioflow.lifecycle.StateMachine`, runs the stage's async
+function (under its timeout, its resource pools and its retry policy), records how long it
+took, and ends the request in exactly one terminal state: COMPLETED, FAILED at the first
+failure, or CANCELLED when the run is cancelled (that last transition runs shielded, then the
+cancellation goes on).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 import attrs
 
 from .._checks import check_timeout
-from .._errors import InvalidTransition
+from .._errors import InvalidTransitionError
 from .._limits import ResourceManager
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
@@ -103,8 +104,8 @@ class Stage:
 
     Args:
         name: Unique within its pipeline; names the stage in results, timings and logs.
-        state: The :class:`~trioflow.RequestState` the request is in while the stage runs.
-            The pipeline moves the request there first (unless it is already there, so
+        state: The :class:`~trioflow.lifecycle.RequestState` the request is in while the stage
+            runs. The pipeline moves the request there first (unless it is already there, so
             several stages can share a state).
         fn: ``async fn(request) -> value``; the value is stored in ``request.results[name]``.
         timeout: Seconds the stage may take, retries and waits for pools included; past it
@@ -235,9 +236,10 @@ class Pipeline:
 
     Args:
         stages: The stages, in order; names must be unique.
-        machine: The :class:`~trioflow.StateMachine` over :class:`~trioflow.RequestState`
-            that moves requests (register hooks on it); by default a new one over
-            :data:`~trioflow.REQUEST_TRANSITIONS`.
+        machine: The :class:`~trioflow.lifecycle.StateMachine` over
+            :class:`~trioflow.lifecycle.RequestState` that moves requests (register hooks on
+            it); by default a new one over
+            :data:`~trioflow.lifecycle.REQUEST_TRANSITIONS`.
 
     Raises:
         TypeError: ``stages`` holds something that is not a Stage, or ``machine`` is not a
@@ -435,8 +437,8 @@ class Pipeline:
                 final one included), e.g. to log it.
 
         Returns:
-            A :class:`~trioflow.ProcessingResult`: COMPLETED, DEGRADED, FAILED, or CANCELLED
-            after :meth:`cancel`.
+            A :class:`~trioflow.lifecycle.ProcessingResult`: COMPLETED, DEGRADED, FAILED, or
+            CANCELLED            after :meth:`cancel`.
 
         Raises:
             TypeError: An argument has the wrong type.
@@ -575,7 +577,7 @@ class Pipeline:
         machine = self._machine
         try:
             change = await machine.transition(request, state)
-        except InvalidTransition:
+        except InvalidTransitionError:
             raise
         except BaseException:
             change = await machine.transition(request, state, hooks=False)

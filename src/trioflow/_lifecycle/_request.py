@@ -17,11 +17,11 @@ import attrs
 
 from .._errors import (
     CircuitOpenError,
-    InvalidTransition,
-    ResourceExhausted,
-    TransitionInProgress,
-    UnknownKind,
-    UnknownTool,
+    InvalidTransitionError,
+    ResourceExhaustedError,
+    TransitionInProgressError,
+    UnknownKindError,
+    UnknownToolError,
 )
 from ._machine import StateChange, clock
 
@@ -40,7 +40,7 @@ class RequestState(enum.Enum):
     """The states of a request, from arrival to one of three terminal states.
 
     COMPLETED, FAILED and CANCELLED are terminal; every other state may move to FAILED or
-    CANCELLED. The allowed moves are :data:`trioflow.REQUEST_TRANSITIONS`.
+    CANCELLED. The allowed moves are :data:`trioflow.lifecycle.REQUEST_TRANSITIONS`.
     """
 
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is slow
@@ -62,7 +62,7 @@ class _TransitionTable(Mapping[RequestState, frozenset[RequestState]]):
     """The request transition table: each RequestState and the states it may move to.
 
     Read-only data: a mapping of every :class:`RequestState` to a frozenset of the states it
-    may move to. Build a :class:`trioflow.StateMachine` from it, or from a changed copy
+    may move to. Build a :class:`trioflow.lifecycle.StateMachine` from it, or from a changed copy
     (``{**REQUEST_TRANSITIONS, ...}``) for a lifecycle of your own.
     """
 
@@ -152,7 +152,7 @@ class Request:
     """One request travelling through a pipeline: what was asked, by whom, and where it is.
 
     A request is created when it arrives (inside the event loop) and is moved by a
-    :class:`trioflow.Pipeline` or a coordinator, which set its ``kind``, ``state``,
+    :class:`trioflow.lifecycle.Pipeline` or a coordinator, which set its ``kind``, ``state``,
     ``history``, ``results`` and ``timings``.
 
     Args:
@@ -161,12 +161,12 @@ class Request:
         user_id: Who asked; per-user limits and rate limits are keyed by it.
         source: Where the request came from: ``"cli"``, ``"mcp"`` or anything else; per-source
             rate limits are keyed by it.
-        kind: The request kind (a :class:`trioflow.RequestKind` or any string), or ``None`` to
-            let a router classify it.
+        kind: The request kind (a :class:`trioflow.lifecycle.RequestKind` or any string), or
+            ``None`` to let a router classify it.
         priority: Larger is more urgent; carried for classifiers, stages and hooks (admission
             is in arrival order).
         state: The current :class:`RequestState` (``RECEIVED`` on arrival).
-        history: The :class:`trioflow.StateChange` records of every transition so far.
+        history: The :class:`trioflow.lifecycle.StateChange` records of every transition so far.
         created_at: Arrival time on the running backend's clock (``anyio.current_time()``).
         results: Each stage's return value by stage name, filled in as stages finish, so a
             stage can read what earlier stages produced.
@@ -227,7 +227,7 @@ class ErrorCategory(enum.Enum):
         """Return the category of an exception.
 
         An exception with an ``error_category`` attribute holding an ``ErrorCategory`` gets
-        that. Otherwise: ``TimeoutError`` is TIMEOUT; :class:`trioflow.ResourceExhausted` is
+        that. Otherwise: ``TimeoutError`` is TIMEOUT; :class:`trioflow.ResourceExhaustedError` is
         RESOURCE_EXHAUSTION; ``ConnectionError``, other ``OSError`` and
         :class:`trioflow.CircuitOpenError` are DEPENDENCY; ``ValueError`` (a bad argument of a
         tool, an unknown kind or tool included) is VALIDATION, except trioflow's own state
@@ -247,13 +247,13 @@ class ErrorCategory(enum.Enum):
             return declared
         if isinstance(exc, TimeoutError):
             return cls.TIMEOUT
-        if isinstance(exc, ResourceExhausted):
+        if isinstance(exc, ResourceExhaustedError):
             return cls.RESOURCE_EXHAUSTION
         if isinstance(exc, OSError | CircuitOpenError):
             return cls.DEPENDENCY
-        if isinstance(exc, InvalidTransition | TransitionInProgress):
+        if isinstance(exc, InvalidTransitionError | TransitionInProgressError):
             return cls.INTERNAL
-        if isinstance(exc, ValueError | UnknownKind | UnknownTool):
+        if isinstance(exc, ValueError | UnknownKindError | UnknownToolError):
             return cls.VALIDATION
         return cls.INTERNAL
 

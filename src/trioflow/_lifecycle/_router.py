@@ -14,7 +14,7 @@ from typing import final
 
 import attrs
 
-from .._errors import UnknownKind
+from .._errors import UnknownKindError
 from ._pipeline import Pipeline
 from ._request import Request
 
@@ -107,12 +107,12 @@ class Router:
             Its pipeline.
 
         Raises:
-            UnknownKind: No pipeline has that kind; the message lists the known kinds.
+            UnknownKindError: No pipeline has that kind; the message lists the known kinds.
         """
         try:
             return self._pipelines[kind]
         except (KeyError, TypeError):
-            raise UnknownKind(kind, list(self._pipelines)) from None
+            raise UnknownKindError(kind, list(self._pipelines)) from None
 
     async def classify(self, request: Request) -> str:
         """Classify a request with the router's classifier (sync or async).
@@ -146,7 +146,7 @@ class Router:
             The pipeline of its kind.
 
         Raises:
-            UnknownKind: The kind has no pipeline; the message lists the known kinds.
+            UnknownKindError: The kind has no pipeline; the message lists the known kinds.
             TypeError: The classifier returned something that is not a string.
             Exception: Whatever the classifier raised.
         """

@@ -25,7 +25,7 @@ import attrs
 
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
-from .._errors import ToolArgumentError, UnknownTool
+from .._errors import ToolArgumentError, UnknownToolError
 from .._limits import ResourceManager
 from .._structure import describe as _describe_value
 from .._structure import problems_of, strict_converter
@@ -410,13 +410,13 @@ class ToolRegistry:
             The :class:`Tool`.
 
         Raises:
-            UnknownTool: No tool has that name.
+            UnknownToolError: No tool has that name.
         """
         try:
             return self._tools[name]
         except (KeyError, TypeError):
             known = ", ".join(repr(n) for n in self._tools) or "none"
-            raise UnknownTool(f"unknown tool {name!r}; known tools: {known}") from None
+            raise UnknownToolError(f"unknown tool {name!r}; known tools: {known}") from None
 
     async def call(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call a tool with JSON-like arguments.
@@ -430,7 +430,7 @@ class ToolRegistry:
             What the tool returned.
 
         Raises:
-            UnknownTool: No tool has that name (nothing ran).
+            UnknownToolError: No tool has that name (nothing ran).
             ToolArgumentError: Listing every bad argument with its path (nothing ran).
             Exception: Whatever the tool raised, as it is.
         """
@@ -466,7 +466,7 @@ async def run_tools(
     """Run many tool calls concurrently as one bounded batch (the C# ``ExecuteParallelAsync``).
 
     Each call is structured and run like :meth:`ToolRegistry.call`; an unknown tool or bad
-    arguments fail that call only (its outcome holds :class:`~trioflow.UnknownTool` or
+    arguments fail that call only (its outcome holds :class:`~trioflow.UnknownToolError` or
     :class:`~trioflow.ToolArgumentError`).
 
     Args:

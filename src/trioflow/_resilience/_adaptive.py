@@ -33,14 +33,14 @@ import attrs
 
 from .._limits import HealthSource, ResourceManager
 
-__all__ = ("AdaptiveConcurrency", "AdaptiveStatistics")
+__all__ = ("AdaptiveConcurrency", "AdaptiveConcurrencyStatistics")
 
 # Float noise between a slot's recorded start and "completion time - duration".
 _EPSILON = 1e-9
 
 
 @attrs.frozen(kw_only=True)
-class AdaptiveStatistics:
+class AdaptiveConcurrencyStatistics:
     """A snapshot of an :class:`AdaptiveConcurrency` controller.
 
     Attributes:
@@ -286,13 +286,13 @@ class AdaptiveConcurrency:
             self._rm.limit = new
             self._changed_at = now
 
-    def statistics(self) -> AdaptiveStatistics:
+    def statistics(self) -> AdaptiveConcurrencyStatistics:
         """Return a snapshot of the controller's state and counters.
 
         Returns:
-            A frozen :class:`AdaptiveStatistics`.
+            A frozen :class:`AdaptiveConcurrencyStatistics`.
         """
-        return AdaptiveStatistics(
+        return AdaptiveConcurrencyStatistics(
             limit=self._rm.limit,
             min_limit=self._min_limit,
             max_limit=self._max_limit,

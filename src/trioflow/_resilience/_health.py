@@ -25,7 +25,7 @@ import anyio.lowlevel
 import attrs
 import psutil  # type: ignore[import-untyped]
 
-__all__ = ("HealthMonitor", "HealthStatistics")
+__all__ = ("HealthMonitor", "HealthMonitorStatistics")
 
 Sampler = Callable[[], tuple[float, float]]
 
@@ -75,7 +75,7 @@ def _sampler(value: Sampler | None) -> Sampler:
 
 
 @attrs.frozen(kw_only=True)
-class HealthStatistics:
+class HealthMonitorStatistics:
     """A snapshot of a :class:`HealthMonitor`.
 
     Attributes:
@@ -271,13 +271,13 @@ class HealthMonitor:
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
 
-    def statistics(self) -> HealthStatistics:
+    def statistics(self) -> HealthMonitorStatistics:
         """Return a snapshot of the latest sample and the counters.
 
         Returns:
-            A frozen :class:`HealthStatistics`.
+            A frozen :class:`HealthMonitorStatistics`.
         """
-        return HealthStatistics(
+        return HealthMonitorStatistics(
             healthy=self.healthy,
             running=self._stack is not None,
             cpu_percent=self._cpu,

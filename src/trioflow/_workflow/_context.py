@@ -19,7 +19,7 @@ class RunShared:
         results: Step name -> value of each SUCCEEDED step.
         state: Values set with :meth:`Context.set`.
         encode: With a store, ``encode(step, value)`` turns a state value into its stored
-            form (raising ``UnstorableValue`` when it cannot); None without a store.
+            form (raising ``UnstorableValueError`` when it cannot); None without a store.
         dirty: Encoded state values set since the store last saved them.
     """
 
@@ -142,7 +142,7 @@ class Context:
 
         Raises:
             TypeError: ``key`` is not a string.
-            UnstorableValue: A store is in use and cannot store ``value``.
+            UnstorableValueError: A store is in use and cannot store ``value``.
         """
         if not isinstance(key, str):
             raise TypeError(f"state key must be a string, got {key!r}")

@@ -194,7 +194,7 @@ def shape_fingerprint(shape: Mapping[str, Iterable[str]]) -> str:
 def describe_shape_change(
     old: Mapping[str, Iterable[str]], new: Mapping[str, Iterable[str]]
 ) -> str:
-    """Say in words how a workflow shape changed (for ``WorkflowShapeChanged``).
+    """Say in words how a workflow shape changed (for ``WorkflowShapeChangedError``).
 
     Args:
         old: The stored shape.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from .._errors import WorkflowShapeChanged
+from .._errors import WorkflowShapeChangedError
 from ._graph import Graph, StepStatus, describe_shape_change
 from ._store import RunRecord, RunStatus, WorkflowStore
 
@@ -55,20 +55,20 @@ class Journal:
             The stored run to resume, or None for a new run.
 
         Raises:
-            WorkflowShapeChanged: The stored run is of another workflow, or another shape (and
+            WorkflowShapeChangedError: The stored run is of another workflow, or another shape (and
                 nothing is written).
         """
         run_id = self.run_id
         record = await self.store.load_run(run_id)
         if record is not None:
             if record.workflow != workflow:
-                raise WorkflowShapeChanged(
+                raise WorkflowShapeChangedError(
                     f"cannot resume run {run_id!r}: it is a run of workflow "
                     f"{record.workflow!r}, not {workflow!r}"
                 )
             if record.fingerprint != graph.fingerprint:
                 change = describe_shape_change(record.shape, graph.shape) or "edges changed"
-                raise WorkflowShapeChanged(
+                raise WorkflowShapeChangedError(
                     f"cannot resume run {run_id!r}: workflow {workflow!r} changed since the "
                     f"run was stored ({change})"
                 )

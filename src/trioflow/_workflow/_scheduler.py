@@ -38,7 +38,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._errors import UnstorableValue, WorkflowDefinitionError
+from .._errors import UnstorableValueError, WorkflowDefinitionError
 from .._limits import ResourceManager
 from ._context import Context
 from ._graph import Graph, Step, StepStatus, Workflow
@@ -163,7 +163,7 @@ async def run_workflow(
         ValueError: ``limit`` is below 1.
         WorkflowDefinitionError: The workflow is invalid (unknown dependency, cycle), or a step
             takes pools that ``limit`` does not have. Nothing runs and nothing is stored.
-        WorkflowShapeChanged: The stored run ``run_id`` has other steps or edges (or another
+        WorkflowShapeChangedError: The stored run ``run_id`` has other steps or edges (or another
             workflow); the message says what changed.
         StoreError: The store failed. Steps in flight are cancelled; no compensation runs, so
             the run can be resumed once the store works again.
@@ -416,7 +416,7 @@ class Run(RunState):
             if self.journal is not None:
                 try:
                     self.stored[i] = encode_value(step.name, self.value[i])
-                except UnstorableValue as exc:
+                except UnstorableValueError as exc:
                     status = _FAILED
                     self.error[i] = exc
                     self.value[i] = None

@@ -27,7 +27,7 @@ import attrs
 import cattrs
 from cattrs.preconf.json import make_converter
 
-from .._errors import UnstorableValue
+from .._errors import UnstorableValueError
 from ._graph import StepStatus
 
 __all__ = (
@@ -384,7 +384,7 @@ def encode_value(step: str, value: Any) -> StoredValue:
         Its :class:`StoredValue`.
 
     Raises:
-        UnstorableValue: The value (or something inside it) cannot be stored as JSON; the
+        UnstorableValueError: The value (or something inside it) cannot be stored as JSON; the
             error names the step and the type that could not be stored.
     """
     tp = type(value)
@@ -392,9 +392,9 @@ def encode_value(step: str, value: Any) -> StoredValue:
         data = value if tp in _JSON_NATIVE else converter.unstructure(value)
         text = json.dumps(data, default=_refuse, separators=(",", ":"))
     except _Unstorable as exc:
-        raise UnstorableValue(step, exc.culprit) from None
+        raise UnstorableValueError(step, exc.culprit) from None
     except (TypeError, ValueError, RecursionError) as exc:
-        raise UnstorableValue(step, tp) from exc
+        raise UnstorableValueError(step, tp) from exc
     return StoredValue(json=text, type=None if tp in _JSON_NATIVE else _type_name(tp))
 
 

@@ -489,7 +489,7 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
                                 store=store,
                                 run_id=run_id,
                             )
-                        except (trioflow.WorkflowShapeChanged, trioflow.StoreError) as exc:
+                        except (trioflow.WorkflowShapeChangedError, trioflow.StoreError) as exc:
                             failure = exc  # caught here, not wrapped in the task group's group
                     tg.cancel_scope.cancel()
         finally:
