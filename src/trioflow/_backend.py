@@ -1,4 +1,7 @@
-"""The few event-loop primitives the batch engine needs, bound to the running backend.
+"""The one place that knows which event loop runs: the primitives trioflow needs, bound to it.
+
+Every other module asks here (:func:`current_backend`, :func:`current_clock`,
+:func:`current_time`) and none imports trio: ``import anyio, trioflow`` on asyncio loads no trio.
 
 On trio, the engine uses trio's nursery, clock and cancel scopes directly: anyio >= 4.14 wraps
 every ``start_soon`` in a handle, which makes an unbounded batch (one task per operation)
@@ -18,7 +21,14 @@ from typing import Any, Protocol, final
 import anyio
 import anyio.lowlevel
 
-__all__ = ("Backend", "CancelScope", "TaskGroup", "current_backend")
+__all__ = (
+    "Backend",
+    "CancelScope",
+    "TaskGroup",
+    "current_backend",
+    "current_clock",
+    "current_time",
+)
 
 
 class CancelScope(Protocol):
@@ -75,9 +85,71 @@ async def _trio_group() -> AsyncIterator[TaskGroup]:
         raise
 
 
-def current_backend() -> Backend:
+def _running_trio() -> Any:
+    # trio is never imported here: if it is not loaded yet, nothing runs on it.
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
+        return trio
+    return None
+
+
+def current_clock() -> Callable[[], float]:
+    """Return the running event loop's clock, resolved once.
+
+    ``anyio.current_time()`` looks the backend up on every call; code that reads the clock many
+    times per operation resolves it once with this and calls the result.
+
+    Returns:
+        A function returning the loop's current time in seconds (trio's clock, including a
+        ``MockClock``, or the asyncio loop's ``time``).
+    """
+    trio = _running_trio()
+    if trio is not None:
+        clock: Callable[[], float] = trio.current_time
+        return clock
+    try:
+        import asyncio
+
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # pragma: no cover - anyio has no other backend
+        return anyio.current_time
+
+
+def current_time() -> float:
+    """Return the running event loop's time: ``anyio.current_time()``, about three times cheaper.
+
+    anyio's backends make these very calls; asking the loops directly skips anyio's dispatch
+    (the rate limiters' hot path).
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_task():
+        now: float = trio.current_time()
+        return now
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # pragma: no cover - anyio has no other backend
+        return anyio.current_time()
+
+
+def checkpoint_if_cancelled() -> Awaitable[None]:
+    """Return ``anyio.lowlevel.checkpoint_if_cancelled()``, made by trio directly when on trio.
+
+    Not a coroutine function itself: the caller awaits the loop's own awaitable, so the hot
+    paths that use it (a rate limiter with tokens to spare) pay for no extra frame.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_task():
+        awaitable: Awaitable[None] = trio.lowlevel.checkpoint_if_cancelled()
+        return awaitable
+    return anyio.lowlevel.checkpoint_if_cancelled()
+
+
+def current_backend() -> Backend:
+    """Return the primitives of the running event loop (trio's own on trio, anyio's otherwise)."""
+    trio = _running_trio()
+    if trio is not None:
         clock = trio.lowlevel.current_clock()
         timer: Callable[[], float] = clock.current_time
         if type(clock).__qualname__ == "SystemClock" and type(clock).__module__.startswith("trio"):

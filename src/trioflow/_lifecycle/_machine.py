@@ -15,15 +15,14 @@ is, with a note naming the transition (:pep:`678`), so it is never lost.
 from __future__ import annotations
 
 import enum
-import sys
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar, final, overload
 
 import anyio
 import attrs
-import sniffio
 
+from .._backend import current_clock as clock
 from .._errors import InvalidTransitionError, TransitionInProgressError
 
 __all__ = (
@@ -142,26 +141,6 @@ class _State(Generic[E]):
         self.exited = 0
         self.time = 0.0
         self.timed = 0
-
-
-def clock() -> Callable[[], float]:
-    """Return the running event loop's clock function, the one ``anyio.current_time()`` reads.
-
-    ``anyio.current_time()`` looks the backend up on every call; code that reads the clock
-    many times per operation resolves it once with this.
-
-    Returns:
-        A function returning the current time in seconds.
-    """
-    library = sniffio.current_async_library()
-    # The running library is imported already: looked up, not imported here (trio is heavy).
-    if library == "trio":
-        now: Callable[[], float] = sys.modules["trio"].current_time
-        return now
-    if library == "asyncio":
-        now = sys.modules["asyncio"].get_running_loop().time
-        return now
-    return anyio.current_time  # pragma: no cover - anyio supports only these two
 
 
 def _enum_of(transitions: Mapping[Any, Any], initial: object) -> type[enum.Enum]:

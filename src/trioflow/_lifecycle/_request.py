@@ -15,6 +15,7 @@ from typing import Any, final
 
 import attrs
 
+from .._backend import current_clock as clock
 from .._errors import (
     CircuitOpenError,
     InvalidTransitionError,
@@ -23,7 +24,7 @@ from .._errors import (
     UnknownKindError,
     UnknownToolError,
 )
-from ._machine import StateChange, clock
+from ._machine import StateChange
 
 __all__ = (
     "REQUEST_TRANSITIONS",

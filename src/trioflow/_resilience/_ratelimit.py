@@ -13,7 +13,6 @@ stream of small ones, because nobody may take tokens while someone is queued.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -22,8 +21,8 @@ from typing import Generic, TypeVar, final
 import anyio
 import anyio.lowlevel
 import attrs
-import sniffio
-import trio
+
+from .._backend import checkpoint_if_cancelled, current_time
 
 __all__ = (
     "KeyedRateLimiter",
@@ -39,19 +38,6 @@ Clock = Callable[[], float]
 # far an eviction at max_keys searches for a full (losslessly forgettable) bucket.
 _SWEEP = 2
 _EVICTION_SCAN = 8
-
-
-def _current_time() -> float:
-    """``anyio.current_time()``, three times cheaper (the rate limiter's hot path).
-
-    anyio's backends make these very calls; asking sniffio directly skips anyio's dispatch.
-    """
-    library = sniffio.current_async_library()
-    if library == "trio":
-        return trio.current_time()
-    if library == "asyncio":
-        return asyncio.get_running_loop().time()
-    return anyio.current_time()  # pragma: no cover - another anyio backend
 
 
 def _positive(name: str, value: object) -> float:
@@ -101,7 +87,7 @@ def _positive_field(instance: object, attribute: attrs.Attribute[float], value: 
 
 def _clock_or_default(clock: Clock | None) -> Clock:
     if clock is None:
-        return _current_time
+        return current_time
     if not callable(clock):
         raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
     return clock
@@ -235,15 +221,8 @@ class TokenBucket:
         kind = type(n)
         if not ((kind is int or kind is float) and 0 < n <= self._burst):
             self._check(n)
-        # anyio.lowlevel.checkpoint_if_cancelled() and the clock, calling trio directly on trio
-        # as anyio's trio backend does: this is the hot path.
-        if sniffio.current_async_library() == "trio":
-            await trio.lowlevel.checkpoint_if_cancelled()
-            clock = self._clock
-            now = trio.current_time() if clock is _current_time else clock()
-        else:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            now = self._clock()
+        await checkpoint_if_cancelled()
+        now = self._clock()
         if not self._take_at(n, now):
             await self._acquire_queued(n)
 
@@ -552,13 +531,8 @@ class KeyedRateLimiter(Generic[K]):
         if not ((kind is int or kind is float) and 0 < n <= bucket._burst):
             bucket._check(n)
         # TokenBucket.acquire() inlined: one coroutine less on the hot path.
-        if sniffio.current_async_library() == "trio":
-            await trio.lowlevel.checkpoint_if_cancelled()
-            clock = self._clock
-            now = trio.current_time() if clock is _current_time else clock()
-        else:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            now = self._clock()
+        await checkpoint_if_cancelled()
+        now = self._clock()
         if not bucket._take_at(n, now):
             await bucket._acquire_queued(n)
         self._acquired += 1

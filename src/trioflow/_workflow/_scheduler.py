@@ -24,7 +24,6 @@ How the scheduler works (the policy ``run_workflow`` documents):
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import sys
@@ -38,6 +37,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._backend import current_clock
 from .._errors import UnstorableValueError, WorkflowDefinitionError
 from .._limits import ResourceManager
 from ._context import Context
@@ -55,23 +55,6 @@ _SKIPPED = StepStatus.SKIPPED
 _CANCELLED = StepStatus.CANCELLED
 _NOT_RUN = StepStatus.NOT_RUN
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
-
-
-def _clock() -> Callable[[], float]:
-    # anyio.current_time() finds the backend again on each call: take the backend's own clock.
-    trio = sys.modules.get("trio")  # not imported: not running on trio
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            clock: Callable[[], float] = trio.current_time
-            return clock
-    try:
-        return asyncio.get_running_loop().time
-    except RuntimeError:  # pragma: no cover - anyio has no other backend
-        return anyio.current_time
 
 
 def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
@@ -240,7 +223,7 @@ class Run(RunState):
 
     # --- the run ------------------------------------------------------------------------------
     async def run(self) -> WorkflowResult:
-        self.now = _clock()
+        self.now = current_clock()
         self.t0 = self.now()
         self.wall0 = time.time()
         journal = self.journal
