@@ -100,7 +100,7 @@ def pipeline(n: int, backend: str) -> int:
     async def main() -> None:
         for i in range(n):
             result = await pipe.run(Request(i))
-            assert result.status is ProcessingStatus.COMPLETED
+            assert result.status is ProcessingStatus.SUCCEEDED
 
     anyio.run(main, backend=backend)
     return n
@@ -122,13 +122,13 @@ def coordinator(n: int, backend: str, concurrent: int) -> int:
             if concurrent == 1:
                 for i in range(n):
                     result = await c.process(Request(i))
-                    assert result.status is ProcessingStatus.COMPLETED
+                    assert result.status is ProcessingStatus.SUCCEEDED
                 return
             done = 0
             while done < n:
                 batch = [Request(i, user_id=f"user{i % 10}") for i in range(concurrent)]
                 results = await c.process_many(batch)
-                assert all(r.status is ProcessingStatus.COMPLETED for r in results)
+                assert all(r.status is ProcessingStatus.SUCCEEDED for r in results)
                 done += concurrent
 
     anyio.run(main, backend=backend)

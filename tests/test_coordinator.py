@@ -97,7 +97,7 @@ async def test_process_completes_and_logs_every_transition() -> None:
     async with coordinator(seven(), log) as c:
         request = Request("q", user_id="alice")
         result = await c.process(request)
-    assert result.status is ProcessingStatus.COMPLETED
+    assert result.status is ProcessingStatus.SUCCEEDED
     assert result.value == "q"
     assert request.state is S.COMPLETED
     assert result.duration == 7
@@ -185,7 +185,7 @@ async def test_pools_and_named_retry_policies_from_config() -> None:
     async with coordinator(pipeline, pools={"context": 1, "llm": 5}) as c:
         results = await c.process_many([Request(user_id="a"), Request(user_id="b")])
         stats = c.statistics()
-    assert all(r.status is ProcessingStatus.COMPLETED for r in results)
+    assert all(r.status is ProcessingStatus.SUCCEEDED for r in results)
     assert tracker.peak == 1  # the context pool holds one at a time
     # The llm policy of the default config: 3 tries, waits of 1 and 2 seconds.
     first = [t for rid, t in attempts if rid == results[0].request_id]
@@ -245,7 +245,7 @@ async def test_default_timeout_counts_admission_too() -> None:
         results = await c.process_many([Request(), Request(), Request()])
     # Which request is admitted first is up to the scheduler: order by time of failure.
     first, second, third = sorted(results, key=lambda r: (r.ok, len(r.history)), reverse=True)
-    assert first.status is ProcessingStatus.COMPLETED
+    assert first.status is ProcessingStatus.SUCCEEDED
     # Admitted at 7 with 3 s left: fails in its third stage (receive, validate, plan).
     assert second.category is ErrorCategory.TIMEOUT
     assert second.history[-1].at == 10
@@ -344,7 +344,7 @@ async def test_queue_depth_sheds_load() -> None:
     async with coordinator(seven(), max_concurrency=1, max_queue_depth=1) as c:
         results = await c.process_many([Request(), Request(), Request()])
     statuses = [r.status for r in results]
-    assert statuses.count(ProcessingStatus.COMPLETED) == 2
+    assert statuses.count(ProcessingStatus.SUCCEEDED) == 2
     refused = results[statuses.index(ProcessingStatus.FAILED)]
     assert refused.category is ErrorCategory.RESOURCE_EXHAUSTION
     assert "max_queue_depth=1" in str(refused.error)
@@ -373,7 +373,7 @@ async def test_health_backpressure_waits_or_refuses() -> None:
         request = Request()
         result = await c.process(request)
     assert not health.statistics().running
-    assert result.status is ProcessingStatus.COMPLETED
+    assert result.status is ProcessingStatus.SUCCEEDED
     assert tracker.started[request.id] == 5
     refusing = load_fail_config()
     async with open_coordinator(

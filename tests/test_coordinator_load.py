@@ -177,7 +177,7 @@ async def test_ten_thousand_requests_each_end_in_exactly_one_terminal_state() ->
             continue
         assert result.state is request.state
         expected = {
-            ProcessingStatus.COMPLETED: S.COMPLETED,
+            ProcessingStatus.SUCCEEDED: S.COMPLETED,
             ProcessingStatus.DEGRADED: S.COMPLETED,
             ProcessingStatus.FAILED: S.FAILED,
             ProcessingStatus.CANCELLED: S.CANCELLED,

@@ -68,7 +68,7 @@ async def test_runs_every_stage_in_its_state_and_completes() -> None:
     pipeline = seven({n: recording(n) for n in names})
     request = Request("q")
     result = await pipeline.run(request)
-    assert result.status is ProcessingStatus.COMPLETED
+    assert result.status is ProcessingStatus.SUCCEEDED
     assert result.ok
     assert result.state is S.COMPLETED is request.state
     assert result.value == "format:q"
@@ -260,7 +260,7 @@ async def test_pools_and_retries() -> None:
     )
     policy = RetryPolicy(attempts=3, initial_delay=2, multiplier=1, max_delay=2)
     result = await pipeline.run(Request(), resources=resources, retry={"llm": policy})
-    assert result.status is ProcessingStatus.COMPLETED
+    assert result.status is ProcessingStatus.SUCCEEDED
     assert attempts == [0, 3, 6]
     assert resources.statistics().pools["llm"].executed == 3
     assert result.stage_timings["process"] == 7
@@ -440,7 +440,7 @@ async def test_gather_partial_in_a_stage() -> None:
         return dict(gathered.values)
 
     result = await seven({"context": context}).run(Request())
-    assert result.status is ProcessingStatus.COMPLETED
+    assert result.status is ProcessingStatus.SUCCEEDED
     assert result.stage_timings["context"] == 0.5
 
 

@@ -40,6 +40,7 @@ from ._limits import HealthSource as HealthSource
 from ._limits import PoolStatistics as PoolStatistics
 from ._limits import ResourceManager as ResourceManager
 from ._limits import ResourceManagerStatistics as ResourceManagerStatistics
+from ._options import WorkOptions as WorkOptions
 from ._resilience._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
 from ._resilience._adaptive import AdaptiveConcurrencyStatistics as AdaptiveConcurrencyStatistics
 from ._resilience._breaker import CircuitBreaker as CircuitBreaker
@@ -95,6 +96,7 @@ __all__ = (
     "PoolStatistics",
     "HealthSource",
     "RetryPolicy",
+    "WorkOptions",
     # batches
     "run_batch",
     "amap",

@@ -10,18 +10,19 @@ costs about a third of running 100,000 no-op operations.
 
 from __future__ import annotations
 
-import enum
 import functools
 from typing import Any, Generic, TypeVar, final
 
 import attrs
+
+from .._status import Status
 
 __all__ = ("BatchResult", "OperationFailure", "Outcome", "OutcomeStatus", "Progress")
 
 T = TypeVar("T")
 
 
-class OutcomeStatus(enum.Enum):
+class OutcomeStatus(Status):
     """How an operation of a batch ended.
 
     Attributes:

@@ -48,7 +48,7 @@ from ._tools import ToolRegistry, check_calls
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
 
 _STATUS_OF_STATE = {
-    RequestState.COMPLETED: ProcessingStatus.COMPLETED,
+    RequestState.COMPLETED: ProcessingStatus.SUCCEEDED,
     RequestState.FAILED: ProcessingStatus.FAILED,
     RequestState.CANCELLED: ProcessingStatus.CANCELLED,
 }
@@ -450,12 +450,12 @@ class Coordinator:
         counts = self._counts
         finished = sum(counts.values())
         uptime = anyio.current_time() - self._opened_at
-        ok = counts[ProcessingStatus.COMPLETED] + counts[ProcessingStatus.DEGRADED]
+        ok = counts[ProcessingStatus.SUCCEEDED] + counts[ProcessingStatus.DEGRADED]
         decided = ok + counts[ProcessingStatus.FAILED]
         return CoordinatorStatistics(
             uptime=uptime,
             finished=finished,
-            completed=counts[ProcessingStatus.COMPLETED],
+            completed=counts[ProcessingStatus.SUCCEEDED],
             degraded=counts[ProcessingStatus.DEGRADED],
             failed=counts[ProcessingStatus.FAILED],
             cancelled=counts[ProcessingStatus.CANCELLED],

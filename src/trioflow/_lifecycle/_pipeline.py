@@ -549,7 +549,7 @@ class Pipeline:
                 request, ProcessingStatus.DEGRADED, now - started, value=value, degraded=degraded
             )
         self._completed += 1
-        return make_result(request, ProcessingStatus.COMPLETED, now - started, value=value)
+        return make_result(request, ProcessingStatus.SUCCEEDED, now - started, value=value)
 
     def cancel(self, request: Request) -> bool:
         """Cancel a run of this pipeline; that ``run()`` returns a CANCELLED result.

@@ -24,6 +24,7 @@ from .._errors import (
     UnknownKindError,
     UnknownToolError,
 )
+from .._status import Status
 from ._machine import StateChange
 
 __all__ = (
@@ -193,20 +194,22 @@ class Request:
     timings: dict[str, float] = attrs.field(factory=dict, kw_only=True)
 
 
-class ProcessingStatus(enum.Enum):
+class ProcessingStatus(Status):
     """How the processing of a request ended.
 
-    COMPLETED: every stage succeeded. DEGRADED: the request completed, but optional stages
-    failed and were skipped. FAILED: a stage (or admission, or routing) failed. CANCELLED:
-    the request was cancelled before it finished.
+    SUCCEEDED: every stage succeeded (the request's state is COMPLETED). DEGRADED: the request
+    completed, but optional stages failed and were skipped. FAILED: a stage (or admission, or
+    routing) failed. CANCELLED: the request was cancelled before it finished. ``COMPLETED``,
+    this status's name in trioflow 0.1, still works with a :class:`DeprecationWarning`.
     """
 
-    __hash__ = object.__hash__  # members are singletons; Enum's own hash is slow
-
-    COMPLETED = "completed"
+    SUCCEEDED = "succeeded"
     DEGRADED = "degraded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+ProcessingStatus._rename(COMPLETED="SUCCEEDED")
 
 
 class ErrorCategory(enum.Enum):
@@ -297,7 +300,7 @@ class ProcessingResult:
     def ok(self) -> bool:
         """Whether the request completed (fully or degraded)."""
         return (
-            self.status is ProcessingStatus.COMPLETED or self.status is ProcessingStatus.DEGRADED
+            self.status is ProcessingStatus.SUCCEEDED or self.status is ProcessingStatus.DEGRADED
         )
 
 

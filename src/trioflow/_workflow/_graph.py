@@ -9,7 +9,6 @@ checked at once by :meth:`Workflow.step`. Running is ``trioflow.run_workflow`` (
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import inspect
 import json
@@ -23,6 +22,7 @@ import attrs
 from .._checks import check_timeout
 from .._errors import WorkflowDefinitionError
 from .._retry import RetryPolicy
+from .._status import Status
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -537,7 +537,7 @@ def _topological_order(preds: list[tuple[int, ...]], succs: list[list[int]]) -> 
     return order
 
 
-class StepStatus(enum.StrEnum):
+class StepStatus(Status):
     """How a step of a workflow run ended.
 
     Attributes:

@@ -10,7 +10,6 @@ and later Redis or Postgres.
 
 from __future__ import annotations
 
-import enum
 import functools
 import importlib
 import inspect
@@ -28,6 +27,7 @@ import cattrs
 from cattrs.preconf.json import make_converter
 
 from .._errors import UnstorableValueError
+from .._status import Status
 from ._graph import StepStatus
 
 __all__ = (
@@ -53,7 +53,7 @@ converter.register_structure_hook_func(
 _JSON_NATIVE = (str, int, float, bool, NoneType)
 
 
-class RunStatus(enum.StrEnum):
+class RunStatus(Status):
     """The state of a stored run.
 
     Attributes:
