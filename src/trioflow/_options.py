@@ -127,7 +127,7 @@ class WorkOptions:
         prefix = f"{where}: " if where else ""
         checked_pools = check_pools(pools, f"{prefix}pools") if pools != () else ()
         return cls(
-            timeout=timeout,  # type: ignore[arg-type]
+            timeout=timeout,
             retry=retry,  # type: ignore[arg-type]
             pools=checked_pools,
             optional=optional,  # type: ignore[arg-type]

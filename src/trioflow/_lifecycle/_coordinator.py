@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._backend import current_clock as clock
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._limits import HealthSource, PoolStatistics, ResourceManager
@@ -32,7 +33,7 @@ from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from ._admission import Admission, CancelRequested, Ticket
 from ._config import OrchestrationConfig, load_config
-from ._machine import StateChange, StateMachine, clock
+from ._machine import StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
     ErrorCategory,

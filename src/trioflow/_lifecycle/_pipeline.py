@@ -18,12 +18,13 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
+from .._backend import current_clock as clock
 from .._checks import check_timeout
 from .._errors import InvalidTransitionError
 from .._limits import ResourceManager
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
-from ._machine import StateChange, StateMachine, clock
+from ._machine import StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
     ProcessingResult,
