@@ -2,34 +2,99 @@ from __future__ import annotations
 
 import collections
 import inspect
+import types
+import warnings
+
+import pytest
 
 import trioflow
+import trioflow.lifecycle
+
+NAMESPACES = {"trioflow": trioflow, "trioflow.lifecycle": trioflow.lifecycle}
+
+
+def _names() -> list[tuple[str, str]]:
+    return [(ns, name) for ns, module in NAMESPACES.items() for name in module.__all__]
 
 
 def test_all_is_a_tuple_of_unique_names() -> None:
-    assert isinstance(trioflow.__all__, tuple)
-    counts = collections.Counter(trioflow.__all__)
-    assert [name for name, n in counts.items() if n > 1] == []
+    for module in NAMESPACES.values():
+        assert isinstance(module.__all__, tuple)
+    counts = collections.Counter(name for _, name in _names())
+    assert [name for name, n in counts.items() if n > 1] == []  # each name exported once
 
 
 def test_every_public_name_exists_and_is_documented() -> None:
     undocumented = []
-    for name in trioflow.__all__:
-        obj = getattr(trioflow, name)
+    for ns, name in _names():
+        obj = getattr(NAMESPACES[ns], name)
         doc = inspect.getdoc(obj)
         if not doc or not doc.strip():
-            undocumented.append(name)
+            undocumented.append(f"{ns}.{name}")
     assert undocumented == []
 
 
 def test_public_objects_report_the_public_module() -> None:
-    wrong = [
-        name
-        for name in trioflow.__all__
-        if getattr(getattr(trioflow, name), "__module__", "trioflow").startswith("trioflow._")
-    ]
+    wrong = []
+    for ns, name in _names():
+        obj = getattr(NAMESPACES[ns], name)
+        if isinstance(obj, types.ModuleType):
+            continue
+        module = getattr(obj, "__module__", ns)
+        if isinstance(module, str) and module.startswith("trioflow") and module != ns:
+            wrong.append(f"{ns}.{name} reports {module}")
     assert wrong == []
 
 
 def test_no_private_module_is_exported() -> None:
-    assert not [n for n in trioflow.__all__ if n.startswith("_")]
+    assert not [name for _, name in _names() if name.startswith("_")]
+
+
+def test_no_public_name_shadows_a_builtin() -> None:
+    import builtins
+
+    assert [name for _, name in _names() if hasattr(builtins, name)] == []
+
+
+def test_exceptions_end_in_error_and_nothing_else_does() -> None:
+    wrong = []
+    for ns, name in _names():
+        obj = getattr(NAMESPACES[ns], name)
+        is_exception = isinstance(obj, type) and issubclass(obj, BaseException)
+        if is_exception != name.endswith("Error"):
+            wrong.append(f"{ns}.{name}")
+    assert wrong == []
+
+
+def test_statistics_snapshots_are_named_for_their_class() -> None:
+    # Every class with a statistics() method returns a snapshot named <Class>Statistics.
+    wrong = []
+    for ns, name in _names():
+        obj = getattr(NAMESPACES[ns], name)
+        if isinstance(obj, type) and callable(getattr(obj, "statistics", None)):
+            returns = inspect.signature(obj.statistics).return_annotation
+            returns = str(returns).split("[")[0]
+            if returns != f"{name}Statistics":
+                wrong.append(f"{name}.statistics() -> {returns}")
+    assert wrong == []
+
+
+def test_status_enums_share_one_base_and_one_word_for_success() -> None:
+    from trioflow._status import Status
+
+    statuses = [
+        trioflow.OutcomeStatus,
+        trioflow.StepStatus,
+        trioflow.RunStatus,
+        trioflow.lifecycle.ProcessingStatus,
+    ]
+    for status in statuses:
+        assert issubclass(status, Status)
+        assert status.SUCCEEDED.value == "succeeded"  # type: ignore[attr-defined]
+
+
+def test_getattr_of_an_unknown_name_is_an_attribute_error() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+            trioflow.nope  # type: ignore[attr-defined]  # noqa: B018
