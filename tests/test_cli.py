@@ -413,7 +413,7 @@ def test_a_timeout_stops_the_step(runs: Runs) -> None:
     assert not alive(int((directory / "hang.pid").read_text()))
     assert marks(directory, "hang") == 0
     log = (directory / hang["log"]).read_text()
-    assert log.endswith("--- timed out after 0.5s: terminated\n")
+    assert log.endswith("--- timed out after 0.5s: killed after 0.2 s grace\n")
 
 
 def test_dry_run_prints_the_waves_and_runs_nothing(runs: Runs) -> None:

@@ -138,6 +138,65 @@ async def test_cancellation_kills_a_command_that_ignores_sigterm(tmp_path: Path)
             scope.cancel()
     assert scope.cancelled_caught
     assert not alive(int((tmp_path / "pid").read_text()))
+    assert tail(log, 1) == ["--- cancelled: killed after 0.2 s grace"]
+
+
+# A shell whose background child ignores SIGTERM: the shell (the group's leader) dies of
+# SIGTERM at once, the grandchild only of SIGKILL.
+STUBBORN_GRANDCHILD = (
+    f"{PY} -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    'open("grandchild", "w").write(str(os.getpid())); time.sleep(60)\' & '
+    "while [ ! -s grandchild ]; do sleep 0.01; done; echo ready > ready; wait"
+)
+
+
+async def test_a_timeout_kills_a_grandchild_that_ignores_sigterm_before_it_fails(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "t.log"
+    with pytest.raises(CommandFailed, match=r"^timed out after 1s$"):
+        await run_command(
+            STUBBORN_GRANDCHILD, cwd=tmp_path, env=env(), log_path=log, timeout=1, grace=0.3
+        )
+    # Dead when run_command returns, so a retry can never overlap it.
+    assert not alive(int((tmp_path / "grandchild").read_text()))
+    assert tail(log, 1) == ["--- timed out after 1s: killed after 0.3 s grace"]
+
+
+async def test_cancellation_kills_a_grandchild_that_outlives_its_leader(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(
+                    run_command,
+                    STUBBORN_GRANDCHILD,
+                    cwd=tmp_path,
+                    env=env(),
+                    log_path=log,
+                    grace=0.3,
+                )
+            )
+            while not (tmp_path / "ready").exists():
+                await anyio.sleep(0.02)
+            scope.cancel()
+    assert not alive(int((tmp_path / "grandchild").read_text()))
+    assert tail(log, 1) == ["--- cancelled: killed after 0.3 s grace"]
+
+
+async def test_a_group_that_exits_on_sigterm_is_terminated_not_killed(tmp_path: Path) -> None:
+    log = tmp_path / "k.log"
+    script = f"{PY} -c 'import time; time.sleep(60)' & echo started > ready; wait"
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(
+                    run_command, script, cwd=tmp_path, env=env(), log_path=log, grace=30
+                )
+            )
+            while not (tmp_path / "ready").exists():
+                await anyio.sleep(0.02)
+            scope.cancel()
     assert tail(log, 1) == ["--- cancelled: terminated"]
 
 

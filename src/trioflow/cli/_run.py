@@ -27,6 +27,7 @@ import attrs
 
 import trioflow
 
+from ._guard import ProcessGuard, open_guard
 from ._render import Reporter, RunSummary, StepRow
 from ._spec import StepSpec, WorkflowSpec
 from ._steps import (
@@ -216,6 +217,7 @@ class _Runner:
         self.statuses: dict[str, str] = {}  # what `when` conditions read
         self.attempts: dict[str, int] = {}
         self.grace_periods = GracePeriods()
+        self.guard: ProcessGuard | None = None  # stops the steps if trioflow dies
 
     def workflow(self) -> trioflow.Workflow:
         wf = trioflow.Workflow(self.spec.name)
@@ -277,6 +279,7 @@ class _Runner:
                     timeout=step.timeout,
                     grace=self.options.grace,
                     grace_periods=self.grace_periods,
+                    guard=self.guard,
                     attempt=attempt,
                 )
             except CommandFailed as exc:
@@ -443,7 +446,8 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
     started = time.monotonic()
     interrupted: list[signal.Signals] = []
     result: trioflow.WorkflowResult | None = None
-    async with trioflow.SQLiteStore(options.state) as store:
+    async with trioflow.SQLiteStore(options.state) as store, open_guard(options.grace) as guard:
+        runner.guard = guard
         try:
             record = await store.load_run(run_id)
         except trioflow.StoreError as exc:

@@ -22,6 +22,8 @@ from typing import IO, Final, final
 import anyio
 import anyio.abc
 
+from ._guard import ProcessGuard
+
 GRACE_PERIOD: Final = 5.0
 """Seconds a terminated command gets to exit before it is killed."""
 
@@ -192,20 +194,79 @@ def _signal_group(process: anyio.abc.Process, signum: int) -> None:
             process.terminate()
         else:  # pragma: no cover - Windows
             process.kill()
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty (a member that changed its uid is not ours to stop)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` is still running.
+
+    On Linux, zombies (exited, not yet reaped by their parent) do not count: an orphan that
+    died is reaped by init, which in a container may never happen, and it holds nothing.
+
+    Args:
+        pgid: The process group's id (the pid of the step's command, which leads it).
+
+    Returns:
+        True while a member of the group runs.
+    """
+    if not hasattr(os, "killpg"):  # pragma: no cover - Windows has no process groups
+        return False
+    try:
+        os.killpg(pgid, 0)
     except ProcessLookupError:
-        pass
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux: every member counts
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
-async def _stop(process: anyio.abc.Process, grace: float, periods: GracePeriods) -> None:
-    """Terminate the command's process group, then kill it after ``grace`` seconds."""
+_POLL = 0.05
+"""Seconds between two looks at a process group whose leader has exited."""
+
+_KILL_WAIT = 5.0
+"""Seconds to wait for killed members to be gone (a process in the kernel may take a while)."""
+
+
+async def _stop(process: anyio.abc.Process, grace: float, periods: GracePeriods) -> str:
+    """Stop the command's whole process group: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    The group is killed when any member is still running at the end of the grace period, not
+    only the command itself: a child that ignores SIGTERM must not outlive its step.
+
+    Returns:
+        How it ended, for the log: ``"terminated"``, or ``"killed after N s grace"``.
+    """
     with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            _signal_group(process, signal.SIGTERM)
-            with periods.wait(grace):
-                await process.wait()
-            if process.returncode is None:
-                _signal_group(process, signal.SIGKILL)
-                await process.wait()
+        _signal_group(process, signal.SIGTERM)
+        with periods.wait(grace):
+            await process.wait()
+            await _group_exit(process.pid)
+        if process.returncode is None or await anyio.to_thread.run_sync(group_alive, process.pid):
+            _signal_group(process, signal.SIGKILL)
+            await process.wait()
+            with anyio.move_on_after(_KILL_WAIT):  # SIGKILL is not instant, but cannot be caught
+                await _group_exit(process.pid)
+            return f"killed after {grace:g} s grace"
+        return "terminated"
+
+
+async def _group_exit(pgid: int) -> None:
+    # No event tells when the last member of a process group exits: look every _POLL seconds.
+    while await anyio.to_thread.run_sync(group_alive, pgid):  # noqa: ASYNC110
+        await anyio.sleep(_POLL)
 
 
 async def run_command(
@@ -217,6 +278,7 @@ async def run_command(
     timeout: float | None = None,  # noqa: ASYNC109 - a cancel scope at once, see below
     grace: float = GRACE_PERIOD,
     grace_periods: GracePeriods | None = None,
+    guard: ProcessGuard | None = None,
     attempt: int = 1,
 ) -> None:
     """Run one attempt of a step's command and wait for it.
@@ -234,6 +296,7 @@ async def run_command(
         timeout: Seconds the attempt may take, or None.
         grace: Seconds a terminated command gets before it is killed.
         grace_periods: Where the run can cut the grace period short (a second Ctrl-C).
+        guard: The run's watchdog, which stops the command's process group if trioflow dies.
         attempt: The attempt number, for the log header.
 
     Raises:
@@ -261,6 +324,22 @@ async def run_command(
     finally:
         log.close()  # the child holds its own descriptor
 
+    if guard is not None:
+        guard.watch(process.pid)
+    try:
+        await _wait(process, log_path, timeout, grace, grace_periods)
+    finally:
+        if guard is not None:
+            guard.release(process.pid)
+
+
+async def _wait(
+    process: anyio.abc.Process,
+    log_path: Path,
+    timeout: float | None,  # noqa: ASYNC109 - a cancel scope at once
+    grace: float,
+    grace_periods: GracePeriods | None,
+) -> None:
     periods = GracePeriods() if grace_periods is None else grace_periods
     timed_out = False
     try:
@@ -268,14 +347,15 @@ async def run_command(
             await process.wait()
         timed_out = scope.cancelled_caught
     except anyio.get_cancelled_exc_class():
-        await _stop(process, grace, periods)
+        ending = await _stop(process, grace, periods)
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_append, log_path, "--- cancelled: terminated\n")
+            await anyio.to_thread.run_sync(_append, log_path, f"--- cancelled: {ending}\n")
         raise
     if timed_out:
-        await _stop(process, grace, periods)
+        # Stopped (the whole group) before the attempt fails: a retry never overlaps it.
+        ending = await _stop(process, grace, periods)
         message = f"timed out after {timeout:g}s"
-        await anyio.to_thread.run_sync(_append, log_path, f"--- {message}: terminated\n")
+        await anyio.to_thread.run_sync(_append, log_path, f"--- {message}: {ending}\n")
         raise CommandFailed(message)
     code = process.returncode
     assert code is not None
