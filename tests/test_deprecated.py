@@ -46,7 +46,7 @@ def test_a_moved_lifecycle_name_is_the_new_object_with_a_warning(name: str) -> N
 
 def test_from_import_of_an_old_name_warns_and_works() -> None:
     with pytest.warns(DeprecationWarning, match="trioflow.ResourceExhausted is deprecated"):
-        from trioflow import ResourceExhausted  # type: ignore[attr-defined]
+        from trioflow import ResourceExhausted
     assert ResourceExhausted is trioflow.ResourceExhaustedError
     # Code that catches the old name catches what trioflow raises now.
     with pytest.raises(ResourceExhausted):
@@ -62,13 +62,13 @@ def test_old_names_are_not_part_of_the_public_face() -> None:
 def test_a_renamed_status_member_warns_and_is_the_new_member() -> None:
     status = trioflow.lifecycle.ProcessingStatus
     with pytest.warns(DeprecationWarning, match=r"ProcessingStatus\.COMPLETED is deprecated"):
-        assert status.COMPLETED is status.SUCCEEDED  # type: ignore[attr-defined]
+        assert status.COMPLETED is status.SUCCEEDED
     with pytest.warns(DeprecationWarning, match=r"ProcessingStatus\('completed'\) is deprecated"):
         assert status("completed") is status.SUCCEEDED
     with pytest.raises(ValueError, match="'done' is not a valid ProcessingStatus"):
         status("done")
     with pytest.raises(AttributeError):
-        status.DONE  # type: ignore[attr-defined]  # noqa: B018
+        status.DONE  # noqa: B018
 
 
 def test_the_warning_points_at_the_caller() -> None:

@@ -71,8 +71,9 @@ def test_statistics_snapshots_are_named_for_their_class() -> None:
     wrong = []
     for ns, name in _names():
         obj = getattr(NAMESPACES[ns], name)
-        if isinstance(obj, type) and callable(getattr(obj, "statistics", None)):
-            returns = inspect.signature(obj.statistics).return_annotation
+        statistics = getattr(obj, "statistics", None)
+        if isinstance(obj, type) and callable(statistics):
+            returns = inspect.signature(statistics).return_annotation
             returns = str(returns).split("[")[0]
             if returns != f"{name}Statistics":
                 wrong.append(f"{name}.statistics() -> {returns}")
@@ -90,11 +91,11 @@ def test_status_enums_share_one_base_and_one_word_for_success() -> None:
     ]
     for status in statuses:
         assert issubclass(status, Status)
-        assert status.SUCCEEDED.value == "succeeded"  # type: ignore[attr-defined]
+        assert status.SUCCEEDED.value == "succeeded"
 
 
 def test_getattr_of_an_unknown_name_is_an_attribute_error() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-            trioflow.nope  # type: ignore[attr-defined]  # noqa: B018
+            trioflow.nope  # noqa: B018

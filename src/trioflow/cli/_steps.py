@@ -260,7 +260,7 @@ async def _stop(process: anyio.abc.Process, grace: float, periods: GracePeriods)
             with anyio.move_on_after(_KILL_WAIT):  # SIGKILL is not instant, but cannot be caught
                 await _group_exit(process.pid)
             return f"killed after {grace:g} s grace"
-        return "terminated"
+    return "terminated"
 
 
 async def _group_exit(pgid: int) -> None:
