@@ -6,7 +6,11 @@ Real ``python -m trioflow`` processes, real signals, on the real clock.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -85,3 +89,42 @@ def test_a_step_timeout_kills_the_grandchild_and_the_log_says_so(project: Path) 
         "--- timed out after 1s: killed after 0.3 s grace"
     )
     assert json.loads(out)["status"] == "failed"
+
+
+def _interrupt_at(project: Path, delay: float) -> tuple[int, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trioflow", "run", "wf.toml"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err
+
+
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_without_a_traceback(project: Path) -> None:
+    # The signal lands while trioflow imports, while the run starts, or during the run:
+    # every time, status 130 and no traceback. (The first tens of milliseconds, while the
+    # interpreter imports its own runpy module, are Python's, before any trioflow code runs.)
+    write(project, f"[steps.slow]\nrun = {step('sleep', 'slow', '2')}\n")
+    delays = [0.15 + i * 0.04 for i in range(16)]  # start-up takes about 0.3-0.7 s
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda delay: _interrupt_at(project, delay), delays))
+    for delay, (returncode, err) in zip(delays, results, strict=True):
+        assert "Traceback" not in err, f"after {delay:.2f} s:\n{err}"
+        # -SIGINT: killed before Python installed its handler; a shell shows that as 130 too.
+        assert returncode in (130, -signal.SIGINT), f"after {delay:.2f} s: {returncode}\n{err}"
+
+
+def test_importing_trioflow_in_an_application_leaves_sigint_alone() -> None:
+    code = (
+        "import signal, trioflow, trioflow.cli; "
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == "True\n"

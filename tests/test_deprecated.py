@@ -85,3 +85,15 @@ def test_the_warning_points_at_the_caller() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stderr
     assert "<string>:5: DeprecationWarning: trioflow.map is deprecated" in out
+
+
+def test_the_moved_names_are_those_of_trioflow_lifecycle() -> None:
+    assert trioflow.lifecycle.__all__ == trioflow._MOVED
+
+
+def test_import_trioflow_does_not_import_the_request_layer() -> None:
+    code = "import sys, trioflow; print('trioflow.lifecycle' in sys.modules, trioflow.lifecycle)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("False <module 'trioflow.lifecycle'")

@@ -9,8 +9,10 @@ pipelines, tools) in :mod:`trioflow.lifecycle`; the modules beside this file are
 from __future__ import annotations
 
 import contextlib
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from . import lifecycle as lifecycle
+from . import _startup  # noqa: F401  # first: a quiet Ctrl-C while the command starts
 from ._batch._as_completed import as_completed as as_completed
 from ._batch._outcomes import BatchResult as BatchResult
 from ._batch._outcomes import OperationFailure as OperationFailure
@@ -72,6 +74,9 @@ from ._workflow._store import RunStatus as RunStatus
 from ._workflow._store import StepRecord as StepRecord
 from ._workflow._store import StoredValue as StoredValue
 from ._workflow._store import WorkflowStore as WorkflowStore
+
+if TYPE_CHECKING:
+    from . import lifecycle as lifecycle
 
 __version__ = "0.1.0"
 
@@ -148,7 +153,7 @@ __all__ = (
 def _fix_module_names() -> None:
     # Public objects report their public path (trioflow.X), not the private module.
     for name in __all__:
-        obj = globals()[name]
+        obj = globals().get(name)
         if getattr(obj, "__module__", "").startswith("trioflow._"):
             with contextlib.suppress(AttributeError, TypeError):
                 obj.__module__ = "trioflow"
@@ -163,7 +168,48 @@ def _renamed(new: str) -> _Alias:
 
 
 def _moved(name: str) -> _Alias:
-    return _Alias(f"trioflow.lifecycle.{name}", lambda: getattr(lifecycle, name))
+    return _Alias(f"trioflow.lifecycle.{name}", lambda: getattr(_import_lifecycle(), name))
+
+
+def _import_lifecycle() -> Any:
+    # Imported on first use: an application of batches and workflows does not pay for it.
+    return importlib.import_module("trioflow.lifecycle")
+
+
+# The names trioflow 0.1 exported at the top level that live in trioflow.lifecycle now
+# (tests check that this is trioflow.lifecycle.__all__).
+_MOVED = (
+    "StateMachine",
+    "StateChange",
+    "StateMachineStatistics",
+    "StateStatistics",
+    "Request",
+    "RequestState",
+    "REQUEST_TRANSITIONS",
+    "ProcessingResult",
+    "ProcessingStatus",
+    "ErrorCategory",
+    "Pipeline",
+    "PipelineStatistics",
+    "Stage",
+    "StageStatistics",
+    "Router",
+    "RequestKind",
+    "PartialResults",
+    "gather_partial",
+    "Tool",
+    "ToolRegistry",
+    "run_tools",
+    "Coordinator",
+    "CoordinatorStatistics",
+    "open_coordinator",
+    "OrchestrationConfig",
+    "HealthConfig",
+    "RateLimitConfig",
+    "RateLimitsConfig",
+    "RetryConfig",
+    "load_config",
+)
 
 
 # Names of trioflow 0.1 that still work, with a DeprecationWarning naming the replacement.
@@ -180,7 +226,8 @@ _DEPRECATED: dict[str, _Alias] = {
     "UnstorableValue": _renamed("UnstorableValueError"),
     "WorkflowShapeChanged": _renamed("WorkflowShapeChangedError"),
     "map": _renamed("amap"),
-    **{name: _moved(name) for name in lifecycle.__all__},
+    **{name: _moved(name) for name in _MOVED},
 }
 
-__getattr__ = _module_getattr(__name__, _DEPRECATED)
+# trioflow.lifecycle is imported on first use; the import binds it, so this runs once.
+__getattr__ = _module_getattr(__name__, _DEPRECATED, lazy={"lifecycle": _import_lifecycle})

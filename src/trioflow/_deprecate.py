@@ -43,10 +43,26 @@ def warn_renamed(old: str, new: str, *, since: str = "0.2", stacklevel: int = 3)
     )
 
 
-def module_getattr(module: str, aliases: Mapping[str, Alias]) -> Callable[[str], Any]:
-    """Return a module ``__getattr__`` that resolves the deprecated ``aliases`` of ``module``."""
+def module_getattr(
+    module: str, aliases: Mapping[str, Alias], lazy: Mapping[str, Callable[[], Any]] | None = None
+) -> Callable[[str], Any]:
+    """Return a module ``__getattr__`` for the deprecated ``aliases`` of ``module``.
+
+    Args:
+        module: The module's name, for messages.
+        aliases: Old name -> its replacement.
+        lazy: Names that are not deprecated but loaded on first use (a submodule), each with
+            the function that loads it.
+
+    Returns:
+        The function to assign to the module's ``__getattr__``.
+    """
+    loaders = dict(lazy or {})
 
     def __getattr__(name: str) -> Any:
+        loader = loaders.get(name)
+        if loader is not None:
+            return loader()
         alias = aliases.get(name)
         if alias is None:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")

@@ -24,6 +24,16 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Raises:
         SystemExit: Always, with the command's exit status.
     """
-    from ._app import run
+    import sys
 
-    raise SystemExit(run(argv))
+    from trioflow import _startup
+
+    try:
+        from ._app import run
+
+        _startup.finished()  # from here on, Ctrl-C is a KeyboardInterrupt again
+        status = run(argv)
+    except KeyboardInterrupt:  # before the command could handle it (no traceback: not a bug)
+        print("trioflow: interrupted", file=sys.stderr)
+        status = 130
+    raise SystemExit(status)
