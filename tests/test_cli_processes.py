@@ -6,6 +6,8 @@ Real ``python -m trioflow`` processes, real signals, on the real clock.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -128,3 +130,47 @@ def test_importing_trioflow_in_an_application_leaves_sigint_alone() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out == "True\n"
+
+
+def test_json_with_stderr_closed_prints_only_the_json(project: Path) -> None:
+    write(project, f"[steps.a]\nrun = {step('ok', 'a')}\n[steps.b]\nrun = {step('ok', 'b')}\n")
+    completed = subprocess.run(
+        ["sh", "-c", f"exec {shlex.quote(sys.executable)} -m trioflow run wf.toml --json 2>&-"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    data = json.loads(completed.stdout)  # nothing but the JSON
+    assert data["status"] == "succeeded"
+    assert {s["name"]: s["status"] for s in data["steps"]} == {"a": "succeeded", "b": "succeeded"}
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_terminal_that_cannot_show_the_output_still_gets_the_summary(
+    project: Path, encoding: str
+) -> None:
+    # The step writes UTF-8 bytes (its own stdout would have the same narrow encoding).
+    code = "import sys; sys.stdout.buffer.write(sys.argv[1].encode()); sys.exit(3)"
+    command = ["{python}", "-c", code, "d\u00e9j\u00e0 \u2713 \u4e2d\n"]
+    write(project, f"[steps.intl]\nrun = {json.dumps(command)}\n")
+    completed = subprocess.run(
+        [sys.executable, "-m", "trioflow", "run", "wf.toml"],
+        cwd=project,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": encoding},
+    )
+    out = completed.stdout.decode(encoding)
+    err = completed.stderr.decode(encoding, "replace")
+    assert completed.returncode == 1, err
+    assert "Traceback" not in err
+    assert "UnicodeEncodeError" not in err
+    # The failing step's last lines, with what the encoding cannot show replaced:
+    shown = "d\u00e9j\u00e0 ? ?" if encoding == "latin-1" else "d?j? ? ?"
+    assert shown in out
+    assert "to run the steps that did not succeed again:" in out
+    assert "--resume" in out

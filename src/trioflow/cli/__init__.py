@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from trioflow import _startup
 
     try:
+        from ._stdio import prepare_stdio
+
+        prepare_stdio()
         from ._app import run
 
         _startup.finished()  # from here on, Ctrl-C is a KeyboardInterrupt again
