@@ -411,3 +411,13 @@ def test_bad_fields_are_rejected_with_clear_messages(
 ) -> None:
     with pytest.raises(error, match=message):
         RetryPolicy(**kwargs)
+
+
+def test_delay_of_one_retry_is_computed_on_its_own() -> None:
+    policy = RetryPolicy(attempts=10**12, initial_delay=1, multiplier=2, max_delay=60)
+    assert [policy.delay(n) for n in (1, 2, 3, 7, 10**11)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+    small = RetryPolicy(attempts=5, initial_delay=1, multiplier=2, max_delay=5)
+    assert tuple(small.delay(n) for n in range(1, 5)) == small.delays() == (1.0, 2.0, 4.0, 5.0)
+    for bad in (0, 5, -1):
+        with pytest.raises(ValueError, match=rf"retry must be an int from 1 to 4 .*got {bad}"):
+            small.delay(bad)

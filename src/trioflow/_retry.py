@@ -143,6 +143,26 @@ class RetryPolicy:
             return float(self.max_delay)
         return float(min(delay, self.max_delay))
 
+    def delay(self, retry: int) -> float:
+        """Return the planned wait before one retry, without jitter or ``retry_after``.
+
+        Computed on its own, so a policy of a great many attempts costs nothing up front.
+
+        Args:
+            retry: Which retry, from 1 (the wait after the first failed try).
+
+        Returns:
+            The wait in seconds, at most ``max_delay``.
+
+        Raises:
+            ValueError: ``retry`` is not in ``1 .. attempts - 1``.
+        """
+        if isinstance(retry, bool) or not isinstance(retry, int) or not 1 <= retry < self.attempts:
+            raise ValueError(
+                f"retry must be an int from 1 to {self.attempts - 1} (attempts - 1), got {retry!r}"
+            )
+        return self._planned_delay(retry)
+
     def delays(self) -> tuple[float, ...]:
         """Return the planned waits between tries, without jitter or ``retry_after``.
 

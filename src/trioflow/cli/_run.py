@@ -260,8 +260,7 @@ class _Runner:
         return when
 
     def _step_function(self, step: StepSpec) -> Callable[[trioflow.Context], Awaitable[None]]:
-        policy = _retry_policy(step)
-        delays = policy.delays() if policy is not None else ()
+        policy = _retry_policy(step)  # each delay computed when needed: retries may be many
 
         async def run_step(ctx: trioflow.Context) -> None:
             attempt = self.attempts[step.name] = self.attempts.get(step.name, 0) + 1
@@ -284,8 +283,8 @@ class _Runner:
                 )
             except CommandFailed as exc:
                 elapsed = time.monotonic() - started
-                if exc.retryable and attempt <= len(delays):
-                    detail = f"{exc}; retrying in {delays[attempt - 1]:g}s"
+                if exc.retryable and policy is not None and attempt < policy.attempts:
+                    detail = f"{exc}; retrying in {policy.delay(attempt):g}s"
                     self.reporter.step_finished(
                         step.name, "retrying", detail=detail, elapsed=elapsed
                     )
