@@ -138,7 +138,8 @@ class RetryPolicy:
     def _planned_delay(self, retry: int) -> float:
         """The wait before retry number ``retry`` (1-based), without jitter."""
         try:
-            delay = self.initial_delay * self.multiplier ** (retry - 1)
+            # In floats: an int multiplier to a huge power would build a huge int instead.
+            delay = float(self.initial_delay) * float(self.multiplier) ** (retry - 1)
         except OverflowError:
             return float(self.max_delay)
         return float(min(delay, self.max_delay))
