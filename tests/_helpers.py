@@ -1,8 +1,10 @@
-"""Helpers shared by the test files: operations that sleep and record what ran."""
+"""Helpers shared by the test files: failing and sleeping operations, a process probe."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -56,3 +58,16 @@ class Tracker:
 
     def ops(self, durations: list[float], failing: tuple[int, ...] = ()) -> list[Any]:
         return [self.op(i, d, fail=i in failing) for i, d in enumerate(durations)]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (waiting for a parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
