@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import math
 from collections.abc import Coroutine, Generator
 from typing import Any
@@ -21,6 +22,7 @@ from hypothesis.stateful import (
 )
 
 from trioflow import CircuitBreaker, CircuitOpenError, CircuitState
+from trioflow._resilience._breaker import protect
 
 pytestmark = pytest.mark.anyio
 
@@ -291,6 +293,35 @@ def test_bad_arguments_are_rejected(
 ) -> None:
     with pytest.raises(error, match=message):
         CircuitBreaker(**kwargs)
+
+
+async def test_protect_counts_every_call_as_call_does_and_passes_keywords() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=10, exclude=BadRequest)
+    twin = CircuitBreaker(failure_threshold=2, reset_timeout=10, exclude=BadRequest)
+
+    async def fetch(url: str, *, fail: type[Exception] | None = None) -> str:
+        await anyio.sleep(0)
+        if fail is not None:
+            raise fail(url)
+        return url
+
+    guarded = protect(breaker, fetch)
+    assert await guarded("a") == "a"
+    assert await twin.call(fetch, "a") == "a"
+    for fail in (BadRequest, Boom, Boom):
+        with pytest.raises(fail):
+            await guarded("b", fail=fail)
+        with pytest.raises(fail):
+            await twin.call(functools.partial(fetch, "b", fail=fail))
+    assert breaker.statistics() == twin.statistics()
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitOpenError):
+        await guarded("c")
+    await anyio.sleep(10)
+    assert await guarded("d") == "d"  # the half-open trial closes it
+    assert breaker.state is CLOSED
+    stats = breaker.statistics()
+    assert (stats.calls, stats.successes, stats.failures, stats.rejected) == (5, 3, 2, 1)
 
 
 # --- stateful model test ----------------------------------------------------------------------

@@ -17,15 +17,16 @@ import enum
 import math
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar, TypeVarTuple, final
+from typing import ParamSpec, TypeVar, TypeVarTuple, final
 
 import anyio
 import attrs
 
 from .._errors import CircuitOpenError
 
-__all__ = ("CircuitBreaker", "CircuitBreakerStatistics", "CircuitState")
+__all__ = ("CircuitBreaker", "CircuitBreakerStatistics", "CircuitState", "protect")
 
+P = ParamSpec("P")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -427,3 +428,38 @@ class CircuitBreaker:
             rejected=self._rejected,
             opened=self._opened,
         )
+
+
+def protect(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Return an async function that calls ``fn`` through ``breaker``, with ``fn``'s signature.
+
+    The breaker's fast path for code that wraps a function once and calls it many times
+    (:func:`~trioflow.resilient`): each call counts exactly as :meth:`CircuitBreaker.call`
+    would count it, but keyword arguments pass straight through (no ``functools.partial`` per
+    call) and a closed breaker admits the call without a method call. The check that ``fn``
+    is callable is the caller's, done once.
+
+    Args:
+        breaker: The breaker every call goes through.
+        fn: The async function to protect.
+
+    Returns:
+        ``async def guarded(*args, **kwargs)``, which raises
+        :class:`~trioflow.CircuitOpenError` while the breaker refuses calls.
+    """
+
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        if breaker._state is CircuitState.CLOSED:  # _admit() inlined for the common case
+            breaker._calls += 1
+            generation = breaker._generation
+        else:
+            generation = breaker._admit()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            breaker._settle(generation, exc)
+            raise
+        breaker._succeeded(generation)
+        return result
+
+    return guarded

@@ -503,9 +503,7 @@ class KeyedRateLimiter(Generic[K]):
         Raises:
             ValueError: If ``n`` is not a number in (0, burst].
         """
-        bucket = self._bucket(key, n)
-        bucket._check(n)
-        if bucket._take(n):
+        if self._bucket(key, n).try_acquire(n):
             self._acquired += 1
             return True
         self._rejected += 1
@@ -527,14 +525,7 @@ class KeyedRateLimiter(Generic[K]):
             bucket = self._bucket(key, n)
         else:
             buckets.move_to_end(key)
-        kind = type(n)
-        if not ((kind is int or kind is float) and 0 < n <= bucket._burst):
-            bucket._check(n)
-        # TokenBucket.acquire() inlined: one coroutine less on the hot path.
-        await checkpoint_if_cancelled()
-        now = self._clock()
-        if not bucket._take_at(n, now):
-            await bucket._acquire_queued(n)
+        await bucket.acquire(n)
         self._acquired += 1
 
     def statistics(self) -> KeyedRateLimiterStatistics:

@@ -33,7 +33,7 @@ import anyio
 
 from .._checks import check_timeout
 from .._retry import RetryPolicy
-from ._breaker import CircuitBreaker
+from ._breaker import CircuitBreaker, protect
 from ._hedge import check_attempts, check_delay
 from ._hedge import hedge as _hedge
 from ._ratelimit import KeyedRateLimiter, TokenBucket
@@ -182,21 +182,7 @@ def resilient(
         call = hedged
 
     if breaker is not None:
-        circuit = breaker
-        guarded_inner = call
-
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            # CircuitBreaker.call() inlined: no partial, no extra coroutine per call.
-            generation = circuit._admit()
-            try:
-                result = await guarded_inner(*args, **kwargs)
-            except BaseException as exc:
-                circuit._settle(generation, exc)
-                raise
-            circuit._succeeded(generation)
-            return result
-
-        call = guarded
+        call = protect(breaker, call)
 
     if retry is not None:
         policy = retry

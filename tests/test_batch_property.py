@@ -11,12 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _helpers import Boom
 from trioflow import BatchResult, OutcomeStatus, Progress, ResourceManager, run_batch
 from trioflow.testing import virtual_time_backends
-
-
-class Boom(Exception):
-    pass
 
 
 def makespan(durations: list[float], limit: int | None) -> float:

@@ -1,0 +1,73 @@
+"""Helpers shared by the test files: failing and sleeping operations, a process probe."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from trioflow import OutcomeStatus
+
+SUCCEEDED = OutcomeStatus.SUCCEEDED
+FAILED = OutcomeStatus.FAILED
+CANCELLED = OutcomeStatus.CANCELLED
+
+
+class Boom(Exception):
+    """The failure the test operations raise."""
+
+
+async def napping(seconds: float, value: int) -> int:
+    await anyio.sleep(seconds)
+    return value
+
+
+class Tracker:
+    """Makes operations that sleep, then return or raise; records what ran and how many at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
+        self.started: list[int] = []
+        self.finished: list[int] = []
+        self.cancelled: list[int] = []
+
+    def op(
+        self, index: int, seconds: float, *, fail: bool = False, value: Any = None
+    ) -> Callable[[], Awaitable[Any]]:
+        async def operation() -> Any:
+            self.started.append(index)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            try:
+                await anyio.sleep(seconds)
+            except anyio.get_cancelled_exc_class():
+                self.cancelled.append(index)
+                raise
+            finally:
+                self.running -= 1
+            self.finished.append(index)
+            if fail:
+                raise Boom(f"op {index}")
+            return index if value is None else value
+
+        return operation
+
+    def ops(self, durations: list[float], failing: tuple[int, ...] = ()) -> list[Any]:
+        return [self.op(i, d, fail=i in failing) for i, d in enumerate(durations)]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (waiting for a parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
