@@ -17,6 +17,7 @@ path tests one thing.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -40,6 +41,7 @@ __all__ = (
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 _MAX_REPR = 60
+_FLOAT_MAX = sys.float_info.max
 
 
 def describe(value: object) -> str:
@@ -223,8 +225,12 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
     """
     if value is None:
         return None
-    if type(value) is float and 0 <= value < math.inf:
-        return value  # the common case, at once
+    kind = type(value)  # the common cases first, at once
+    if kind is float:
+        if 0 <= value < math.inf:  # type: ignore[operator]
+            return value  # type: ignore[return-value]
+    elif kind is int and 0 <= value <= _FLOAT_MAX:  # type: ignore[operator]
+        return float(value)  # type: ignore[arg-type]
     if isinstance(value, bool) or not isinstance(value, int | float):
         _fail(TypeError, name, _TIMEOUT, value)
     seconds = value
