@@ -105,7 +105,8 @@ class Stage:
             several stages can share a state).
         fn: ``async fn(request) -> value``; the value is stored in ``request.results[name]``.
         timeout: Seconds the stage may take, retries and waits for pools included; past it
-            the stage fails with the builtin ``TimeoutError``. ``None``: no limit.
+            the stage fails with the builtin ``TimeoutError``. ``None`` (or ``math.inf``): no
+            limit.
         pools: Named pools of the run's :class:`~trioflow.ResourceManager` to hold one token
             of each during every attempt.
         retry: A :class:`~trioflow.RetryPolicy`, or the name of one the run is given (e.g.

@@ -103,8 +103,8 @@ class AdaptiveConcurrency:
         baseline_windows: How many recent windows the baseline latency is taken over, >= 1.
 
     Raises:
-        TypeError: If ``resource_manager`` is not a ResourceManager or ``health`` is not a
-            health source.
+        TypeError: If ``resource_manager`` is not a ResourceManager, ``health`` is not a
+            health source, or a limit is not an int or a factor not a number.
         ValueError: If a bound or factor is out of range, including ``min_limit >
             max_limit``.
     """

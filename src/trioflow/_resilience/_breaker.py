@@ -162,7 +162,8 @@ class CircuitBreaker:
 
     Raises:
         ValueError: If a threshold is below 1 or ``reset_timeout`` is negative or not finite.
-        TypeError: If ``exclude`` is not an exception type or a tuple of them.
+        TypeError: If ``exclude`` is not an exception type or a tuple of them, or a number
+            has the wrong type (a threshold not an int, a timeout not a number).
     """
 
     _failure_threshold: int = attrs.field(

@@ -121,7 +121,7 @@ class HealthMonitor:
     Raises:
         ValueError: If a percentage is outside (0, 100], ``interval`` is not > 0 or
             ``consecutive_samples`` is not an int >= 1.
-        TypeError: If ``sampler`` is not callable.
+        TypeError: If ``sampler`` is not callable, or a number has the wrong type.
     """
 
     _max_cpu_percent: float = attrs.field(

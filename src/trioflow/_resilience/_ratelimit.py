@@ -111,6 +111,7 @@ class TokenBucket:
             alongside the event loop's, because :meth:`acquire` sleeps on the event loop.
 
     Raises:
+        TypeError: If ``rate`` or ``burst`` is not a number.
         ValueError: If ``rate`` or ``burst`` is not a finite number > 0.
     """
 
@@ -363,8 +364,8 @@ class KeyedRateLimiter(Generic[K]):
 
     Raises:
         ValueError: If a rate, burst or ``max_keys`` is out of range.
-        TypeError: If ``limits`` is not a mapping of ``(rate, burst)`` pairs or ``classify``
-            is not callable.
+        TypeError: If ``limits`` is not a mapping of ``(rate, burst)`` pairs, ``classify``
+            is not callable, or a rate, burst or ``max_keys`` has the wrong type.
     """
 
     _rate: float = attrs.field(alias="rate", validator=_positive_field)
