@@ -161,9 +161,9 @@ def test_initial_limit_is_clamped_or_given() -> None:
     [
         ({"min_limit": 5, "max_limit": 3}, ValueError, "min_limit must be <= max_limit, got "),
         ({"min_limit": 0, "max_limit": 3}, ValueError, "min_limit must be an int >= 1, got 0"),
-        ({"max_limit": 2.5}, ValueError, "max_limit must be an int >= 1, got 2.5"),
+        ({"max_limit": 2.5}, TypeError, r"max_limit must be an int >= 1, got 2\.5 \(float\)"),
         ({"max_limit": 9, "initial_limit": 10}, ValueError, r"initial_limit must be an int in"),
-        ({"max_limit": 9, "tolerance": 1}, ValueError, r"tolerance must be a number in \(1, "),
+        ({"max_limit": 9, "tolerance": 1}, ValueError, r"tolerance must be a finite number > 1, "),
         ({"max_limit": 9, "backoff": 1}, ValueError, r"backoff must be a number in \(0, 1\)"),
         ({"max_limit": 9, "backoff": 0}, ValueError, r"backoff must be a number in \(0, 1"),
         ({"max_limit": 9, "max_error_rate": -1}, ValueError, r"max_error_rate .* got -1"),

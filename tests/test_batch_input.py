@@ -22,6 +22,8 @@ pytestmark = pytest.mark.anyio
 
 # --- bad input -----------------------------------------------------------------------------
 
+_TIMEOUT = r"timeout must be a number of seconds >= 0 or None \(no deadline\)"
+
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
@@ -38,10 +40,10 @@ pytestmark = pytest.mark.anyio
             TypeError,
             "limit must be an int >= 1, a ResourceManager or None, got True",
         ),
-        ({"timeout": -1}, ValueError, "timeout must be a finite number of seconds >= 0"),
-        ({"timeout": math.nan}, ValueError, "timeout must be a finite number of seconds >= 0"),
-        ({"timeout": math.inf}, ValueError, r"\(None for no timeout\), got inf"),
-        ({"timeout": "5"}, TypeError, "timeout must be a number of seconds >= 0 or None, got '5'"),
+        ({"timeout": -1}, ValueError, rf"{_TIMEOUT}, got -1 \(int\)"),
+        ({"timeout": math.nan}, ValueError, rf"{_TIMEOUT}, got nan \(float\)"),
+        ({"timeout": -math.inf}, ValueError, rf"{_TIMEOUT}, got -inf \(float\)"),
+        ({"timeout": "5"}, TypeError, rf"{_TIMEOUT}, got '5' \(str\)"),
         ({"timeout": False}, TypeError, "timeout must be a number"),
         ({"fail_fast": 1}, TypeError, "fail_fast must be a bool, got 1"),
         ({"retry": 3}, TypeError, "retry must be a RetryPolicy or None, got 3"),

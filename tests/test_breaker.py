@@ -279,7 +279,7 @@ async def test_statistics_are_a_frozen_snapshot() -> None:
     ("kwargs", "error", "message"),
     [
         ({"failure_threshold": 0}, ValueError, "failure_threshold must be an int >= 1, got 0"),
-        ({"failure_threshold": 2.0}, ValueError, "failure_threshold must be an int >= 1, got 2.0"),
+        ({"failure_threshold": 2.0}, TypeError, "failure_threshold must be an int >= 1, got 2.0"),
         ({"half_open_max_calls": 0}, ValueError, "half_open_max_calls must be an int >= 1, got 0"),
         ({"reset_timeout": -1}, ValueError, "reset_timeout must be a finite number >= 0, got -1"),
         ({"reset_timeout": math.nan}, ValueError, "reset_timeout must be .* got nan"),

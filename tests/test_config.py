@@ -136,25 +136,25 @@ def test_every_problem_is_listed_with_its_path() -> None:
         }
     )
     assert found == {
-        "max_concurrency": "must be an int >= 1, got 0",
+        "max_concurrency": "must be an int >= 1, got 0 (int)",
         "per_user_limt": "unknown key",
         "default_timeout": 'must be a duration (seconds or an "HH:MM:SS" string or "none"), '
         "got '5 minutes'",
         "enable_metrics": "expected bool, got 'yes'",
-        "retry.backoff_multiplier": "must be >= 1, got 0.5",
-        "retry.max_retries": "must be an int >= 0, got -1",
+        "retry.backoff_multiplier": "must be a finite number >= 1, got 0.5 (float)",
+        "retry.max_retries": "must be an int >= 0, got -1 (int)",
         "retry.initial_delay": 'must be a duration (seconds or an "HH:MM:SS" string), '
         "got '00:61:00'",
-        "pools.llm": "must be an int >= 1, got 0",
+        "pools.llm": "must be an int >= 1, got 0 (int)",
         "pools.tool": "expected int, got 'ten'",
         "retry_policies.default": "the name 'default' is reserved for the retry block",
-        "retry_policies.llm.jitter": "must be >= 0, got -1.0",
-        "rate_limits.per_user.rate": "must be > 0, got 0.0",
-        "rate_limits.per_source.mcp.burst": "must be an int >= 1, got 0",
+        "retry_policies.llm.jitter": "must be a finite number >= 0, got -1.0 (float)",
+        "rate_limits.per_user.rate": "must be a finite number > 0, got 0.0 (float)",
+        "rate_limits.per_source.mcp.burst": "must be an int >= 1, got 0 (int)",
         "rate_limits.per_source.mcp.extra": "unknown key",
         "rate_limits.when_limited": "expected one of 'wait', 'fail', got 'queue'",
-        "health.interval": "must be > 0, got 0.0",
-        "health.max_cpu_percent": "must be <= 100, got 150.0",
+        "health.interval": "must be a finite number > 0, got 0.0 (float)",
+        "health.max_cpu_percent": "must be a number in (0, 100], got 150.0 (float)",
         "optional_stages": "expected array, got 'context'",
     }
 
@@ -166,7 +166,7 @@ def test_a_table_given_something_else_is_a_problem_of_that_table() -> None:
         "health": "expected a table, got []",
         "retry": "expected a table, got 3",
         "rate_limits.per_source.cli": "expected a table, got 5",
-        "rate_limits.per_source.mcp.rate": "must be > 0, got 0.0",
+        "rate_limits.per_source.mcp.rate": "must be a finite number > 0, got 0.0 (float)",
     }
 
 
@@ -176,12 +176,13 @@ def test_cross_field_problems_and_the_message() -> None:
     )
     assert found == {
         "retry.max_delay": "must be >= initial_delay (5), got 1",
-        "health.max_cpu_percent": "must be <= 100, got 101.0",
+        "health.max_cpu_percent": "must be a number in (0, 100], got 101.0 (float)",
     }
     with pytest.raises(ConfigError) as info:
         load_config({"retry": {"backoff_multiplier": 0.5}})
     assert str(info.value) == (
-        "invalid configuration:\n  retry.backoff_multiplier: must be >= 1, got 0.5"
+        "invalid configuration:\n"
+        "  retry.backoff_multiplier: must be a finite number >= 1, got 0.5 (float)"
     )
     assert problems({"rate_limits": {"per_user": {}}}) == {
         "rate_limits.per_user.rate": "required field is missing"
@@ -192,12 +193,14 @@ def test_building_in_code_is_validated_the_same_way() -> None:
     with pytest.raises(ConfigError) as info:
         OrchestrationConfig(max_concurrency=0, pools={"llm": 0, "": 1}, optional_stages=("a", ""))
     assert dict(info.value.problems) == {
-        "max_concurrency": "must be an int >= 1, got 0",
-        "pools.llm": "must be an int >= 1, got 0",
+        "max_concurrency": "must be an int >= 1, got 0 (int)",
+        "pools.llm": "must be an int >= 1, got 0 (int)",
         "pools['']": "pool names must be non-empty strings, got ''",
         "optional_stages": "must be a list of non-empty strings, got ('a', '')",
     }
-    with pytest.raises(ConfigError, match=r"backoff_multiplier: must be >= 1, got 0\.5"):
+    with pytest.raises(
+        ConfigError, match=r"backoff_multiplier: must be a finite number >= 1, got 0\.5 \(float\)"
+    ):
         RetryConfig(backoff_multiplier=0.5)
     with pytest.raises(ConfigError, match="retry: must be a RetryConfig"):
         OrchestrationConfig(retry={"max_retries": 1})  # type: ignore[arg-type]

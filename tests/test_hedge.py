@@ -133,21 +133,25 @@ async def test_failure_after_the_winner_is_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"delay": -1}, "delay must be a finite number >= 0, got -1"),
-        ({"delay": math.nan}, "delay must be a finite number >= 0, got nan"),
-        ({"delay": True}, "delay must be a finite number >= 0, got True"),
-        ({"delay": 1, "max_attempts": 0}, "max_attempts must be an int >= 1, got 0"),
-        ({"delay": 1, "max_attempts": 2.0}, "max_attempts must be an int >= 1, got 2.0"),
+        ({"delay": -1}, ValueError, "delay must be a finite number >= 0, got -1"),
+        ({"delay": math.nan}, ValueError, "delay must be a finite number >= 0, got nan"),
+        ({"delay": True}, TypeError, "delay must be a finite number >= 0, got True"),
+        ({"delay": 1, "max_attempts": 0}, ValueError, "max_attempts must be an int >= 1, got 0"),
+        (
+            {"delay": 1, "max_attempts": 2.0},
+            TypeError,
+            "max_attempts must be an int >= 1, got 2.0",
+        ),
     ],
 )
 async def test_bad_arguments_are_rejected_before_any_attempt(
-    kwargs: dict[str, float], message: str
+    kwargs: dict[str, float], error: type[Exception], message: str
 ) -> None:
     service = Service([(1, "x")])
     call: Callable[..., Awaitable[str]] = hedge
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         await call(service, **kwargs)
     assert service.started == []
 

@@ -42,6 +42,7 @@ GROUND = {
         "_options",
         "_status",
         "_deprecate",
+        "_startup",
         "testing",
     )
 }
@@ -55,6 +56,7 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}._checked",
     f"{PACKAGE}._structure",
     f"{PACKAGE}._deprecate",
+    f"{PACKAGE}._startup",  # the command's first moments, run before the package imports
 }
 
 

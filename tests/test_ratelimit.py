@@ -194,20 +194,22 @@ async def test_request_above_burst_is_rejected_before_waiting() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"rate": 0, "burst": 1}, "rate must be a finite number > 0, got 0"),
-        ({"rate": -1, "burst": 1}, "rate must be a finite number > 0, got -1"),
-        ({"rate": math.inf, "burst": 1}, "rate must be a finite number > 0, got inf"),
-        ({"rate": 1, "burst": 0}, "burst must be a finite number > 0, got 0"),
-        ({"rate": 1, "burst": math.nan}, "burst must be a finite number > 0, got nan"),
-        ({"rate": "1", "burst": 1}, "rate must be a finite number > 0, got '1'"),
+        ({"rate": 0, "burst": 1}, ValueError, "rate must be a finite number > 0, got 0"),
+        ({"rate": -1, "burst": 1}, ValueError, "rate must be a finite number > 0, got -1"),
+        ({"rate": math.inf, "burst": 1}, ValueError, "rate must be a finite number > 0, got inf"),
+        ({"rate": 1, "burst": 0}, ValueError, "burst must be a finite number > 0, got 0"),
+        ({"rate": 1, "burst": math.nan}, ValueError, "burst must be a finite number > 0, got nan"),
+        ({"rate": "1", "burst": 1}, TypeError, "rate must be a finite number > 0, got '1'"),
     ],
 )
-def test_bad_bucket_arguments_are_rejected(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_bucket_arguments_are_rejected(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
         TokenBucket(**kwargs)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         KeyedRateLimiter(**kwargs)  # type: ignore[arg-type]
 
 
@@ -403,7 +405,7 @@ async def test_buckets_with_waiters_are_never_evicted() -> None:
     ("kwargs", "error", "message"),
     [
         ({"max_keys": 0}, ValueError, "max_keys must be an int >= 1, got 0"),
-        ({"max_keys": 1.5}, ValueError, "max_keys must be an int >= 1, got 1.5"),
+        ({"max_keys": 1.5}, TypeError, "max_keys must be an int >= 1, got 1.5"),
         ({"limits": [("cli", (1, 1))]}, TypeError, "limits must be a mapping"),
         ({"limits": {"cli": 1}}, TypeError, r"limits\['cli'\] must be a \(rate, burst\) pair"),
         ({"limits": {"cli": (0, 1)}}, ValueError, r"limits\['cli'\] rate must be .* got 0"),

@@ -216,7 +216,7 @@ async def test_usable_as_a_workflow_step() -> None:
         (
             {"timeout": -1},
             ValueError,
-            r"timeout must be a finite number of seconds >= 0 \(None for no timeout\), got -1",
+            r"timeout must be a number of seconds >= 0 or None \(no deadline\), got -1 \(int\)",
         ),
         ({"timeout": math.nan}, ValueError, "timeout must be .* got nan"),
         ({"hedge": -0.5}, ValueError, "hedge must be a finite number >= 0, got -0.5"),

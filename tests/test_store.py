@@ -700,9 +700,9 @@ async def test_sqlite_store_refuses_a_directory_and_foreign_databases(tmp_path: 
 def test_sqlite_store_arguments() -> None:
     with pytest.raises(TypeError, match="path must be a str or a path"):
         SQLiteStore(3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="busy_timeout must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"busy_timeout must be a number in \[0, 2000000\]"):
         SQLiteStore("x.db", busy_timeout=-1)
-    with pytest.raises(TypeError, match="busy_timeout must be a number >= 0"):
+    with pytest.raises(TypeError, match=r"busy_timeout must be a number in \[0, 2000000\]"):
         SQLiteStore("x.db", busy_timeout="1")  # type: ignore[arg-type]
 
 

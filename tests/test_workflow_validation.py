@@ -110,8 +110,8 @@ def test_non_async_step_functions_are_refused() -> None:
         (
             -1,
             ValueError,
-            "timeout of step 'a' must be a finite number of seconds >= 0 "
-            "(None for no timeout), got -1",
+            "timeout of step 'a' must be a number of seconds >= 0 or None (no deadline), "
+            "got -1 (int)",
         ),
         (math.nan, ValueError, "got nan"),
         (-math.inf, ValueError, "got -inf"),

@@ -6,13 +6,14 @@ re-exported here, the request layer (coordinator,
 pipelines, tools) in :mod:`trioflow.lifecycle`; the modules beside this file are private.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (_startup first, on purpose)
+
+from . import _startup  # noqa: F401  # first: a quiet Ctrl-C while the command starts
 
 import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import _startup  # noqa: F401  # first: a quiet Ctrl-C while the command starts
 from ._batch._as_completed import as_completed as as_completed
 from ._batch._outcomes import BatchResult as BatchResult
 from ._batch._outcomes import OperationFailure as OperationFailure

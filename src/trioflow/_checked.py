@@ -19,6 +19,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from ._checks import check_bool, check_int, check_number, check_percent, problem
 from ._errors import ConfigError
 from ._structure import Invalid, describe, join_path, problems_of, strict_converter
 
@@ -51,40 +52,24 @@ _KEYS = "trioflow.keys"
 
 
 # --- checks: return a problem message, or None ---------------------------------------------
+# The predicates are those of _checks, so a file and a constructor refuse the same values with
+# the same words; only the name is replaced by the value's path.
 def is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
 
 
 def int_at_least(minimum: int) -> Check:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            return f"must be an int >= {minimum}, got {describe(value)}"
-        return None
-
-    return check
+    return lambda value: problem(check_int, value, minimum=minimum)
 
 
-def number_at_least(minimum: float, *, strict: bool = False) -> Check:
-    op = ">" if strict else ">="
-
-    def check(value: Any) -> str | None:
-        if not is_number(value):
-            return f"must be a number {op} {minimum:g}, got {describe(value)}"
-        if math.isnan(value) or value < minimum or (strict and value == minimum):
-            return f"must be {op} {minimum:g}, got {describe(value)}"
-        return None
-
-    return check
-
-
-_POSITIVE = number_at_least(0, strict=True)
+def number_at_least(minimum: float, *, strict: bool = False, finite: bool = True) -> Check:
+    return lambda value: problem(
+        check_number, value, minimum=minimum, strict=strict, finite=finite
+    )
 
 
 def percent(value: Any) -> str | Problems | None:
-    problem = _POSITIVE(value)
-    if problem is None and value > 100:
-        return f"must be <= 100, got {describe(value)}"
-    return problem
+    return problem(check_percent, value)
 
 
 def optional(check: Check) -> Check:
@@ -92,7 +77,7 @@ def optional(check: Check) -> Check:
 
 
 def boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, got {describe(value)}"
+    return problem(check_bool, value)
 
 
 def one_of(*choices: str) -> Check:
@@ -156,7 +141,10 @@ def parse_duration(value: Any, *, optional: bool = False) -> float | None:
     if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
         return None
     if is_number(value):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float: the field's check refuses it
+            return math.inf
     if isinstance(value, str):
         match = _HMS.match(value.strip())
         if match:

@@ -95,7 +95,7 @@ class ConfigError(TrioflowError, ValueError):
 
     Attributes:
         problems: Every problem as ``(path, message)``, e.g.
-            ``("retry.backoff_multiplier", "must be >= 1, got 0.5")``.
+            ``("retry.jitter", "must be a finite number >= 0, got -1 (int)")``.
     """
 
     def __init__(self, problems: Sequence[tuple[str, str]], *, source: str | None = None) -> None:

@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from ._checks import check_int
 from ._errors import ResourceExhaustedError
 
 __all__ = ("HealthSource", "PoolStatistics", "ResourceManager", "ResourceManagerStatistics")
@@ -103,11 +104,7 @@ class ResourceManagerStatistics:
 
 
 def _check_size(what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-    return value
+    return check_int(value, what, minimum=1)
 
 
 @final

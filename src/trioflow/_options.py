@@ -8,20 +8,19 @@ wherever they are written.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import final
 
 import attrs
 
-from ._checks import check_timeout
+from ._checks import check_bool, check_timeout, describe, no_deadline
 from ._retry import RetryPolicy
 
 __all__ = ("WorkOptions", "check_pools")
 
 
 def _describe(value: object) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return describe(value)
 
 
 def check_pools(value: object, name: str = "pools") -> tuple[str, ...]:
@@ -65,12 +64,11 @@ def _retry(
 
 
 def _optional(instance: WorkOptions, attribute: attrs.Attribute[bool], value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{instance.where}optional must be a bool, got {_describe(value)}")
+    check_bool(value, f"{instance.where}optional")
 
 
 def _no_deadline(value: object) -> object:
-    return None if isinstance(value, float) and value == math.inf else value
+    return no_deadline(value)
 
 
 @final

@@ -17,6 +17,8 @@ import attrs
 import tenacity
 from tenacity.asyncio import AsyncRetrying
 
+from ._checks import Validator, check_int, check_number, validator
+
 __all__ = ("RetryPolicy",)
 
 T = TypeVar("T")
@@ -25,26 +27,15 @@ Ts = TypeVarTuple("Ts")
 ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-def _int_at_least_1(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+_int_at_least_1 = validator(check_int, minimum=1)
 
 
-def _number_at_least(minimum: float) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        expected = f"{attribute.name} must be a finite number >= {minimum:g}"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{expected}, got {value!r}")
-        if not math.isfinite(value) or value < minimum:
-            raise ValueError(f"{expected}, got {value!r}")
-
-    return check
+def _number_at_least(minimum: float) -> Validator:
+    return validator(check_number, minimum=minimum)
 
 
 def _max_delay_check(instance: RetryPolicy, attribute: attrs.Attribute[Any], value: float) -> None:
-    _number_at_least(0)(instance, attribute, value)
+    check_number(value, attribute.name, minimum=0)
     if value < instance.initial_delay:
         raise ValueError(
             f"max_delay must be >= initial_delay ({instance.initial_delay!r}), got {value!r}"

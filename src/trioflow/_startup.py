@@ -12,9 +12,15 @@ An application that imports trioflow is never affected.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from types import FrameType
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds)
+
+if TYPE_CHECKING:
+    import signal as _signal
+else:  # the interpreter's own module, loaded already: signal.py would take milliseconds
+    import _signal
 
 __all__ = ("finished",)
 
@@ -34,14 +40,14 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 _installed = False
-if _is_the_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _interrupted)
+if _is_the_command() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, _interrupted)
     _installed = True
 
 
 def finished() -> None:
     """Give SIGINT back to Python (``KeyboardInterrupt``): the command handles it from here."""
     global _installed
-    if _installed and signal.getsignal(signal.SIGINT) is _interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _installed and _signal.getsignal(_signal.SIGINT) is _interrupted:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     _installed = False

@@ -36,7 +36,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._backend import CancelScope, TaskGroup, current_backend
-from .._checks import check_timeout
+from .._checks import check_bool, check_int, check_timeout, describe
 from .._limits import ResourceManager
 from .._retry import RetryPolicy
 from ._outcomes import (
@@ -69,7 +69,7 @@ _SPAWN_BATCH = 256
 
 
 def kind(value: object) -> str:
-    return f"{value!r} ({type(value).__qualname__})"
+    return describe(value)
 
 
 def _check_limit(limit: object) -> int | ResourceManager | None:
@@ -77,9 +77,7 @@ def _check_limit(limit: object) -> int | ResourceManager | None:
         return limit
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise TypeError(f"limit must be an int >= 1, a ResourceManager or None, got {kind(limit)}")
-    if limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit}")
-    return limit
+    return check_int(limit, "limit", minimum=1)
 
 
 def check_operations(operations: object, name: str = "operations") -> None:
@@ -540,8 +538,7 @@ def validate(
     check_operations(operations)
     checked_limit = _check_limit(limit)
     checked_timeout = check_timeout(timeout)
-    if not isinstance(fail_fast, bool):
-        raise TypeError(f"fail_fast must be a bool, got {kind(fail_fast)}")
+    check_bool(fail_fast, "fail_fast")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy or None, got {kind(retry)}")
     if on_progress is not None and not callable(on_progress):

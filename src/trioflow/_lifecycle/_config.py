@@ -4,8 +4,8 @@
 :class:`OrchestrationConfig` and reports every problem at once, each with its path::
 
     trioflow.ConfigError: invalid configuration in orchestration.toml:
-      retry.backoff_multiplier: must be >= 1, got 0.5
-      pools.llm: must be an int >= 1, got 0
+      retry.backoff_multiplier: must be a finite number >= 1, got 0.5 (float)
+      pools.llm: must be an int >= 1, got 0 (int)
       rate_limits.per_usr: unknown key
 
 Durations are seconds (a number) or ``"HH:MM:SS"`` strings (``"00:00:01.5"`` too); an
@@ -42,6 +42,7 @@ from .._checked import (
     percent,
     validate,
 )
+from .._checks import no_deadline
 from .._errors import ConfigError
 from .._retry import RetryPolicy
 from .._structure import describe, problems_of
@@ -259,7 +260,7 @@ class OrchestrationConfig:
             (a RESOURCE_EXHAUSTION failure, shedding load). An int >= 1, or ``None`` for no
             limit.
         default_timeout: The time a request may take from admission to its terminal state, a
-            duration > 0, or ``None`` for no limit.
+            duration > 0, or ``None`` (or infinity) for no limit.
         enable_metrics: Whether the coordinator logs its statistics periodically.
         metrics_interval: How often to log them, a duration > 0.
         pools: Named pools and their sizes, for stages that name them.
@@ -279,7 +280,10 @@ class OrchestrationConfig:
     per_user_limit: int = field(10, check=int_at_least(1))
     max_queue_depth: int | None = field(None, check=optional(int_at_least(1)))
     default_timeout: float | None = field(
-        30.0, check=optional(number_at_least(0, strict=True)), duration="optional"
+        30.0,
+        check=optional(number_at_least(0, strict=True, finite=False)),
+        duration="optional",
+        converter=no_deadline,
     )
     enable_metrics: bool = field(True, check=boolean)
     metrics_interval: float = field(

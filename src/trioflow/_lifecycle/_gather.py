@@ -79,7 +79,7 @@ async def gather_partial(
     for name, fn in sources.items():
         if not callable(fn):
             raise TypeError(f"sources[{name!r}] must be an async callable, got {fn!r}")
-    check_timeout(budget, "budget")
+    budget = check_timeout(budget, "budget")
     values: dict[str, T] = {}
     errors: dict[str, Exception] = {}
 

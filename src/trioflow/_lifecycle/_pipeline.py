@@ -19,7 +19,7 @@ import anyio
 import attrs
 
 from .._backend import current_clock as clock
-from .._checks import check_timeout
+from .._checks import check_bool, check_name, check_timeout, no_deadline, validator
 from .._errors import InvalidTransitionError
 from .._limits import ResourceManager
 from .._resilience._policies import RetryPolicies
@@ -46,9 +46,7 @@ _FAILED = RequestState.FAILED
 _CANCELLED = RequestState.CANCELLED
 
 
-def _stage_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"name must be a non-empty str, got {value!r}")
+_stage_name = validator(check_name)
 
 
 def _stage_state(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -61,8 +59,7 @@ def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise TypeError(f"fn must be an async callable taking the request, got {value!r}")
 
 
-def _stage_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_timeout(value)
+_stage_timeout = validator(check_timeout)
 
 
 def _to_pools(value: object) -> object:
@@ -88,9 +85,7 @@ def _stage_retry(instance: object, attribute: attrs.Attribute[Any], value: objec
     )
 
 
-def _stage_optional(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"optional must be a bool, got {value!r}")
+_stage_optional = validator(check_bool)
 
 
 @final
@@ -110,7 +105,8 @@ class Stage:
             several stages can share a state).
         fn: ``async fn(request) -> value``; the value is stored in ``request.results[name]``.
         timeout: Seconds the stage may take, retries and waits for pools included; past it
-            the stage fails with the builtin ``TimeoutError``. ``None``: no limit.
+            the stage fails with the builtin ``TimeoutError``. ``None`` (or ``math.inf``): no
+            limit.
         pools: Named pools of the run's :class:`~trioflow.ResourceManager` to hold one token
             of each during every attempt.
         retry: A :class:`~trioflow.RetryPolicy`, or the name of one the run is given (e.g.
@@ -126,7 +122,9 @@ class Stage:
     name: str = attrs.field(validator=_stage_name)
     state: RequestState = attrs.field(validator=_stage_state)
     fn: StageFn = attrs.field(validator=_stage_fn)
-    timeout: float | None = attrs.field(default=None, kw_only=True, validator=_stage_timeout)
+    timeout: float | None = attrs.field(
+        default=None, kw_only=True, converter=no_deadline, validator=_stage_timeout
+    )
     pools: tuple[str, ...] = attrs.field(
         default=(), kw_only=True, converter=_to_pools, validator=_stage_pools
     )
@@ -456,7 +454,7 @@ class Pipeline:
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if id(request) in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)

@@ -16,6 +16,7 @@ from typing import Any, final
 import attrs
 
 from .._backend import current_clock as clock
+from .._checks import check_int, check_name, validator
 from .._errors import (
     CircuitOpenError,
     InvalidTransitionError,
@@ -125,9 +126,7 @@ def _new_id() -> str:
     return os.urandom(16).hex()
 
 
-def _check_text(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{attribute.name} must be a non-empty str, got {value!r}")
+_check_text = validator(check_name)
 
 
 def _check_kind(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -137,9 +136,7 @@ def _check_kind(inst: object, attribute: attrs.Attribute[Any], value: object) ->
         )
 
 
-def _check_priority(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"priority must be an int, got {value!r}")
+_check_priority = validator(check_int)
 
 
 def _check_state(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:

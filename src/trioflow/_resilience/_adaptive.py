@@ -31,6 +31,7 @@ from typing import Self, final
 import anyio
 import attrs
 
+from .._checks import check_fraction, check_int, check_number
 from .._limits import HealthSource, ResourceManager
 
 __all__ = ("AdaptiveConcurrency", "AdaptiveConcurrencyStatistics")
@@ -69,24 +70,7 @@ class AdaptiveConcurrencyStatistics:
 
 
 def _int_at_least_1(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _number(name: str, value: object, low: float, high: float, *, open_low: bool) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value > low if open_low else value >= low)
-        and value <= high
-    )
-    if not ok:
-        bracket = "(" if open_low else "["
-        upper = "inf)" if math.isinf(high) else f"{high:g}]"
-        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {upper}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return check_int(value, name, minimum=1)
 
 
 @final
@@ -119,8 +103,8 @@ class AdaptiveConcurrency:
         baseline_windows: How many recent windows the baseline latency is taken over, >= 1.
 
     Raises:
-        TypeError: If ``resource_manager`` is not a ResourceManager or ``health`` is not a
-            health source.
+        TypeError: If ``resource_manager`` is not a ResourceManager, ``health`` is not a
+            health source, or a limit is not an int or a factor not a number.
         ValueError: If a bound or factor is out of range, including ``min_limit >
             max_limit``.
     """
@@ -172,20 +156,11 @@ class AdaptiveConcurrency:
             )
         if initial_limit is None:
             initial_limit = min(max(resource_manager.limit, min_limit), max_limit)
-        elif (
-            isinstance(initial_limit, bool)
-            or not isinstance(initial_limit, int)
-            or not min_limit <= initial_limit <= max_limit
-        ):
-            raise ValueError(
-                f"initial_limit must be an int in [{min_limit}, {max_limit}], "
-                f"got {initial_limit!r}"
-            )
-        self._tolerance = _number("tolerance", tolerance, 1, math.inf, open_low=True)
-        self._backoff = _number("backoff", backoff, 0, 1, open_low=True)
-        if self._backoff == 1:
-            raise ValueError(f"backoff must be a number in (0, 1), got {backoff!r}")
-        self._max_error_rate = _number("max_error_rate", max_error_rate, 0, 1, open_low=False)
+        else:
+            check_int(initial_limit, "initial_limit", minimum=min_limit, maximum=max_limit)
+        self._tolerance = check_number(tolerance, "tolerance", minimum=1, strict=True)
+        self._backoff = check_fraction(backoff, "backoff", strict=True)
+        self._max_error_rate = check_fraction(max_error_rate, "max_error_rate")
         if health is not None and not isinstance(health, HealthSource):
             raise TypeError(
                 f"health must have a 'healthy' property and 'wait_healthy()', got {health!r}"

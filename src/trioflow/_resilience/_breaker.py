@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import math
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import ParamSpec, TypeVar, TypeVarTuple, final
@@ -22,6 +21,7 @@ from typing import ParamSpec, TypeVar, TypeVarTuple, final
 import anyio
 import attrs
 
+from .._checks import check_int, check_number, validator
 from .._errors import CircuitOpenError
 
 __all__ = ("CircuitBreaker", "CircuitBreakerStatistics", "CircuitState", "protect")
@@ -78,19 +78,8 @@ class CircuitBreakerStatistics:
     opened: int
 
 
-def _threshold(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.alias} must be an int >= 1, got {value!r}")
-
-
-def _timeout(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{attribute.alias} must be a finite number >= 0, got {value!r}")
+_threshold = validator(check_int, minimum=1)
+_timeout = validator(check_number, minimum=0)
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:
@@ -174,7 +163,8 @@ class CircuitBreaker:
 
     Raises:
         ValueError: If a threshold is below 1 or ``reset_timeout`` is negative or not finite.
-        TypeError: If ``exclude`` is not an exception type or a tuple of them.
+        TypeError: If ``exclude`` is not an exception type or a tuple of them, or a number
+            has the wrong type (a threshold not an int, a timeout not a number).
     """
 
     _failure_threshold: int = attrs.field(

@@ -14,7 +14,6 @@ over arbitrary windows.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self, final
@@ -24,6 +23,8 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 import psutil  # type: ignore[import-untyped]
+
+from .._checks import check_int, check_number, check_percent, validator
 
 __all__ = ("HealthMonitor", "HealthMonitorStatistics")
 
@@ -42,28 +43,9 @@ def psutil_sampler() -> tuple[float, float]:
     return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
 
 
-def _percent(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (0 < value <= 100)  # also rejects NaN
-    ):
-        raise ValueError(f"{attribute.alias} must be a number in (0, 100], got {value!r}")
-
-
-def _interval(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{attribute.alias} must be a finite number > 0, got {value!r}")
-
-
-def _at_least_1(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.alias} must be an int >= 1, got {value!r}")
+_percent = validator(check_percent)
+_interval = validator(check_number, minimum=0, strict=True)
+_at_least_1 = validator(check_int, minimum=1)
 
 
 def _sampler(value: Sampler | None) -> Sampler:
@@ -139,7 +121,7 @@ class HealthMonitor:
     Raises:
         ValueError: If a percentage is outside (0, 100], ``interval`` is not > 0 or
             ``consecutive_samples`` is not an int >= 1.
-        TypeError: If ``sampler`` is not callable.
+        TypeError: If ``sampler`` is not callable, or a number has the wrong type.
     """
 
     _max_cpu_percent: float = attrs.field(

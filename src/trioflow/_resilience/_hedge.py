@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, TypeVarTuple
 
 import anyio
+
+from .._checks import check_int, check_number
 
 __all__ = ("hedge",)
 
@@ -22,19 +23,13 @@ def check_delay(value: object, name: str = "delay") -> float:
         name: The argument's name for the error message.
 
     Returns:
-        The delay.
+        The delay, as a float.
 
     Raises:
+        TypeError: If it is not a number.
         ValueError: If it is not a finite number >= 0.
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
+    return check_number(value, name, minimum=0)
 
 
 def check_attempts(value: object, name: str = "max_attempts") -> int:
@@ -48,11 +43,10 @@ def check_attempts(value: object, name: str = "max_attempts") -> int:
         The number.
 
     Raises:
+        TypeError: If it is not an int.
         ValueError: If it is not an int >= 1.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    return check_int(value, name, minimum=1)
 
 
 async def hedge(

@@ -16,6 +16,7 @@ from typing import Literal, final
 
 import attrs
 
+from .._checks import check_fraction, validator
 from .._limits import ResourceManager
 from .._retry import RetryPolicy
 from ._health import HealthMonitor
@@ -57,9 +58,7 @@ def load_of(source: Load) -> float:
             "load must be a number in [0, 1], a ResourceManager or a HealthMonitor, "
             f"got {source!r}"
         )
-    if not 0 <= source <= 1:
-        raise ValueError(f"load must be a number in [0, 1], got {source!r}")
-    return float(source)
+    return check_fraction(source, "load")
 
 
 def _priority_boost(priority: Priority) -> int:
@@ -95,9 +94,7 @@ def _check_default(
         raise TypeError(f"default must be a RetryPolicy or None, got {value!r}")
 
 
-def _check_fraction(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
+_check_fraction = validator(check_fraction)
 
 
 @final

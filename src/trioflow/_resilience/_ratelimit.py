@@ -13,7 +13,6 @@ stream of small ones, because nobody may take tokens while someone is queued.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, TypeVar, final
@@ -23,6 +22,7 @@ import anyio.lowlevel
 import attrs
 
 from .._backend import checkpoint_if_cancelled, current_time
+from .._checks import check_int, check_number
 
 __all__ = (
     "KeyedRateLimiter",
@@ -41,14 +41,7 @@ _EVICTION_SCAN = 8
 
 
 def _positive(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(value, name, minimum=0, strict=True)
 
 
 def _check_request(n: float, burst: float) -> None:
@@ -118,6 +111,7 @@ class TokenBucket:
             alongside the event loop's, because :meth:`acquire` sleeps on the event loop.
 
     Raises:
+        TypeError: If ``rate`` or ``burst`` is not a number.
         ValueError: If ``rate`` or ``burst`` is not a finite number > 0.
     """
 
@@ -370,8 +364,8 @@ class KeyedRateLimiter(Generic[K]):
 
     Raises:
         ValueError: If a rate, burst or ``max_keys`` is out of range.
-        TypeError: If ``limits`` is not a mapping of ``(rate, burst)`` pairs or ``classify``
-            is not callable.
+        TypeError: If ``limits`` is not a mapping of ``(rate, burst)`` pairs, ``classify``
+            is not callable, or a rate, burst or ``max_keys`` has the wrong type.
     """
 
     _rate: float = attrs.field(alias="rate", validator=_positive_field)
@@ -396,8 +390,7 @@ class KeyedRateLimiter(Generic[K]):
 
     @_max_keys.validator
     def _check_max_keys(self, attribute: attrs.Attribute[int], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_keys must be an int >= 1, got {value!r}")
+        check_int(value, "max_keys", minimum=1)
 
     @_classify.validator
     def _check_classify(self, attribute: attrs.Attribute[object], value: object) -> None:

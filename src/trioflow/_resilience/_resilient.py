@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
-from .._checks import check_timeout
+from .._checks import check_timeout, describe
 from .._retry import RetryPolicy
 from ._breaker import CircuitBreaker, protect
 from ._hedge import check_attempts, check_delay
@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 def _check_type(name: str, value: object, kind: type) -> None:
     if value is not None and not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__} or None, got {value!r}")
+        raise TypeError(f"{name} must be a {kind.__name__} or None, got {describe(value)}")
 
 
 def resilient(
@@ -129,7 +129,7 @@ def resilient(
         raise TypeError(f"rate_key needs rate to be a KeyedRateLimiter, got rate={rate!r}")
     _check_type("breaker", breaker, CircuitBreaker)
     _check_type("retry", retry, RetryPolicy)
-    check_timeout(timeout)
+    timeout = check_timeout(timeout)
     if hedge is not None:
         check_delay(hedge, "hedge")
     check_attempts(hedge_attempts, "hedge_attempts")

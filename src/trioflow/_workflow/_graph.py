@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 import attrs
 
-from .._checks import check_timeout
+from .._checks import check_bool, check_timeout, describe
 from .._errors import WorkflowDefinitionError
 from .._retry import RetryPolicy
 from .._status import Status
@@ -47,7 +47,7 @@ def is_async_callable(fn: object) -> bool:
 
 
 def _describe(value: object) -> str:
-    return f"{value!r} ({type(value).__qualname__})"
+    return describe(value)
 
 
 def _check_name(value: object, what: str) -> str:
@@ -96,9 +96,7 @@ def _check_pools(value: object, step: str) -> tuple[str, ...]:
 
 
 def _check_bool(value: object, what: str, step: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{what} of step {step!r} must be a bool, got {_describe(value)}")
-    return value
+    return check_bool(value, f"{what} of step {step!r}")
 
 
 @final

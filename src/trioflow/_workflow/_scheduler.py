@@ -38,6 +38,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._backend import current_clock
+from .._checks import check_bool, check_int, describe
 from .._errors import UnstorableValueError, WorkflowDefinitionError
 from .._limits import ResourceManager
 from ._context import Context
@@ -63,10 +64,10 @@ def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
     if isinstance(limit, ResourceManager):
         return sys.maxsize, limit
     if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int >= 1, a ResourceManager or None, got {limit!r}")
-    if limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-    return limit, None
+        raise TypeError(
+            f"limit must be an int >= 1, a ResourceManager or None, got {describe(limit)}"
+        )
+    return check_int(limit, "limit", minimum=1), None
 
 
 def _check_pools(graph: Graph, manager: ResourceManager | None, limit: object) -> None:
@@ -156,8 +157,7 @@ async def run_workflow(
     graph = workflow.graph()
     cap, manager = _check_limit(limit)
     _check_pools(graph, manager, limit)
-    if not isinstance(fail_fast, bool):
-        raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
+    check_bool(fail_fast, "fail_fast")
     if context is not None and not isinstance(context, Mapping):
         raise TypeError(f"context must be a mapping of initial state or None, got {context!r}")
     if store is not None and not isinstance(store, WorkflowStore):

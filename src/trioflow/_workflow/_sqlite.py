@@ -21,11 +21,15 @@ from typing import Any, TypeVar, final
 
 import anyio.to_thread
 
+from .._checks import check_number
 from .._errors import StoreError
 from ._graph import StepStatus
 from ._store import RunRecord, RunStatus, StepRecord, StoredValue
 
 __all__ = ("SQLiteStore",)
+
+# SQLite keeps the busy timeout in a C int of milliseconds (at most about 2147483 s).
+_MAX_BUSY_TIMEOUT = 2_000_000
 
 T = TypeVar("T")
 
@@ -109,7 +113,7 @@ class SQLiteStore:
 
     Raises:
         TypeError: ``path`` is not a string or path, or ``busy_timeout`` is not a number.
-        ValueError: ``busy_timeout`` is negative or NaN.
+        ValueError: ``busy_timeout`` is negative, NaN, infinite or above 2000000 (23 days).
     """
 
     __slots__ = ("_busy_ms", "_closed", "_conn", "_lock", "_path")
@@ -117,10 +121,7 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"path must be a str or a path, got {path!r}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
-            raise TypeError(f"busy_timeout must be a number >= 0, got {busy_timeout!r}")
-        if not busy_timeout >= 0:
-            raise ValueError(f"busy_timeout must be a number >= 0, got {busy_timeout!r}")
+        check_number(busy_timeout, "busy_timeout", minimum=0, maximum=_MAX_BUSY_TIMEOUT)
         self._path = Path(path)
         self._busy_ms = int(busy_timeout * 1000)
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ import anyio
 
 import trioflow
 
+from .._checks import check_int, check_number, problem
 from ._graph import dot, mermaid, plan, plan_json
 from ._render import (
     TAIL_LINES,
@@ -65,7 +66,7 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if problem(check_int, value, minimum=1):
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
 
@@ -75,7 +76,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
+    if problem(check_number, value, minimum=0):
         raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
     return value
 

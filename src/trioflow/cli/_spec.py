@@ -18,6 +18,7 @@ from typing import Any, Final, final
 
 import attrs
 
+from .._checks import check_int, check_number, problem
 from ._condition import Condition, ConditionSyntaxError, parse_condition
 
 _STEP_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*\Z")
@@ -239,10 +240,6 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 class _Checker:
     def __init__(self) -> None:
         self.problems: list[tuple[str, str]] = []
@@ -277,9 +274,7 @@ class _Checker:
             self.fail("workflow.name", f"expected a non-empty string, got {_describe(name)}")
             name = path.stem
         max_parallel = head.get("max_parallel")
-        if max_parallel is not None and (
-            not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1
-        ):
+        if max_parallel is not None and problem(check_int, max_parallel, minimum=1):
             self.fail(
                 "workflow.max_parallel", f"expected an integer >= 1, got {_describe(max_parallel)}"
             )
@@ -337,7 +332,7 @@ class _Checker:
             return {}
         pools: dict[str, int] = {}
         for name, size in value.items():
-            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            if problem(check_int, size, minimum=1):
                 self.fail(
                     f"workflow.pools.{name}", f"expected an integer >= 1, got {_describe(size)}"
                 )
@@ -389,14 +384,17 @@ class _Checker:
                 command = shell
 
         after = self.names(table.get("after", []), f"{where}.after")
-        timeout = self.number(table, "timeout", where, None, positive=True)
+        # A timeout of inf means no deadline, as everywhere in trioflow.
+        timeout = self.number(table, "timeout", where, None, positive=True, finite=False)
+        if timeout == math.inf:
+            timeout = None
         retries = table.get("retries", 0)
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        if problem(check_int, retries, minimum=0):
             self.fail(f"{where}.retries", f"expected an integer >= 0, got {_describe(retries)}")
             retries = 0
         retry_delay = self.number(table, "retry_delay", where, 1.0) or 0.0
         backoff = table.get("backoff", 2.0)
-        if not _is_number(backoff) or not 1 <= backoff < math.inf:
+        if problem(check_number, backoff, minimum=1):
             self.fail(f"{where}.backoff", f"expected a number >= 1, got {_describe(backoff)}")
             backoff = 2.0
 
@@ -473,18 +471,13 @@ class _Checker:
         default: float | None,
         *,
         positive: bool = False,
+        finite: bool = True,
     ) -> float | None:
         value = table.get(key, default)
         if value is None:
             return None
         bound = "> 0" if positive else ">= 0"
-        if (
-            not _is_number(value)
-            or math.isnan(value)
-            or math.isinf(value)
-            or value < 0
-            or (positive and value == 0)
-        ):
+        if problem(check_number, value, minimum=0, strict=positive, finite=finite):
             self.fail(
                 f"{where}.{key}", f"expected a number of seconds {bound}, got {_describe(value)}"
             )
