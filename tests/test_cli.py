@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from _helpers import alive
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -166,19 +168,6 @@ def interrupt(
             process.kill()
             process.communicate()
     return process.returncode, out, err
-
-
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (waiting for a parent to reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # --- runs that need no interaction: started all at once, checked one by one ----------------

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import alive, project, start_run, step, wait_for, write
+from _helpers import alive
+from test_cli import project, start_run, step, wait_for, write
 
 pytestmark = pytest.mark.real_time
 

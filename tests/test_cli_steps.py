@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from _helpers import alive
 from trioflow.cli._steps import (
     CommandFailed,
     GracePeriods,
@@ -28,19 +29,6 @@ from trioflow.testing import virtual_time_backends
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
 PY = sys.executable
-
-
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (waiting for a parent to reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def env() -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._deprecate import warn_renamed
 
-__all__ = ("Status",)
+__all__ = ("Status", "renamed_members")
 
 _RENAMED: dict[str, dict[str, str]] = {}  # class qualname -> old member name -> new name
 
@@ -32,11 +32,6 @@ class Status(enum.StrEnum, metaclass=_StatusType):
     """Base class of trioflow's status enums (not used on its own)."""
 
     @classmethod
-    def _rename(cls, **old_to_new: str) -> None:
-        # Declare members renamed since an earlier release: old name -> new member name.
-        _RENAMED.setdefault(cls.__qualname__, {}).update(old_to_new)
-
-    @classmethod
     def _missing_(cls, value: object) -> Any:
         # An old member's value (e.g. "completed") still finds the new member, with a warning.
         for old, new in _RENAMED.get(cls.__qualname__, {}).items():
@@ -44,3 +39,13 @@ class Status(enum.StrEnum, metaclass=_StatusType):
                 warn_renamed(f"{cls.__name__}({value!r})", f"{cls.__name__}({cls[new].value!r})")
                 return cls[new]
         return None
+
+
+def renamed_members(status: type[Status], **old_to_new: str) -> None:
+    """Declare members of ``status`` renamed since an earlier release.
+
+    Args:
+        status: The status enum.
+        **old_to_new: Old member name -> the new member's name, e.g. ``COMPLETED="SUCCEEDED"``.
+    """
+    _RENAMED.setdefault(status.__qualname__, {}).update(old_to_new)

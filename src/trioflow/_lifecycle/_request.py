@@ -25,7 +25,7 @@ from .._errors import (
     UnknownKindError,
     UnknownToolError,
 )
-from .._status import Status
+from .._status import Status, renamed_members
 from ._machine import StateChange
 
 __all__ = (
@@ -206,7 +206,7 @@ class ProcessingStatus(Status):
     CANCELLED = "cancelled"
 
 
-ProcessingStatus._rename(COMPLETED="SUCCEEDED")
+renamed_members(ProcessingStatus, COMPLETED="SUCCEEDED")
 
 
 class ErrorCategory(enum.Enum):
