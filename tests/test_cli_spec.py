@@ -133,6 +133,28 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "use shell = '...'" in found[0][1]
 
 
+def test_unknown_steps_in_after_are_reported_with_key_typos() -> None:
+    found = problems(
+        """
+        [steps.a]
+        run = ["x"]
+        timout = 5
+        [steps.b]
+        run = ["x"]
+        after = ["a", "c", "bulid"]
+        [steps.build]
+        run = ["x"]
+        retries = -1
+        """
+    )
+    assert found == [
+        ("steps.a", "unknown key 'timout'; did you mean 'timeout'?"),
+        ("steps.build.retries", "expected an integer from 0 to 1000, got an integer (-1)"),
+        ("steps.b.after", "unknown step 'c'"),
+        ("steps.b.after", "unknown step 'bulid'; did you mean 'build'?"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("body", "where", "fragment"),
     [
@@ -144,7 +166,15 @@ def test_every_problem_is_reported_at_once() -> None:
         ('run = ["x"]\ntimeout = 0', "steps.a.timeout", "> 0, got an integer (0)"),
         ('run = ["x"]\ntimeout = nan', "steps.a.timeout", "> 0, got a number (nan)"),
         ('run = ["x"]\ntimeout = "5s"', "steps.a.timeout", "got a string ('5s')"),
-        ('run = ["x"]\nretries = -1', "steps.a.retries", "integer >= 0"),
+        ('run = ["x"]\nretries = -1', "steps.a.retries", "integer from 0 to 1000"),
+        ('run = ["x"]\nretries = 100000000', "steps.a.retries", "from 0 to 1000, got an integer"),
+        ('run = ["x"]\nretries = 9223372036854775807', "steps.a.retries", "from 0 to 1000"),
+        ('run = ["x", "a\\u0000b"]', "steps.a.run[1]", "must not contain a NUL character"),
+        ('shell = "echo \\u0000"', "steps.a.shell", "must not contain a NUL character"),
+        ('run = ["x"]\nenv = { A = "1\\u0000" }', "steps.a.env.A", "NUL character"),
+        ('run = ["x"]\nenv = { "A=B" = "1" }', "steps.a.env", "without '=' or NUL, got 'A=B'"),
+        ('run = ["x"]\nenv = { "" = "1" }', "steps.a.env", "must be non-empty, without"),
+        ('run = ["x"]\ncwd = "a\\u0000"', "steps.a.cwd", "NUL character"),
         ('run = ["x"]\nretries = true', "steps.a.retries", "got a boolean (True)"),
         ('run = ["x"]\nretry_delay = -1', "steps.a.retry_delay", ">= 0"),
         ('run = ["x"]\nbackoff = 0.5', "steps.a.backoff", "number >= 1"),

@@ -24,6 +24,8 @@ from ._condition import Condition, ConditionSyntaxError, parse_condition
 _STEP_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*\Z")
 _TOML_WHERE: Final = re.compile(r" \(at line (?P<line>\d+), column (?P<column>\d+)\)\Z")
 _WORKFLOW_KEYS: Final = ("name", "max_parallel", "pools")
+MAX_RETRIES: Final = 1000
+"""The most retries a step may ask for: beyond it, a file is more likely wrong than patient."""
 _STEP_KEYS: Final = (
     "run",
     "shell",
@@ -296,21 +298,23 @@ class _Checker:
             step = self.step(step_name, table, pools)
             if step is not None:
                 steps[step_name] = step
-        if self.problems:
-            return None
+        # The graph is checked even when some steps have problems, so that every problem of
+        # the file is reported at once (a step with a problem still exists for `after`).
         for step in steps.values():
             for dependency in step.after:
-                if dependency not in steps:
-                    self.fail(f"steps.{step.name}.after", f"unknown step {dependency!r}")
+                if dependency not in raw_steps:
+                    close = difflib.get_close_matches(dependency, list(raw_steps), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    self.fail(f"steps.{step.name}.after", f"unknown step {dependency!r}{hint}")
                 elif dependency == step.name:
                     self.fail(f"steps.{step.name}.after", "a step cannot come after itself")
-        if self.problems:
-            return None
+        graph = {n: tuple(a for a in s.after if a in steps and a != n) for n, s in steps.items()}
         try:
-            graphlib.TopologicalSorter({n: s.after for n, s in steps.items()}).prepare()
+            graphlib.TopologicalSorter(graph).prepare()
         except graphlib.CycleError as exc:
             # graphlib lists the cycle in running order: each step comes after the one before.
             self.fail("steps", "the steps form a cycle: " + " -> ".join(exc.args[1]))
+        if self.problems:
             return None
         spec = WorkflowSpec(
             path=path, name=name, max_parallel=max_parallel, pools=pools, steps=steps
@@ -375,12 +379,15 @@ class _Checker:
                     ),
                 )
             else:
+                for index, argument in enumerate(run):
+                    self.no_nul(argument, f"{where}.run[{index}]")
                 command = tuple(run)
         else:
             shell = table["shell"]
             if not isinstance(shell, str) or not shell.strip():
                 self.fail(f"{where}.shell", f"expected a non-empty string, got {_describe(shell)}")
             else:
+                self.no_nul(shell, f"{where}.shell")
                 command = shell
 
         after = self.names(table.get("after", []), f"{where}.after")
@@ -389,8 +396,11 @@ class _Checker:
         if timeout == math.inf:
             timeout = None
         retries = table.get("retries", 0)
-        if problem(check_int, retries, minimum=0):
-            self.fail(f"{where}.retries", f"expected an integer >= 0, got {_describe(retries)}")
+        if problem(check_int, retries, minimum=0, maximum=MAX_RETRIES):
+            self.fail(
+                f"{where}.retries",
+                f"expected an integer from 0 to {MAX_RETRIES}, got {_describe(retries)}",
+            )
             retries = 0
         retry_delay = self.number(table, "retry_delay", where, 1.0) or 0.0
         backoff = table.get("backoff", 2.0)
@@ -416,12 +426,22 @@ class _Checker:
             self.fail(f"{where}.env", f"expected a table of strings, got {_describe(env)}")
             env = {}
         for key, value in env.items():
-            if not isinstance(value, str):
+            if not key or "=" in key or "\0" in key:
+                self.fail(
+                    f"{where}.env",
+                    "an environment variable name must be non-empty, without '=' or NUL, "
+                    f"got {key!r}",
+                )
+            elif not isinstance(value, str):
                 self.fail(f"{where}.env.{key}", f"expected a string, got {_describe(value)}")
+            else:
+                self.no_nul(value, f"{where}.env.{key}")
 
         cwd = table.get("cwd")
         if cwd is not None and (not isinstance(cwd, str) or not cwd):
             self.fail(f"{where}.cwd", f"expected a non-empty string, got {_describe(cwd)}")
+        elif cwd is not None:
+            self.no_nul(cwd, f"{where}.cwd")
 
         flags: dict[str, bool] = {}
         for flag in ("exclusive", "continue_on_error"):
@@ -456,6 +476,11 @@ class _Checker:
             continue_on_error=flags["continue_on_error"],
             pools=tuple(dict.fromkeys(step_pools)),
         )
+
+    def no_nul(self, text: str, where: str) -> None:
+        # The operating system ends a string at a NUL: it cannot reach a command intact.
+        if "\0" in text:
+            self.fail(where, f"must not contain a NUL character, got {text!r}")
 
     def names_list(self, value: object, where: str, what: str) -> tuple[str, ...]:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
