@@ -130,7 +130,7 @@ class RetryConfig:
 
 
 def _default_retry_policies() -> Mapping[str, RetryConfig]:
-    # The design's policies by operation type: llm (3 tries, 1-5 s exponential), tool (2 tries,
+    # The default policies by operation type: llm (3 tries, 1-5 s exponential), tool (2 tries,
     # 2 s fixed), storage (5 tries, 0.5-2 s exponential).
     return MappingProxyType(
         {
@@ -247,9 +247,9 @@ def _default_pools() -> Mapping[str, int]:
 class OrchestrationConfig:
     """Everything a coordinator needs to know: limits, pools, timeouts, retries, rate limits.
 
-    The defaults are the orchestration design's: 50 requests at once, 10 per user, pools of 5
-    LLM calls, 10 tool calls and 20 context assemblies, a 30-second request timeout, and retry
-    policies for llm, tool and storage operations. Build one in code or with
+    The defaults suit a small request-serving application: 50 requests at once, 10 per user,
+    pools of 5 LLM calls, 10 tool calls and 20 context assemblies, a 30-second request timeout,
+    and retry policies for llm, tool and storage operations. Build one in code or with
     :func:`trioflow.lifecycle.load_config`.
 
     Args:
