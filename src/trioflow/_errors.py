@@ -95,7 +95,7 @@ class ConfigError(TrioflowError, ValueError):
 
     Attributes:
         problems: Every problem as ``(path, message)``, e.g.
-            ``("retry.backoff_multiplier", "must be >= 1, got 0.5")``.
+            ``("retry.multiplier", "must be >= 1, got 0.5")``.
     """
 
     def __init__(self, problems: Sequence[tuple[str, str]], *, source: str | None = None) -> None:
