@@ -217,7 +217,7 @@ class Coordinator:
         admitted = False
         result: ProcessingResult | None = None
         admission = self._admission
-        user = admission.join(request.user_id)
+        slot = admission.slot(request)
         try:
             timeout = self._config.default_timeout
             # The budget runs from arrival: waiting for admission counts.
@@ -226,8 +226,8 @@ class Coordinator:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
                 await anyio.lowlevel.checkpoint()
-                if not admission.try_now(request, user):
-                    await admission.wait(request, user, deadline, entry)
+                if not admission.try_now(slot):
+                    await admission.wait(request, slot, deadline, entry)
             except BaseException as exc:
                 result = await self._refused(request, exc)
                 return result
@@ -238,8 +238,7 @@ class Coordinator:
         finally:
             if admitted:
                 self._running -= 1
-                admission.release(request, user)
-            admission.leave(request.user_id, user)
+                slot.release()
             del self._active[request.id]
             self._record(request, result)
 
@@ -476,7 +475,7 @@ class Coordinator:
             cancelled=counts[ProcessingStatus.CANCELLED],
             in_flight=self._running,
             queue_depth=self._admission.waiting,
-            users=len(self._admission.users),
+            users=self._admission.users,
             throttled=self._admission.throttled,
             requests_per_second=finished / uptime if uptime > 0 else 0.0,
             mean_time=self._total_time / finished if finished else 0.0,
