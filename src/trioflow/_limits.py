@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from ._backend import current_time
 from ._errors import ResourceExhaustedError
 
 __all__ = (
@@ -195,12 +196,13 @@ class _Pool:
 class _Key:
     """One key of a keyed pool: its limiter and the slots holding or waiting for it."""
 
-    __slots__ = ("counts", "key", "limiter", "slots")
+    __slots__ = ("counts", "key", "limiter", "pool", "slots")
 
-    def __init__(self, key: Hashable, limiter: anyio.CapacityLimiter, counts: _Pool) -> None:
+    def __init__(self, key: Hashable, limiter: anyio.CapacityLimiter, pool: _KeyedPool) -> None:
         self.key = key
         self.limiter = limiter
-        self.counts = counts  # the keyed pool's counters, shared by all its keys
+        self.pool = pool
+        self.counts = pool.counts  # the keyed pool's counters, shared by all its keys
         self.slots = 0
 
 
@@ -227,7 +229,7 @@ class _KeyedPool:
                     limiter.total_tokens = size
             else:
                 limiter = anyio.CapacityLimiter(size)
-            entry = self.keys[key] = _Key(key, limiter, self.counts)
+            entry = self.keys[key] = _Key(key, limiter, self)
         entry.slots += 1
         return entry
 
@@ -323,7 +325,7 @@ class Slot:
         self._acquired = 0
         spec = self._keyspec
         if spec is not None:
-            self._keys = tuple(pool.join(key) for pool, key in spec)
+            self._keys = tuple([pool.join(key) for pool, key in spec])
 
     def acquire_nowait(self) -> None:
         """Take every token now, or none: never waits and never counts as waiting.
@@ -412,7 +414,7 @@ class Slot:
             entry.counts.executing += 1
         for pool in self._pools:
             pool.executing += 1
-        self._started = anyio.current_time()
+        self._started = current_time()
 
     async def _acquire_slowly(self, *, wait_for_health: bool) -> None:
         """Wait for health and the tokens not held yet; on any exception give back the rest."""
@@ -455,13 +457,13 @@ class Slot:
     def _give_back(self) -> None:
         """Give back every token held, in reverse order of acquisition, and the keys."""
         if self._acquired > 0:
-            chain = self._chain()
+            chain = self._chain() if self._keys else (self._manager._general, *self._pools)
             while self._acquired > 0:
                 self._acquired -= 1
                 chain[self._acquired].limiter.release_on_behalf_of(self)
         if self._keys:
-            for entry, (pool, _) in zip(self._keys, self._keyspec or (), strict=True):
-                pool.leave(entry)
+            for entry in self._keys:
+                entry.pool.leave(entry)
             self._keys = _NO_KEYS
 
     async def __aexit__(
@@ -473,7 +475,7 @@ class Slot:
         self._exit(exc)
 
     def _exit(self, exc: BaseException | None) -> None:
-        duration = anyio.current_time() - self._started
+        duration = current_time() - self._started
         manager = self._manager
         general = manager._general
         pools = self._pools
@@ -716,17 +718,19 @@ class ResourceManager:
         return Slot(self, chain, self._keyspec(keys))
 
     def _keyspec(self, keys: object) -> tuple[tuple[_KeyedPool, Hashable], ...]:
-        if not isinstance(keys, Mapping):
+        if type(keys) is not dict and not isinstance(keys, Mapping):
             raise TypeError(f"keys must be a mapping of keyed pool name to key, got {keys!r}")
         spec: list[tuple[_KeyedPool, Hashable]] = []
         for name in sorted(keys) if len(keys) > 1 else keys:
-            pool = self._keyed.get(name) if isinstance(name, str) else None
+            pool = self._keyed.get(name) if type(name) is str else None
             if pool is None:
                 known = ", ".join(repr(n) for n in self._keyed) or "none"
                 raise ValueError(f"unknown keyed pool {name!r}; known keyed pools: {known}")
             key = keys[name]
-            if not isinstance(key, Hashable):
-                raise TypeError(f"keys[{name!r}] must be hashable, got {key!r}")
+            try:
+                hash(key)
+            except TypeError:
+                raise TypeError(f"keys[{name!r}] must be hashable, got {key!r}") from None
             spec.append((pool, key))
         return tuple(spec)
 

@@ -147,6 +147,8 @@ class Coordinator:
         pools = dict(config.pools)
         self._resources = ResourceManager(limit=max(1, sum(pools.values())), pools=pools)
         self._retry = RetryPolicies(config.retry_policy_map())
+        # Bound once: Pipeline.run checks its run options once per distinct objects.
+        self._resolve_policy = self._policy
         self._observer = self._on_transition if self._debug else None
         self._load = health if isinstance(health, HealthMonitor) else 0.0
         self._admission = Admission(config, health)
@@ -280,7 +282,7 @@ class Coordinator:
             return await pipeline.run(
                 request,
                 resources=self._resources,
-                retry=self._policy,
+                retry=self._resolve_policy,
                 timeout=remaining,
                 optional=self._config.optional_stages,
                 on_transition=self._observer,

@@ -294,6 +294,7 @@ class Pipeline:
     _cancelled: int
     _scopes: dict[int, anyio.CancelScope]
     _cancel_requested: set[int]
+    _checked: tuple[object, object, object] | None
     _retries: bool
     _simple: tuple[bool, ...]
 
@@ -325,6 +326,7 @@ class Pipeline:
         self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
         self._scopes: dict[int, anyio.CancelScope] = {}
         self._cancel_requested: set[int] = set()
+        self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
         self._simple = tuple(
             not (
@@ -383,6 +385,14 @@ class Pipeline:
         retry: RetrySource | None,
         optional: Collection[str],
     ) -> None:
+        checked = self._checked
+        if (
+            checked is not None
+            and checked[0] is resources
+            and checked[1] is retry
+            and checked[2] is optional
+        ):
+            return
         if resources is not None and not isinstance(resources, ResourceManager):
             raise TypeError(f"resources must be a ResourceManager or None, got {resources!r}")
         if not (retry is None or isinstance(retry, Mapping | RetryPolicies) or callable(retry)):
@@ -422,6 +432,7 @@ class Pipeline:
                 if not isinstance(retry[operation], RetryPolicy):
                     got = retry[operation]
                     raise TypeError(f"retry[{operation!r}] must be a RetryPolicy, got {got!r}")
+        self._checked = (resources, retry, optional)
 
     def _policies(
         self, request: Request, retry: RetrySource | None
@@ -478,6 +489,9 @@ class Pipeline:
                 :class:`~trioflow.RetryPolicy`, a :class:`~trioflow.RetryPolicies` (adapted to
                 the request's ``priority``), or a function ``(operation, request) ->
                 RetryPolicy``. Resolved for every stage before the first one runs.
+                ``resources``, ``retry`` and ``optional`` are checked against the stages once
+                per distinct objects: a server passing the same objects to every run pays for
+                the check once.
             timeout: Seconds the whole run may take; past it the request fails with the
                 builtin ``TimeoutError`` (category TIMEOUT). ``None``: no limit.
             optional: Names of stages to treat as optional in this run.
@@ -514,7 +528,8 @@ class Pipeline:
         self._check_run(resources, retry, optional)
         policies = self._policies(request, retry)
         self._runs += 1
-        started = clock()()
+        now_fn = clock()
+        started = now_fn()
         # One cancel scope per run serves both the run's timeout and cancel(request).
         scope = anyio.CancelScope(deadline=math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
@@ -523,7 +538,15 @@ class Pipeline:
             try:
                 with scope:
                     ended, value = await self._run_stages(
-                        request, moving, resources, policies, optional, on_transition, degraded
+                        request,
+                        moving,
+                        resources,
+                        policies,
+                        optional,
+                        on_transition,
+                        degraded,
+                        now_fn,
+                        started,
                     )
                 if key in self._cancel_requested:
                     # cancel() was called: the run ends CANCELLED even if no checkpoint noticed.
@@ -532,7 +555,14 @@ class Pipeline:
                     raise TimeoutError(
                         f"request {request.id!r} took longer than its timeout ({timeout} s)"
                     )
-                ended = await self._move(request, moving, _COMPLETED, ended, on_transition)
+                # As in the stage loop.
+                try:
+                    change = moving.transition_nowait(request, _COMPLETED, at=ended)
+                except anyio.WouldBlock:
+                    change = await moving.transition(request, _COMPLETED)
+                    ended = now_fn()
+                if on_transition is not None:
+                    on_transition(request, change)
             except BaseException as exc:
                 return await self._end_failed(
                     request, moving, exc, on_transition, started, degraded
@@ -557,13 +587,13 @@ class Pipeline:
         optional: Collection[str],
         on_transition: TransitionObserver | None,
         degraded: dict[str, BaseException],
+        now_fn: Callable[[], float],
+        now: float,
     ) -> tuple[float, Any]:
-        """Run every stage in its state; return when the last one ended, and its value.
+        """Run every stage in its state, from ``now``; return when the last ended, and its value.
 
         A failure of a stage that is not optional propagates; optional ones go to ``degraded``.
         """
-        now_fn = clock()
-        now = now_fn()
         timings = request.timings
         results = request.results
         counters = self._counters
@@ -571,8 +601,8 @@ class Pipeline:
         value: Any = None
         for index, stage in enumerate(self._stages):
             if request.state is not stage.state:
-                # _move() inlined: without hooks the transition needs no await, and happens at
-                # the time the previous stage ended (bench/lifecycle.py shows what it saves).
+                # Without hooks the transition needs no await, and happens at the time the
+                # previous stage ended (bench/lifecycle.py shows what it saves).
                 try:
                     change = machine.transition_nowait(request, stage.state, at=now)
                 except anyio.WouldBlock:
@@ -603,24 +633,6 @@ class Pipeline:
                 counter.time += elapsed
                 timings[stage.name] = elapsed
         return now, value
-
-    @staticmethod
-    async def _move(
-        request: Request,
-        machine: StateMachine[RequestState],
-        state: RequestState,
-        now: float,
-        on_transition: TransitionObserver | None,
-    ) -> float:
-        """Move the request at ``now`` (hooks awaited if there are any); return the time."""
-        try:
-            change = machine.transition_nowait(request, state, at=now)
-        except anyio.WouldBlock:
-            change = await machine.transition(request, state)
-            now = clock()()
-        if on_transition is not None:
-            on_transition(request, change)
-        return now
 
     async def _end_cancelled(
         self,
