@@ -331,7 +331,11 @@ CASES: list[tuple[str, str, Build]] = [
     ("timeout", TIMEOUT, lambda v: _drain(timeout=v)),
     ("timeout", TIMEOUT, lambda v: resilient(_op, timeout=v)),
     ("timeout of step 'a'", TIMEOUT, lambda v: Workflow("w").step("a", _step, timeout=v)),
-    ("timeout", TIMEOUT, lambda v: Stage("s", RequestState.VALIDATED, _stage, timeout=v)),
+    (
+        "stage 's': timeout",
+        TIMEOUT,
+        lambda v: Stage("s", RequestState.VALIDATED, _stage, timeout=v),
+    ),
     ("timeout", TIMEOUT, _run_pipeline),
     ("budget", TIMEOUT, lambda v: gather_partial({"a": _op}, budget=v)),
 ]

@@ -17,7 +17,7 @@ from trioflow.lifecycle import (
     load_config,
 )
 
-SEED_TOML = """
+CONFIG_TOML = """
 max_concurrency = 8
 default_timeout = "00:05:00"
 enable_metrics = true
@@ -26,16 +26,16 @@ max_queue_depth = 100
 optional_stages = ["context", "tools"]
 
 [retry]
-max_retries = 3
+attempts = 4
 initial_delay = "00:00:01"
-backoff_multiplier = 2.0
+multiplier = 2.0
 
 [pools]
 llm = 2
 tool = 4
 
 [retry_policies.llm]
-max_retries = 1
+attempts = 2
 initial_delay = 0.5
 max_delay = "00:00:02.5"
 
@@ -58,14 +58,14 @@ def problems(source: Any) -> dict[str, str]:
     return dict(info.value.problems)
 
 
-def test_defaults_are_the_designs() -> None:
+def test_defaults() -> None:
     config = OrchestrationConfig()
     assert config.max_concurrency == 50
     assert config.per_user_limit == 10
     assert dict(config.pools) == {"llm": 5, "tool": 10, "context": 20}
     assert config.default_timeout == 30
     assert config.enable_metrics is True
-    assert config.retry == RetryConfig(max_retries=3, initial_delay=1.0, backoff_multiplier=2.0)
+    assert config.retry == RetryConfig(attempts=4, initial_delay=1.0, multiplier=2.0)
     assert set(config.retry_policies) == {"llm", "tool", "storage"}
     assert config.rate_limits == RateLimitsConfig()
     assert config.health == HealthConfig()
@@ -76,7 +76,7 @@ def test_defaults_are_the_designs() -> None:
 
 def test_load_toml_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "orchestration.toml"
-    path.write_text(SEED_TOML)
+    path.write_text(CONFIG_TOML)
     config = load_config(path)
     assert config.max_concurrency == 8
     assert config.default_timeout == 300
@@ -85,6 +85,7 @@ def test_load_toml_file(tmp_path: pathlib.Path) -> None:
     assert config.retry.initial_delay == 1
     assert dict(config.pools) == {"llm": 2, "tool": 4}
     assert config.retry_policies["llm"].max_delay == 2.5
+    assert config.retry_policies["llm"].attempts == 2
     assert "tool" not in config.retry_policies  # a given table replaces the default one
     limits = config.rate_limits
     assert limits.when_limited == "fail"
@@ -97,7 +98,7 @@ def test_load_toml_file(tmp_path: pathlib.Path) -> None:
     assert load_config(str(path)) == config
 
 
-def test_load_json_file_in_the_seed_shape(tmp_path: pathlib.Path) -> None:
+def test_load_json_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "orchestration.json"
     path.write_text(
         json.dumps(
@@ -105,14 +106,14 @@ def test_load_json_file_in_the_seed_shape(tmp_path: pathlib.Path) -> None:
                 "max_concurrency": 8,
                 "default_timeout": None,
                 "enable_metrics": False,
-                "retry": {"max_retries": 3, "initial_delay": "00:00:01", "backoff_multiplier": 2},
+                "retry": {"attempts": 4, "initial_delay": "00:00:01", "multiplier": 2},
             }
         )
     )
     config = load_config(path)
     assert config.default_timeout is None
     assert config.enable_metrics is False
-    assert config.retry.backoff_multiplier == 2.0
+    assert config.retry.multiplier == 2.0
     assert load_config({"default_timeout": "none"}).default_timeout is None
 
 
@@ -123,7 +124,7 @@ def test_every_problem_is_listed_with_its_path() -> None:
             "per_user_limt": 3,
             "default_timeout": "5 minutes",
             "enable_metrics": "yes",
-            "retry": {"backoff_multiplier": 0.5, "max_retries": -1, "initial_delay": "00:61:00"},
+            "retry": {"multiplier": 0.5, "attempts": 0, "initial_delay": "00:61:00"},
             "pools": {"llm": 0, "tool": "ten"},
             "retry_policies": {"default": {}, "llm": {"jitter": -1}},
             "rate_limits": {
@@ -141,8 +142,8 @@ def test_every_problem_is_listed_with_its_path() -> None:
         "default_timeout": 'must be a duration (seconds or an "HH:MM:SS" string or "none"), '
         "got '5 minutes'",
         "enable_metrics": "expected bool, got 'yes'",
-        "retry.backoff_multiplier": "must be a finite number >= 1, got 0.5 (float)",
-        "retry.max_retries": "must be an int >= 0, got -1 (int)",
+        "retry.multiplier": "must be a finite number >= 1, got 0.5 (float)",
+        "retry.attempts": "must be an int >= 1, got 0 (int)",
         "retry.initial_delay": 'must be a duration (seconds or an "HH:MM:SS" string), '
         "got '00:61:00'",
         "pools.llm": "must be an int >= 1, got 0 (int)",
@@ -179,10 +180,9 @@ def test_cross_field_problems_and_the_message() -> None:
         "health.max_cpu_percent": "must be a number in (0, 100], got 101.0 (float)",
     }
     with pytest.raises(ConfigError) as info:
-        load_config({"retry": {"backoff_multiplier": 0.5}})
+        load_config({"retry": {"multiplier": 0.5}})
     assert str(info.value) == (
-        "invalid configuration:\n"
-        "  retry.backoff_multiplier: must be a finite number >= 1, got 0.5 (float)"
+        "invalid configuration:\n  retry.multiplier: must be a finite number >= 1, got 0.5 (float)"
     )
     assert problems({"rate_limits": {"per_user": {}}}) == {
         "rate_limits.per_user.rate": "required field is missing"
@@ -198,12 +198,10 @@ def test_building_in_code_is_validated_the_same_way() -> None:
         "pools['']": "pool names must be non-empty strings, got ''",
         "optional_stages": "must be a list of non-empty strings, got ('a', '')",
     }
-    with pytest.raises(
-        ConfigError, match=r"backoff_multiplier: must be a finite number >= 1, got 0\.5 \(float\)"
-    ):
-        RetryConfig(backoff_multiplier=0.5)
+    with pytest.raises(ConfigError, match=r"multiplier: must be a finite number >= 1, got 0\.5"):
+        RetryConfig(multiplier=0.5)
     with pytest.raises(ConfigError, match="retry: must be a RetryConfig"):
-        OrchestrationConfig(retry={"max_retries": 1})  # type: ignore[arg-type]
+        OrchestrationConfig(retry={"attempts": 1})  # type: ignore[arg-type]
 
 
 def test_file_problems(tmp_path: pathlib.Path) -> None:
@@ -232,7 +230,7 @@ def test_file_problems(tmp_path: pathlib.Path) -> None:
 
 def test_retry_policies_become_retry_policy_values() -> None:
     config = load_config(
-        {"retry": {"max_retries": 2, "initial_delay": 1, "backoff_multiplier": 3, "max_delay": 5}}
+        {"retry": {"attempts": 3, "initial_delay": 1, "multiplier": 3, "max_delay": 5}}
     )
     policies = config.retry_policy_map()
     assert policies["default"] == RetryPolicy(
@@ -242,3 +240,59 @@ def test_retry_policies_become_retry_policy_values() -> None:
     assert policies["tool"].delays() == (2,)
     assert policies["llm"].delays() == (1, 2)
     assert policies["storage"].attempts == 5
+
+
+# --- configuration written for trioflow 0.1 ---------------------------------------------------
+OLD_TOML = """
+[retry]
+max_retries = 3
+backoff_multiplier = 3.0
+
+[retry_policies.llm]
+max_retries = 0
+"""
+
+
+def test_a_0_1_file_loads_with_a_warning_naming_each_new_key(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "orchestration.toml"
+    path.write_text(OLD_TOML)
+    with pytest.warns(DeprecationWarning, match="is deprecated since trioflow") as caught:
+        config = load_config(path)
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "retry.max_retries is deprecated since trioflow 0.2; use retry.attempts "
+        "(= max_retries + 1) instead",
+        "retry.backoff_multiplier is deprecated since trioflow 0.2; use retry.multiplier instead",
+        "retry_policies.llm.max_retries is deprecated since trioflow 0.2; use "
+        "retry_policies.llm.attempts (= max_retries + 1) instead",
+    ]
+    assert all(w.filename == __file__ for w in caught)  # they point at the caller
+    # max_retries counts retries after the first try; attempts counts every try.
+    assert config.retry == RetryConfig(attempts=4, multiplier=3.0)
+    assert config.retry_policies["llm"].attempts == 1
+    assert config.retry_policy_map()["default"].delays() == (1, 3, 9)
+
+
+def test_old_retry_names_in_code_warn_and_convert() -> None:
+    with pytest.warns(DeprecationWarning, match="is deprecated since trioflow") as caught:
+        old = RetryConfig(max_retries=2, backoff_multiplier=1.5)
+    assert [str(w.message).split()[0] for w in caught] == ["max_retries", "backoff_multiplier"]
+    assert [w.filename for w in caught] == [__file__, __file__]
+    assert old == RetryConfig(attempts=3, multiplier=1.5)
+
+
+def test_an_old_key_with_its_new_one_is_a_config_error() -> None:
+    assert problems({"retry": {"max_retries": 2, "attempts": 3, "multiplier": 0.5}}) == {
+        "retry.max_retries": "give attempts or max_retries (deprecated), not both",
+        "retry.multiplier": "must be a finite number >= 1, got 0.5 (float)",
+    }
+    assert problems({"retry_policies": {"llm": {"backoff_multiplier": 2, "multiplier": 2}}}) == {
+        "retry_policies.llm.backoff_multiplier": "give multiplier or backoff_multiplier "
+        "(deprecated), not both"
+    }
+    with pytest.raises(ConfigError, match="give attempts or max_retries"):
+        RetryConfig(attempts=3, max_retries=2)
+    # An old key out of range is reported under the key the file used (no warning then).
+    assert problems({"retry": {"max_retries": -1}}) == {
+        "retry.max_retries": "must be an int >= 0, got -1 (int)"
+    }

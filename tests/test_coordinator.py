@@ -15,6 +15,7 @@ from structlog.testing import LogCapture
 from _lifecycle_stages import SEVEN_STAGES
 from trioflow import HealthMonitor, ToolArgumentError
 from trioflow.lifecycle import (
+    REQUEST_TRANSITIONS,
     Coordinator,
     ErrorCategory,
     OrchestrationConfig,
@@ -26,6 +27,7 @@ from trioflow.lifecycle import (
     RequestState,
     Router,
     Stage,
+    StateMachine,
     ToolRegistry,
     open_coordinator,
 )
@@ -179,7 +181,7 @@ async def test_pools_and_named_retry_policies_from_config() -> None:
 
     pipeline = seven(
         {"process": flaky, "context": tracker.stage(2)},
-        process={"retry": "llm"},
+        process={"operation": "llm"},
         context={"pools": ["context"]},
     )
     async with coordinator(pipeline, pools={"context": 1, "llm": 5}) as c:
@@ -203,7 +205,7 @@ async def test_priority_buys_more_retries() -> None:
         calls[request.id] += 1
         await always_fails(request)
 
-    async with coordinator(seven({"process": counted}, process={"retry": "llm"})) as c:
+    async with coordinator(seven({"process": counted}, process={"operation": "llm"})) as c:
         normal, high = Request(), Request(priority=1)
         await c.process(normal)
         await c.process(high)
@@ -529,3 +531,49 @@ def test_importing_trioflow_does_not_import_structlog() -> None:
     # without a logger of its own, not by ``import trioflow``.
     code = "import sys, trioflow; assert 'structlog' not in sys.modules, 'structlog imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_hooks_registered_once_see_every_transition_of_every_request() -> None:
+    pipeline = seven()
+    router = Router(lambda r: r.payload, {"q": pipeline})
+    config = {"enable_metrics": False}
+    async with open_coordinator(config, router=router, logger=capture()[1]) as c:
+        assert c.machine is pipeline.machine  # the one machine the router's pipelines share
+        seen: list[tuple[str, RequestState]] = []
+
+        @c.machine.after
+        async def record(request: Request, f: RequestState, t: RequestState) -> None:
+            seen.append((request.id, t))
+
+        served, unknown = Request("q"), Request("poetry")
+        await c.process(served)
+        await c.process(unknown)  # refused before any pipeline: the same machine ends it
+    assert seen == [(served.id, h.to_state) for h in served.history] + [(unknown.id, S.FAILED)]
+    assert len(served.history) == 7
+
+
+async def test_pipelines_with_machines_of_their_own_run_on_the_coordinators() -> None:
+    first, second = seven(), seven()
+    router = Router(lambda r: r.payload, {"a": first, "b": second})
+    given = StateMachine(REQUEST_TRANSITIONS, S.RECEIVED)
+    seen: list[RequestState] = []
+
+    @given.after
+    async def record(request: Request, f: RequestState, t: RequestState) -> None:
+        seen.append(t)
+
+    config = {"enable_metrics": False}
+    async with open_coordinator(config, router=router, logger=capture()[1], machine=given) as c:
+        assert c.machine is given
+        await c.process_many([Request("a"), Request("b")])
+    assert seen.count(S.COMPLETED) == 2
+    assert len(seen) == 14
+    assert first.machine.statistics().transitions == second.machine.statistics().transitions == 0
+    # Without machine=, pipelines that do not share one run on a new machine of the coordinator.
+    async with open_coordinator(config, router=router, logger=capture()[1]) as c:
+        assert c.machine not in (first.machine, second.machine)
+        await c.process(Request("a"))
+        assert c.machine.statistics().transitions == 7
+    with pytest.raises(TypeError, match="machine must be a StateMachine"):
+        async with open_coordinator(config, router=router, machine="m"):  # type: ignore[arg-type]
+            pass

@@ -336,3 +336,30 @@ def test_request_outside_an_event_loop_needs_created_at() -> None:
     with pytest.raises(RuntimeError, match="inside a running event loop"):
         Request()
     assert Request(created_at=1.5).created_at == 1.5
+
+
+async def test_transition_nowait_is_the_hook_free_path() -> None:
+    machine = StateMachine(DOOR_TABLE, Door.CLOSED)
+    thing = Thing()
+    await anyio.sleep(3)
+    change = machine.transition_nowait(thing, Door.OPEN)
+    assert (change.from_state, change.to_state, change.at) == (Door.CLOSED, Door.OPEN, 3)
+    # A caller that has just read the clock may give the time.
+    assert machine.transition_nowait(thing, Door.CLOSED, at=2.5).at == 2.5
+    back = StateChange(from_state=Door.OPEN, to_state=Door.CLOSED, at=2.5)
+    assert thing.history == [change, back]
+    with pytest.raises(InvalidTransitionError):
+        machine.transition_nowait(Thing(state=Door.OPEN), Door.LOCKED)
+    with pytest.raises(TypeError, match="to_state must be a Door member"):
+        machine.transition_nowait(thing, RequestState.FAILED)  # type: ignore[arg-type]
+    assert machine.statistics().rejected == 2
+    assert machine.statistics().transitions == 2
+
+    @machine.after
+    async def hook(obj: Any, f: Door, t: Door) -> None:
+        pass
+
+    with pytest.raises(anyio.WouldBlock):  # hooks must be awaited: use transition()
+        machine.transition_nowait(thing, Door.OPEN)
+    assert state_of(thing) is Door.CLOSED
+    assert machine.statistics().transitions == 2

@@ -730,3 +730,227 @@ def test_random_schedules_never_exceed_a_limit_and_all_complete(
 ) -> None:
     backend, options = virtual_time_backends()[backend_index]
     anyio.run(run_schedule, schedule, backend=backend, backend_options=options)
+
+
+# --- keyed pools: a limiter per key, made on demand and dropped when idle -------------------
+async def test_a_keyed_pool_limits_each_key_and_drops_idle_keys() -> None:
+    rm = ResourceManager(limit=10, keyed={"user": 2})
+    tracker = collections.Counter[str]()
+    most = collections.Counter[str]()
+
+    async def work(user: str) -> None:
+        async with rm.slot(keys={"user": user}):
+            tracker[user] += 1
+            most[user] = max(most[user], tracker[user])
+            await anyio.sleep(1)
+            tracker[user] -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(work, "heavy")
+        tg.start_soon(work, "light")
+        await anyio.sleep(0.5)
+        stats = rm.statistics().keyed["user"]
+        assert (stats.keys, stats.executing, stats.waiting) == (2, 3, 4)
+        assert rm.statistics().executing == 3  # waiting for a key's token holds no general one
+    assert anyio.current_time() == 3
+    assert most == {"heavy": 2, "light": 1}
+    stats = rm.statistics().keyed["user"]
+    assert (stats.keys, stats.executing, stats.waiting, stats.executed) == (0, 0, 0, 7)
+    assert stats.throttled == 4
+    assert stats.limit == rm.pool_size("user") == 2
+    assert rm.keyed == ("user",)
+    assert "keyed={'user': 2}" in repr(rm)
+
+
+async def test_keys_are_taken_before_the_general_token() -> None:
+    rm = ResourceManager(limit=1, keyed={"user": 1})
+    order: list[str] = []
+
+    async def work(user: str, seconds: float) -> None:
+        async with rm.slot(keys={"user": user}):
+            order.append(user)
+            await anyio.sleep(seconds)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work, "a", 2)
+        await anyio.sleep(0.1)
+        tg.start_soon(work, "a", 1)  # waits for a's token, holding no general one
+        await anyio.sleep(0.1)
+        tg.start_soon(work, "b", 1)  # waits for the general token only
+        await anyio.sleep(0.1)
+        stats = rm.statistics()
+        assert (stats.executing, stats.waiting, stats.keyed["user"].waiting) == (1, 2, 1)
+        assert stats.keyed["user"].executing == 1  # the second "a" took no token at all
+    assert sorted(order) == ["a", "a", "b"]
+    assert anyio.current_time() == 4
+
+
+async def test_acquire_nowait_acquire_and_release() -> None:
+    rm = ResourceManager(limit=1, keyed={"user": 1})
+    first = rm.slot(keys={"user": "a"})
+    first.acquire_nowait()
+    second = rm.slot(keys={"user": "b"})
+    with pytest.raises(anyio.WouldBlock):
+        second.acquire_nowait()  # the general token is taken: b holds nothing
+    stats = rm.statistics()
+    assert (stats.keyed["user"].keys, stats.waiting, stats.throttled) == (1, 0, 0)
+    waits: list[str] = []
+
+    async def later() -> None:
+        await second.acquire(on_wait=lambda: waits.append("waits"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(later)
+        await anyio.sleep(1)
+        assert rm.statistics().waiting == 1
+        first.release()
+    assert waits == ["waits"]
+    assert rm.statistics().executing == 1
+    second.release()
+    stats = rm.statistics()
+    assert (stats.executing, stats.executed, stats.keyed["user"].keys) == (0, 2, 0)
+    with pytest.raises(RuntimeError, match="only once"):
+        second.acquire_nowait()
+
+
+async def test_on_wait_may_refuse_and_then_nothing_is_held() -> None:
+    rm = ResourceManager(limit=5, keyed={"user": 1})
+
+    def refuse() -> None:
+        raise ResourceExhaustedError("queue full")
+
+    async with rm.slot(keys={"user": "a"}):
+        with pytest.raises(ResourceExhaustedError, match="queue full"):
+            await rm.slot(keys={"user": "a"}).acquire(on_wait=refuse)
+        stats = rm.statistics()
+        assert (stats.executing, stats.waiting, stats.keyed["user"].keys) == (1, 0, 1)
+    assert rm.statistics().keyed["user"].keys == 0
+
+
+async def test_keyed_pools_are_checked_and_resized() -> None:
+    with pytest.raises(ValueError, match=r"either a pool or a keyed pool, got both for \['x'\]"):
+        ResourceManager(pools={"x": 1}, keyed={"x": 1})
+    with pytest.raises(ValueError, match=r"keyed\['user'\] must be an int >= 1, got 0"):
+        ResourceManager(keyed={"user": 0})
+    with pytest.raises(TypeError, match="keyed must be a mapping"):
+        ResourceManager(keyed=[("user", 1)])  # type: ignore[arg-type]
+    rm = ResourceManager(limit=10, keyed={"user": 1})
+    with pytest.raises(ValueError, match="unknown keyed pool 'team'; known keyed pools: 'user'"):
+        rm.slot(keys={"team": "a"})
+    with pytest.raises(TypeError, match=r"keys\['user'\] must be hashable"):
+        rm.slot(keys={"user": ["a"]})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="keys must be a mapping"):
+        rm.slot(keys="user")  # type: ignore[arg-type]
+    inside = 0
+    most = 0
+
+    async def work() -> None:
+        nonlocal inside, most
+        async with rm.slot(keys={"user": "a"}):
+            inside += 1
+            most = max(most, inside)
+            await anyio.sleep(1)
+            inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(work)
+        await anyio.sleep(0.5)
+        rm.set_pool_size("user", 3)  # the live key grows at once
+    assert (most, anyio.current_time()) == (3, 2)  # 0-1, 0.5-1.5 twice, then 1-2
+    rm.set_pool_size("user", 2)  # and keys to come get the new size
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(work)
+    assert anyio.current_time() == 4
+
+
+# --- property: keyed schedules never exceed a per-key limit, lose no waiter, drop idle keys ---
+KEYS = ("k0", "k1", "k2")
+
+
+@st.composite
+def keyed_schedules(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "limit": draw(st.integers(1, 4)),
+        "per_key": draw(st.integers(1, 3)),
+        "pool": draw(st.integers(1, 3)),
+        "operations": draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, 5),  # start
+                    st.integers(0, 3),  # duration
+                    st.sampled_from(KEYS),
+                    st.booleans(),  # also the named pool?
+                    st.sampled_from((None, 0.5, 1.5, 3.5)),  # the caller gives up after
+                    st.booleans(),  # fails?
+                ),
+                min_size=1,
+                max_size=14,
+            )
+        ),
+    }
+
+
+async def run_keyed_schedule(schedule: dict[str, Any]) -> None:
+    rm = ResourceManager(
+        limit=schedule["limit"], pools={"p": schedule["pool"]}, keyed={"user": schedule["per_key"]}
+    )
+    inside: collections.Counter[str] = collections.Counter()
+    live: collections.Counter[str] = collections.Counter()  # ops waiting for or holding a key
+    ended = 0
+
+    def check() -> None:
+        assert sum(v for k, v in inside.items() if k in KEYS) <= schedule["limit"]
+        assert inside["p"] <= schedule["pool"]
+        for key in KEYS:
+            assert inside[key] <= schedule["per_key"], key
+        assert rm.statistics().keyed["user"].keys == sum(1 for k in KEYS if live[k])
+
+    async def operation(
+        start: int, duration: int, key: str, pooled: bool, give_up: float | None, fails: bool
+    ) -> None:
+        nonlocal ended
+        await anyio.sleep(start)
+        live[key] += 1
+        with anyio.move_on_after(give_up if give_up is not None else 10_000):
+            try:
+                async with rm.slot(*(("p",) if pooled else ()), keys={"user": key}):
+                    inside[key] += 1
+                    inside["p"] += pooled
+                    check()
+                    try:
+                        await anyio.sleep(duration)
+                        if fails:
+                            raise ValueError("planned")
+                    finally:
+                        inside[key] -= 1
+                        inside["p"] -= pooled
+            except ValueError:
+                pass
+            finally:
+                live[key] -= 1
+        check()
+        ended += 1
+
+    with anyio.fail_after(10_000):  # a lost waiter would hang here
+        async with anyio.create_task_group() as tg:
+            for op in schedule["operations"]:
+                tg.start_soon(operation, *op)
+    assert ended == len(schedule["operations"])
+    stats = rm.statistics()
+    assert (stats.executing, stats.waiting) == (0, 0)
+    keyed = stats.keyed["user"]
+    assert (keyed.keys, keyed.executing, keyed.waiting) == (0, 0, 0)  # idle keys are dropped
+    assert keyed.executed == stats.executed
+
+
+@pytest.mark.parametrize("backend_index", [0, 1], ids=["trio", "asyncio"])
+@settings(max_examples=40)
+@given(schedule=keyed_schedules())
+def test_random_keyed_schedules_keep_every_limit_and_drop_idle_keys(
+    backend_index: int, schedule: dict[str, Any]
+) -> None:
+    backend, options = virtual_time_backends()[backend_index]
+    anyio.run(run_keyed_schedule, schedule, backend=backend, backend_options=options)

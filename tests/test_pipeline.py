@@ -13,6 +13,7 @@ from trioflow.lifecycle import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
     Pipeline,
+    ProcessingResult,
     ProcessingStatus,
     Request,
     RequestState,
@@ -254,7 +255,7 @@ async def test_pools_and_retries() -> None:
             Stage("validate", S.VALIDATED, sleeper(0)),
             Stage("plan", S.PLANNED, sleeper(0)),
             Stage("context", S.CONTEXT_GATHERING, sleeper(0)),
-            Stage("process", S.PROCESSING, flaky, pools=["llm"], retry="llm"),
+            Stage("process", S.PROCESSING, flaky, pools=["llm"], operation="llm"),
             Stage("format", S.RESPONSE_FORMATTING, sleeper(0)),
         ]
     )
@@ -297,7 +298,7 @@ async def test_run_arguments_are_checked_before_anything_runs() -> None:
         [
             Stage("validate", S.VALIDATED, mark),
             Stage("plan", S.PLANNED, mark),
-            Stage("context", S.CONTEXT_GATHERING, mark, pools=["context"], retry="storage"),
+            Stage("context", S.CONTEXT_GATHERING, mark, pools=["context"], operation="storage"),
             Stage("process", S.PROCESSING, mark),
             Stage("format", S.RESPONSE_FORMATTING, mark),
         ]
@@ -341,7 +342,9 @@ def test_pipeline_construction_is_checked() -> None:
         match=r"timeout must be a number of seconds >= 0 or None \(no deadline\), got nan",
     ):
         Stage("v", S.VALIDATED, fn, timeout=math.nan)
-    with pytest.raises(TypeError, match="pools must be a sequence of pool names, got the string"):
+    with pytest.raises(
+        TypeError, match=r"stage 'v': pools must be a sequence of pool names, got 'llm' \(str\)"
+    ):
         Stage("v", S.VALIDATED, fn, pools="llm")
     with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
         Stage("v", S.VALIDATED, fn, retry=3)  # type: ignore[arg-type]
@@ -504,7 +507,7 @@ async def test_retry_policies_and_resolvers() -> None:
     pipeline = seven({"process": down})
     pipeline = Pipeline(
         [
-            Stage(s.name, s.state, s.fn, retry="llm" if s.name == "process" else None)
+            Stage(s.name, s.state, s.fn, operation="llm" if s.name == "process" else None)
             for s in pipeline.stages
         ]
     )
@@ -579,3 +582,126 @@ async def test_a_failing_hook_on_the_cancelled_transition_is_raised_as_it_is() -
     assert [c.to_state for c in request.history] == [S.VALIDATED, S.CANCELLED]
     stats = pipeline.statistics()
     assert (stats.cancelled, stats.failed) == (1, 0)
+
+
+# --- stage options: one WorkOptions value, one meaning per word --------------------------------
+def test_a_stage_holds_its_options_as_one_work_options_value() -> None:
+    from trioflow import WorkOptions
+
+    async def fn(request: Request) -> None:
+        pass
+
+    policy = RetryPolicy(attempts=2)
+    stage = Stage("s", S.VALIDATED, fn, timeout=2, pools=["llm"], retry=policy, optional=True)
+    assert stage.options == WorkOptions(timeout=2, retry=policy, pools=("llm",), optional=True)
+    assert (stage.timeout, stage.retry, stage.pools, stage.optional) == (2, policy, ("llm",), True)
+    assert stage.operation is None
+    assert Stage("s", S.VALIDATED, fn, timeout=math.inf).timeout is None  # no deadline
+    given = WorkOptions(timeout=1)
+    assert Stage("s", S.VALIDATED, fn, options=given).options is given
+    with pytest.raises(TypeError, match="give options= or timeout/retry/pools/optional"):
+        Stage("s", S.VALIDATED, fn, options=given, timeout=2)
+    with pytest.raises(TypeError, match="options must be a WorkOptions"):
+        Stage("s", S.VALIDATED, fn, options={"timeout": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="operation must be a non-empty str"):
+        Stage("s", S.VALIDATED, fn, operation="")
+
+
+def test_a_retry_name_is_the_deprecated_spelling_of_operation() -> None:
+    async def fn(request: Request) -> None:
+        pass
+
+    with pytest.warns(DeprecationWarning, match="use Stage\\(operation='llm'\\) instead") as w:
+        stage = Stage("s", S.VALIDATED, fn, retry="llm")  # type: ignore[arg-type]
+    assert w[0].filename == __file__
+    assert stage == Stage("s", S.VALIDATED, fn, operation="llm")
+    assert stage.retry is None
+    with pytest.raises(TypeError, match="give operation='tool' or the deprecated retry='llm'"):
+        Stage("s", S.VALIDATED, fn, retry="llm", operation="tool")  # type: ignore[arg-type]
+
+
+def five(process: Stage) -> Pipeline:
+    return Pipeline(
+        [
+            Stage("validate", S.VALIDATED, sleeper(0)),
+            Stage("plan", S.PLANNED, sleeper(0)),
+            Stage("context", S.CONTEXT_GATHERING, sleeper(0)),
+            process,
+            Stage("format", S.RESPONSE_FORMATTING, sleeper(0)),
+        ]
+    )
+
+
+async def test_a_stage_timeout_bounds_each_attempt_and_each_retry_gets_a_fresh_one() -> None:
+    attempts: list[float] = []
+
+    async def slow_twice(request: Request) -> str:
+        attempts.append(anyio.current_time())
+        await anyio.sleep(10 if len(attempts) < 3 else 2)
+        return "ok"
+
+    policy = RetryPolicy(attempts=3, initial_delay=1, multiplier=1, max_delay=1)
+    stage = Stage("process", S.PROCESSING, slow_twice, timeout=3, retry=policy)
+    result = await five(stage).run(Request())
+    assert result.status is ProcessingStatus.SUCCEEDED
+    # 3 s timed out, 1 s wait, 3 s timed out, 1 s wait, 2 s: 10 s, more than one timeout.
+    assert attempts == [0, 4, 8]
+    assert result.stage_timings["process"] == 10
+    # Without a retry the first timeout fails the stage, as before.
+    once = await five(Stage("process", S.PROCESSING, sleeper(10), timeout=3)).run(Request())
+    assert isinstance(once.error, TimeoutError)
+    assert "stage 'process' took longer than its timeout (3 s)" in str(once.error)
+
+
+async def test_waiting_for_a_pool_is_not_counted_in_the_stage_timeout() -> None:
+    resources = ResourceManager(limit=10, pools={"llm": 1})
+    stage = Stage("process", S.PROCESSING, sleeper(2), timeout=3, pools=["llm"])
+    pipeline = five(stage)
+    results: list[ProcessingResult] = []
+
+    async def one() -> None:
+        results.append(await pipeline.run(Request(), resources=resources))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one)
+    # Each waits up to 4 s for the pool, longer than its timeout, and then takes 2 s.
+    assert [r.status for r in results] == [ProcessingStatus.SUCCEEDED] * 3
+    assert sorted(r.stage_timings["process"] for r in results) == [2, 4, 6]
+
+
+async def test_a_stage_retry_policy_of_its_own_wins_over_its_operation() -> None:
+    calls: list[int] = []
+
+    async def down(request: Request) -> None:
+        calls.append(1)
+        raise ConnectionError("down")
+
+    own = RetryPolicy(attempts=2, initial_delay=0, max_delay=0)
+    pipeline = five(Stage("process", S.PROCESSING, down, retry=own, operation="llm"))
+    run_policies = {"llm": RetryPolicy(attempts=5, initial_delay=0, max_delay=0)}
+    await pipeline.run(Request(), retry=run_policies)
+    assert len(calls) == 2
+    await pipeline.run(Request())  # its own policy needs none from the run
+    assert len(calls) == 4
+
+
+async def test_a_run_may_be_moved_by_another_machine_whose_hooks_then_see_it() -> None:
+    other = StateMachine(REQUEST_TRANSITIONS, S.RECEIVED)
+    seen: list[RequestState] = []
+
+    @other.after
+    async def record(request: Request, f: RequestState, t: RequestState) -> None:
+        seen.append(t)
+
+    pipeline = seven()
+    result = await pipeline.run(Request(), machine=other)
+    assert result.status is ProcessingStatus.SUCCEEDED
+    assert seen == [c.to_state for c in result.history]
+    assert pipeline.machine.statistics().transitions == 0
+    assert other.statistics().transitions == 7
+    short = StateMachine({S.RECEIVED: {S.FAILED, S.CANCELLED}}, S.RECEIVED)
+    with pytest.raises(ValueError, match="must allow"):
+        await pipeline.run(Request(), machine=short)
+    with pytest.raises(TypeError, match="machine must be a StateMachine"):
+        await pipeline.run(Request(), machine="m")  # type: ignore[arg-type]

@@ -40,9 +40,11 @@ from ._errors import UnstorableValueError as UnstorableValueError
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._errors import WorkflowShapeChangedError as WorkflowShapeChangedError
 from ._limits import HealthSource as HealthSource
+from ._limits import KeyedPoolStatistics as KeyedPoolStatistics
 from ._limits import PoolStatistics as PoolStatistics
 from ._limits import ResourceManager as ResourceManager
 from ._limits import ResourceManagerStatistics as ResourceManagerStatistics
+from ._limits import Slot as Slot
 from ._options import WorkOptions as WorkOptions
 from ._resilience._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
 from ._resilience._adaptive import AdaptiveConcurrencyStatistics as AdaptiveConcurrencyStatistics
@@ -100,6 +102,8 @@ __all__ = (
     "ResourceManager",
     "ResourceManagerStatistics",
     "PoolStatistics",
+    "KeyedPoolStatistics",
+    "Slot",
     "HealthSource",
     "RetryPolicy",
     "WorkOptions",

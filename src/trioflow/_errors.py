@@ -95,7 +95,7 @@ class ConfigError(TrioflowError, ValueError):
 
     Attributes:
         problems: Every problem as ``(path, message)``, e.g.
-            ``("retry.jitter", "must be a finite number >= 0, got -1 (int)")``.
+            ``("retry.multiplier", "must be a finite number >= 1, got 0.5 (float)")``.
     """
 
     def __init__(self, problems: Sequence[tuple[str, str]], *, source: str | None = None) -> None:

@@ -1,33 +1,45 @@
-"""Resource limits: one general capacity plus named pools, resizable while work runs.
+"""Resource limits: one general capacity, named pools and keyed pools, resizable while work runs.
 
 A :class:`ResourceManager` owns one :class:`anyio.CapacityLimiter` for its general limit and
-one per named pool. ``slot(*pools)`` takes a general token and one token of each named pool,
-always in the same global order (general first, then pools sorted by name), so two callers
-asking for overlapping pools in different orders can never deadlock. Limits are resized
-through ``total_tokens``, never by replacing a limiter, so no waiter is ever lost.
+one per named pool. A keyed pool (``keyed={"user": 10}``) holds one limiter per key, made when a
+slot first names the key (``slot(keys={"user": "alice"})``) and dropped once no slot holds or
+waits for it, so per-user limits cost nothing for users who are gone. ``slot()`` takes its
+tokens always in the same global order (keyed pools sorted by name, then the general limit,
+then named pools sorted by name), so two callers asking for overlapping pools in different
+orders can never deadlock, and a task waiting for its own key's token holds no shared one.
+Limits are resized through ``total_tokens``, never by replacing a limiter, so no waiter is ever
+lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Literal, Protocol, TypeVar, TypeVarTuple, final, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, TypeVarTuple, final, runtime_checkable
 
 import anyio
 import anyio.lowlevel
 import attrs
 
+from ._backend import current_time
 from ._checks import check_int
 from ._errors import ResourceExhaustedError
 
-__all__ = ("HealthSource", "PoolStatistics", "ResourceManager", "ResourceManagerStatistics")
+__all__ = (
+    "HealthSource",
+    "KeyedPoolStatistics",
+    "PoolStatistics",
+    "ResourceManager",
+    "ResourceManagerStatistics",
+    "Slot",
+)
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 _WouldBlock = anyio.WouldBlock
 _CHAIN_CACHE_SIZE = 256
+_SPARE_LIMITERS = 64  # idle per-key limiters kept for reuse, per keyed pool
 
 
 @runtime_checkable
@@ -73,7 +85,34 @@ class PoolStatistics:
     throttled: int
 
 
-def _read_only(pools: Mapping[str, PoolStatistics]) -> Mapping[str, PoolStatistics]:
+@attrs.frozen(kw_only=True)
+class KeyedPoolStatistics:
+    """A snapshot of one keyed pool of a :class:`ResourceManager`, all its keys together.
+
+    Attributes:
+        limit: The most slots holding a token of one key at once.
+        keys: Keys with a slot holding or waiting for their token (each has a limiter; a key
+            with neither has none).
+        executing: Slots holding a token of this pool whose body is running.
+        waiting: Tasks blocked waiting for a token of this pool.
+        executed: Completed slots that used this pool, succeeded or failed (cancelled ones are
+            not counted).
+        failed: Those of ``executed`` whose body raised an exception.
+        mean_duration: Mean duration in seconds of the ``executed`` slots (0.0 when none).
+        throttled: Acquisitions of this pool that had to wait for a token of their key.
+    """
+
+    limit: int
+    keys: int
+    executing: int
+    waiting: int
+    executed: int
+    failed: int
+    mean_duration: float
+    throttled: int
+
+
+def _read_only(pools: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(pools))
 
 
@@ -91,6 +130,7 @@ class ResourceManagerStatistics:
         throttled: Slot entries that had to wait, for health or for any token (counted when the
             wait starts, so a wait cut short by cancellation counts too).
         pools: Per-pool statistics by pool name.
+        keyed: Per-keyed-pool statistics by pool name.
     """
 
     limit: int
@@ -101,6 +141,7 @@ class ResourceManagerStatistics:
     mean_duration: float
     throttled: int
     pools: Mapping[str, PoolStatistics] = attrs.field(factory=dict, converter=_read_only)
+    keyed: Mapping[str, KeyedPoolStatistics] = attrs.field(factory=dict, converter=_read_only)
 
 
 def _check_size(what: str, value: object) -> int:
@@ -112,6 +153,7 @@ class _Pool:
     """The mutable state of one named pool (or of the general limit)."""
 
     __slots__ = (
+        "counts",
         "executed",
         "executing",
         "failed",
@@ -127,6 +169,7 @@ class _Pool:
         self.name = name
         self.size = size
         self.limiter = anyio.CapacityLimiter(size)
+        self.counts = self  # where a slot holding this limiter is counted
         self.executing = 0
         self.waiting = 0
         self.executed = 0
@@ -146,6 +189,94 @@ class _Pool:
         )
 
 
+@final
+class _Key:
+    """One key of a keyed pool: its limiter and the slots holding or waiting for it."""
+
+    __slots__ = ("counts", "key", "limiter", "pool", "slots")
+
+    def __init__(self, key: Hashable, limiter: anyio.CapacityLimiter, pool: _KeyedPool) -> None:
+        self.key = key
+        self.limiter = limiter
+        self.pool = pool
+        self.counts = pool.counts  # the keyed pool's counters, shared by all its keys
+        self.slots = 0
+
+
+@final
+class _KeyedPool:
+    """A keyed pool: a limiter per live key, counted together in ``counts``."""
+
+    __slots__ = ("counts", "keys", "name", "spare")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.counts = _Pool(name, size)  # its own limiter is unused: only its counters count
+        self.keys: dict[Hashable, _Key] = {}
+        self.spare: list[anyio.CapacityLimiter] = []
+
+    def join(self, key: Hashable) -> _Key:
+        """Return the key's limiter holder, made on demand, counting one more slot of it."""
+        entry = self.keys.get(key)
+        if entry is None:
+            size = self.counts.size
+            if self.spare:
+                limiter = self.spare.pop()
+                if limiter.total_tokens != size:
+                    limiter.total_tokens = size
+            else:
+                limiter = anyio.CapacityLimiter(size)
+            entry = self.keys[key] = _Key(key, limiter, self)
+        entry.slots += 1
+        return entry
+
+    def leave(self, entry: _Key) -> None:
+        """Count one slot of the key fewer; drop the key once no slot holds or waits for it."""
+        entry.slots -= 1
+        if not entry.slots:
+            del self.keys[entry.key]
+            # An idle limiter (no borrowers, no waiters) is as good as new: keep a few, so a
+            # key used by one slot after the other does not build a limiter per slot.
+            if len(self.spare) < _SPARE_LIMITERS:
+                self.spare.append(entry.limiter)
+
+    def resize(self, size: int) -> None:
+        self.counts.size = size
+        for entry in self.keys.values():
+            entry.limiter.total_tokens = size
+
+    def snapshot(self) -> KeyedPoolStatistics:
+        c = self.counts
+        return KeyedPoolStatistics(
+            limit=c.size,
+            keys=len(self.keys),
+            executing=c.executing,
+            waiting=c.waiting,
+            executed=c.executed,
+            failed=c.failed,
+            mean_duration=c.total_duration / c.executed if c.executed else 0.0,
+            throttled=c.throttled,
+        )
+
+
+def _sizes(what: str, given: object) -> dict[str, int]:
+    """Check a mapping of pool name to size (``pools=`` or ``keyed=``)."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise TypeError(
+            f"{what} must be a mapping of pool name to size, got {type(given).__name__}"
+        )
+    sizes: dict[str, int] = {}
+    for name, size in given.items():
+        if not isinstance(name, str):
+            raise TypeError(f"pool names must be strings, got {name!r}")
+        if not name:
+            raise ValueError("pool names must be non-empty strings, got ''")
+        sizes[name] = _check_size(f"{what}[{name!r}]", size)
+    return sizes
+
+
 def _is_failure(exc: BaseException) -> bool:
     """Whether an exception leaving a slot counts as a failure (cancellation never does)."""
     if isinstance(exc, Exception):
@@ -155,85 +286,182 @@ def _is_failure(exc: BaseException) -> bool:
     return False
 
 
-@final
-class _Slot:
-    """The async context manager returned by :meth:`ResourceManager.slot`.
+_NO_KEYS: tuple[_Key, ...] = ()
 
+
+@final
+class Slot:
+    """What :meth:`ResourceManager.slot` returns: tokens to hold while one piece of work runs.
+
+    Use it once, as ``async with rm.slot(...):``. Code that acquires in one place and gives back
+    in another (admission that must not wait when it need not) uses :meth:`acquire_nowait` or
+    :meth:`acquire` and then :meth:`release`, the way trio's ``CapacityLimiter`` offers both.
     A plain class rather than ``@asynccontextmanager``: it is entered once per operation on the
     executor's hot path. The slot object itself is the borrower of every token it holds.
     """
 
-    __slots__ = ("_acquired", "_manager", "_pools", "_started")
+    __slots__ = ("_acquired", "_keys", "_keyspec", "_manager", "_on_wait", "_pools", "_started")
 
-    def __init__(self, manager: ResourceManager, pools: tuple[_Pool, ...]) -> None:
+    def __init__(
+        self,
+        manager: ResourceManager,
+        pools: tuple[_Pool, ...],
+        keyspec: tuple[tuple[_KeyedPool, Hashable], ...] | None = None,
+    ) -> None:
         self._manager = manager
         self._pools = pools  # named pools only, in acquisition (sorted) order
+        self._keyspec = keyspec  # (keyed pool, key) sorted by pool name, or None
+        self._keys = _NO_KEYS  # the keys' limiter holders, while held or awaited
         self._acquired = -1  # -1: not entered; else number of limiters held (general included)
         self._started = 0.0
+        self._on_wait: Callable[[], object] | None = None
 
-    async def __aenter__(self) -> None:
+    def _begin(self) -> None:
         if self._acquired != -1:
             raise RuntimeError("a slot() can be entered only once; call slot() again")
-        manager = self._manager
-        await anyio.lowlevel.checkpoint_if_cancelled()
         self._acquired = 0
+        spec = self._keyspec
+        if spec is not None:
+            self._keys = tuple([pool.join(key) for pool, key in spec])
+
+    def acquire_nowait(self) -> None:
+        """Take every token now, or none: never waits and never counts as waiting.
+
+        Raises:
+            anyio.WouldBlock: A token is not free (or the health source reports unhealthy
+                and ``when_unhealthy`` is ``"wait"``): nothing is held, and the slot may still
+                be acquired with :meth:`acquire`.
+            ResourceExhaustedError: Unhealthy, and ``when_unhealthy`` is ``"fail"``.
+            RuntimeError: The slot was acquired already.
+        """
+        manager = self._manager
         health = manager._health
         if health is not None and not health.healthy:
             if manager._when_unhealthy == "fail":
-                raise ResourceExhaustedError(
-                    "resource manager refused work: its health source reports unhealthy "
-                    "(when_unhealthy='fail')"
-                )
+                raise self._unhealthy()
+            raise _WouldBlock
+        self._begin()
+        try:
+            self._take_free()
+        except _WouldBlock:
+            self._give_back()
+            self._acquired = -1
+            raise
+        self._entered()
+
+    async def acquire(self, *, on_wait: Callable[[], object] | None = None) -> None:
+        """Take every token, waiting for those not free (and, with a health source, health).
+
+        Args:
+            on_wait: Called before each wait (for health or a token), e.g. to count the slot
+                as queued; an exception it raises refuses the slot, holding nothing.
+
+        Raises:
+            ResourceExhaustedError: Unhealthy, and ``when_unhealthy`` is ``"fail"``.
+            RuntimeError: The slot was acquired already.
+        """
+        self._on_wait = on_wait
+        await self.__aenter__()
+
+    def release(self) -> None:
+        """Give back every token of a slot taken by :meth:`acquire_nowait` or :meth:`acquire`.
+
+        Counted as work that completed (not as a failure), as when an ``async with`` body
+        returns.
+        """
+        self._exit(None)
+
+    @staticmethod
+    def _unhealthy() -> ResourceExhaustedError:
+        return ResourceExhaustedError(
+            "resource manager refused work: its health source reports unhealthy "
+            "(when_unhealthy='fail')"
+        )
+
+    def _take_free(self) -> None:
+        for entry in self._keys:
+            entry.limiter.acquire_on_behalf_of_nowait(self)
+            self._acquired += 1
+        self._manager._general.limiter.acquire_on_behalf_of_nowait(self)
+        self._acquired += 1
+        for pool in self._pools:
+            pool.limiter.acquire_on_behalf_of_nowait(self)
+            self._acquired += 1
+
+    async def __aenter__(self) -> None:
+        manager = self._manager
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        health = manager._health
+        if health is not None and not health.healthy:
+            if manager._when_unhealthy == "fail":
+                raise self._unhealthy()
+            self._begin()
             await self._acquire_slowly(wait_for_health=True)
         else:
+            self._begin()
             try:
-                manager._general.limiter.acquire_on_behalf_of_nowait(self)
-                self._acquired = 1
-                for pool in self._pools:
-                    pool.limiter.acquire_on_behalf_of_nowait(self)
-                    self._acquired += 1
+                self._take_free()
             except _WouldBlock:
                 await self._acquire_slowly(wait_for_health=False)
-        manager._general.executing += 1
+        self._entered()
+
+    def _entered(self) -> None:
+        self._manager._general.executing += 1
+        for entry in self._keys:
+            entry.counts.executing += 1
         for pool in self._pools:
             pool.executing += 1
-        self._started = anyio.current_time()
+        self._started = current_time()
 
     async def _acquire_slowly(self, *, wait_for_health: bool) -> None:
         """Wait for health and the tokens not held yet; on any exception give back the rest."""
         manager = self._manager
-        general = manager._general
+        on_wait = self._on_wait
         manager._waiting += 1
         manager._throttled += 1
         try:
             if wait_for_health:
                 assert manager._health is not None
+                if on_wait is not None:
+                    on_wait()
                 await manager._health.wait_healthy()
-            chain = (general, *self._pools)
+            chain = self._chain()
             while self._acquired < len(chain):
-                pool = chain[self._acquired]
+                link = chain[self._acquired]
                 try:
-                    pool.limiter.acquire_on_behalf_of_nowait(self)
+                    link.limiter.acquire_on_behalf_of_nowait(self)
                 except _WouldBlock:
-                    pool.throttled += 1
-                    pool.waiting += 1
+                    counts = link.counts
+                    counts.throttled += 1
+                    if on_wait is not None:
+                        on_wait()
+                    counts.waiting += 1
                     try:
-                        await pool.limiter.acquire_on_behalf_of(self)
+                        await link.limiter.acquire_on_behalf_of(self)
                     finally:
-                        pool.waiting -= 1
+                        counts.waiting -= 1
                 self._acquired += 1
         except BaseException:
-            self._release()
+            self._give_back()
             raise
         finally:
             manager._waiting -= 1
 
-    def _release(self) -> None:
-        """Give back every token held, in reverse order of acquisition."""
-        chain = (self._manager._general, *self._pools)
-        while self._acquired > 0:
-            self._acquired -= 1
-            chain[self._acquired].limiter.release_on_behalf_of(self)
+    def _chain(self) -> tuple[_Pool | _Key, ...]:
+        """Every limiter of the slot, in the manager's one acquisition order."""
+        return (*self._keys, self._manager._general, *self._pools)
+
+    def _give_back(self) -> None:
+        """Give back every token held, in reverse order of acquisition, and the keys."""
+        if self._acquired > 0:
+            chain = self._chain() if self._keys else (self._manager._general, *self._pools)
+            while self._acquired > 0:
+                self._acquired -= 1
+                chain[self._acquired].limiter.release_on_behalf_of(self)
+        if self._keys:
+            for entry in self._keys:
+                entry.pool.leave(entry)
+            self._keys = _NO_KEYS
 
     async def __aexit__(
         self,
@@ -241,13 +469,19 @@ class _Slot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        duration = anyio.current_time() - self._started
+        self._exit(exc)
+
+    def _exit(self, exc: BaseException | None) -> None:
+        duration = current_time() - self._started
         manager = self._manager
         general = manager._general
         pools = self._pools
+        keys = self._keys
         # Give the tokens back first, so nothing below can leak them.
-        self._release()
+        self._give_back()
         general.executing -= 1
+        for entry in keys:
+            entry.counts.executing -= 1
         for pool in pools:
             pool.executing -= 1
         if exc is None:
@@ -265,6 +499,12 @@ class _Slot:
             pool.total_duration += duration
             if failed:
                 pool.failed += 1
+        for entry in keys:
+            counts = entry.counts
+            counts.executed += 1
+            counts.total_duration += duration
+            if failed:
+                counts.failed += 1
         if manager._listeners:
             for listener in tuple(manager._listeners):
                 listener(duration, not failed)
@@ -284,8 +524,10 @@ class ResourceManager:
 
     Example::
 
-        rm = ResourceManager(limit=8, pools={"llm": 5, "tool": 10})
+        rm = ResourceManager(limit=8, pools={"llm": 5, "tool": 10}, keyed={"user": 2})
         async with rm.slot("llm"):
+            ...
+        async with rm.slot("llm", keys={"user": request.user_id}):  # at most 2 per user
             ...
         answer = await rm.run(ask_model, prompt, pools=["llm"])
 
@@ -294,6 +536,9 @@ class ResourceManager:
     Args:
         limit: The general limit: most slots running at once, an int >= 1.
         pools: Named pools and their sizes, e.g. ``{"llm": 5, "tool": 10}``.
+        keyed: Keyed pools and their size per key, e.g. ``{"user": 10}``: a slot naming
+            ``keys={"user": "alice"}`` holds one of alice's 10 tokens. Names are shared with
+            ``pools``: a name is either a pool or a keyed pool.
         health: Consulted before admitting work; see ``when_unhealthy``.
         when_unhealthy: When ``health`` reports unhealthy at acquisition: ``"wait"`` waits
             (cancellably) until it is healthy again; ``"fail"`` raises
@@ -308,6 +553,7 @@ class ResourceManager:
 
     _general: _Pool
     _pools: dict[str, _Pool]
+    _keyed: dict[str, _KeyedPool]
     _health: HealthSource | None
     _when_unhealthy: Literal["wait", "fail"]
     _waiting: int
@@ -320,22 +566,18 @@ class ResourceManager:
         limit: int = 8,
         pools: Mapping[str, int] | None = None,
         *,
+        keyed: Mapping[str, int] | None = None,
         health: HealthSource | None = None,
         when_unhealthy: Literal["wait", "fail"] = "wait",
     ) -> None:
         _check_size("limit", limit)
-        named: dict[str, _Pool] = {}
-        if pools is not None:
-            if not isinstance(pools, Mapping):
-                raise TypeError(
-                    f"pools must be a mapping of pool name to size, got {type(pools).__name__}"
-                )
-            for name, size in pools.items():
-                if not isinstance(name, str):
-                    raise TypeError(f"pool names must be strings, got {name!r}")
-                if not name:
-                    raise ValueError("pool names must be non-empty strings, got ''")
-                named[name] = _Pool(name, _check_size(f"pools[{name!r}]", size))
+        named = {name: _Pool(name, size) for name, size in _sizes("pools", pools).items()}
+        keyed_pools = {
+            name: _KeyedPool(name, size) for name, size in _sizes("keyed", keyed).items()
+        }
+        both = sorted(set(named) & set(keyed_pools))
+        if both:
+            raise ValueError(f"a name is either a pool or a keyed pool, got both for {both}")
         if when_unhealthy not in ("wait", "fail"):
             raise ValueError(f"when_unhealthy must be 'wait' or 'fail', got {when_unhealthy!r}")
         if health is not None and not isinstance(health, HealthSource):
@@ -345,6 +587,7 @@ class ResourceManager:
             )
         self._general = _Pool("", limit)
         self._pools = named
+        self._keyed = keyed_pools
         self._health = health
         self._when_unhealthy = when_unhealthy
         self._waiting = 0
@@ -354,7 +597,9 @@ class ResourceManager:
 
     def __repr__(self) -> str:
         pools = ", ".join(f"{name!r}: {pool.size}" for name, pool in self._pools.items())
-        return f"ResourceManager(limit={self._general.size}, pools={{{pools}}})"
+        keyed = ", ".join(f"{name!r}: {p.counts.size}" for name, p in self._keyed.items())
+        more = f", keyed={{{keyed}}}" if keyed else ""
+        return f"ResourceManager(limit={self._general.size}, pools={{{pools}}}{more})"
 
     @property
     def limit(self) -> int:
@@ -379,25 +624,34 @@ class ResourceManager:
         """The names of the pools, in the order they were given."""
         return tuple(self._pools)
 
+    @property
+    def keyed(self) -> tuple[str, ...]:
+        """The names of the keyed pools, in the order they were given."""
+        return tuple(self._keyed)
+
     def pool_size(self, name: str) -> int:
-        """Return the size of one pool.
+        """Return the size of one pool (of one key, for a keyed pool).
 
         Args:
             name: The pool's name.
 
         Returns:
-            The most slots that may hold a token of this pool at once.
+            The most slots that may hold a token of this pool (or key) at once.
 
         Raises:
             ValueError: There is no pool of that name.
         """
+        keyed = self._keyed.get(name) if isinstance(name, str) else None
+        if keyed is not None:
+            return keyed.counts.size
         return self._pool(name).size
 
     def set_pool_size(self, name: str, size: int) -> None:
         """Resize one pool while work runs.
 
         Growing admits waiters at once; shrinking never cancels running work, and no new work
-        is admitted to the pool until its running work is below the new size.
+        is admitted to the pool until its running work is below the new size. For a keyed pool
+        the size is per key, and applies to every key, live or to come.
 
         Args:
             name: The pool's name.
@@ -407,6 +661,10 @@ class ResourceManager:
             TypeError: ``size`` is not an int.
             ValueError: There is no pool of that name, or ``size`` is below 1.
         """
+        keyed = self._keyed.get(name) if isinstance(name, str) else None
+        if keyed is not None:
+            keyed.resize(_check_size(f"size of keyed pool {name!r}", size))
+            return
         pool = self._pool(name)
         self._resize(pool, _check_size(f"size of pool {name!r}", size))
 
@@ -423,23 +681,28 @@ class ResourceManager:
             known = ", ".join(repr(n) for n in self._pools) or "none"
             raise ValueError(f"unknown pool {name!r}; known pools: {known}") from None
 
-    def slot(self, *pools: str) -> AbstractAsyncContextManager[None]:
-        """Return an async context manager holding a general slot and one token per pool.
+    def slot(self, *pools: str, keys: Mapping[str, Hashable] | None = None) -> Slot:
+        """Return a :class:`Slot`: a general token, one token per pool and one per key.
 
-        Tokens are taken general first, then pools sorted by name, and given back in reverse
-        order on exit, on error and on cancellation (also when cancelled while waiting for a
-        later token). Entering is a cancellation point; it waits only when a token is not free
-        (or, with a health source, while unhealthy).
+        Tokens are taken in one global order, the keys' first (by keyed pool name), then the
+        general one, then the pools' (sorted by name), and given back in reverse order on exit,
+        on error and on cancellation (also when cancelled while waiting for a later token). A
+        key's limiter exists while a slot holds or waits for it. Entering is a cancellation
+        point; it waits only when a token is not free (or, with a health source, while
+        unhealthy).
 
         Args:
             *pools: Names of the pools to take one token of each.
+            keys: For keyed pools, the key to take one token of, e.g. ``{"user": "alice"}``.
 
         Returns:
-            An async context manager, to be entered once, that yields ``None``.
+            A :class:`Slot`, to be used once, as an async context manager yielding ``None``.
 
         Raises:
-            TypeError: A pool name is not a string (raised here, before any waiting).
-            ValueError: A pool is unknown or named twice (raised here, before any waiting).
+            TypeError: A pool name is not a string, or a key is not hashable (raised here,
+                before any waiting).
+            ValueError: A pool or keyed pool is unknown, or a pool is named twice (raised here,
+                before any waiting).
         """
         try:
             chain = self._chains[pools]
@@ -447,7 +710,26 @@ class ResourceManager:
             chain = self._chain(pools)
         except TypeError:  # an unhashable argument
             chain = self._chain(pools)
-        return _Slot(self, chain)
+        if keys is None:
+            return Slot(self, chain)
+        return Slot(self, chain, self._keyspec(keys))
+
+    def _keyspec(self, keys: object) -> tuple[tuple[_KeyedPool, Hashable], ...]:
+        if type(keys) is not dict and not isinstance(keys, Mapping):
+            raise TypeError(f"keys must be a mapping of keyed pool name to key, got {keys!r}")
+        spec: list[tuple[_KeyedPool, Hashable]] = []
+        for name in sorted(keys) if len(keys) > 1 else keys:
+            pool = self._keyed.get(name) if type(name) is str else None
+            if pool is None:
+                known = ", ".join(repr(n) for n in self._keyed) or "none"
+                raise ValueError(f"unknown keyed pool {name!r}; known keyed pools: {known}")
+            key = keys[name]
+            try:
+                hash(key)
+            except TypeError:
+                raise TypeError(f"keys[{name!r}] must be hashable, got {key!r}") from None
+            spec.append((pool, key))
+        return tuple(spec)
 
     def _chain(self, names: tuple[str, ...]) -> tuple[_Pool, ...]:
         seen: set[str] = set()
@@ -507,6 +789,7 @@ class ResourceManager:
             mean_duration=general.total_duration / general.executed if general.executed else 0.0,
             throttled=self._throttled,
             pools={name: pool.snapshot() for name, pool in self._pools.items()},
+            keyed={name: pool.snapshot() for name, pool in self._keyed.items()},
         )
 
     def add_listener(self, fn: Callable[[float, bool], None]) -> Callable[[], None]:

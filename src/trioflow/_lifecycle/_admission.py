@@ -1,11 +1,13 @@
 """Admission control for the coordinator: who may start processing now, and who waits.
 
 A request is admitted once it has passed, in this order: the per-user and per-source rate
-limits (token buckets), health backpressure, the per-user limit (a ``CapacityLimiter`` per user,
-dropped when the user has nothing in flight or waiting) and the global limit. Per-user comes
-before global so that one busy user waiting for their own slots never holds global ones. Every
-step is tried at once first; only a step that must wait makes the request count as waiting
-(the queue depth), and a request that would wait beyond ``max_queue_depth`` is refused.
+limits (token buckets), health backpressure, the per-user limit and the global limit. The last
+three are one :class:`~trioflow.ResourceManager` slot: the global limit is its general limit and
+the per-user limit a keyed pool (a limiter per user, dropped when the user has nothing in flight
+or waiting), which the manager takes first, so that one busy user waiting for their own slots
+never holds global ones. Every step is tried at once first; only a step that must wait makes
+the request count as waiting (the queue depth), and a request that would wait beyond
+``max_queue_depth`` is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 from .._errors import ResourceExhaustedError
-from .._limits import HealthSource
+from .._limits import HealthSource, ResourceManager, Slot
 from .._resilience._ratelimit import KeyedRateLimiter
 from ._config import OrchestrationConfig
 from ._request import Request
@@ -24,10 +26,10 @@ from ._request import Request
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-__all__ = ("Admission", "CancelRequested", "Ticket", "User")
+__all__ = ("Admission", "CancelRequested", "Ticket")
 
 _WouldBlock = anyio.WouldBlock
-_SPARE_USERS = 64
+_USER = "user"
 
 
 class CancelRequested(Exception):
@@ -48,24 +50,19 @@ class Ticket:
 
 
 @final
-class User:
-    """A user's limiter, shared by their requests."""
-
-    __slots__ = ("limiter", "requests")
-
-    def __init__(self, limit: int) -> None:
-        self.limiter = anyio.CapacityLimiter(limit)
-        self.requests = 0
-
-
-@final
 class Admission:
     """The limits a request passes before it is processed, and their counters."""
 
     def __init__(self, config: OrchestrationConfig, health: HealthSource | None) -> None:
         self._config = config
         self._health = health
-        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self._wait_when_unhealthy = config.health.when_unhealthy == "wait"
+        # Health in "fail" mode refuses here, before the manager: it never waits for health.
+        self._slots = ResourceManager(
+            limit=config.max_concurrency,
+            keyed={_USER: config.per_user_limit},
+            health=health if self._wait_when_unhealthy else None,
+        )
         limits = config.rate_limits
         self._user_rate: KeyedRateLimiter[str] | None = None
         if limits.per_user is not None:
@@ -80,66 +77,43 @@ class Admission:
                 limits={s: (c.per_second, c.capacity) for s, c in limits.per_source.items()},
                 classify=lambda source: source,
             )
+        self._rate_limited = self._user_rate is not None or self._source_rate is not None
         self._wait_when_limited = limits.when_limited == "wait"
-        self._wait_when_unhealthy = config.health.when_unhealthy == "wait"
-        self.users: dict[str, User] = {}
-        self._spare: list[User] = []
         self.waiting = 0
         self.throttled = 0
 
-    # --- users ----------------------------------------------------------------------------
-    def join(self, user_id: str) -> User:
-        """Return the user's limiter holder, counting one more request of theirs."""
-        user = self.users.get(user_id)
-        if user is None:
-            user = self.users[user_id] = (
-                self._spare.pop() if self._spare else User(self._config.per_user_limit)
-            )
-        user.requests += 1
-        return user
+    @property
+    def users(self) -> int:
+        """Users with a request waiting for or holding a per-user slot."""
+        return self._slots.statistics().keyed[_USER].keys
 
-    def leave(self, user_id: str, user: User) -> None:
-        """Count one request of the user fewer; drop the user when none is left."""
-        user.requests -= 1
-        if not user.requests:
-            del self.users[user_id]
-            # An idle limiter (no borrowers, no waiters) is as good as new: keep a few, so a
-            # user sending one request after the other does not build one per request.
-            if len(self._spare) < _SPARE_USERS:
-                self._spare.append(user)
+    def slot(self, request: Request) -> Slot:
+        """Return the request's slot (its user's token and a global one), not yet acquired."""
+        return self._slots.slot(keys={_USER: request.user_id})
 
-    # --- admission ---------------------------------------------------------------------------
-    def try_now(self, request: Request, user: User) -> bool:
-        """Take everything admission needs if nothing has to wait; else take nothing."""
-        if self._user_rate is not None or self._source_rate is not None:
+    def try_now(self, slot: Slot) -> bool:
+        """Acquire the slot if nothing has to wait; else take nothing."""
+        if self._rate_limited:
             return False
-        if self._health is not None and not self._health.healthy:
+        health = self._health
+        if health is not None and not health.healthy:
             return False
         try:
-            user.limiter.acquire_on_behalf_of_nowait(request)
+            slot.acquire_nowait()
         except _WouldBlock:
-            return False
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(request)
-        except _WouldBlock:
-            user.limiter.release_on_behalf_of(request)
             return False
         return True
 
-    def release(self, request: Request, user: User) -> None:
-        """Give back the global and per-user slots of an admitted request."""
-        self._limiter.release_on_behalf_of(request)
-        user.limiter.release_on_behalf_of(request)
-
-    async def wait(self, request: Request, user: User, deadline: float, ticket: Ticket) -> None:
+    async def wait(self, request: Request, slot: Slot, deadline: float, ticket: Ticket) -> None:
         """Wait for admission until the deadline; hold nothing on any exception.
+
+        The slot gives back whatever it took when its acquisition fails or is cancelled.
 
         Raises:
             ResourceExhaustedError: Refused (rate limit or health in "fail" mode, queue too deep).
             TimeoutError: Not admitted by the deadline.
             CancelRequested: ``ticket`` was cancelled while waiting.
         """
-        held = 0
         waiting = False
 
         def must_wait() -> None:
@@ -161,22 +135,14 @@ class Admission:
                 ticket.scope = scope
                 await self._rate_limit(request, must_wait)
                 health = self._health
-                if health is not None and not health.healthy:
-                    if not self._wait_when_unhealthy:
-                        self.throttled += 1
-                        raise ResourceExhaustedError(
-                            f"request {request.id!r} refused: the system is unhealthy "
-                            "(health.when_unhealthy='fail')"
-                        )
-                    must_wait()
-                    await health.wait_healthy()
-                for limiter in (user.limiter, self._limiter):
-                    try:
-                        limiter.acquire_on_behalf_of_nowait(request)
-                    except _WouldBlock:
-                        must_wait()
-                        await limiter.acquire_on_behalf_of(request)
-                    held += 1
+                if not self._wait_when_unhealthy and health is not None and not health.healthy:
+                    self.throttled += 1
+                    raise ResourceExhaustedError(
+                        f"request {request.id!r} refused: the system is unhealthy "
+                        "(health.when_unhealthy='fail')"
+                    )
+                # Health ("wait" mode), then the user's token, then a global one.
+                await slot.acquire(on_wait=must_wait)
             ticket.scope = None
             if scope.cancelled_caught:
                 if ticket.cancel_requested:
@@ -185,12 +151,6 @@ class Admission:
                     f"request {request.id!r} was not admitted within default_timeout "
                     f"({self._config.default_timeout} s)"
                 )
-        except BaseException:
-            if held >= 1:
-                user.limiter.release_on_behalf_of(request)
-            if held >= 2:
-                self._limiter.release_on_behalf_of(request)
-            raise
         finally:
             if waiting:
                 self.waiting -= 1

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ import attrs
 import cattrs
 
 from .._checked import (
+    Check,
     Problems,
     boolean,
     checked_converter,
@@ -43,9 +44,10 @@ from .._checked import (
     validate,
 )
 from .._checks import no_deadline
+from .._deprecate import warn_renamed
 from .._errors import ConfigError
 from .._retry import RetryPolicy
-from .._structure import describe, problems_of
+from .._structure import describe, join_path, problems_of
 
 __all__ = (
     "HealthConfig",
@@ -84,26 +86,105 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-@attrs.frozen(kw_only=True)
+_UNSET: Any = object()
+
+# Keys renamed since 0.1, by config class: old key -> (new key, how an old value converts).
+_RETRY_RENAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = MappingProxyType(
+    {
+        "max_retries": ("attempts", lambda retries: retries + 1),
+        "backoff_multiplier": ("multiplier", lambda multiplier: multiplier),
+    }
+)
+_OLD_RETRY_CHECKS: Mapping[str, Check] = MappingProxyType(
+    {"max_retries": int_at_least(0), "backoff_multiplier": number_at_least(1)}
+)
+
+
+def _renamed_retry_keys(
+    given: Mapping[str, Any], where: str, stacklevel: int
+) -> tuple[dict[str, Any], Problems]:
+    """Accept the 0.1 keys of a retry block: warn, convert, and report an old key given twice.
+
+    Returns the block with new keys only, and the problems of the old keys (a value out of
+    range is reported under the key the file used). ``stacklevel`` counts the frames between
+    the caller of this function and the code the warning should point at.
+    """
+    out = dict(given)
+    problems: Problems = []
+    for old, (new, convert) in _RETRY_RENAMES.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out:
+            problems.append((join_path(where, old), f"give {new} or {old} (deprecated), not both"))
+            continue
+        found = _OLD_RETRY_CHECKS[old](value)
+        if found:
+            problems.append((join_path(where, old), str(found)))
+            continue
+        hint = join_path(where, new) + (f" (= {old} + 1)" if old == "max_retries" else "")
+        warn_renamed(join_path(where, old), hint, stacklevel=3 + stacklevel)
+        out[new] = convert(value)
+    return out, problems
+
+
+@attrs.frozen(kw_only=True, init=False)
 class RetryConfig:
-    """A retry policy in configuration terms (the design's ``retry`` block).
+    """A retry policy as a configuration file writes it; its fields are those of RetryPolicy.
+
+    ``[retry]`` (the default policy) and each entry of ``[retry_policies]`` are one of these.
+    The 0.1 names still load, with a :class:`DeprecationWarning` naming the new key:
+    ``max_retries`` (retries after the first try) becomes ``attempts = max_retries + 1``, and
+    ``backoff_multiplier`` becomes ``multiplier``; giving both an old key and its new one is a
+    :class:`~trioflow.ConfigError`.
 
     Args:
-        max_retries: Retries after the first try, an int >= 0 (so ``max_retries + 1`` tries).
+        attempts: Total tries, an int >= 1 (1 means no retry).
         initial_delay: The wait before the first retry, a duration >= 0.
-        backoff_multiplier: Growth factor of the wait between retries, >= 1.
+        multiplier: Growth factor of the wait between retries, >= 1.
         max_delay: Cap on any one wait, a duration >= ``initial_delay``.
         jitter: Random extra wait of up to this duration, >= 0.
+        max_retries: Deprecated: ``attempts - 1``.
+        backoff_multiplier: Deprecated: ``multiplier``.
 
     Raises:
-        ConfigError: Listing every field out of range.
+        ConfigError: Listing every field out of range, or an old key given with its new one.
     """
 
-    max_retries: int = field(3, check=int_at_least(0))
+    attempts: int = field(4, check=int_at_least(1))
     initial_delay: float = field(1.0, check=number_at_least(0), duration="required")
-    backoff_multiplier: float = field(2.0, check=number_at_least(1))
+    multiplier: float = field(2.0, check=number_at_least(1))
     max_delay: float = field(30.0, check=number_at_least(0), duration="required")
     jitter: float = field(0.0, check=number_at_least(0), duration="required")
+
+    def __init__(
+        self,
+        *,
+        attempts: int = _UNSET,
+        initial_delay: float = _UNSET,
+        multiplier: float = _UNSET,
+        max_delay: float = _UNSET,
+        jitter: float = _UNSET,
+        max_retries: int = _UNSET,
+        backoff_multiplier: float = _UNSET,
+    ) -> None:
+        given = {
+            name: value
+            for name, value in (
+                ("attempts", attempts),
+                ("initial_delay", initial_delay),
+                ("multiplier", multiplier),
+                ("max_delay", max_delay),
+                ("jitter", jitter),
+                ("max_retries", max_retries),
+                ("backoff_multiplier", backoff_multiplier),
+            )
+            if value is not _UNSET
+        }
+        checked, problems = _renamed_retry_keys(given, "", stacklevel=1)
+        if problems:
+            raise ConfigError(problems)
+        self.__attrs_init__(**checked)
 
     def __attrs_post_init__(self) -> None:
         validate(self, self._cross_problems)
@@ -118,28 +199,25 @@ class RetryConfig:
         """Return the :class:`trioflow.RetryPolicy` this block describes.
 
         Returns:
-            A policy with ``attempts = max_retries + 1`` retrying ``ConnectionError`` and
-            ``TimeoutError``.
+            A policy with the same fields, retrying ``ConnectionError`` and ``TimeoutError``.
         """
         return RetryPolicy(
-            attempts=self.max_retries + 1,
+            attempts=self.attempts,
             initial_delay=self.initial_delay,
-            multiplier=self.backoff_multiplier,
+            multiplier=self.multiplier,
             max_delay=self.max_delay,
             jitter=self.jitter,
         )
 
 
 def _default_retry_policies() -> Mapping[str, RetryConfig]:
-    # The design's policies by operation type: llm (3 tries, 1-5 s exponential), tool (2 tries,
+    # The default policies by operation type: llm (3 tries, 1-5 s exponential), tool (2 tries,
     # 2 s fixed), storage (5 tries, 0.5-2 s exponential).
     return MappingProxyType(
         {
-            "llm": RetryConfig(max_retries=2, initial_delay=1.0, max_delay=5.0),
-            "tool": RetryConfig(
-                max_retries=1, initial_delay=2.0, backoff_multiplier=1.0, max_delay=2.0
-            ),
-            "storage": RetryConfig(max_retries=4, initial_delay=0.5, max_delay=2.0),
+            "llm": RetryConfig(attempts=3, initial_delay=1.0, max_delay=5.0),
+            "tool": RetryConfig(attempts=2, initial_delay=2.0, multiplier=1.0, max_delay=2.0),
+            "storage": RetryConfig(attempts=5, initial_delay=0.5, max_delay=2.0),
         }
     )
 
@@ -248,9 +326,9 @@ def _default_pools() -> Mapping[str, int]:
 class OrchestrationConfig:
     """Everything a coordinator needs to know: limits, pools, timeouts, retries, rate limits.
 
-    The defaults are the orchestration design's: 50 requests at once, 10 per user, pools of 5
-    LLM calls, 10 tool calls and 20 context assemblies, a 30-second request timeout, and retry
-    policies for llm, tool and storage operations. Build one in code or with
+    The defaults suit a small request-serving application: 50 requests at once, 10 per user,
+    pools of 5 LLM calls, 10 tool calls and 20 context assemblies, a 30-second request timeout,
+    and retry policies for llm, tool and storage operations. Build one in code or with
     :func:`trioflow.lifecycle.load_config`.
 
     Args:
@@ -264,9 +342,9 @@ class OrchestrationConfig:
         enable_metrics: Whether the coordinator logs its statistics periodically.
         metrics_interval: How often to log them, a duration > 0.
         pools: Named pools and their sizes, for stages that name them.
-        retry: The default retry policy, named ``"default"`` for stages (the design's block:
-            ``max_retries``, ``initial_delay``, ``backoff_multiplier``).
-        retry_policies: More retry policies by operation type, for stages that name them.
+        retry: The default retry policy, used by stages of operation ``"default"``.
+        retry_policies: More retry policies by operation type (``"llm"``, ``"tool"``, ...),
+            for stages of that operation (``Stage(..., operation="llm")``).
         rate_limits: Per-user and per-source rate limits.
         health: Backpressure from system health.
         optional_stages: Names of stages whose failure is recorded and skipped (the request
@@ -390,7 +468,32 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Orchestra
         raise ConfigError(
             [("$", f"expected a table of settings, got {describe(data)}")], source=where
         )
+    data, renamed = _renamed_keys(data)
     try:
-        return _converter().structure(data, OrchestrationConfig)
+        config = _converter().structure(data, OrchestrationConfig)
     except Exception as exc:
-        raise ConfigError(list(problems_of(exc)), source=where) from None
+        raise ConfigError([*renamed, *problems_of(exc)], source=where) from None
+    if renamed:
+        raise ConfigError(renamed, source=where)
+    return config
+
+
+def _renamed_keys(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], Problems]:
+    """Rename the 0.1 keys of the retry blocks (``retry`` and each of ``retry_policies``)."""
+    problems: Problems = []
+    out = dict(data)
+    retry = out.get("retry")
+    if isinstance(retry, Mapping):
+        out["retry"], found = _renamed_retry_keys(retry, "retry", stacklevel=2)
+        problems.extend(found)
+    policies = out.get("retry_policies")
+    if isinstance(policies, Mapping):
+        renamed: dict[Any, Any] = {}
+        for name, block in policies.items():
+            if isinstance(block, Mapping) and isinstance(name, str):
+                where = join_path("retry_policies", name if name.isidentifier() else f"[{name!r}]")
+                block, found = _renamed_retry_keys(block, where, stacklevel=2)
+                problems.extend(found)
+            renamed[name] = block
+        out["retry_policies"] = renamed
+    return out, problems

@@ -126,21 +126,29 @@ class Coordinator:
         registry: ToolRegistry | None,
         health: HealthSource | None,
         logger: Any,
+        machine: StateMachine[RequestState] | None = None,
     ) -> None:
         self._config = config
         self._router = router
         self._registry = registry
         self._log = logger
         self._debug = _debug_enabled(logger)
-        self._machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
+        if machine is None:
+            # One machine moves a request from arrival to its end, so that hooks registered on
+            # it see every transition: the router's pipelines' machine when they share one.
+            shared = {id(p.machine): p.machine for p in router.pipelines.values()}
+            if len(shared) == 1:
+                (machine,) = shared.values()
+            else:
+                machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
+        self._machine = machine
         # Every slot names a pool and the general limit is the sum of the pool sizes, so only
         # the pools ever bind (stages never wait on the general limit of this manager).
         pools = dict(config.pools)
         self._resources = ResourceManager(limit=max(1, sum(pools.values())), pools=pools)
         self._retry = RetryPolicies(config.retry_policy_map())
-        # Bound once: a pipeline skips re-checking its run options when they are the same
-        # objects as last time, and every attribute access makes a new bound method.
-        self._retry_source = self._policy
+        # Bound once: Pipeline.run checks its run options once per distinct objects.
+        self._resolve_policy = self._policy
         self._observer = self._on_transition if self._debug else None
         self._load = health if isinstance(health, HealthMonitor) else 0.0
         self._admission = Admission(config, health)
@@ -174,7 +182,14 @@ class Coordinator:
 
     @property
     def machine(self) -> StateMachine[RequestState]:
-        """The machine that ends requests refused before they reach a pipeline."""
+        """The machine that moves every request this coordinator processes (register hooks on it).
+
+        Requests refused before they reach a pipeline end through it, and every pipeline runs
+        the coordinator's requests on it: its hooks see every transition of every request. It
+        is the ``machine=`` given to :func:`open_coordinator`, else the one machine all the
+        router's pipelines share, else a new one over
+        :data:`~trioflow.lifecycle.REQUEST_TRANSITIONS`.
+        """
         return self._machine
 
     # --- processing -----------------------------------------------------------------------
@@ -204,7 +219,7 @@ class Coordinator:
         admitted = False
         result: ProcessingResult | None = None
         admission = self._admission
-        user = admission.join(request.user_id)
+        slot = admission.slot(request)
         try:
             timeout = self._config.default_timeout
             # The budget runs from arrival: waiting for admission counts.
@@ -213,8 +228,8 @@ class Coordinator:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
                 await anyio.lowlevel.checkpoint()
-                if not admission.try_now(request, user):
-                    await admission.wait(request, user, deadline, entry)
+                if not admission.try_now(slot):
+                    await admission.wait(request, slot, deadline, entry)
             except BaseException as exc:
                 result = await self._refused(request, exc)
                 return result
@@ -225,8 +240,7 @@ class Coordinator:
         finally:
             if admitted:
                 self._running -= 1
-                admission.release(request, user)
-            admission.leave(request.user_id, user)
+                slot.release()
             del self._active[request.id]
             self._record(request, result)
 
@@ -268,10 +282,11 @@ class Coordinator:
             return await pipeline.run(
                 request,
                 resources=self._resources,
-                retry=self._retry_source,
+                retry=self._resolve_policy,
                 timeout=remaining,
                 optional=self._config.optional_stages,
                 on_transition=self._observer,
+                machine=self._machine,
             )
         except Exception as exc:
             if not self._machine.is_terminal(request.state):
@@ -462,7 +477,7 @@ class Coordinator:
             cancelled=counts[ProcessingStatus.CANCELLED],
             in_flight=self._running,
             queue_depth=self._admission.waiting,
-            users=len(self._admission.users),
+            users=self._admission.users,
             throttled=self._admission.throttled,
             requests_per_second=finished / uptime if uptime > 0 else 0.0,
             mean_time=self._total_time / finished if finished else 0.0,
@@ -502,6 +517,7 @@ async def open_coordinator(
     registry: ToolRegistry | None = None,
     health: HealthSource | None = None,
     logger: Any = None,
+    machine: StateMachine[RequestState] | None = None,
 ) -> AsyncIterator[Coordinator]:
     """Open a coordinator; its background tasks live exactly as long as the ``async with``.
 
@@ -524,12 +540,15 @@ async def open_coordinator(
             coordinator never configures structlog: configure it in your application, or pass
             a logger of your own. Transitions are logged at debug level, batches and periodic
             statistics at info.
+        machine: The :class:`~trioflow.lifecycle.StateMachine` that moves every request
+            (see :attr:`Coordinator.machine`); its table must allow every pipeline's path. By
+            default the one machine the router's pipelines share, else a new one.
 
     Yields:
         The :class:`Coordinator`.
 
     Raises:
-        TypeError: ``router``, ``registry`` or ``health`` has the wrong type.
+        TypeError: ``router``, ``registry``, ``health`` or ``machine`` has the wrong type.
         ConfigError: ``config`` is a mapping or file that does not load.
     """
     if not isinstance(config, OrchestrationConfig):
@@ -540,6 +559,8 @@ async def open_coordinator(
         raise TypeError(f"registry must be a ToolRegistry or None, got {registry!r}")
     if health is not None and not isinstance(health, HealthSource):
         raise TypeError(f"health must be a health source (e.g. a HealthMonitor), got {health!r}")
+    if machine is not None and not isinstance(machine, StateMachine):
+        raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
     if logger is None:
         import structlog  # here, not at module level: it imports rich, pygments, ... (~50 ms)
 
@@ -555,7 +576,7 @@ async def open_coordinator(
         if isinstance(health, HealthMonitor) and not health.statistics().running:
             await stack.enter_async_context(health)
         tg = await stack.enter_async_context(anyio.create_task_group())
-        coordinator = Coordinator(config, router, registry, health, log)
+        coordinator = Coordinator(config, router, registry, health, log, machine)
         if config.enable_metrics:
             tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")
         log.info(

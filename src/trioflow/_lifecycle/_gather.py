@@ -1,8 +1,8 @@
 """Fan-out with a time budget: ask several sources at once, go on with what arrived.
 
-The orchestration design's context gathering: every source runs at once in a task group; at the
-deadline the ones still running are cancelled and the stage continues with the values that
-arrived (a 500 ms budget in the design).
+How a context-gathering stage asks its sources: every source runs at once in a task group; at
+the deadline the ones still running are cancelled and the stage continues with the values that
+arrived (say, whatever the search index and the history store answered within 500 ms).
 """
 
 from __future__ import annotations
@@ -51,10 +51,9 @@ async def gather_partial(
 ) -> PartialResults[T]:
     """Run sources concurrently and return what arrived within the budget.
 
-    The design's context gathering: ask every source at once, wait at most ``budget``
-    seconds, cancel the ones still running and go on with what arrived. A source that raises
-    does not disturb the others; its exception is in ``errors``. Cancellation from outside is
-    not a deadline: it propagates.
+    Ask every source at once, wait at most ``budget`` seconds, cancel the ones still running
+    and go on with what arrived. A source that raises does not disturb the others; its
+    exception is in ``errors``. Cancellation from outside is not a deadline: it propagates.
 
     Example::
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Generic, Protocol, TypeVar, final, overload
+from typing import Any, Generic, NoReturn, Protocol, TypeVar, final, overload
 
 import anyio
 import attrs
@@ -69,7 +69,7 @@ class StateChange(Generic[E]):
 
 
 # A transition records one StateChange; setting its slots through their descriptors skips the
-# frozen class's guarded __init__ (the same object, built in half the time).
+# frozen class's guarded __init__: the same object, built faster (bench/lifecycle.py).
 _new_change = object.__new__
 _set_from = StateChange.__dict__["from_state"].__set__
 _set_to = StateChange.__dict__["to_state"].__set__
@@ -468,18 +468,9 @@ class StateMachine(Generic[E]):
         from_state = obj.state
         left = self._states.get(id(from_state))
         entered = None if left is None else left.targets.get(id(to_state))
-        if left is None or entered is None:
-            self._rejected += 1
-            if to_state not in self._transitions:
-                raise self._foreign("to_state", to_state)
-            raise InvalidTransitionError(from_state, to_state)
         key = id(obj)
-        if key in self._busy:
-            self._rejected += 1
-            raise TransitionInProgressError(
-                f"another transition of {obj!r} is in progress; "
-                f"refused {from_state!r} -> {to_state!r}"
-            )
+        if left is None or entered is None or key in self._busy:
+            self._refuse(obj, from_state, to_state, allowed=entered is not None)
         if not (hooks and self._has_hooks):
             obj.state = to_state
             return self._record(obj, left, entered, clock()())
@@ -516,20 +507,51 @@ class StateMachine(Generic[E]):
         finally:
             self._busy.discard(key)
 
-    def _apply(self, obj: Stateful[E], to_state: E, at: float) -> StateChange[E] | None:
-        """Apply a transition without hooks at a given time, for pipelines (no await).
+    def transition_nowait(
+        self, obj: Stateful[E], to_state: E, *, at: float | None = None
+    ) -> StateChange[E]:
+        """Move ``obj`` to ``to_state`` at once, when no hook has to run (trio's ``_nowait``).
 
-        Returns None, changing nothing, when the machine has hooks or the object is busy or
-        the transition is not allowed: the caller then goes through :meth:`transition`.
+        The fast path of code that moves many objects (a pipeline moves a request once per
+        stage): without hooks a transition never awaits, so it needs no coroutine, and a caller
+        that has just read the clock may pass that time instead of reading it again.
+
+        Args:
+            obj: As for :meth:`transition`.
+            to_state: The state to move to.
+            at: When the change happened, on the running backend's clock; now by default.
+
+        Returns:
+            The :class:`StateChange` applied (also appended to ``obj.history``, if any).
+
+        Raises:
+            anyio.WouldBlock: The machine has hooks, which must be awaited: nothing changed;
+                use :meth:`transition`.
+            InvalidTransitionError: The table does not allow the move (nothing changed).
+            TransitionInProgressError: Another transition of ``obj`` is awaiting its hooks.
+            TypeError: ``to_state`` is not a state of this machine.
         """
         if self._has_hooks:
-            return None
-        left = self._states.get(id(obj.state))
+            raise anyio.WouldBlock
+        from_state = obj.state
+        left = self._states.get(id(from_state))
         entered = None if left is None else left.targets.get(id(to_state))
         if left is None or entered is None or (self._busy and id(obj) in self._busy):
-            return None
+            self._refuse(obj, from_state, to_state, allowed=entered is not None)
         obj.state = to_state
-        return self._record(obj, left, entered, at)
+        return self._record(obj, left, entered, clock()() if at is None else at)
+
+    def _refuse(self, obj: object, from_state: E, to_state: E, *, allowed: bool) -> NoReturn:
+        """Count and raise a refused transition: not in the table, or the object is busy."""
+        self._rejected += 1
+        if allowed:
+            raise TransitionInProgressError(
+                f"another transition of {obj!r} is in progress; "
+                f"refused {from_state!r} -> {to_state!r}"
+            )
+        if to_state not in self._transitions:
+            raise self._foreign("to_state", to_state)
+        raise InvalidTransitionError(from_state, to_state)
 
     def _record(
         self, obj: object, left: _State[E], entered: _State[E], at: float

@@ -2,16 +2,16 @@
 
 A :class:`Pipeline` is a sequence of :class:`Stage` values. Running it on a request enters each
 stage's state through a :class:`~trioflow.lifecycle.StateMachine`, runs the stage's async
-function (under its timeout, its resource pools and its retry policy), records how long it
-took, and ends the request in exactly one terminal state: COMPLETED, FAILED at the first
-failure, or CANCELLED when the run is cancelled (that last transition runs shielded, then the
-cancellation goes on).
+function (each attempt under its timeout and its resource pools, retried by its retry
+policy), records how long it took, and ends the request in exactly one terminal state:
+COMPLETED, FAILED at the first failure, or CANCELLED when the run is cancelled (that last
+transition runs shielded, then the cancellation goes on).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar, final
 
@@ -19,9 +19,11 @@ import anyio
 import attrs
 
 from .._backend import current_clock as clock
-from .._checks import check_bool, check_name, check_timeout, no_deadline, validator
+from .._checks import check_name, check_timeout, validator
+from .._deprecate import warn_renamed
 from .._errors import InvalidTransitionError
 from .._limits import ResourceManager
+from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from ._machine import StateChange, StateMachine
@@ -59,37 +61,13 @@ def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise TypeError(f"fn must be an async callable taking the request, got {value!r}")
 
 
-_stage_timeout = validator(check_timeout)
-
-
-def _to_pools(value: object) -> object:
-    if isinstance(value, str):
-        raise TypeError(f"pools must be a sequence of pool names, got the string {value!r}")
-    if isinstance(value, list | tuple | set | frozenset):
-        return tuple(value)
-    return value
-
-
-def _stage_pools(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(p, str) and p for p in value):
-        raise TypeError(f"pools must be a sequence of pool names, got {value!r}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"pools must not name a pool twice, got {value!r}")
-
-
-def _stage_retry(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None or isinstance(value, RetryPolicy) or (isinstance(value, str) and value):
-        return
-    raise TypeError(
-        f"retry must be a RetryPolicy, the name of a policy (e.g. 'llm') or None, got {value!r}"
-    )
-
-
-_stage_optional = validator(check_bool)
+def _stage_operation(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(f"operation must be a non-empty str (e.g. 'llm') or None, got {value!r}")
 
 
 @final
-@attrs.frozen
+@attrs.frozen(init=False)
 class Stage:
     """One step of a pipeline: the state a request is in while it runs, and its work.
 
@@ -97,6 +75,10 @@ class Stage:
 
         Stage("gather", RequestState.CONTEXT_GATHERING, gather_context,
               timeout=2, pools=["context"], optional=True)
+        Stage("answer", RequestState.PROCESSING, answer, pools=["llm"], operation="llm")
+
+    ``timeout``, ``retry``, ``pools`` and ``optional`` mean what they mean for a workflow
+    :class:`~trioflow.Step`: they are one :class:`~trioflow.WorkOptions` value, :attr:`options`.
 
     Args:
         name: Unique within its pipeline; names the stage in results, timings and logs.
@@ -104,34 +86,88 @@ class Stage:
             runs. The pipeline moves the request there first (unless it is already there, so
             several stages can share a state).
         fn: ``async fn(request) -> value``; the value is stored in ``request.results[name]``.
-        timeout: Seconds the stage may take, retries and waits for pools included; past it
-            the stage fails with the builtin ``TimeoutError``. ``None`` (or ``math.inf``): no
-            limit.
+        timeout: Seconds one attempt may take; past it the attempt fails with the builtin
+            ``TimeoutError`` (and may be retried). Each retry gets a fresh timeout; waiting for
+            pools is not counted. ``None`` or ``math.inf``: no limit. (Until trioflow 0.2 it
+            bounded every attempt and wait together; bound a whole request with the run's or
+            the coordinator's timeout.)
         pools: Named pools of the run's :class:`~trioflow.ResourceManager` to hold one token
             of each during every attempt.
-        retry: A :class:`~trioflow.RetryPolicy`, or the name of one the run is given (e.g.
-            ``"llm"``), or ``None`` for a single try.
+        retry: The stage's own :class:`~trioflow.RetryPolicy`, or ``None`` for the run's policy
+            for ``operation`` (a single try when there is none). A string here is the 0.1
+            spelling of ``operation`` (deprecated).
         optional: If true, a failure (or timeout) of this stage is recorded and skipped, and
             the request goes on; it then ends DEGRADED rather than COMPLETED.
+        operation: The kind of operation the stage performs (``"llm"``, ``"tool"``, ...): the
+            run retries the stage with its retry policy of that name, unless the stage has a
+            ``retry`` of its own.
+        options: All of ``timeout``, ``retry``, ``pools`` and ``optional`` as one
+            :class:`~trioflow.WorkOptions` (then give none of them separately).
 
     Raises:
-        TypeError: A field has the wrong type.
+        TypeError: A field has the wrong type, or ``options`` is given with separate options.
         ValueError: ``timeout`` is negative or NaN, or a pool is named twice.
     """
 
     name: str = attrs.field(validator=_stage_name)
     state: RequestState = attrs.field(validator=_stage_state)
     fn: StageFn = attrs.field(validator=_stage_fn)
-    timeout: float | None = attrs.field(
-        default=None, kw_only=True, converter=no_deadline, validator=_stage_timeout
-    )
-    pools: tuple[str, ...] = attrs.field(
-        default=(), kw_only=True, converter=_to_pools, validator=_stage_pools
-    )
-    retry: RetryPolicy | str | None = attrs.field(
-        default=None, kw_only=True, validator=_stage_retry
-    )
-    optional: bool = attrs.field(default=False, kw_only=True, validator=_stage_optional)
+    options: WorkOptions = attrs.field(kw_only=True)
+    operation: str | None = attrs.field(kw_only=True, validator=_stage_operation)
+
+    def __init__(
+        self,
+        name: str,
+        state: RequestState,
+        fn: StageFn,
+        *,
+        timeout: float | None = None,
+        pools: Iterable[str] = (),
+        retry: RetryPolicy | None = None,
+        optional: bool = False,
+        operation: str | None = None,
+        options: WorkOptions | None = None,
+    ) -> None:
+        given: object = retry
+        if isinstance(given, str):
+            if operation is not None:
+                raise TypeError(
+                    f"stage {name!r}: give operation={operation!r} or the deprecated "
+                    f"retry={given!r}, not both"
+                )
+            warn_renamed(f"Stage(retry={given!r})", f"Stage(operation={given!r})")
+            operation, retry = given, None
+        if options is None:
+            options = WorkOptions.check(
+                f"stage {name!r}", timeout=timeout, retry=retry, pools=pools, optional=optional
+            )
+        elif not isinstance(options, WorkOptions):
+            raise TypeError(f"options must be a WorkOptions or None, got {options!r}")
+        elif (timeout, retry, tuple(pools), optional) != (None, None, (), False):
+            raise TypeError(
+                f"stage {name!r}: give options= or timeout/retry/pools/optional, not both"
+            )
+        self.__attrs_init__(name, state, fn, options=options, operation=operation)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds one attempt may take (``None``: no limit); see :class:`WorkOptions`."""
+        return self.options.timeout
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The stage's own retry policy, or ``None`` for the run's policy for its operation."""
+        return self.options.retry
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        """The pools the stage holds one token of each during every attempt."""
+        return self.options.pools
+
+    @property
+    def optional(self) -> bool:
+        """Whether a failure is recorded and skipped (the request then ends DEGRADED)."""
+        return self.options.optional
 
 
 @attrs.frozen(kw_only=True)
@@ -182,36 +218,31 @@ class _StageCounters:
         self.time = 0.0
 
 
+async def _attempt(stage: Stage, request: Request) -> Any:
+    timeout = stage.timeout
+    if timeout is None:
+        return await stage.fn(request)
+    # A cancel scope rather than anyio.fail_after: the same, without a generator per attempt.
+    with anyio.CancelScope(deadline=clock()() + timeout):
+        return await stage.fn(request)
+    # Only this scope's own deadline is caught here (outer cancellation propagates).
+    raise TimeoutError(f"stage {stage.name!r} took longer than its timeout ({timeout} s)")
+
+
 async def _once(stage: Stage, request: Request, resources: ResourceManager | None) -> Any:
     if stage.pools:
         assert resources is not None
         async with resources.slot(*stage.pools):
-            return await stage.fn(request)
-    return await stage.fn(request)
+            return await _attempt(stage, request)
+    return await _attempt(stage, request)
 
 
-async def _attempts(
+async def _run_stage(
     stage: Stage, request: Request, resources: ResourceManager | None, policy: RetryPolicy | None
 ) -> Any:
     if policy is None:
         return await _once(stage, request, resources)
     return await policy.call(_once, stage, request, resources)
-
-
-async def _run_stage(
-    stage: Stage,
-    request: Request,
-    resources: ResourceManager | None,
-    policy: RetryPolicy | None,
-    begun: float,
-) -> Any:
-    if stage.timeout is None:
-        return await _attempts(stage, request, resources, policy)
-    # A cancel scope rather than anyio.fail_after: the same, without a generator per stage.
-    with anyio.CancelScope(deadline=begun + stage.timeout):
-        return await _attempts(stage, request, resources, policy)
-    # Only this scope's own deadline is caught here (outer cancellation propagates).
-    raise TimeoutError(f"stage {stage.name!r} took longer than its timeout ({stage.timeout} s)")
 
 
 @final
@@ -225,20 +256,24 @@ class Pipeline:
             Stage("validate", RequestState.VALIDATED, validate),
             Stage("plan", RequestState.PLANNED, plan),
             Stage("context", RequestState.CONTEXT_GATHERING, gather, optional=True),
-            Stage("answer", RequestState.PROCESSING, answer, pools=["llm"], retry="llm"),
+            Stage("answer", RequestState.PROCESSING, answer, pools=["llm"], operation="llm"),
             Stage("format", RequestState.RESPONSE_FORMATTING, format_response),
         ])
         result = await pipeline.run(Request("what is trio?"))
 
     The stages' states must form a path the machine allows, from its initial state to
-    COMPLETED, and FAILED and CANCELLED must be reachable from each of them (checked here).
+    COMPLETED, and FAILED and CANCELLED must be reachable from each of them (checked here, and
+    for any other machine a run is given).
 
     Args:
         stages: The stages, in order; names must be unique.
         machine: The :class:`~trioflow.lifecycle.StateMachine` over
             :class:`~trioflow.lifecycle.RequestState` that moves requests (register hooks on
             it); by default a new one over
-            :data:`~trioflow.lifecycle.REQUEST_TRANSITIONS`.
+            :data:`~trioflow.lifecycle.REQUEST_TRANSITIONS`. A coordinator moves the requests
+            it processes with its own machine (:attr:`Coordinator.machine
+            <trioflow.lifecycle.Coordinator.machine>`), which is this one when every pipeline
+            of its router shares it.
 
     Raises:
         TypeError: ``stages`` holds something that is not a Stage, or ``machine`` is not a
@@ -248,15 +283,16 @@ class Pipeline:
 
     _stages: tuple[Stage, ...]
     _machine: StateMachine[RequestState]
+    _other_machine: StateMachine[RequestState] | None
     _counters: dict[str, _StageCounters]
     _runs: int
     _completed: int
     _degraded: int
     _failed: int
     _cancelled: int
-    _checked: tuple[object, object, object] | None
     _scopes: dict[int, anyio.CancelScope]
     _cancel_requested: set[int]
+    _checked: tuple[object, object, object] | None
     _retries: bool
     _simple: tuple[bool, ...]
 
@@ -282,20 +318,22 @@ class Pipeline:
             raise TypeError(f"machine must be a StateMachine, got {machine!r}")
         self._stages = stages
         self._machine = machine
-        self._check_path()
+        self._check_path(machine)
+        self._other_machine = None
         self._counters = {stage.name: _StageCounters() for stage in stages}
         self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
-        self._checked = None
         self._scopes: dict[int, anyio.CancelScope] = {}
         self._cancel_requested: set[int] = set()
-        self._retries = any(stage.retry is not None for stage in stages)
+        self._checked = None
+        self._retries = any(s.retry is not None or s.operation is not None for s in stages)
         self._simple = tuple(
-            not (stage.pools or stage.retry is not None or stage.timeout is not None)
-            for stage in stages
+            not (
+                s.pools or s.retry is not None or s.operation is not None or s.timeout is not None
+            )
+            for s in stages
         )
 
-    def _check_path(self) -> None:
-        machine = self._machine
+    def _check_path(self, machine: StateMachine[RequestState]) -> None:
         previous = machine.initial
         for state in (previous, *(stage.state for stage in self._stages)):
             for end in (_FAILED, _CANCELLED):
@@ -327,16 +365,32 @@ class Pipeline:
         """The state machine that moves requests (register hooks on it)."""
         return self._machine
 
+    def _machine_of_run(self, machine: object) -> StateMachine[RequestState]:
+        if machine is None or machine is self._machine:
+            return self._machine
+        other = self._other_machine
+        if other is not None and machine is other:  # a coordinator's: the same one every run
+            return other
+        if not isinstance(machine, StateMachine):
+            raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
+        self._check_path(machine)
+        self._other_machine = machine
+        return machine
+
     def _check_run(
         self,
         resources: ResourceManager | None,
         retry: RetrySource | None,
         optional: Collection[str],
     ) -> None:
-        if self._checked is not None:
-            r, p, o = self._checked
-            if r is resources and p is retry and o is optional:
-                return
+        checked = self._checked
+        if (
+            checked is not None
+            and checked[0] is resources
+            and checked[1] is retry
+            and checked[2] is optional
+        ):
+            return
         if resources is not None and not isinstance(resources, ResourceManager):
             raise TypeError(f"resources must be a ResourceManager or None, got {resources!r}")
         if not (retry is None or isinstance(retry, Mapping | RetryPolicies) or callable(retry)):
@@ -359,20 +413,23 @@ class Pipeline:
                         f"stage {stage.name!r} uses unknown pools {unknown}; the resources have "
                         f"{list(resources.pools)}"
                     )
-            if isinstance(stage.retry, str) and retry is None:
+            operation = stage.operation
+            if operation is None or stage.retry is not None:
+                continue
+            if retry is None:
                 raise ValueError(
-                    f"stage {stage.name!r} names retry policy {stage.retry!r}, but the run was "
-                    "given no retry policies"
+                    f"stage {stage.name!r} names retry policy {operation!r} (its operation), "
+                    "but the run was given no retry policies"
                 )
-            if isinstance(stage.retry, str) and isinstance(retry, Mapping):
-                if stage.retry not in retry:
+            if isinstance(retry, Mapping):
+                if operation not in retry:
                     raise ValueError(
-                        f"stage {stage.name!r} names retry policy {stage.retry!r}, which the "
-                        f"run was not given (known: {sorted(retry)})"
+                        f"stage {stage.name!r} names retry policy {operation!r} (its "
+                        f"operation), which the run was not given (known: {sorted(retry)})"
                     )
-                if not isinstance(retry[stage.retry], RetryPolicy):
-                    got = retry[stage.retry]
-                    raise TypeError(f"retry[{stage.retry!r}] must be a RetryPolicy, got {got!r}")
+                if not isinstance(retry[operation], RetryPolicy):
+                    got = retry[operation]
+                    raise TypeError(f"retry[{operation!r}] must be a RetryPolicy, got {got!r}")
         self._checked = (resources, retry, optional)
 
     def _policies(
@@ -383,9 +440,9 @@ class Pipeline:
             return None
         policies: list[RetryPolicy | None] = []
         for stage in self._stages:
-            name = stage.retry
-            if not isinstance(name, str):
-                policies.append(name)
+            name = stage.operation
+            if stage.retry is not None or name is None:
+                policies.append(stage.retry)
                 continue
             try:
                 if isinstance(retry, Mapping):
@@ -414,6 +471,7 @@ class Pipeline:
         timeout: float | None = None,  # noqa: ASYNC109 - sugar for a cancel scope
         optional: Collection[str] = (),
         on_transition: TransitionObserver | None = None,
+        machine: StateMachine[RequestState] | None = None,
     ) -> ProcessingResult:
         """Run the request through every stage and end it in one terminal state.
 
@@ -425,130 +483,193 @@ class Pipeline:
         Args:
             request: A request in a state that is not terminal.
             resources: The pools that stages name.
-            retry: The retry policies that stages name: a mapping of name to
+            retry: The retry policies of the stages' operations: a mapping of operation to
                 :class:`~trioflow.RetryPolicy`, a :class:`~trioflow.RetryPolicies` (adapted to
-                the request's ``priority``), or a function ``(name, request) -> RetryPolicy``.
-                Resolved for every stage before the first one runs.
+                the request's ``priority``), or a function ``(operation, request) ->
+                RetryPolicy``. Resolved for every stage before the first one runs.
+                ``resources``, ``retry`` and ``optional`` are checked against the stages once
+                per distinct objects: a server passing the same objects to every run pays for
+                the check once.
             timeout: Seconds the whole run may take; past it the request fails with the
                 builtin ``TimeoutError`` (category TIMEOUT). ``None``: no limit.
             optional: Names of stages to treat as optional in this run.
             on_transition: ``fn(request, change)``, called after every transition (the
                 final one included), e.g. to log it.
+            machine: The state machine that moves the request in this run, its every
+                transition included (the final one too); :attr:`machine` by default. Its
+                table must allow the stages' path.
 
         Returns:
-            A :class:`~trioflow.lifecycle.ProcessingResult`: COMPLETED, DEGRADED, FAILED, or
-            CANCELLED            after :meth:`cancel`.
+            A :class:`~trioflow.lifecycle.ProcessingResult`: SUCCEEDED, DEGRADED, FAILED, or
+            CANCELLED after :meth:`cancel`.
 
         Raises:
             TypeError: An argument has the wrong type.
-            ValueError: The request is already in a terminal state, or a stage names a pool or
-                retry policy the run was not given (nothing ran).
+            ValueError: The request is already in a terminal state, the machine does not allow
+                the stages' path, or a stage names a pool or retry policy the run was not given
+                (nothing ran).
             Exception: A hook of the machine failed during the final FAILED or CANCELLED
                 transition: the request was put in that state without hooks, and the hook's
                 exception is raised (never lost).
         """
         if not isinstance(request, Request):
             raise TypeError(f"request must be a Request, got {request!r}")
-        machine = self._machine
-        if machine.is_terminal(request.state):
+        moving = self._machine_of_run(machine)
+        if moving.is_terminal(request.state):
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
         timeout = check_timeout(timeout)
-        if id(request) in self._scopes:
+        key = id(request)
+        if key in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)
         policies = self._policies(request, retry)
         self._runs += 1
         now_fn = clock()
-        started = now = now_fn()
-        timings = request.timings
-        results = request.results
-        degraded: dict[str, BaseException] = {}
-        value: Any = None
-        counters = self._counters
-        simple = self._simple
+        started = now_fn()
         # One cancel scope per run serves both the run's timeout and cancel(request).
         scope = anyio.CancelScope(deadline=math.inf if timeout is None else started + timeout)
-        key = id(request)
         self._scopes[key] = scope
+        degraded: dict[str, BaseException] = {}
         try:
-            with scope:
-                for index, stage in enumerate(self._stages):
-                    if request.state is not stage.state:
-                        # Without hooks the transition needs no await: apply it at the time
-                        # the previous stage ended.
-                        change = machine._apply(request, stage.state, now)
-                        if change is None:
-                            change = await machine.transition(request, stage.state)
-                            now = now_fn()
-                        if on_transition is not None:
-                            on_transition(request, change)
-                    counter = counters[stage.name]
-                    counter.runs += 1
-                    begun = now
-                    try:
-                        if simple[index]:
-                            value = await stage.fn(request)
-                        else:
-                            policy = None if policies is None else policies[index]
-                            value = await _run_stage(stage, request, resources, policy, begun)
-                    except Exception as exc:
-                        counter.failed += 1
-                        if not (stage.optional or stage.name in optional):
-                            raise
-                        degraded[stage.name] = exc
-                        value = None
-                    else:
-                        results[stage.name] = value
-                    finally:
-                        now = now_fn()
-                        elapsed = now - begun
-                        counter.time += elapsed
-                        timings[stage.name] = elapsed
-            if key in self._cancel_requested:
-                # cancel() was called: the run ends CANCELLED even if no checkpoint noticed.
-                with anyio.CancelScope(shield=True):
-                    self._cancelled += 1
-                    await self._finish(request, _CANCELLED, on_transition)
-                return make_result(request, ProcessingStatus.CANCELLED, now_fn() - started)
-            if scope.cancelled_caught:
-                raise TimeoutError(
-                    f"request {request.id!r} took longer than its timeout ({timeout} s)"
+            try:
+                with scope:
+                    ended, value = await self._run_stages(
+                        request,
+                        moving,
+                        resources,
+                        policies,
+                        optional,
+                        on_transition,
+                        degraded,
+                        now_fn,
+                        started,
+                    )
+                if key in self._cancel_requested:
+                    # cancel() was called: the run ends CANCELLED even if no checkpoint noticed.
+                    return await self._end_cancelled(request, moving, on_transition, started)
+                if scope.cancelled_caught:
+                    raise TimeoutError(
+                        f"request {request.id!r} took longer than its timeout ({timeout} s)"
+                    )
+                # As in the stage loop.
+                try:
+                    change = moving.transition_nowait(request, _COMPLETED, at=ended)
+                except anyio.WouldBlock:
+                    change = await moving.transition(request, _COMPLETED)
+                    ended = now_fn()
+                if on_transition is not None:
+                    on_transition(request, change)
+            except BaseException as exc:
+                return await self._end_failed(
+                    request, moving, exc, on_transition, started, degraded
                 )
-            change = machine._apply(request, _COMPLETED, now)
-            if change is None:
-                change = await machine.transition(request, _COMPLETED)
-                now = now_fn()
-            if on_transition is not None:
-                on_transition(request, change)
-        except BaseException as exc:
-            if machine.is_terminal(request.state):
-                # The request has ended; a hook or observer of that last transition failed.
-                raise
-            failed = isinstance(exc, Exception)
-            with anyio.CancelScope(shield=True):
-                if failed:
-                    self._failed += 1
-                    await self._finish(request, _FAILED, on_transition)
-                else:  # cancelled from outside: end CANCELLED, then let it propagate
-                    self._cancelled += 1
-                    await self._finish(request, _CANCELLED, on_transition)
-            if not failed:
-                raise
-            return make_result(
-                request, ProcessingStatus.FAILED, now_fn() - started, error=exc, degraded=degraded
-            )
         finally:
             del self._scopes[key]
             self._cancel_requested.discard(key)
         if degraded:
             self._degraded += 1
-            return make_result(
-                request, ProcessingStatus.DEGRADED, now - started, value=value, degraded=degraded
-            )
-        self._completed += 1
-        return make_result(request, ProcessingStatus.SUCCEEDED, now - started, value=value)
+            status = ProcessingStatus.DEGRADED
+        else:
+            self._completed += 1
+            status = ProcessingStatus.SUCCEEDED
+        return make_result(request, status, ended - started, value=value, degraded=degraded)
+
+    async def _run_stages(
+        self,
+        request: Request,
+        machine: StateMachine[RequestState],
+        resources: ResourceManager | None,
+        policies: tuple[RetryPolicy | None, ...] | None,
+        optional: Collection[str],
+        on_transition: TransitionObserver | None,
+        degraded: dict[str, BaseException],
+        now_fn: Callable[[], float],
+        now: float,
+    ) -> tuple[float, Any]:
+        """Run every stage in its state, from ``now``; return when the last ended, and its value.
+
+        A failure of a stage that is not optional propagates; optional ones go to ``degraded``.
+        """
+        timings = request.timings
+        results = request.results
+        counters = self._counters
+        simple = self._simple
+        value: Any = None
+        for index, stage in enumerate(self._stages):
+            if request.state is not stage.state:
+                # Without hooks the transition needs no await, and happens at the time the
+                # previous stage ended (bench/lifecycle.py shows what it saves).
+                try:
+                    change = machine.transition_nowait(request, stage.state, at=now)
+                except anyio.WouldBlock:
+                    change = await machine.transition(request, stage.state)
+                    now = now_fn()
+                if on_transition is not None:
+                    on_transition(request, change)
+            counter = counters[stage.name]
+            counter.runs += 1
+            begun = now
+            try:
+                if simple[index]:
+                    value = await stage.fn(request)
+                else:
+                    policy = None if policies is None else policies[index]
+                    value = await _run_stage(stage, request, resources, policy)
+            except Exception as exc:
+                counter.failed += 1
+                if not (stage.optional or stage.name in optional):
+                    raise
+                degraded[stage.name] = exc
+                value = None
+            else:
+                results[stage.name] = value
+            finally:
+                now = now_fn()
+                elapsed = now - begun
+                counter.time += elapsed
+                timings[stage.name] = elapsed
+        return now, value
+
+    async def _end_cancelled(
+        self,
+        request: Request,
+        machine: StateMachine[RequestState],
+        on_transition: TransitionObserver | None,
+        started: float,
+    ) -> ProcessingResult:
+        with anyio.CancelScope(shield=True):
+            self._cancelled += 1
+            await self._finish(request, machine, _CANCELLED, on_transition)
+        return make_result(request, ProcessingStatus.CANCELLED, clock()() - started)
+
+    async def _end_failed(
+        self,
+        request: Request,
+        machine: StateMachine[RequestState],
+        exc: BaseException,
+        on_transition: TransitionObserver | None,
+        started: float,
+        degraded: Mapping[str, BaseException],
+    ) -> ProcessingResult:
+        """End the request after ``exc``: FAILED for an exception, else CANCELLED and re-raise."""
+        if machine.is_terminal(request.state):
+            # The request has ended; a hook or observer of that last transition failed.
+            raise exc
+        failed = isinstance(exc, Exception)
+        with anyio.CancelScope(shield=True):
+            if failed:
+                self._failed += 1
+                await self._finish(request, machine, _FAILED, on_transition)
+            else:  # cancelled from outside: end CANCELLED, then let it propagate
+                self._cancelled += 1
+                await self._finish(request, machine, _CANCELLED, on_transition)
+        if not failed:
+            raise exc
+        return make_result(
+            request, ProcessingStatus.FAILED, clock()() - started, error=exc, degraded=degraded
+        )
 
     def cancel(self, request: Request) -> bool:
         """Cancel a run of this pipeline; that ``run()`` returns a CANCELLED result.
@@ -569,11 +690,14 @@ class Pipeline:
         scope.cancel()
         return True
 
+    @staticmethod
     async def _finish(
-        self, request: Request, state: RequestState, on_transition: TransitionObserver | None
+        request: Request,
+        machine: StateMachine[RequestState],
+        state: RequestState,
+        on_transition: TransitionObserver | None,
     ) -> None:
         """Put the request in a terminal state, without hooks if a hook fails (then raise it)."""
-        machine = self._machine
         try:
             change = await machine.transition(request, state)
         except InvalidTransitionError:

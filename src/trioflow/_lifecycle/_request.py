@@ -1,8 +1,9 @@
 """The request lifecycle: its states, its transition table, the request, and its outcome.
 
-The table is data (:data:`REQUEST_TRANSITIONS`): the happy path of the orchestration design
-(received, validated, planned, context gathering, processing, optional tool execution, response
-formatting, completed) plus FAILED and CANCELLED from every state that is not terminal.
+The table is data (:data:`REQUEST_TRANSITIONS`): the happy path of a request through a
+request-serving application (received, validated, planned, context gathering, processing,
+optional tool execution, response formatting, completed) plus FAILED and CANCELLED from every
+state that is not terminal.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _now() -> float:
 
 
 def _new_id() -> str:
-    # 128 random bits as 32 hex digits, like uuid4().hex at a third of the cost.
+    # 128 random bits as 32 hex digits, like uuid4().hex but cheaper (bench/lifecycle.py).
     return os.urandom(16).hex()
 
 
@@ -332,8 +333,8 @@ def make_result(
     """Build the ProcessingResult of a request that reached its terminal state.
 
     One is built per request on the hot path: setting the slots through their descriptors
-    skips the frozen class's guarded ``__init__`` and converters (same object, a third of the
-    time).
+    skips the frozen class's guarded ``__init__`` and converters (the same object, built
+    faster; ``bench/lifecycle.py`` shows by how much).
     """
     result: ProcessingResult = _new_result(ProcessingResult)
     slots = _RESULT_SLOTS

@@ -1,6 +1,6 @@
 """Routing: classify a request into a kind, and pick the pipeline for that kind.
 
-The classifier is a plain function (rules first, as the design's fast path), sync or async, so
+The classifier is a plain function (cheap rules first, as a fast path), sync or async, so
 a cheap rule can answer at once and only ambiguous requests pay for an async classifier.
 """
 
@@ -24,7 +24,7 @@ Classifier = Callable[[Request], "str | Awaitable[str]"]
 
 
 class RequestKind(enum.StrEnum):
-    """The default request kinds of the orchestration design.
+    """The request kinds trioflow names out of the box.
 
     A ``StrEnum``: each member is also its string value, so pipelines can be keyed by members
     or by strings, and kinds of your own are plain strings.

@@ -1,25 +1,22 @@
-"""A registry of typed async tools, called with JSON-like arguments, described as JSON Schema.
+"""A registry of typed async tools, called with JSON-like arguments.
 
 What an MCP server needs between its clients and its tools: ``@registry.tool`` on typed async
 functions; :meth:`ToolRegistry.call` structures a mapping of arguments (as parsed from JSON)
 into the parameter types with cattrs, strictly, and reports every bad field with its path;
-:meth:`ToolRegistry.describe` lists the tools with a JSON Schema of their parameters, built from
-the type hints, defaults and docstrings; :func:`run_tools` runs many calls as one bounded batch.
+:meth:`ToolRegistry.describe` lists the tools with a JSON Schema of their parameters (built by
+``_schema`` from the type hints, defaults and docstrings); :func:`run_tools` runs many calls as
+one bounded batch.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import enum
 import functools
 import inspect
-import json
-import re
 import types
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, final, get_args, get_origin, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar, final, overload
 
 import attrs
 
@@ -29,177 +26,13 @@ from .._errors import ToolArgumentError, UnknownToolError
 from .._limits import ResourceManager
 from .._structure import describe as _describe_value
 from .._structure import problems_of, strict_converter
+from ._schema import json_default, json_schema, parse_docstring
 
 __all__ = ("Tool", "ToolRegistry", "check_calls", "run_tools")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _CONVERTER = strict_converter()
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
-_ARRAYS = (list, tuple, set, frozenset, Sequence, typing.MutableSequence, typing.AbstractSet)
-_MAPPINGS = (dict, Mapping, typing.MutableMapping)
-
-
-def _json_default(value: object) -> tuple[bool, object]:
-    """Return ``(True, json value)`` for a default that JSON can show, else ``(False, None)``."""
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, tuple | frozenset | set):
-        value = list(value)
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False, None
-    return True, value
-
-
-def _type_of_values(values: Sequence[object]) -> dict[str, Any]:
-    kinds = {type(v) for v in values}
-    if len(kinds) == 1:
-        (kind,) = kinds
-        if kind in _JSON_TYPES:
-            return {"type": _JSON_TYPES[kind]}
-        if kind is type(None):
-            return {"type": "null"}
-    return {}
-
-
-def json_schema(tp: Any, *, _seen: tuple[type, ...] = ()) -> dict[str, Any]:
-    """Return the JSON Schema of values of a Python type, as tools accept them.
-
-    Supported: ``int``, ``float``, ``str``, ``bool``, ``None``, ``Any``, ``list``/``Sequence``/
-    ``set``/``tuple`` of a type, fixed-length tuples, ``dict``/``Mapping`` with string keys,
-    unions and ``Optional``, ``Literal``, ``Enum`` and (nested) attrs classes and dataclasses;
-    ``Annotated[T, "text"]`` adds ``text`` as the description.
-
-    Args:
-        tp: The type.
-
-    Returns:
-        A JSON Schema as a dict.
-
-    Raises:
-        TypeError: The type is not supported (or is recursive).
-    """
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if origin is typing.Annotated:
-        schema = json_schema(args[0], _seen=_seen)
-        text = [a for a in args[1:] if isinstance(a, str)]
-        if text:
-            schema = {**schema, "description": " ".join(text)}
-        return schema
-    if tp is Any or tp is object:
-        return {}
-    if tp is None or tp is type(None):
-        return {"type": "null"}
-    if tp in _JSON_TYPES:
-        return {"type": _JSON_TYPES[tp]}
-    if origin in (typing.Union, types.UnionType):
-        arms = [json_schema(arm, _seen=_seen) for arm in args]
-        return {"anyOf": arms}
-    if origin is Literal:
-        values = [a.value if isinstance(a, enum.Enum) else a for a in args]
-        return {**_type_of_values(values), "enum": values}
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        values = [member.value for member in tp]
-        return {"title": tp.__name__, **_type_of_values(values), "enum": values}
-    if (origin or tp) in _ARRAYS:
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            items = [json_schema(a, _seen=_seen) for a in args]
-            n = len(items)
-            return {"type": "array", "prefixItems": items, "minItems": n, "maxItems": n}
-        schema = {"type": "array", "items": json_schema(args[0], _seen=_seen) if args else {}}
-        if (origin or tp) in (set, frozenset, typing.AbstractSet):
-            schema["uniqueItems"] = True
-        return schema
-    if (origin or tp) in _MAPPINGS:
-        if args and args[0] is not str:
-            raise TypeError(f"mapping keys must be str to be described as JSON, got {tp!r}")
-        value_schema = json_schema(args[1], _seen=_seen) if args else {}
-        return {"type": "object", "additionalProperties": value_schema}
-    if isinstance(tp, type) and (attrs.has(tp) or dataclasses.is_dataclass(tp)):
-        if tp in _seen:
-            raise TypeError(f"recursive types are not supported, got {tp.__qualname__}")
-        return _record_schema(tp, _seen=(*_seen, tp))
-    raise TypeError(f"unsupported parameter type {tp!r}")
-
-
-def _record_schema(cls: type, *, _seen: tuple[type, ...]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    if attrs.has(cls):
-        for a in attrs.fields(cls):
-            if not a.init:
-                continue
-            name = a.alias or a.name
-            schema = json_schema(hints.get(a.name, Any), _seen=_seen)
-            if a.default is attrs.NOTHING:
-                required.append(name)
-            elif not isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
-                ok, value = _json_default(a.default)
-                if ok:
-                    schema = {**schema, "default": value}
-            properties[name] = schema
-    else:
-        for f in dataclasses.fields(cls):
-            if not f.init:
-                continue
-            schema = json_schema(hints.get(f.name, Any), _seen=_seen)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                required.append(f.name)
-            elif f.default is not dataclasses.MISSING:
-                ok, value = _json_default(f.default)
-                if ok:
-                    schema = {**schema, "default": value}
-            properties[f.name] = schema
-    schema = {"title": cls.__name__, "type": "object", "properties": properties}
-    if required:
-        schema["required"] = required
-    schema["additionalProperties"] = False
-    return schema
-
-
-_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
-_SECTION = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
-_ARG_LINE = re.compile(r"^(\s*)(\*{0,2}\w+)(?:\s*\(.*?\))?:\s*(.*)$")
-
-
-def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """Return the summary (first paragraph) and the ``Args:`` descriptions of a docstring."""
-    if not doc:
-        return "", {}
-    lines = inspect.cleandoc(doc).splitlines()
-    summary: list[str] = []
-    for line in lines:
-        if not line.strip():
-            break
-        summary.append(line.strip())
-    params: dict[str, str] = {}
-    in_args = False
-    indent: int | None = None
-    current: str | None = None
-    for line in lines:
-        if _ARGS_HEADER.match(line):
-            in_args, indent, current = True, None, None
-            continue
-        if not in_args:
-            continue
-        if not line.strip():
-            continue
-        if _SECTION.match(line) and (indent is None or len(line) - len(line.lstrip()) < indent):
-            in_args = False
-            continue
-        match = _ARG_LINE.match(line)
-        depth = len(line) - len(line.lstrip())
-        if match and (indent is None or depth == indent):
-            indent = depth
-            current = match.group(2).lstrip("*")
-            params[current] = match.group(3).strip()
-        elif current is not None:
-            params[current] = f"{params[current]} {line.strip()}".strip()
-    return " ".join(summary), params
 
 
 @final
@@ -271,7 +104,7 @@ def _make_tool(
     tool_name = name if name is not None else getattr(fn, "__name__", None)
     if not isinstance(tool_name, str) or not tool_name:
         raise TypeError(f"name must be a non-empty str, got {tool_name!r}")
-    summary, arg_docs = _parse_docstring(inspect.getdoc(fn))
+    summary, arg_docs = parse_docstring(inspect.getdoc(fn))
     if description is not None and not isinstance(description, str):
         raise TypeError(f"description must be a str, got {description!r}")
     signature = inspect.signature(fn)
@@ -300,7 +133,7 @@ def _make_tool(
         if param.default is param.empty:
             required.add(param.name)
         else:
-            ok, value = _json_default(param.default)
+            ok, value = json_default(param.default)
             if ok:
                 schema = {**schema, "default": value}
         parameters[param.name] = tp
@@ -463,7 +296,7 @@ async def run_tools(
     timeout: float | None = None,  # noqa: ASYNC109 - per call, as in run_batch
     fail_fast: bool = False,
 ) -> BatchResult[Any]:
-    """Run many tool calls concurrently as one bounded batch (the C# ``ExecuteParallelAsync``).
+    """Run many tool calls concurrently as one bounded batch.
 
     Each call is structured and run like :meth:`ToolRegistry.call`; an unknown tool or bad
     arguments fail that call only (its outcome holds :class:`~trioflow.UnknownToolError` or
