@@ -109,7 +109,8 @@ async def test_the_helpers_tell_the_halves_of_a_checkpoint_apart() -> None:
         await assert_cancel_point(nothing)
 
 
-# --- ResourceManager.slot(): "Entering is a cancellation point; it waits only when ..." ------
+# --- ResourceManager.slot(): "raises at once if ... cancelled, but when every token is free
+# it takes them without yielding" ----------------------------------------------------------------
 
 
 async def test_entering_a_free_slot_is_a_cancel_point_that_does_not_yield() -> None:

@@ -687,9 +687,10 @@ class ResourceManager:
         Tokens are taken in one global order, the keys' first (by keyed pool name), then the
         general one, then the pools' (sorted by name), and given back in reverse order on exit,
         on error and on cancellation (also when cancelled while waiting for a later token). A
-        key's limiter exists while a slot holds or waits for it. Entering is a cancellation
-        point; it waits only when a token is not free (or, with a health source, while
-        unhealthy).
+        key's limiter exists while a slot holds or waits for it. Entering raises at once if the
+        surrounding scope is cancelled, but when every token is free it takes them without
+        yielding to other tasks (like anyio's ``Lock(fast_acquire=True)``); it waits, and then
+        yields, only when a token is not free (or, with a health source, while unhealthy).
 
         Args:
             *pools: Names of the pools to take one token of each.
