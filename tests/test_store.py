@@ -30,7 +30,7 @@ from trioflow import (
     WorkflowStore,
     run_workflow,
 )
-from trioflow._workflow._store import decode_value, encode_value
+from trioflow._workflow._codec import decode_value, encode_value
 
 pytestmark = pytest.mark.anyio
 
@@ -203,7 +203,7 @@ async def test_resuming_a_finished_run_runs_nothing(store: WorkflowStore) -> Non
 
 
 async def test_steps_after_one_that_runs_again_are_not_rerun(store: WorkflowStore) -> None:
-    # lint FAILED with continue_on_error, and undo COMPENSATED: both run again on resume, and
+    # lint FAILED being optional, and undo COMPENSATED: both run again on resume, and
     # the restored steps after them must not run again when they end.
     counter = Counter()
 
@@ -223,7 +223,7 @@ async def test_steps_after_one_that_runs_again_are_not_rerun(store: WorkflowStor
         if counter.calls["flaky"] == 1:
             raise ConnectionError("down")
 
-    wf = Workflow("again").step("lint", lint, continue_on_error=True)
+    wf = Workflow("again").step("lint", lint, optional=True)
     wf.step("build", work, after="lint")
     wf.step("reserve", work, compensate=undo).step("ship", work, after="reserve")
     wf.step("flaky", fails_once, after=["build", "ship"])
