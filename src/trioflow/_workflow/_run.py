@@ -395,7 +395,7 @@ class Run:
         # runs. Hot: locals instead of attribute lookups, and no call a bare step can skip.
         budget = _CHECKPOINT_EVERY
         bare, steps, shared, now = self.bare, self.steps, self.shared, self.now
-        journal, reporting = self.journal, self.on_progress is not None
+        journal, reporting, context = self.journal, self.on_progress is not None, run_context
         copy_context = contextvars.copy_context
         fresh = copy_context()  # the run's context variables, as each step must find them
         while True:
@@ -404,7 +404,7 @@ class Run:
             step = steps[i]
             if reporting:
                 self._report()
-            ctx = run_context(shared, step.name)
+            ctx = context(shared, step.name)
             try:
                 if bare[i]:
                     self.attempts[i] = 1
@@ -413,6 +413,9 @@ class Run:
                 else:
                     value = await self._attempts(i, step, ctx)
             except Exception as exc:
+                self.finished[i] = finished = now()
+                if self.started[i] is None:  # it failed before its first attempt
+                    self.started[i] = finished
                 self.error[i] = exc
                 status = _FAILED
             except BaseException:
@@ -421,29 +424,24 @@ class Run:
                 self._leave(i)
                 raise
             else:
-                status = _SUCCEEDED if value is not _SKIP else _SKIPPED
-            self.finished[i] = finished = now()
-            if self.started[i] is None:  # skipped, or failed before its first attempt
-                self.started[i] = finished
+                self.finished[i] = finished = now()
+                if value is _SKIP:
+                    self.started[i] = finished
+                    status = _SKIPPED
+                elif journal is not None and not self._encode(i, step.name, value):
+                    status = _FAILED
+                else:
+                    self.value[i] = value
+                    self.seq[i] = self.next_seq
+                    self.next_seq += 1
+                    self.completion.append(i)
+                    status = _SUCCEEDED
+            self.status[i] = status
             self.in_flight -= 1
             if reporting:
                 del self.running[i]
             if step.exclusive:
                 self.exclusive_running = False
-            if status is _SUCCEEDED:
-                self.value[i] = value
-                if journal is not None:
-                    try:
-                        self.stored[i] = encode_value(step.name, value)
-                    except UnstorableValueError as exc:
-                        status = _FAILED
-                        self.error[i] = exc
-                        self.value[i] = None
-                if status is _SUCCEEDED:
-                    self.seq[i] = self.next_seq
-                    self.next_seq += 1
-                    self.completion.append(i)
-            self.status[i] = status
             if journal is None:
                 self._complete(i)
             else:
@@ -467,6 +465,15 @@ class Run:
             i = self._claim()
             if i < 0:
                 return
+
+    def _encode(self, i: int, name: str, value: Any) -> bool:
+        # With a store: keep the stored form of the step's value, or fail the step.
+        try:
+            self.stored[i] = encode_value(name, value)
+        except UnstorableValueError as exc:
+            self.error[i] = exc
+            return False
+        return True
 
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
