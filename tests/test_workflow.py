@@ -587,6 +587,13 @@ async def test_decorator_chaining_and_graph_views() -> None:
     assert result.ok
 
 
+def test_an_exclusive_step_gets_a_wave_of_its_own() -> None:
+    wf = Workflow("waves").step("a", instant).step("b", instant, after="a")
+    wf.step("d", instant, after="a", exclusive=True).step("e", instant, after="a")
+    wf.step("f", instant, exclusive=True).step("c", instant, after=["b", "d"])
+    assert wf.waves() == (("a",), ("f",), ("b", "e"), ("d",), ("c",))
+
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
 

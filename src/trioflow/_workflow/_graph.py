@@ -515,11 +515,13 @@ class Workflow:
         return tuple((dep, step.name) for step in self._steps.values() for dep in step.after)
 
     def waves(self) -> tuple[tuple[str, ...], ...]:
-        """Return the steps grouped by depth: each wave can start once the waves before it end.
+        """Return the steps grouped in waves: each wave can start once the waves before it end.
 
-        A step's wave is one more than the deepest wave of the steps it comes after. Without a
-        limit, the steps of one wave may run together (the plan a dry run shows); the real
-        schedule starts each step as soon as its own dependencies are done.
+        A step's depth is one more than the deepest of the steps it comes after. The steps of
+        one depth form one wave, except that an ``exclusive`` step runs alone: each gets a wave
+        of its own, after the other steps of its depth. Without a limit, the steps of one wave
+        may run together (the plan a dry run shows); the real schedule starts each step as soon
+        as its own dependencies are done.
 
         Returns:
             Tuples of step names, in definition order within each wave.
@@ -532,10 +534,16 @@ class Workflow:
         for i in graph.order:
             for s in graph.succs[i]:
                 depth[s] = max(depth[s], depth[i] + 1)
-        waves: list[list[str]] = [[] for _ in range(max(depth, default=-1) + 1)]
+        levels: list[list[Step]] = [[] for _ in range(max(depth, default=-1) + 1)]
         for i, step in enumerate(graph.steps):
-            waves[depth[i]].append(step.name)
-        return tuple(tuple(w) for w in waves)
+            levels[depth[i]].append(step)
+        waves: list[tuple[str, ...]] = []
+        for level in levels:
+            shared = tuple(step.name for step in level if not step.exclusive)
+            if shared:
+                waves.append(shared)
+            waves.extend((step.name,) for step in level if step.exclusive)
+        return tuple(waves)
 
 
 def _topological_order(preds: list[tuple[int, ...]], succs: list[list[int]]) -> list[int]:
