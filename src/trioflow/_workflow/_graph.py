@@ -143,7 +143,7 @@ _DEFAULT_OPTIONS = WorkOptions()  # shared by the steps that set none (most of a
 
 @final
 class Graph:
-    """A validated workflow as index arrays: what the scheduler walks (internal).
+    """A validated workflow as index arrays: what a run walks (internal).
 
     Attributes:
         steps: The steps in definition order; a step's index is its position here.

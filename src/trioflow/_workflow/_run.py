@@ -85,7 +85,7 @@ def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
 
 def _check_pools(graph: Graph, manager: ResourceManager | None, limit: object) -> None:
     for step in graph.steps:
-        if not step.pools:
+        if not step.options.pools:
             continue
         if manager is None:
             raise WorkflowDefinitionError(
