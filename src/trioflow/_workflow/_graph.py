@@ -2,7 +2,7 @@
 
 A :class:`Workflow` holds :class:`Step` definitions: an async function of a :class:`Context`, the
 steps it comes after, a condition, a compensation, exclusivity, and the options every unit of
-work takes (:class:`~trioflow._options.WorkOptions`: timeout, retry, pools, optional).
+work takes (:class:`~trioflow.WorkOptions`: timeout, retry, pools, optional).
 :meth:`Workflow.validate` checks the graph as a whole (unknown dependencies, cycles) and
 compiles it into the index arrays a run walks; options are checked at once by
 :meth:`Workflow.step`. Running is ``trioflow.run_workflow`` (``_run``).
