@@ -330,7 +330,7 @@ CASES: list[tuple[str, str, Build]] = [
     ("timeout", TIMEOUT, lambda v: amap(_one, [1], timeout=v)),
     ("timeout", TIMEOUT, lambda v: _drain(timeout=v)),
     ("timeout", TIMEOUT, lambda v: resilient(_op, timeout=v)),
-    ("timeout of step 'a'", TIMEOUT, lambda v: Workflow("w").step("a", _step, timeout=v)),
+    ("step 'a': timeout", TIMEOUT, lambda v: Workflow("w").step("a", _step, timeout=v)),
     (
         "stage 's': timeout",
         TIMEOUT,

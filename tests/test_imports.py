@@ -21,8 +21,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import trioflow
 
 PACKAGE = "trioflow"
@@ -206,19 +204,9 @@ def test_there_is_no_import_cycle_at_run_time() -> None:
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-# Being removed on another branch; delete this (and the xfail below) once that is merged.
-_KNOWN_TYPE_ONLY_CYCLE = [
-    f"{PACKAGE}._workflow._journal",
-    f"{PACKAGE}._workflow._scheduler",
-    f"{PACKAGE}._workflow._journal",
-]
-
-
 def test_there_is_no_import_cycle_even_through_type_checking_imports() -> None:
     edges = {module: runtime | typing_only for module, (runtime, typing_only) in GRAPH.items()}
     cycles = _cycles(edges)
-    if cycles == [_KNOWN_TYPE_ONLY_CYCLE]:
-        pytest.xfail("the _scheduler <-> _journal type-only cycle is being removed elsewhere")
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 

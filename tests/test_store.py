@@ -30,7 +30,9 @@ from trioflow import (
     WorkflowStore,
     run_workflow,
 )
-from trioflow._workflow._store import decode_value, encode_value
+from trioflow._workflow._codec import decode_value, encode_value
+from trioflow._workflow._context import RunShared, run_context
+from trioflow._workflow._journal import Journal
 
 pytestmark = pytest.mark.anyio
 
@@ -203,7 +205,7 @@ async def test_resuming_a_finished_run_runs_nothing(store: WorkflowStore) -> Non
 
 
 async def test_steps_after_one_that_runs_again_are_not_rerun(store: WorkflowStore) -> None:
-    # lint FAILED with continue_on_error, and undo COMPENSATED: both run again on resume, and
+    # lint FAILED being optional, and undo COMPENSATED: both run again on resume, and
     # the restored steps after them must not run again when they end.
     counter = Counter()
 
@@ -223,7 +225,7 @@ async def test_steps_after_one_that_runs_again_are_not_rerun(store: WorkflowStor
         if counter.calls["flaky"] == 1:
             raise ConnectionError("down")
 
-    wf = Workflow("again").step("lint", lint, continue_on_error=True)
+    wf = Workflow("again").step("lint", lint, optional=True)
     wf.step("build", work, after="lint")
     wf.step("reserve", work, compensate=undo).step("ship", work, after="reserve")
     wf.step("flaky", fails_once, after=["build", "ship"])
@@ -487,6 +489,74 @@ async def test_steps_ending_together_share_a_transaction() -> None:
     record = await store.load_run("f")
     assert record is not None
     assert record.step_counts == {StepStatus.SUCCEEDED: 11}
+
+
+async def test_the_journal_is_a_sink_that_says_what_it_saved() -> None:
+    class SlowStore(Wrapper):
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[tuple[list[str], dict[str, str]]] = []
+
+        async def save_steps(
+            self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
+        ) -> None:
+            await anyio.sleep(1)
+            self.written.append(([s.name for s in steps], {k: v.json for k, v in state.items()}))
+            await self.inner.save_steps(run_id, steps, state)
+
+    def ended(name: str) -> StepRecord:
+        return StepRecord(name=name, status=StepStatus.SUCCEEDED, attempts=1)
+
+    store = SlowStore()
+    shared = RunShared("j")
+    shared.encode = encode_value
+    journal = Journal(store, "j", shared, 3)
+    wf = Workflow("sink").step("a", noop).step("b", noop).step("c", noop)
+    assert await journal.open("sink", wf.graph()) is None
+    run_context(shared, "a").set("k", 1)
+    saved: list[tuple[int, ...]] = []
+
+    async def writer() -> None:
+        assert journal.add(0, ended("a"))  # no write in progress: this caller writes
+        while batch := await journal.write():
+            saved.append(batch)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        await anyio.sleep(0.5)  # "a" is being written: b and c wait for the next write
+        assert not journal.add(1, ended("b"))
+        assert not journal.add(2, ended("c"))
+    assert saved == [(0,), (1, 2)]
+    assert store.written == [(["a"], {"k": "1"}), (["b", "c"], {})]
+    assert journal.saved == [StepStatus.SUCCEEDED] * 3
+    assert journal.add(0, ended("a"))  # the writer was released
+    await journal.close([], RunStatus.SUCCEEDED)
+    record = await store.load_run("j")
+    assert record is not None
+    assert record.status is RunStatus.SUCCEEDED
+
+
+async def test_state_of_an_interrupted_write_is_written_at_the_close() -> None:
+    store = MemoryStore()
+    shared = RunShared("i")
+    shared.encode = encode_value
+    journal = Journal(store, "i", shared, 1)
+    assert await journal.open("w", Workflow("w").step("a", noop).graph()) is None
+    ctx = run_context(shared, "a")
+    ctx.set("k", 1)
+    ctx.set("m", 1)
+    assert journal.add(0, StepRecord(name="a", status=StepStatus.SUCCEEDED))
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await journal.write()  # cancelled at the store's first checkpoint
+    assert journal.saved == [None]  # not known to be written
+    ctx.set("m", 2)  # set since the write began: it wins over what the write took
+    await journal.close([StepRecord(name="a", status=StepStatus.SUCCEEDED)], RunStatus.FAILED)
+    record = await store.load_run("i")
+    assert record is not None
+    assert {key: value.data() for key, value in record.state.items()} == {"k": 1, "m": 2}
+    assert list(record.steps) == ["a"]
+    assert record.status is RunStatus.FAILED
 
 
 async def test_nothing_starts_while_a_fail_fast_failure_is_written() -> None:

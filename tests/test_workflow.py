@@ -302,7 +302,7 @@ async def test_a_failing_compensation_is_recorded_and_does_not_hide_the_failure(
 async def test_raise_for_errors_leaves_out_tolerated_failures() -> None:
     t = Timeline()
     wf = Workflow("mixed")
-    wf.step("lint", t.sleep(1, fail=True), continue_on_error=True)
+    wf.step("lint", t.sleep(1, fail=True), optional=True)
     wf.step("build", t.sleep(2, fail=True))
     result = await run_workflow(wf)
     assert set(result.errors) == {"lint", "build"}
@@ -346,7 +346,7 @@ async def test_fail_fast_false_collects_every_failure() -> None:
         result.raise_for_errors()
 
 
-async def test_continue_on_error_lets_the_run_go_on() -> None:
+async def test_an_optional_step_lets_the_run_go_on() -> None:
     t = Timeline()
     undone: list[str] = []
 
@@ -354,7 +354,7 @@ async def test_continue_on_error_lets_the_run_go_on() -> None:
         undone.append(str(ctx.step))
 
     wf = Workflow("lenient")
-    wf.step("lint", t.sleep(2, fail=True), continue_on_error=True)
+    wf.step("lint", t.sleep(2, fail=True), optional=True)
     wf.step("build", t.sleep(3, "b"), compensate=undo)
     wf.step("test", t.sleep(1, "t"), after=["lint", "build"])
     result = await run_workflow(wf)
@@ -362,8 +362,8 @@ async def test_continue_on_error_lets_the_run_go_on() -> None:
     assert result.steps["lint"].status is StepStatus.FAILED
     assert isinstance(result.errors["lint"], Boom)
     assert result.steps["test"].status is StepStatus.SUCCEEDED
-    assert result.steps["lint"].continue_on_error
-    assert not result.steps["test"].continue_on_error
+    assert result.steps["lint"].optional
+    assert not result.steps["test"].optional
     assert undone == []
     result.raise_for_errors()  # nothing to raise
     assert anyio.current_time() == 4
@@ -477,7 +477,7 @@ async def test_progress_reports_running_steps_and_counts() -> None:
     t = Timeline()
     seen: list[WorkflowProgress] = []
     wf = build_and_test(t)
-    wf.step("lint", t.sleep(1, fail=True), continue_on_error=True)
+    wf.step("lint", t.sleep(1, fail=True), optional=True)
     wf.step("docs", t.sleep(1), when=lambda ctx: False)
     await run_workflow(wf, on_progress=seen.append)
     assert seen[0] == WorkflowProgress(
@@ -585,6 +585,13 @@ async def test_decorator_chaining_and_graph_views() -> None:
     assert "3 steps" in repr(wf)
     result = await run_workflow(wf)
     assert result.ok
+
+
+def test_an_exclusive_step_gets_a_wave_of_its_own() -> None:
+    wf = Workflow("waves").step("a", instant).step("b", instant, after="a")
+    wf.step("d", instant, after="a", exclusive=True).step("e", instant, after="a")
+    wf.step("f", instant, exclusive=True).step("c", instant, after=["b", "d"])
+    assert wf.waves() == (("a",), ("f",), ("b", "e"), ("d",), ("c",))
 
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")

@@ -1,4 +1,4 @@
-"""Properties of the scheduler over random DAGs, in virtual time on both backends."""
+"""Properties of workflow runs over random DAGs, in virtual time on both backends."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import math
 import re
 from typing import Any
 
+import anyio
 import pytest
 
 from trioflow import (
@@ -15,6 +16,7 @@ from trioflow import (
     RetryPolicy,
     Workflow,
     WorkflowDefinitionError,
+    WorkOptions,
     run_workflow,
 )
 
@@ -110,7 +112,7 @@ def test_non_async_step_functions_are_refused() -> None:
         (
             -1,
             ValueError,
-            "timeout of step 'a' must be a number of seconds >= 0 or None (no deadline), "
+            "step 'a': timeout must be a number of seconds >= 0 or None (no deadline), "
             "got -1 (int)",
         ),
         (math.nan, ValueError, "got nan"),
@@ -129,17 +131,71 @@ def test_good_timeouts() -> None:
     assert wf.step("c", step, timeout=None).steps["b"].timeout == 2.5
 
 
+async def test_an_infinite_timeout_means_no_deadline() -> None:
+    async def slow(ctx: Context) -> int:
+        await anyio.sleep(86_400)
+        return 1
+
+    wf = Workflow("t").step("a", slow, timeout=math.inf)
+    assert wf.steps["a"].timeout is None
+    assert wf.steps["a"].options == WorkOptions()
+    result = await run_workflow(wf)
+    assert result.ok
+    assert result.steps["a"].duration == 86_400
+
+
+def test_step_options_are_one_work_options_value() -> None:
+    policy = RetryPolicy(attempts=2)
+    wf = Workflow("o").step("a", step, timeout=5, retry=policy, pools=["db"], optional=True)
+    a = wf.steps["a"]
+    assert a.options == WorkOptions(timeout=5, retry=policy, pools=("db",), optional=True)
+    assert (a.timeout, a.retry, a.pools, a.optional) == (5, policy, ("db",), True)
+    assert wf.step("b", step).steps["b"].options == WorkOptions()
+
+
+def test_continue_on_error_is_a_deprecated_name_of_optional() -> None:
+    wf = Workflow("o")
+    with pytest.warns(DeprecationWarning, match=r"Workflow.step\(optional=...\)"):
+        wf.step("a", step, continue_on_error=True)
+    with pytest.warns(DeprecationWarning, match="continue_on_error"):
+        wf.step("b", continue_on_error=True)(step)
+    assert wf.steps["a"].optional
+    assert wf.steps["b"].optional
+    with pytest.warns(DeprecationWarning, match="use Step.optional instead"):
+        assert wf.steps["a"].continue_on_error
+    with (
+        pytest.warns(DeprecationWarning, match="continue_on_error"),
+        pytest.raises(TypeError, match="give optional or its deprecated name"),
+    ):
+        wf.step("c", step, optional=True, continue_on_error=True)
+
+
+async def test_step_result_continue_on_error_is_a_deprecated_name_of_optional() -> None:
+    async def fail(ctx: Context) -> None:
+        raise ValueError("no")
+
+    result = await run_workflow(Workflow("o").step("a", fail, optional=True))
+    assert result.ok
+    assert result.steps["a"].optional
+    with pytest.warns(DeprecationWarning, match="use StepResult.optional instead"):
+        assert result.steps["a"].continue_on_error
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
         ({"after": 3}, TypeError, "after of step 'a' must be a step name or a sequence"),
         ({"after": ["b", ""]}, TypeError, "each name in after of step 'a' must be a non-empty"),
-        ({"pools": "db"}, TypeError, "must be a sequence of pool names, got the string 'db'"),
-        ({"pools": ["db", "db"]}, ValueError, "name a pool twice"),
-        ({"pools": [1]}, TypeError, "pools of step 'a' must be non-empty strings"),
-        ({"retry": 3}, TypeError, "retry of step 'a' must be a RetryPolicy or None"),
+        (
+            {"pools": "db"},
+            TypeError,
+            r"step 'a': pools must be a sequence of pool names, got 'db' \(str\)",
+        ),
+        ({"pools": ["db", "db"]}, ValueError, "step 'a': pools must not name a pool twice"),
+        ({"pools": [1]}, TypeError, r"step 'a': pools must hold non-empty pool names \(str\)"),
+        ({"retry": 3}, TypeError, "step 'a': retry must be a RetryPolicy or None, got 3"),
         ({"exclusive": 1}, TypeError, "exclusive of step 'a' must be a bool, got 1"),
-        ({"continue_on_error": "yes"}, TypeError, "continue_on_error of step 'a' must be a bool"),
+        ({"optional": "yes"}, TypeError, "step 'a': optional must be a bool, got 'yes'"),
     ],
 )
 def test_bad_step_options(options: dict[str, Any], error: type[Exception], message: str) -> None:

@@ -69,7 +69,7 @@ from ._workflow._graph import Workflow as Workflow
 from ._workflow._result import StepResult as StepResult
 from ._workflow._result import WorkflowProgress as WorkflowProgress
 from ._workflow._result import WorkflowResult as WorkflowResult
-from ._workflow._scheduler import run_workflow as run_workflow
+from ._workflow._run import run_workflow as run_workflow
 from ._workflow._sqlite import SQLiteStore as SQLiteStore
 from ._workflow._store import MemoryStore as MemoryStore
 from ._workflow._store import RunRecord as RunRecord

@@ -35,8 +35,11 @@ def _is_the_command() -> bool:
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
+    # os._exit, not SystemExit: raised from whatever the interpreter is running (a class
+    # being created, say), an exception can come out wrapped in another. Nothing is written
+    # or held yet while the command starts, so there is nothing to clean up.
     os.write(2, b"trioflow: interrupted\n")
-    raise SystemExit(130)
+    os._exit(130)
 
 
 _installed = False

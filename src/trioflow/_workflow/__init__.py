@@ -1,1 +1,1 @@
-"""Workflows: the graph, a run and its journal, results, and the run stores."""
+"""Workflows: the graph, a run and its journal, results, the run stores and their JSON codec."""

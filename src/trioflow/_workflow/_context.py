@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, final
 
-__all__ = ("Context", "RunShared")
+__all__ = ("Context", "RunShared", "run_context")
 
 
 @final
@@ -45,6 +45,16 @@ class RunShared:
         dirty, self.dirty = self.dirty, {}
         return dirty
 
+    def put_back(self, dirty: Mapping[str, Any]) -> None:
+        """Mark values taken by :meth:`take_dirty` unsaved again (a write that did not end).
+
+        Values set since they were taken win over them.
+
+        Args:
+            dirty: What :meth:`take_dirty` returned.
+        """
+        self.dirty = {**dirty, **self.dirty}
+
 
 _MISSING: Any = object()
 
@@ -81,14 +91,6 @@ class Context:
     ) -> None:
         self._shared = RunShared(run_id or uuid.uuid4().hex, state, results)
         self._step = step
-
-    @classmethod
-    def _for(cls, shared: RunShared, step: str | None) -> Context:
-        # The scheduler makes one context per step: skip __init__'s copies.
-        ctx = object.__new__(cls)
-        ctx._shared = shared
-        ctx._step = step
-        return ctx
 
     def __repr__(self) -> str:
         return f"<Context run_id={self._shared.run_id!r} step={self._step!r}>"
@@ -154,3 +156,25 @@ class Context:
                 exc.add_note(f"trioflow: raised by ctx.set({key!r}, ...)")
                 raise
         shared.state[key] = value
+
+
+_new_context = object.__new__
+
+
+def run_context(shared: RunShared, step: str | None) -> Context:
+    """Return a context of a run: what a running step (or the run's result) is given.
+
+    A run makes one context per step; this skips the copies :class:`Context` makes of the
+    mappings it is given, so every context of the run shares its results and state.
+
+    Args:
+        shared: The run's results and state.
+        step: The step the context is for, or None for the run's final context.
+
+    Returns:
+        The context.
+    """
+    ctx: Context = _new_context(Context)
+    ctx._shared = shared
+    ctx._step = step
+    return ctx

@@ -1,10 +1,11 @@
 """Workflows: a graph of named async steps, validated before anything runs.
 
 A :class:`Workflow` holds :class:`Step` definitions: an async function of a :class:`Context`, the
-steps it comes after, and per-step options (condition, compensation, exclusivity, retry, timeout,
-pools, continue-on-error). :meth:`Workflow.validate` checks the graph as a whole (unknown
-dependencies, cycles) and compiles it into the index arrays the scheduler walks; options are
-checked at once by :meth:`Workflow.step`. Running is ``trioflow.run_workflow`` (``_scheduler``).
+steps it comes after, a condition, a compensation, exclusivity, and the options every unit of
+work takes (:class:`~trioflow.WorkOptions`: timeout, retry, pools, optional).
+:meth:`Workflow.validate` checks the graph as a whole (unknown dependencies, cycles) and
+compiles it into the index arrays a run walks; options are checked at once by
+:meth:`Workflow.step`. Running is ``trioflow.run_workflow`` (``_run``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 import attrs
 
-from .._checks import check_bool, check_timeout, describe
+from .._checks import check_bool, describe
+from .._deprecate import warn_renamed
 from .._errors import WorkflowDefinitionError
+from .._options import WorkOptions
 from .._retry import RetryPolicy
 from .._status import Status
 
@@ -77,24 +80,6 @@ def _names(value: object, step: str) -> tuple[str, ...]:
     return names
 
 
-def _check_pools(value: object, step: str) -> tuple[str, ...]:
-    if value == ():
-        return ()
-    if isinstance(value, str):
-        raise TypeError(
-            f"pools of step {step!r} must be a sequence of pool names, got the string {value!r}"
-        )
-    if not isinstance(value, Iterable):
-        raise TypeError(f"pools of step {step!r} must be a sequence of names, got {value!r}")
-    pools = tuple(value)
-    for pool in pools:
-        if not isinstance(pool, str) or not pool:
-            raise TypeError(f"pools of step {step!r} must be non-empty strings, got {pool!r}")
-    if len(set(pools)) != len(pools):
-        raise ValueError(f"pools of step {step!r} name a pool twice: {pools!r}")
-    return pools
-
-
 def _check_bool(value: object, what: str, step: str) -> bool:
     return check_bool(value, f"{what} of step {step!r}")
 
@@ -113,10 +98,8 @@ class Step:
         compensate: ``async def compensate(ctx)``, run when the run fails after this step
             succeeded, to undo its effect.
         exclusive: Whether the step runs with no other step of its run in flight.
-        retry: How to retry a failing attempt, or None for one attempt.
-        timeout: Seconds each attempt may take (builtin ``TimeoutError`` past it), or None.
-        pools: Named pools of the run's :class:`ResourceManager` the step takes a token of each.
-        continue_on_error: Whether a failure of this step lets the run go on as if it were done.
+        options: Its timeout, retry, pools and optional flag, as one value; read them through
+            the attributes below.
     """
 
     name: str
@@ -125,15 +108,41 @@ class Step:
     when: Condition | None = None
     compensate: StepFunction | None = None
     exclusive: bool = False
-    retry: RetryPolicy | None = None
-    timeout: float | None = None
-    pools: tuple[str, ...] = ()
-    continue_on_error: bool = False
+    options: WorkOptions = attrs.field(factory=WorkOptions)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each attempt may take (builtin ``TimeoutError`` past it), or None."""
+        return self.options.timeout
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """How a failing attempt is retried, or None for one attempt."""
+        return self.options.retry
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        """Named pools of the run's :class:`ResourceManager` the step takes a token of each."""
+        return self.options.pools
+
+    @property
+    def optional(self) -> bool:
+        """Whether a failure of this step lets the run go on as if the step had succeeded."""
+        return self.options.optional
+
+    @property
+    def continue_on_error(self) -> bool:
+        """Deprecated name of :attr:`optional`."""
+        warn_renamed("Step.continue_on_error", "Step.optional")
+        return self.options.optional
+
+
+_DEFAULT_OPTIONS = WorkOptions()  # shared by the steps that set none (most of a big workflow)
 
 
 @final
 class Graph:
-    """A validated workflow as index arrays: what the scheduler walks (internal).
+    """A validated workflow as index arrays: what a run walks (internal).
 
     Attributes:
         steps: The steps in definition order; a step's index is its position here.
@@ -306,7 +315,8 @@ class Workflow:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         pools: Iterable[str] = (),
-        continue_on_error: bool = False,
+        optional: bool = False,
+        continue_on_error: bool | None = None,
     ) -> Workflow: ...
 
     @overload
@@ -322,7 +332,8 @@ class Workflow:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         pools: Iterable[str] = (),
-        continue_on_error: bool = False,
+        optional: bool = False,
+        continue_on_error: bool | None = None,
     ) -> Callable[[F], F]: ...
 
     def step(
@@ -337,7 +348,8 @@ class Workflow:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         pools: Iterable[str] = (),
-        continue_on_error: bool = False,
+        optional: bool = False,
+        continue_on_error: bool | None = None,
     ) -> Workflow | Callable[[F], F]:
         """Add a step; chainable, or a decorator when ``fn`` is left out.
 
@@ -353,22 +365,32 @@ class Workflow:
                 run fails or is cancelled after this step succeeded.
             exclusive: Run with no other step of the run in flight (see ``run_workflow``).
             retry: A :class:`RetryPolicy` for failing attempts; None for one attempt.
-            timeout: Seconds each attempt may take, or None. An attempt over it fails with the
-                builtin ``TimeoutError``.
+            timeout: Seconds each attempt may take; None or ``math.inf`` for no deadline. An
+                attempt over it fails with the builtin ``TimeoutError``.
             pools: Names of pools of the :class:`ResourceManager` passed as ``run_workflow``'s
                 ``limit``; the step takes one token of each while it runs.
-            continue_on_error: Record a failure of this step FAILED but go on as if it were
-                done: the steps after it run and ``WorkflowResult.ok`` ignores it.
+            optional: Record a failure of this step FAILED but go on as if it had succeeded:
+                the steps after it run and ``WorkflowResult.ok`` ignores it.
+            continue_on_error: Deprecated name of ``optional`` (a ``DeprecationWarning``).
 
         Returns:
             This workflow (chainable), or a decorator when ``fn`` is None.
 
         Raises:
             TypeError: ``fn``/``compensate`` is not an async callable, ``when`` is not callable,
-                or an option has the wrong type.
+                an option has the wrong type, or both ``optional`` and ``continue_on_error``
+                are given.
             ValueError: ``timeout`` is negative or NaN, or a pool is named twice.
             WorkflowDefinitionError: A step with this name already exists.
         """
+        if continue_on_error is not None:
+            warn_renamed("Workflow.step(continue_on_error=...)", "Workflow.step(optional=...)")
+            if optional is not False:
+                raise TypeError(
+                    f"step {name!r}: give optional or its deprecated name continue_on_error, "
+                    "not both"
+                )
+            optional = continue_on_error
         if fn is None:
 
             def decorator(function: F) -> F:
@@ -382,7 +404,7 @@ class Workflow:
                     retry=retry,
                     timeout=timeout,
                     pools=pools,
-                    continue_on_error=continue_on_error,
+                    optional=optional,
                 )
                 return function
 
@@ -406,9 +428,11 @@ class Workflow:
                 f"compensate of step {name!r} must be an async function or None, "
                 f"got {compensate!r}"
             )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(
-                f"retry of step {name!r} must be a RetryPolicy or None, got {_describe(retry)}"
+        if timeout is None and retry is None and pools == () and optional is False:
+            options = _DEFAULT_OPTIONS
+        else:
+            options = WorkOptions.check(
+                f"step {name!r}", timeout=timeout, retry=retry, pools=pools, optional=optional
             )
         self._steps[name] = Step(
             name=name,
@@ -419,14 +443,7 @@ class Workflow:
             exclusive=exclusive
             if exclusive is False
             else _check_bool(exclusive, "exclusive", name),
-            retry=retry,
-            timeout=None
-            if timeout is None
-            else check_timeout(timeout, f"timeout of step {name!r}"),
-            pools=_check_pools(pools, name),
-            continue_on_error=continue_on_error
-            if continue_on_error is False
-            else _check_bool(continue_on_error, "continue_on_error", name),
+            options=options,
         )
         self._graph = None
         return self
@@ -497,11 +514,13 @@ class Workflow:
         return tuple((dep, step.name) for step in self._steps.values() for dep in step.after)
 
     def waves(self) -> tuple[tuple[str, ...], ...]:
-        """Return the steps grouped by depth: each wave can start once the waves before it end.
+        """Return the steps grouped in waves: each wave can start once the waves before it end.
 
-        A step's wave is one more than the deepest wave of the steps it comes after. Without a
-        limit, the steps of one wave may run together (the plan a dry run shows); the real
-        schedule starts each step as soon as its own dependencies are done.
+        A step's depth is one more than the deepest of the steps it comes after. The steps of
+        one depth form one wave, except that an ``exclusive`` step runs alone: each gets a wave
+        of its own, after the other steps of its depth. Without a limit, the steps of one wave
+        may run together (the plan a dry run shows); the real schedule starts each step as soon
+        as its own dependencies are done.
 
         Returns:
             Tuples of step names, in definition order within each wave.
@@ -514,10 +533,16 @@ class Workflow:
         for i in graph.order:
             for s in graph.succs[i]:
                 depth[s] = max(depth[s], depth[i] + 1)
-        waves: list[list[str]] = [[] for _ in range(max(depth, default=-1) + 1)]
+        levels: list[list[Step]] = [[] for _ in range(max(depth, default=-1) + 1)]
         for i, step in enumerate(graph.steps):
-            waves[depth[i]].append(step.name)
-        return tuple(tuple(w) for w in waves)
+            levels[depth[i]].append(step)
+        waves: list[tuple[str, ...]] = []
+        for level in levels:
+            shared = tuple(step.name for step in level if not step.exclusive)
+            if shared:
+                waves.append(shared)
+            waves.extend((step.name,) for step in level if step.exclusive)
+        return tuple(waves)
 
 
 def _topological_order(preds: list[tuple[int, ...]], succs: list[list[int]]) -> list[int]:

@@ -1,24 +1,26 @@
 """The durable side of a workflow run: check a stored run, write step records in batches.
 
-``run_workflow`` keeps one :class:`Journal` per run with a store. Before the first step it
-loads the stored run (refusing one whose shape changed) and begins it; whenever steps end it
-writes their records, steps that end while a write is in progress sharing the next
-transaction, and only then lets the run release the steps after them; at the end it writes
-what changed since and the run's final status.
+A run with a store keeps one :class:`Journal`. The journal is a sink: it is given records and
+says which it saved; it never reads nor drives the run. Before the first step it loads the
+stored run (refusing one whose shape changed) and begins it. Whenever a step ends, the run adds
+its record; the first record added while no write is in progress makes its caller the writer,
+and records added during a write wait for the next one, so steps that end together share one
+transaction. The run lets the steps after a step start only once :meth:`Journal.write` says
+its record is saved. At the end :meth:`Journal.close` writes what changed since, and the run's
+final status.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from collections.abc import Sequence
+from typing import final
 
 import anyio
 
 from .._errors import WorkflowShapeChangedError
+from ._context import RunShared
 from ._graph import Graph, StepStatus, describe_shape_change
-from ._store import RunRecord, RunStatus, WorkflowStore
-
-if TYPE_CHECKING:
-    from ._scheduler import Run
+from ._store import RunRecord, RunStatus, StepRecord, WorkflowStore
 
 __all__ = ("Journal",)
 
@@ -27,22 +29,31 @@ __all__ = ("Journal",)
 class Journal:
     """Writes the records of one run to its store (internal).
 
+    Args:
+        store: The store.
+        run_id: The run's id.
+        shared: The run's shared state: its values set since the last write are written with
+            the next records.
+        size: The number of steps of the workflow.
+
     Attributes:
         store: The store.
         run_id: The run's id.
-        saved: For each step, the status its stored record has (None: no record).
-        error: The first exception the store raised while the run went on, if any.
+        saved: For each step (by index), the status its stored record has (None: no record).
+        error: The first exception the store raised while the run went on, if any; nothing
+            more is written once it is set.
     """
 
-    __slots__ = ("_flushing", "_unsaved", "error", "run_id", "saved", "store")
+    __slots__ = ("_queued", "_shared", "_writing", "error", "run_id", "saved", "store")
 
-    def __init__(self, store: WorkflowStore, run_id: str, size: int) -> None:
+    def __init__(self, store: WorkflowStore, run_id: str, shared: RunShared, size: int) -> None:
         self.store = store
         self.run_id = run_id
         self.saved: list[StepStatus | None] = [None] * size
         self.error: Exception | None = None
-        self._unsaved: list[int] = []
-        self._flushing = False
+        self._shared = shared
+        self._queued: list[tuple[int, StepRecord]] = []
+        self._writing = False
 
     async def open(self, workflow: str, graph: Graph) -> RunRecord | None:
         """Load the stored run, check it is one of this workflow's shape, and begin the run.
@@ -55,8 +66,8 @@ class Journal:
             The stored run to resume, or None for a new run.
 
         Raises:
-            WorkflowShapeChangedError: The stored run is of another workflow, or another shape (and
-                nothing is written).
+            WorkflowShapeChangedError: The stored run is of another workflow, or another shape
+                (and nothing is written).
         """
         run_id = self.run_id
         record = await self.store.load_run(run_id)
@@ -79,61 +90,73 @@ class Journal:
         )
         return record
 
-    async def save(self, run: Run, i: int) -> None:
-        """Write the record of step ``i``, then complete it (and any step written with it).
-
-        The first caller writes; steps that end while it writes are appended and written by
-        it in the next transaction, so their callers return at once.
+    def add(self, i: int, record: StepRecord) -> bool:
+        """Queue the record of step ``i``, which ended, for the next write.
 
         Args:
-            run: The run.
-            i: The index of a step that ended.
-        """
-        self._unsaved.append(i)
-        if self._flushing:
-            return
-        self._flushing = True
-        try:
-            while self._unsaved and self.error is None:
-                batch, self._unsaved = self._unsaved, []
-                records = [run.record(j) for j in batch]
-                state = run.shared.take_dirty()
-                try:
-                    await self.store.save_steps(self.run_id, records, state)
-                except Exception as exc:
-                    self.error = exc
-                    run.abort()
-                    return
-                except BaseException:
-                    # Not known to be written: the closing write of the run retries.
-                    run.shared.dirty = {**state, **run.shared.dirty}
-                    raise
-                for j in batch:
-                    self.saved[j] = run.status[j]
-                    run.complete(j)
-        finally:
-            self._flushing = False
+            i: The step's index.
+            record: Its record.
 
-    async def close(self, run: Run, final: RunStatus) -> None:
-        """Write every record that changed since it was saved, and the run's final status.
+        Returns:
+            True when no write is in progress: the caller is now the writer and must call
+            :meth:`write` until it returns nothing. False when the write in progress (or the
+            next one its writer makes) takes the record.
+        """
+        self._queued.append((i, record))
+        if self._writing:
+            return False
+        self._writing = True
+        return True
+
+    async def write(self) -> tuple[int, ...]:
+        """Write every queued record, with the state set since the last write, in one transaction.
+
+        Only the writer (see :meth:`add`) calls it, until it returns nothing.
+
+        Returns:
+            The indices of the steps whose records this call saved; empty when nothing was
+            queued, or when the store failed (:attr:`error` then says why). The writer is
+            released when it returns nothing.
+
+        Raises:
+            BaseException: Cancellation, or what else interrupted the write: the records and
+                state it took are not known to be written, so :meth:`close` writes them.
+        """
+        if not self._queued or self.error is not None:
+            self._writing = False
+            return ()
+        batch, self._queued = self._queued, []
+        state = self._shared.take_dirty()
+        try:
+            await self.store.save_steps(self.run_id, [record for _, record in batch], state)
+        except Exception as exc:
+            self.error = exc
+            self._writing = False
+            return ()
+        except BaseException:
+            self._shared.put_back(state)
+            self._writing = False
+            raise
+        saved = self.saved
+        for i, record in batch:
+            saved[i] = record.status
+        return tuple([i for i, _ in batch])
+
+    async def close(self, records: Sequence[StepRecord], final: RunStatus) -> None:
+        """Write the records that changed since they were saved, the state, and the final status.
 
         Runs shielded from cancellation.
 
         Args:
-            run: The run, ended.
-            final: Its final status.
+            records: The records of the steps whose stored record is missing or out of date
+                (see :attr:`saved`).
+            final: How the run ended.
 
         Raises:
             Exception: What the store raised.
         """
-        changed = [
-            i
-            for i, status in enumerate(run.status)
-            if status is not self.saved[i] or run.comp_error[i] is not None
-        ]
         with anyio.CancelScope(shield=True):
-            dirty = run.shared.take_dirty()
-            if changed or dirty:
-                records = [run.record(i) for i in changed]
-                await self.store.save_steps(self.run_id, records, dirty)
+            state = self._shared.take_dirty()
+            if records or state:
+                await self.store.save_steps(self.run_id, records, state)
             await self.store.finish_run(self.run_id, final)

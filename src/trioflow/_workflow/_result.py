@@ -8,6 +8,7 @@ from typing import Any, final
 
 import attrs
 
+from .._deprecate import warn_renamed
 from ._context import Context
 from ._graph import StepStatus
 
@@ -40,8 +41,8 @@ class StepResult:
         restored: Whether the result comes from a stored run instead of running again.
         compensation_error: The exception its ``compensate`` raised, if it did; the status
             stays SUCCEEDED then (COMPENSATED means the compensation succeeded).
-        continue_on_error: Whether the step was defined with ``continue_on_error`` (its
-            failure then does not make the run fail).
+        optional: Whether the step was defined ``optional`` (its failure then does not make
+            the run fail).
     """
 
     name: str
@@ -54,12 +55,18 @@ class StepResult:
     duration: float | None = None
     restored: bool = False
     compensation_error: Exception | None = None
-    continue_on_error: bool = False
+    optional: bool = False
 
     @property
     def ok(self) -> bool:
         """Whether the step SUCCEEDED or was SKIPPED."""
         return self.status is StepStatus.SUCCEEDED or self.status is StepStatus.SKIPPED
+
+    @property
+    def continue_on_error(self) -> bool:
+        """Deprecated name of :attr:`optional`."""
+        warn_renamed("StepResult.continue_on_error", "StepResult.optional")
+        return self.optional
 
 
 @final
@@ -69,11 +76,11 @@ class StepTable:
     __slots__ = (
         "attempts",
         "compensation_error",
-        "continue_on_error",
         "duration",
         "error",
         "finished",
         "names",
+        "optional",
         "restored",
         "started",
         "status",
@@ -93,7 +100,7 @@ class StepTable:
         duration: Sequence[float | None],
         restored: Sequence[bool],
         compensation_error: Sequence[Exception | None],
-        continue_on_error: Sequence[bool],
+        optional: Sequence[bool],
     ) -> None:
         self.names = names
         self.status = status
@@ -105,7 +112,7 @@ class StepTable:
         self.duration = duration
         self.restored = restored
         self.compensation_error = compensation_error
-        self.continue_on_error = continue_on_error
+        self.optional = optional
 
 
 @final
@@ -141,7 +148,7 @@ class StepResults(Mapping[str, StepResult]):
             duration=t.duration[i] if started is None or finished is None else finished - started,
             restored=t.restored[i],
             compensation_error=t.compensation_error[i],
-            continue_on_error=t.continue_on_error[i],
+            optional=t.optional[i],
         )
         return result
 
@@ -169,8 +176,7 @@ class WorkflowResult:
     Attributes:
         workflow: The workflow's name.
         run_id: The run's id (pass it again with the same store to resume).
-        ok: True when every step SUCCEEDED or was SKIPPED, or FAILED with
-            ``continue_on_error``.
+        ok: True when every step SUCCEEDED or was SKIPPED, or FAILED being ``optional``.
         steps: Step name -> :class:`StepResult`, in definition order.
         context: The run's final :class:`Context` (results and state; ``step`` is None).
         duration: Seconds from the start to the end of the run, compensation included.
@@ -190,7 +196,7 @@ class WorkflowResult:
 
     @property
     def errors(self) -> Mapping[str, Exception]:
-        """Step name -> exception of every FAILED step (``continue_on_error`` ones included)."""
+        """Step name -> exception of every FAILED step (``optional`` ones included)."""
         return {name: r.error for name, r in self.steps.items() if r.error is not None}
 
     def count(self, status: StepStatus) -> int:
@@ -208,15 +214,15 @@ class WorkflowResult:
         """Raise the failures of the run, if it failed.
 
         Raises:
-            ExceptionGroup: ``ok`` is False; it holds the error of every FAILED step (without
-                ``continue_on_error``), in definition order, and its message names the steps.
+            ExceptionGroup: ``ok`` is False; it holds the error of every FAILED step that is not
+                ``optional``, in definition order, and its message names the steps.
         """
         if self.ok:
             return
         failed = [
             (name, r.error)
             for name, r in self.steps.items()
-            if r.status is StepStatus.FAILED and r.error is not None and not r.continue_on_error
+            if r.status is StepStatus.FAILED and r.error is not None and not r.optional
         ]
         names = ", ".join(repr(name) for name, _ in failed)
         raise ExceptionGroup(

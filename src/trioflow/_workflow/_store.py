@@ -1,32 +1,24 @@
-"""Durable workflow runs: the store protocol, its records, the JSON codec, and MemoryStore.
+"""Durable workflow runs: the store protocol, what it stores, and MemoryStore.
 
 A run is saved as one :class:`RunRecord` (id, workflow name and shape, status, times) plus one
-:class:`StepRecord` per step and the run's shared state. Values are stored as JSON text made by a
-cattrs converter (attrs classes, dataclasses, datetimes, enums, paths, sets and tuples), together
-with the name of their type, so a resumed run can give back the original type. Stores implement
-the small :class:`WorkflowStore` protocol: :class:`MemoryStore` here, ``SQLiteStore`` beside it,
-and later Redis or Postgres.
+:class:`StepRecord` per step and the run's shared state. Values are kept as a
+:class:`StoredValue`: JSON text and the name of the original type (made by ``_codec``), so a
+resumed run can give back the original type. Stores implement the small
+:class:`WorkflowStore` protocol: :class:`MemoryStore` here, ``SQLiteStore`` beside it, and any
+other store (Redis, Postgres) that implements the same five methods.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import json
-import pathlib
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from types import MappingProxyType, NoneType
+from types import MappingProxyType
 from typing import Any, Protocol, final, runtime_checkable
 
 import anyio.lowlevel
 import attrs
-import cattrs
-from cattrs.preconf.json import make_converter
 
-from .._errors import UnstorableValueError
 from .._status import Status
 from ._graph import StepStatus
 
@@ -37,20 +29,7 @@ __all__ = (
     "StepRecord",
     "StoredValue",
     "WorkflowStore",
-    "converter",
-    "decode_value",
-    "encode_value",
 )
-
-converter: cattrs.Converter = make_converter()
-"""The cattrs converter that turns step values and state into JSON-ready data and back."""
-converter.register_unstructure_hook(pathlib.PurePath, str)
-converter.register_structure_hook_func(
-    lambda t: isinstance(t, type) and issubclass(t, pathlib.PurePath),
-    lambda value, t: t(value),
-)
-
-_JSON_NATIVE = (str, int, float, bool, NoneType)
 
 
 class RunStatus(Status):
@@ -58,7 +37,7 @@ class RunStatus(Status):
 
     Attributes:
         RUNNING: Started and not ended (or the process running it died: resume it).
-        SUCCEEDED: Every step SUCCEEDED, was SKIPPED, or FAILED with ``continue_on_error``.
+        SUCCEEDED: Every step SUCCEEDED, was SKIPPED, or FAILED being ``optional``.
         FAILED: A step failed (or the store failed); resuming reruns what did not succeed.
         CANCELLED: The run was cancelled by its caller; resuming finishes it.
     """
@@ -357,101 +336,3 @@ def _count(records: Any) -> dict[StepStatus, int]:
     for record in records:
         counts[record.status] = counts.get(record.status, 0) + 1
     return counts
-
-
-class _Unstorable(Exception):
-    def __init__(self, culprit: type) -> None:
-        super().__init__(culprit)
-        self.culprit = culprit
-
-
-def _refuse(obj: object) -> Any:
-    raise _Unstorable(type(obj))
-
-
-def _type_name(tp: type) -> str:
-    return f"{tp.__module__}:{tp.__qualname__}"
-
-
-def encode_value(step: str, value: Any) -> StoredValue:
-    """Encode a value as JSON through :data:`converter`.
-
-    Args:
-        step: The step the value belongs to (for the error message).
-        value: Any value.
-
-    Returns:
-        Its :class:`StoredValue`.
-
-    Raises:
-        UnstorableValueError: The value (or something inside it) cannot be stored as JSON; the
-            error names the step and the type that could not be stored.
-    """
-    tp = type(value)
-    try:
-        data = value if tp in _JSON_NATIVE else converter.unstructure(value)
-        text = json.dumps(data, default=_refuse, separators=(",", ":"))
-    except _Unstorable as exc:
-        raise UnstorableValueError(step, exc.culprit) from None
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise UnstorableValueError(step, tp) from exc
-    return StoredValue(json=text, type=None if tp in _JSON_NATIVE else _type_name(tp))
-
-
-def _resolve(name: str) -> Any:
-    module_name, _, qualname = name.partition(":")
-    if "<" in qualname:  # a local class: cannot be found again
-        return None
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return obj if isinstance(obj, type) else None
-
-
-def decode_value(stored: StoredValue, hint: Any = None) -> Any:
-    """Decode a stored value, giving back its type when it can be known.
-
-    The type is taken from ``hint`` (a step function's return annotation) when given, else from
-    the stored type name when that type can be imported; otherwise the JSON data comes back as
-    it is (dicts, lists, strings, numbers).
-
-    Args:
-        stored: The stored value.
-        hint: A type to structure the data into, or None.
-
-    Returns:
-        The value.
-    """
-    data = stored.data()
-    for target in (hint, _resolve(stored.type) if stored.type else None):
-        if target is None or target is Any or target is object:
-            continue
-        try:
-            return converter.structure(data, target)
-        except Exception:
-            continue
-    return data
-
-
-def return_hint(fn: Callable[..., Any]) -> Any:
-    """Return the resolved return annotation of a step function, or None.
-
-    Args:
-        fn: A step function (or a callable object with an async ``__call__``).
-
-    Returns:
-        The annotation, or None when there is none or it cannot be resolved.
-    """
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    if not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(type(target), "__call__", None)  # noqa: B004 - a callable object
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:
-        return None
-    return hints.get("return")

@@ -230,7 +230,7 @@ class _Runner:
                 exclusive=step.exclusive,
                 retry=_retry_policy(step),
                 pools=step.pools,
-                continue_on_error=step.continue_on_error,
+                optional=step.continue_on_error,
             )
         return wf
 

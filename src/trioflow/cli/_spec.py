@@ -18,6 +18,8 @@ from typing import Any, Final, final
 
 import attrs
 
+import trioflow
+
 from .._checks import check_int, check_number, problem
 from ._condition import Condition, ConditionSyntaxError, parse_condition
 
@@ -41,6 +43,10 @@ _STEP_KEYS: Final = (
     "continue_on_error",
     "pools",
 )
+
+
+async def _planned(ctx: trioflow.Context) -> None:
+    """What stands for a step's command in the plan of :meth:`WorkflowSpec.waves` (never run)."""
 
 
 class SpecError(Exception):
@@ -128,7 +134,7 @@ class WorkflowSpec:
         return self.path.resolve().parent
 
     def waves(self) -> list[list[str]]:
-        """Group the steps into waves that could run together.
+        """Group the steps into waves that could run together, as :meth:`Workflow.waves` does.
 
         A step's wave is one more than the latest wave among the steps it comes after; an
         exclusive step gets a wave of its own. Limits are not taken into account.
@@ -136,20 +142,10 @@ class WorkflowSpec:
         Returns:
             The waves in order, each a list of step names in file order.
         """
-        level: dict[str, int] = {}
-        order = list(self.steps)
-        for name in graphlib.TopologicalSorter(
-            {n: s.after for n, s in self.steps.items()}
-        ).static_order():
-            level[name] = 1 + max((level[a] for a in self.steps[name].after), default=-1)
-        waves: list[list[str]] = []
-        for depth in range(max(level.values(), default=-1) + 1):
-            names = [n for n in order if level[n] == depth]
-            shared = [n for n in names if not self.steps[n].exclusive]
-            if shared:
-                waves.append(shared)
-            waves.extend([n] for n in names if self.steps[n].exclusive)
-        return waves
+        workflow = trioflow.Workflow(self.name)
+        for step in self.steps.values():
+            workflow.step(step.name, _planned, after=step.after, exclusive=step.exclusive)
+        return [list(wave) for wave in workflow.waves()]
 
     def ancestors(self, name: str) -> set[str]:
         """Every step that ``name`` comes after, directly or not.

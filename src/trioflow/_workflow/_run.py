@@ -1,6 +1,6 @@
 """Running a workflow: one task group per run, in-degree counters, durable step records.
 
-How the scheduler works (the policy ``run_workflow`` documents):
+How a run works (the policy ``run_workflow`` documents):
 
 * Each step has a counter of the steps it still waits for; when a step is done, the counters of
   the steps after it go down and those that reach zero join the ready queue (FIFO). Work per
@@ -18,8 +18,12 @@ How the scheduler works (the policy ``run_workflow`` documents):
   task group opened by ``run_workflow``: no task outlives the call. A worker whose step changed
   its context variables ends after it (checked in O(1) when it did not), so every step starts
   from the run's context variables, as with a task per step.
-* With a store, a step's record is written before the steps after it are released; records of
-  steps that end while a write is in progress share the next transaction.
+* A step runs in one place, :meth:`Run._worker`. A step with nothing but its function (no
+  condition, retry, timeout or resource slot) is awaited directly; any other goes through
+  :meth:`Run._attempts`, which adds those features around the same call.
+* With a store, a step's record goes to the run's :class:`~._journal.Journal` before the steps
+  after it are released; records of steps that end while a write is in progress share the next
+  transaction.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, final
 
 import anyio
@@ -41,12 +46,12 @@ from .._backend import current_clock
 from .._checks import check_bool, check_int, describe
 from .._errors import UnstorableValueError, WorkflowDefinitionError
 from .._limits import ResourceManager
-from ._context import Context
+from ._codec import decode_value, encode_value, return_hint
+from ._context import Context, RunShared, run_context
 from ._graph import Graph, Step, StepStatus, Workflow
 from ._journal import Journal
-from ._result import WorkflowProgress, WorkflowResult
-from ._run_state import RunState
-from ._store import RunStatus, WorkflowStore, encode_value
+from ._result import StepResults, StepTable, WorkflowProgress, WorkflowResult
+from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore
 
 __all__ = ("run_workflow",)
 
@@ -55,7 +60,16 @@ _FAILED = StepStatus.FAILED
 _SKIPPED = StepStatus.SKIPPED
 _CANCELLED = StepStatus.CANCELLED
 _NOT_RUN = StepStatus.NOT_RUN
+_COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
+_SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
+
+
+def _error_text(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    message = str(exc)
+    return f"{type(exc).__qualname__}: {message}" if message else type(exc).__qualname__
 
 
 def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
@@ -72,7 +86,7 @@ def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
 
 def _check_pools(graph: Graph, manager: ResourceManager | None, limit: object) -> None:
     for step in graph.steps:
-        if not step.pools:
+        if not step.options.pools:
             continue
         if manager is None:
             raise WorkflowDefinitionError(
@@ -102,7 +116,7 @@ async def run_workflow(
 ) -> WorkflowResult:
     """Run a workflow: each step starts as soon as the steps it comes after are done.
 
-    A step is done when it SUCCEEDED, was SKIPPED, or FAILED with ``continue_on_error``.
+    A step is done when it SUCCEEDED, was SKIPPED, or FAILED being ``optional``.
     Independent steps run concurrently, at most ``limit`` at once. Starts are first come,
     first served in the order steps became ready: an ``exclusive`` step waits for the steps in
     flight to end while later steps wait behind it, then runs alone (so it cannot starve).
@@ -136,7 +150,7 @@ async def run_workflow(
             durable and resumable.
         run_id: The run's id: pass a stored run's id to resume it. A fresh uuid4 hex when None.
         on_progress: Called with a :class:`WorkflowProgress` whenever a step starts or ends
-            (synchronously, in the scheduler: keep it quick; an exception it raises ends the
+            (synchronously, in the run: keep it quick; an exception it raises ends the
             run).
 
     Returns:
@@ -181,8 +195,12 @@ async def run_workflow(
 
 
 @final
-class Run(RunState):
-    """The mutable state of one run. Everything here runs in one thread: no locks."""
+class Run:
+    """One run of a workflow: its records, its scheduling, its end (internal).
+
+    Everything here runs in one thread, in the run's tasks: no locks. Per-step records are
+    lists indexed like the graph's steps.
+    """
 
     def __init__(
         self,
@@ -197,19 +215,48 @@ class Run(RunState):
         on_progress: Callable[[WorkflowProgress], object] | None,
         state: Mapping[str, Any] | None,
     ) -> None:
-        super().__init__(name, graph, run_id=run_id, on_progress=on_progress, state=state)
-        self.exclusive = [step.exclusive for step in graph.steps]
-        self.plain = [
-            manager is None and step.retry is None and step.timeout is None for step in graph.steps
-        ]
-        self.fast = [
-            plain and step.when is None and store is None and on_progress is None
-            for plain, step in zip(self.plain, graph.steps, strict=True)
-        ]
+        steps = graph.steps
+        n = len(steps)
+        self.name = name
+        self.graph = graph
+        self.steps: tuple[Step, ...] = steps
+        self.succs = graph.succs
+        self.run_id = run_id
+        self.on_progress = on_progress
+        self.shared = RunShared(run_id, state)
         self.cap = cap
         self.manager = manager
         self.fail_fast = fail_fast
-        self.journal = None if store is None else Journal(store, run_id, len(graph.steps))
+        self.journal = None if store is None else Journal(store, run_id, self.shared, n)
+        # Per step, by index: what the graph says...
+        self.exclusive = [step.exclusive for step in steps]
+        # ...whether its function is all there is to it (no condition, retry, timeout, slot)...
+        self.bare = [
+            manager is None
+            and step.when is None
+            and step.options.retry is None
+            and step.options.timeout is None
+            for step in steps
+        ]
+        # ...and what it did.
+        self.status: list[StepStatus | None] = [None] * n
+        self.value: list[Any] = [None] * n
+        self.error: list[Exception | None] = [None] * n
+        self.attempts = [0] * n
+        self.started: list[float | None] = [None] * n
+        self.finished: list[float | None] = [None] * n
+        self.duration: list[float | None] = [None] * n  # of restored steps
+        self.restored = [False] * n
+        self.comp_error: list[Exception | None] = [None] * n
+        self.seq: list[int | None] = [None] * n
+        self.stored: list[StoredValue | None] = [None] * n
+        self.remaining = [len(p) for p in graph.preds]
+        self.running: dict[int, None] = {}  # steps in flight, tracked for progress reports
+        self.completion: list[int] = []  # SUCCEEDED steps in order of completion
+        self.next_seq = 0
+        # Counters.
+        self.completed = self.succeeded = self.failed = self.skipped = 0
+        self.hard_failures = 0  # FAILED steps that are not optional
         # Scheduling.
         self.ready: deque[int] = deque()
         self.in_flight = 0
@@ -220,9 +267,22 @@ class Run(RunState):
         self.tg: anyio.abc.TaskGroup | None = None
         self.wake = anyio.Event()
         self.poked = False
+        # Time.
+        self.now: Callable[[], float] = anyio.current_time
+        self.t0 = 0.0
+        self.wall0 = 0.0
 
     # --- the run ------------------------------------------------------------------------------
     async def run(self) -> WorkflowResult:
+        """Run the workflow to its end and return the result.
+
+        Returns:
+            The run's result.
+
+        Raises:
+            WorkflowShapeChangedError: The stored run has another shape.
+            Exception: What the store raised (the first failure).
+        """
         self.now = current_clock()
         self.t0 = self.now()
         self.wall0 = time.time()
@@ -249,6 +309,41 @@ class Run(RunState):
         if journal is not None and journal.error is not None:
             raise journal.error
         return self._result()
+
+    def _restore(
+        self, records: Mapping[str, StepRecord], state: Mapping[str, StoredValue]
+    ) -> None:
+        index = self.graph.index
+        done = []
+        for record in records.values():
+            i = index[record.name]
+            if record.status is not _SUCCEEDED and record.status is not _SKIPPED:
+                continue
+            self.status[i] = record.status
+            self.restored[i] = True
+            # Never ready (decrements keep it below 0): a step it comes after may run again (it
+            # FAILED being optional, or was COMPENSATED), and its end must not rerun it.
+            self.remaining[i] = -1
+            self.attempts[i] = record.attempts
+            self.duration[i] = record.duration
+            self.seq[i] = record.seq
+            self.completed += 1
+            if record.status is _SUCCEEDED:
+                self.succeeded += 1
+                self.stored[i] = record.value
+                if record.value is not None:
+                    self.value[i] = decode_value(record.value, return_hint(self.steps[i].fn))
+                self.shared.results[record.name] = self.value[i]
+                done.append(i)
+            else:
+                self.skipped += 1
+            for s in self.succs[i]:
+                self.remaining[s] -= 1
+        done.sort(key=lambda i: self.seq[i] or 0)
+        self.completion.extend(done)
+        self.next_seq = 1 + max((s for s in self.seq if s is not None), default=-1)
+        for key, stored in state.items():
+            self.shared.state[key] = decode_value(stored)
 
     # --- scheduling ---------------------------------------------------------------------------
     def _can_claim(self) -> bool:
@@ -288,44 +383,73 @@ class Run(RunState):
                 tg.start_soon(self._worker, i)
             await self.wake.wait()
 
+    def _abort(self) -> None:
+        # Stop the run: cancel the steps in flight and start no more.
+        self.aborted = True
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
+
+    # --- steps --------------------------------------------------------------------------------
     async def _worker(self, i: int) -> None:
+        # Runs step i, then the next admissible ready step, and so on: the one place a step
+        # runs. Hot: locals instead of attribute lookups, and no call a bare step can skip.
         budget = _CHECKPOINT_EVERY
-        fast, steps, shared, now = self.fast, self.steps, self.shared, self.now
+        bare, steps, shared, now = self.bare, self.steps, self.shared, self.now
+        journal, reporting, context = self.journal, self.on_progress is not None, run_context
         copy_context = contextvars.copy_context
         fresh = copy_context()  # the run's context variables, as each step must find them
         while True:
             if not self.poked and self.ready and self._can_claim():
                 self._poke()  # another worker may start once this one waits
-            if fast[i]:
-                # What _execute does for a step without condition, retry, timeout, slot, store
-                # or progress callback, inlined: most steps of a big workflow come this way.
-                step = steps[i]
-                ctx = object.__new__(Context)
-                ctx._shared = shared
-                ctx._step = step.name
-                self.attempts[i] = 1
-                self.started[i] = now()
-                try:
-                    self.value[i] = await step.fn(ctx)
-                except Exception as exc:
-                    self.error[i] = exc
-                    status = _FAILED
-                except BaseException:
-                    self._cancelled(i)
-                    raise
+            step = steps[i]
+            if reporting:
+                self._report()
+            ctx = context(shared, step.name)
+            try:
+                if bare[i]:
+                    self.attempts[i] = 1
+                    self.started[i] = now()
+                    value = await step.fn(ctx)
                 else:
-                    status = _SUCCEEDED
+                    value = await self._attempts(i, step, ctx)
+            except Exception as exc:
+                self.finished[i] = finished = now()
+                if self.started[i] is None:  # it failed before its first attempt
+                    self.started[i] = finished
+                self.error[i] = exc
+                status = _FAILED
+            except BaseException:
+                self.status[i] = _CANCELLED
+                self.finished[i] = now()
+                self._leave(i)
+                raise
+            else:
+                self.finished[i] = finished = now()
+                if value is _SKIP:
+                    self.started[i] = finished
+                    status = _SKIPPED
+                elif journal is not None and not self._encode(i, step.name, value):
+                    status = _FAILED
+                else:
+                    self.value[i] = value
                     self.seq[i] = self.next_seq
                     self.next_seq += 1
                     self.completion.append(i)
-                self.finished[i] = now()
-                self.status[i] = status
-                self.in_flight -= 1
-                if step.exclusive:
-                    self.exclusive_running = False
-                self.complete(i)
+                    status = _SUCCEEDED
+            self.status[i] = status
+            self.in_flight -= 1
+            if reporting:
+                del self.running[i]
+            if step.exclusive:
+                self.exclusive_running = False
+            if journal is None:
+                self._complete(i)
             else:
-                await self._execute(i)
+                if status is _FAILED and self.fail_fast and not step.options.optional:
+                    # Start nothing more while the failure is written; _complete() then
+                    # cancels the steps in flight.
+                    self.aborted = True
+                await self._save(i)
             budget -= 1
             if not budget:
                 budget = _CHECKPOINT_EVERY
@@ -342,11 +466,14 @@ class Run(RunState):
             if i < 0:
                 return
 
-    def abort(self) -> None:
-        """Stop the run: cancel the steps in flight and start no more."""
-        self.aborted = True
-        if self.tg is not None:
-            self.tg.cancel_scope.cancel()
+    def _encode(self, i: int, name: str, value: Any) -> bool:
+        # With a store: keep the stored form of the step's value, or fail the step.
+        try:
+            self.stored[i] = encode_value(name, value)
+        except UnstorableValueError as exc:
+            self.error[i] = exc
+            return False
+        return True
 
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
@@ -355,73 +482,26 @@ class Run(RunState):
         if self.steps[i].exclusive:
             self.exclusive_running = False
 
-    def _cancelled(self, i: int) -> None:
-        self.status[i] = _CANCELLED
-        self.finished[i] = self.now()
-        self._leave(i)
-
-    # --- one step -----------------------------------------------------------------------------
-    async def _execute(self, i: int) -> None:
-        step = self.steps[i]
-        if self.on_progress is not None:
-            self._report()
-        ctx = Context._for(self.shared, step.name)
-        status = _SUCCEEDED
-        try:
-            if step.when is not None:
-                go = step.when(ctx)
-                if inspect.isawaitable(go):
-                    go = await go
-                if not go:
-                    status = _SKIPPED
-            if status is not _SUCCEEDED:
-                pass
-            elif self.plain[i]:  # no retry, timeout or slot: the common case, inline
-                self.attempts[i] = 1
-                self.started[i] = self.now()
-                self.value[i] = await step.fn(ctx)
-            elif self.manager is not None:
-                async with self.manager.slot(*step.pools):
-                    self.value[i] = await self._call(i, step, ctx)
-            else:
-                self.value[i] = await self._call(i, step, ctx)
-        except Exception as exc:
-            status = _FAILED
-            self.error[i] = exc
-        except BaseException:
-            self._cancelled(i)
-            raise
-        self.finished[i] = finished = self.now()
-        if self.started[i] is None:
-            self.started[i] = finished
-        self._leave(i)
-        if status is _SUCCEEDED:
-            if self.journal is not None:
-                try:
-                    self.stored[i] = encode_value(step.name, self.value[i])
-                except UnstorableValueError as exc:
-                    status = _FAILED
-                    self.error[i] = exc
-                    self.value[i] = None
-            if status is _SUCCEEDED:
-                self.seq[i] = self.next_seq
-                self.next_seq += 1
-                self.completion.append(i)
-        self.status[i] = status
-        if self.journal is None:
-            self.complete(i)
-        else:
-            if status is _FAILED and self.fail_fast and not step.continue_on_error:
-                # Start nothing more while the failure is written; complete() then cancels
-                # the steps in flight.
-                self.aborted = True
-            await self.journal.save(self, i)
+    async def _attempts(self, i: int, step: Step, ctx: Context) -> Any:
+        # What a step is besides its function: its condition, its resource slot (held from the
+        # first attempt to the last), its retries and its timeout per attempt.
+        when = step.when
+        if when is not None:
+            go = when(ctx)
+            if inspect.isawaitable(go):
+                go = await go
+            if not go:
+                return _SKIP
+        if self.manager is None:
+            return await self._call(i, step, ctx)
+        async with self.manager.slot(*step.options.pools):
+            return await self._call(i, step, ctx)
 
     async def _call(self, i: int, step: Step, ctx: Context) -> Any:
         fn = step.fn
-        timeout = step.timeout
+        timeout, retry = step.options.timeout, step.options.retry
         self.started[i] = self.now()
-        if step.retry is None:
+        if retry is None:
             self.attempts[i] = 1
             if timeout is None:
                 return await fn(ctx)
@@ -435,10 +515,23 @@ class Run(RunState):
             with anyio.fail_after(timeout):
                 return await fn(ctx)
 
-        return await step.retry.call(attempt)
+        return await retry.call(attempt)
 
-    def complete(self, i: int) -> None:
-        """The step's end is final (and stored): release the steps after it, or fail."""
+    async def _save(self, i: int) -> None:
+        # Hand the step's record to the journal; the first step to end while no write is in
+        # progress writes, for itself and for the steps that end meanwhile.
+        journal = self.journal
+        assert journal is not None
+        if not journal.add(i, self.record(i)):
+            return
+        while saved := await journal.write():
+            for j in saved:
+                self._complete(j)
+        if journal.error is not None:
+            self._abort()
+
+    def _complete(self, i: int) -> None:
+        # The step's end is final (and stored): release the steps after it, or fail the run.
         self.active -= 1
         self.completed += 1
         status = self.status[i]
@@ -451,11 +544,11 @@ class Run(RunState):
             release = True
         else:
             self.failed += 1
-            release = self.steps[i].continue_on_error
+            release = self.steps[i].options.optional
             if not release:
                 self.hard_failures += 1
                 if self.fail_fast:
-                    self.abort()
+                    self._abort()
         if release:
             remaining, ready = self.remaining, self.ready
             for s in self.succs[i]:
@@ -469,6 +562,10 @@ class Run(RunState):
             self._poke()
 
     # --- the end ------------------------------------------------------------------------------
+    def _ok(self) -> bool:
+        # Every step completed (nothing CANCELLED or NOT_RUN) and none failed for good.
+        return self.completed == len(self.steps) and not self.hard_failures
+
     async def _wrap_up(self, interrupted: BaseException | None) -> None:
         ok = interrupted is None and self._ok()
         if not ok:
@@ -484,10 +581,109 @@ class Run(RunState):
             final = RunStatus.CANCELLED
         else:
             final = RunStatus.FAILED
+        saved, comp_error = journal.saved, self.comp_error
+        changed = [
+            self.record(i)
+            for i, status in enumerate(self.status)
+            if status is not saved[i] or comp_error[i] is not None
+        ]
         try:
-            await journal.close(self, final)
+            await journal.close(changed, final)
         except Exception as exc:
             if interrupted is not None:
                 interrupted.add_note(f"trioflow: could not record the end of the run: {exc!r}")
             elif journal.error is None:
-                journal.error = exc
+                raise
+
+    async def _compensate(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for i in reversed(self.completion):
+                step = self.steps[i]
+                if step.compensate is None or self.status[i] is not _SUCCEEDED:
+                    continue
+                # Each in a task of its own, one after the other: context variables it sets
+                # reach neither the caller nor the other compensations.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._undo, i, step.compensate)
+
+    async def _undo(self, i: int, compensate: Callable[[Context], Any]) -> None:
+        try:
+            await compensate(run_context(self.shared, self.steps[i].name))
+        except Exception as exc:
+            self.comp_error[i] = exc
+        else:
+            self.status[i] = _COMPENSATED
+
+    # --- what leaves the run ------------------------------------------------------------------
+    def _wall(self, t: float | None) -> datetime | None:
+        return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)
+
+    def _duration(self, i: int) -> float | None:
+        started, finished = self.started[i], self.finished[i]
+        if started is None or finished is None:
+            return self.duration[i]
+        return finished - started
+
+    def record(self, i: int) -> StepRecord:
+        """Return the record of step ``i`` as the store keeps it.
+
+        Args:
+            i: The step's index; the step ended.
+
+        Returns:
+            Its record.
+        """
+        status = self.status[i]
+        assert status is not None
+        keeps_value = status is _SUCCEEDED or status is _COMPENSATED
+        return StepRecord(
+            name=self.steps[i].name,
+            status=status,
+            attempts=self.attempts[i],
+            value=self.stored[i] if keeps_value else None,
+            error=_error_text(self.error[i]),
+            compensation_error=_error_text(self.comp_error[i]),
+            started_at=self._wall(self.started[i]),
+            finished_at=self._wall(self.finished[i]),
+            duration=self._duration(i),
+            seq=self.seq[i],
+        )
+
+    def _report(self) -> None:
+        if self.on_progress is None:
+            return
+        names = self.steps
+        self.on_progress(
+            WorkflowProgress(
+                total=len(names),
+                completed=self.completed,
+                succeeded=self.succeeded,
+                failed=self.failed,
+                skipped=self.skipped,
+                running=tuple(names[i].name for i in self.running),
+                elapsed=self.now() - self.t0,
+            )
+        )
+
+    def _result(self) -> WorkflowResult:
+        table = StepTable(
+            names=tuple(self.graph.index),
+            status=self.status,
+            value=self.value,
+            error=self.error,
+            attempts=self.attempts,
+            started=self.started,
+            finished=self.finished,
+            duration=self.duration,
+            restored=self.restored,
+            compensation_error=self.comp_error,
+            optional=[step.options.optional for step in self.steps],
+        )
+        return WorkflowResult(
+            workflow=self.name,
+            run_id=self.run_id,
+            ok=self._ok(),
+            steps=StepResults(table),
+            context=run_context(self.shared, None),
+            duration=self.now() - self.t0,
+        )
