@@ -99,3 +99,13 @@ def test_getattr_of_an_unknown_name_is_an_attribute_error() -> None:
         warnings.simplefilter("error")
         with pytest.raises(AttributeError, match="has no attribute 'nope'"):
             trioflow.nope  # noqa: B018
+
+
+def test_the_api_reference_documents_every_public_name() -> None:
+    import pathlib
+
+    reference = (pathlib.Path(__file__).parent.parent / "docs" / "reference.md").read_text()
+    documented = {line.split()[1] for line in reference.splitlines() if line.startswith("::: ")}
+    public = {f"{ns}.{name}" for ns, name in _names() if name != "lifecycle"}
+    assert sorted(public - documented) == []
+    assert sorted(documented - public - {"trioflow.testing"}) == []
