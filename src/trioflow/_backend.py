@@ -5,7 +5,7 @@ Every other module asks here (:func:`current_backend`, :func:`current_clock`,
 
 On trio, the engine uses trio's nursery, clock and cancel scopes directly: anyio >= 4.14 wraps
 every ``start_soon`` in a handle, which makes an unbounded batch (one task per operation)
-1.6-2.6x slower. On any other backend it uses anyio's. The engine runs the same code on both;
+markedly slower (``bench/executor.py`` measures it). On any other backend it uses anyio's. The engine runs the same code on both;
 only these primitives differ, and every test runs on both backends.
 """
 
