@@ -102,17 +102,20 @@ def current_clock() -> Callable[[], float]:
     Returns:
         A function returning the loop's current time in seconds (trio's clock, including a
         ``MockClock``, or the asyncio loop's ``time``).
+
+    Raises:
+        RuntimeError: No event loop is running in this thread.
     """
     trio = _running_trio()
     if trio is not None:
         clock: Callable[[], float] = trio.current_time
         return clock
-    try:
-        import asyncio
+    import asyncio
 
+    try:
         return asyncio.get_running_loop().time
-    except RuntimeError:  # pragma: no cover - anyio has no other backend
-        return anyio.current_time
+    except RuntimeError:
+        raise RuntimeError("no trio or asyncio event loop is running in this thread") from None
 
 
 def current_time() -> float:

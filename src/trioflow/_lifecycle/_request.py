@@ -115,7 +115,7 @@ REQUEST_TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = _request_t
 def _now() -> float:
     try:
         return clock()()
-    except Exception:  # sniffio.AsyncLibraryNotFoundError: no event loop running
+    except RuntimeError:  # no event loop is running
         raise RuntimeError(
             "Request() must be created inside a running event loop (created_at is read from "
             "anyio.current_time()); pass created_at explicitly otherwise"
