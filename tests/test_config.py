@@ -296,3 +296,70 @@ def test_an_old_key_with_its_new_one_is_a_config_error() -> None:
     assert problems({"retry": {"max_retries": -1}}) == {
         "retry.max_retries": "must be an int >= 0, got -1 (int)"
     }
+
+
+# --- numbers that pass their own check but overflow where the coordinator uses them ---------
+
+
+def test_a_rate_per_pair_must_give_a_finite_positive_rate() -> None:
+    over = (
+        "rate / per must be a finite number > 0 (requests per second), got 1e+308 / 1e-308 = inf"
+    )
+    under = (
+        "rate / per must be a finite number > 0 (requests per second), got 1e-308 / 1e+308 = 0.0"
+    )
+    assert problems(
+        {
+            "rate_limits": {
+                "per_user": {"rate": 1e308, "per": 1e-308},
+                "per_source": {"mcp": {"rate": 1e-308, "per": 1e308}, "cli": {"rate": 1e308}},
+            }
+        }
+    ) == {"rate_limits.per_user": over, "rate_limits.per_source.mcp": under}
+    with pytest.raises(ConfigError) as info:
+        RateLimitConfig(rate=1e308, per=1e-308)
+    assert info.value.problems == (("$", over),)
+    # Large and small rates that stay in range are kept as they are.
+    assert RateLimitConfig(rate=1e308, per=1).per_second == 1e308
+    assert RateLimitConfig(rate=1e-300, per=1e5).per_second == 1e-305
+
+
+def test_counts_must_fit_the_limiters_and_policies_that_use_them() -> None:
+    huge = 10**400
+    got = f"got {str(huge)[:57]}... (int)"
+    bound = "must be an int in [1, 9223372036854775807]"
+    assert problems(
+        {
+            "max_concurrency": huge,
+            "per_user_limit": 2**63,
+            "max_queue_depth": huge,
+            "pools": {"llm": huge},
+            "retry": {"attempts": huge},
+            "retry_policies": {"llm": {"max_retries": huge}},
+            "rate_limits": {"per_user": {"rate": 1, "burst": huge}},
+        }
+    ) == {
+        "max_concurrency": f"{bound}, {got}",
+        "per_user_limit": f"{bound}, got 9223372036854775808 (int)",
+        "max_queue_depth": f"{bound}, {got}",
+        "pools.llm": f"{bound}, {got}",
+        "retry.attempts": f"{bound}, {got}",
+        "retry_policies.llm.max_retries": f"must be an int in [0, 9223372036854775807], {got}",
+        "rate_limits.per_user.burst": f"{bound}, {got}",
+    }
+    # The largest count is accepted.
+    config = load_config({"max_concurrency": 2**63 - 1, "retry": {"attempts": 2**63 - 1}})
+    assert config.max_concurrency == config.retry.attempts == 2**63 - 1
+
+
+def test_huge_durations_that_stay_finite_are_accepted() -> None:
+    config = load_config(
+        {
+            "default_timeout": 1e308,
+            "metrics_interval": 1e308,
+            "retry": {"initial_delay": 1e308, "max_delay": 1e308, "jitter": 1e308},
+            "health": {"interval": 1e308},
+        }
+    )
+    assert config.retry.policy().delays() == (1e308, 1e308, 1e308)
+    assert config.default_timeout == 1e308

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import math
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,13 @@ import structlog
 from structlog.testing import LogCapture
 
 from _lifecycle_stages import SEVEN_STAGES
-from trioflow import HealthMonitor, ToolArgumentError
+from trioflow import (
+    HealthMonitor,
+    OutcomeStatus,
+    ResourceManager,
+    RetryPolicy,
+    ToolArgumentError,
+)
 from trioflow.lifecycle import (
     REQUEST_TRANSITIONS,
     Coordinator,
@@ -30,6 +37,7 @@ from trioflow.lifecycle import (
     StateMachine,
     ToolRegistry,
     open_coordinator,
+    run_tools,
 )
 
 pytestmark = pytest.mark.anyio
@@ -451,6 +459,138 @@ async def test_tools_through_the_tool_pool() -> None:
     assert isinstance(batch.outcomes[4].error, ToolArgumentError)
     assert running[1] == 2
     assert anyio.current_time() == 3
+
+
+def lookup_registry() -> tuple[ToolRegistry, list[int], list[tuple[str, float]]]:
+    """A tool that sleeps ``seconds``, failing with ConnectionError while ``fail`` > 0."""
+    registry = ToolRegistry()
+    running = [0, 0]
+    calls: list[tuple[str, float]] = []
+    failures: collections.Counter[str] = collections.Counter()
+
+    @registry.tool
+    async def lookup(term: str, seconds: float = 1, fail: int = 0) -> str:
+        calls.append((term, anyio.current_time()))
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            running[0] -= 1
+        if failures[term] < fail:
+            failures[term] += 1
+            raise ConnectionError(f"{term} failed")
+        return term.upper()
+
+    return registry, running, calls
+
+
+@asynccontextmanager
+async def tool_coordinator(registry: ToolRegistry, **config: Any) -> AsyncIterator[Coordinator]:
+    router = Router(lambda r: "q", {"q": seven()})
+    config.setdefault("enable_metrics", False)
+    async with open_coordinator(
+        config, router=router, registry=registry, logger=capture()[1]
+    ) as c:
+        yield c
+
+
+async def test_coordinator_tools_take_json_text() -> None:
+    registry, _, calls = lookup_registry()
+    async with tool_coordinator(registry) as c:
+        assert await c.call_tool("lookup", '{"term": "a"}') == "A"
+        with pytest.raises(ToolArgumentError, match=r"lookup.*not valid JSON: Expecting"):
+            await c.call_tool("lookup", '{"term": ')
+        batch = await c.run_tools([("lookup", '{"term": "b"}'), ("lookup", "[]")])
+    assert batch.values == ("B",)
+    error = batch.outcomes[1].error
+    assert isinstance(error, ToolArgumentError)
+    assert error.problems == (("$", "expected a JSON object of arguments, got []"),)
+    assert [term for term, _ in calls] == ["a", "b"]
+
+
+async def test_coordinator_run_tools_limit_within_the_tool_pool() -> None:
+    registry, running, _ = lookup_registry()
+    async with tool_coordinator(registry, pools={"tool": 3}) as c:
+        start = anyio.current_time()
+        batch = await c.run_tools([("lookup", {"term": t}) for t in "abcdef"], limit=2)
+        assert batch.values == tuple("ABCDEF")
+        assert running[1] == 2
+        assert anyio.current_time() - start == 3
+        # A limit above the pool's size: the pool still binds.
+        running[1] = 0
+        start = anyio.current_time()
+        batch = await c.run_tools([("lookup", {"term": t}) for t in "abcdef"], limit=5)
+        assert running[1] == 3
+        assert anyio.current_time() - start == 2
+        # A shared ResourceManager, as the free run_tools takes.
+        running[1] = 0
+        start = anyio.current_time()
+        shared = ResourceManager(limit=1)
+        batch = await c.run_tools([("lookup", {"term": t}) for t in "ab"], limit=shared)
+        assert batch.values == ("A", "B")
+        assert running[1] == 1
+        assert anyio.current_time() - start == 2
+
+
+async def test_coordinator_run_tools_timeout_per_call() -> None:
+    registry, _, _ = lookup_registry()
+    async with tool_coordinator(registry) as c:
+        start = anyio.current_time()
+        batch = await c.run_tools(
+            [("lookup", {"term": "a", "seconds": 5}), ("lookup", {"term": "b", "seconds": 1})],
+            timeout=2.5,
+        )
+        assert anyio.current_time() - start == 2.5
+        assert batch.values == ("B",)
+        assert type(batch.outcomes[0].error) is TimeoutError
+        assert batch.outcomes[0].duration == 2.5
+
+
+async def test_coordinator_run_tools_retry_and_fail_fast() -> None:
+    registry, _, calls = lookup_registry()
+    async with tool_coordinator(registry) as c:
+        policy = RetryPolicy(attempts=3, initial_delay=2, multiplier=1)
+        start = anyio.current_time()
+        batch = await c.run_tools([("lookup", {"term": "a", "fail": 2})], retry=policy)
+        assert batch.values == ("A",)
+        # Three one-second tries, two seconds apart.
+        assert [at - start for _, at in calls] == [0, 3, 6]
+        assert anyio.current_time() - start == 7
+        calls.clear()
+        batch = await c.run_tools(
+            [("lookup", {"term": "b", "fail": 1}), ("lookup", {"term": "c", "seconds": 9})],
+            fail_fast=True,
+        )
+        assert [o.status for o in batch.outcomes] == [
+            OutcomeStatus.FAILED,
+            OutcomeStatus.CANCELLED,
+        ]
+        assert isinstance(batch.outcomes[0].error, ConnectionError)
+
+
+async def test_coordinator_run_tools_checks_its_options_as_run_tools_does() -> None:
+    registry, _, calls = lookup_registry()
+    good = [("lookup", {"term": "a"})]
+    bad: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"limit": 0}, ValueError, r"^limit must be an int >= 1, got 0 \(int\)$"),
+        ({"limit": "2"}, TypeError, r"^limit must be"),
+        ({"timeout": -1}, ValueError, r"^timeout must be"),
+        ({"timeout": math.nan}, ValueError, r"^timeout must be"),
+        ({"timeout": "1"}, TypeError, r"^timeout must be"),
+        ({"retry": 3}, TypeError, r"^retry must be a RetryPolicy or None, got 3 \(int\)$"),
+        ({"fail_fast": 1}, TypeError, r"^fail_fast must be"),
+    ]
+    async with tool_coordinator(registry) as c:
+        for options, kind, message in bad:
+            with pytest.raises(kind, match=message):
+                await c.run_tools(good, **options)
+            with pytest.raises(kind, match=message):
+                await run_tools(registry, good, **options)
+        assert calls == []
+        # None is no limit and no deadline, as for run_tools; math.inf too for the timeout.
+        batch = await c.run_tools(good, limit=None, timeout=math.inf, retry=None)
+        assert batch.values == ("A",)
 
 
 async def test_bad_input_is_refused_before_anything_runs() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Optional
 
@@ -10,7 +11,13 @@ import anyio
 import attrs
 import pytest
 
-from trioflow import OutcomeStatus, ResourceManager, ToolArgumentError, UnknownToolError
+from trioflow import (
+    OutcomeStatus,
+    ResourceManager,
+    RetryPolicy,
+    ToolArgumentError,
+    UnknownToolError,
+)
 from trioflow.lifecycle import ToolRegistry, run_tools
 
 pytestmark = pytest.mark.anyio
@@ -421,3 +428,107 @@ async def test_attrs_fields_are_keyed_by_their_init_names_as_described() -> None
         "secret.depth": "expected int, got 'x'",
         "secret.level": "unknown key",
     }
+
+
+# --- arguments as JSON text -------------------------------------------------------------------
+
+
+def counting_registry() -> tuple[ToolRegistry, list[str]]:
+    registry = ToolRegistry()
+    ran: list[str] = []
+
+    @registry.tool
+    async def read(path: str, lines: int = 10) -> tuple[str, int]:
+        ran.append(path)
+        return (path, lines)
+
+    return registry, ran
+
+
+async def test_arguments_may_be_json_text() -> None:
+    registry, ran = counting_registry()
+    assert await registry.call("read", '{"path": "a.cs"}') == ("a.cs", 10)
+    assert await registry.call("read", b' {"path": "b.cs", "lines": 2} ') == ("b.cs", 2)
+    assert await registry.call("read", bytearray(b'{"path": "c.cs"}')) == ("c.cs", 10)
+    assert ran == ["a.cs", "b.cs", "c.cs"]
+    # Parsed JSON is structured as strictly as a mapping is.
+    with pytest.raises(ToolArgumentError) as info:
+        await registry.call("read", '{"path": 1, "lines": "2", "extra": null}')
+    assert dict(info.value.problems) == {
+        "path": "expected string, got 1",
+        "lines": "expected int, got '2'",
+        "extra": "unknown argument",
+    }
+    assert ran == ["a.cs", "b.cs", "c.cs"]
+
+
+BAD_JSON: list[tuple[str | bytes, str]] = [
+    ('{"path": ', r"^not valid JSON: Expecting value: line 1 column 10 \(char 9\)$"),
+    ("{'path': 'a'}", r"^not valid JSON: Expecting property name enclosed in double quotes: "),
+    ("", r"^not valid JSON: Expecting value: line 1 column 1 \(char 0\)$"),
+    ('{"path": "a"} x', r"^not valid JSON: Extra data: line 1 column 15 \(char 14\)$"),
+    ('{"path": NaN}', r"^not valid JSON: NaN is not a JSON value$"),
+    ('{"path": "a", "lines": Infinity}', r"^not valid JSON: Infinity is not a JSON value$"),
+    ('{"path": "a", "path": "b"}', r"^not valid JSON: the key 'path' is given twice$"),
+    (b'{"path": "\xff"}', r"^not valid JSON: 'utf-8' codec can't decode byte 0xff"),
+    ('{"lines": ' + "1" * 5000 + "}", r"^not valid JSON: .*integer string conversion"),
+    ("[" * 100_000 + "]" * 100_000, r"^not valid JSON: nested too deeply$"),
+    ('{"path": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001, r"^not valid JSON: nested too deeply$"),
+    ("[1]", r"^expected a JSON object of arguments, got \[1\]$"),
+    ('"a.cs"', r"^expected a JSON object of arguments, got 'a.cs'$"),
+    ("null", r"^expected a JSON object of arguments, got None$"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_JSON, ids=range(len(BAD_JSON)))
+async def test_bad_json_text_is_a_tool_argument_error_and_nothing_runs(
+    text: str | bytes, message: str
+) -> None:
+    registry, ran = counting_registry()
+    with pytest.raises(ToolArgumentError) as info:
+        await registry.call("read", text)
+    error = info.value
+    assert error.tool == "read"
+    ((path, problem),) = error.problems
+    assert path == "$"
+    assert re.search(message, problem), problem
+    assert str(error).startswith("bad arguments for tool 'read': $: ")
+    assert ran == []
+
+
+async def test_run_tools_takes_json_text_and_fails_only_the_bad_call() -> None:
+    registry, ran = counting_registry()
+    result = await run_tools(
+        registry, [("read", '{"path": "a"}'), ("read", "{"), ("read", {"path": "b"})]
+    )
+    assert [o.status for o in result.outcomes] == [
+        OutcomeStatus.SUCCEEDED,
+        OutcomeStatus.FAILED,
+        OutcomeStatus.SUCCEEDED,
+    ]
+    assert result.values == (("a", 10), ("b", 10))
+    error = result.outcomes[1].error
+    assert isinstance(error, ToolArgumentError)
+    assert error.tool == "read"
+    assert error.problems[0][1].startswith("not valid JSON: Expecting")
+    assert sorted(ran) == ["a", "b"]
+
+
+async def test_run_tools_retries_each_call_as_run_batch_does() -> None:
+    registry = ToolRegistry()
+    tries: list[float] = []
+
+    @registry.tool
+    async def flaky(n: int) -> int:
+        tries.append(anyio.current_time())
+        if len(tries) == 1:
+            raise ConnectionError("first try fails")
+        return n
+
+    policy = RetryPolicy(attempts=2, initial_delay=3)
+    result = await run_tools(registry, [("flaky", {"n": 1})], retry=policy)
+    assert result.values == (1,)
+    assert tries == [0, 3]
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
+        await run_tools(registry, [("flaky", {"n": 1})], retry=3)  # type: ignore[arg-type]
+    assert len(tries) == 2

@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -34,7 +35,6 @@ from .._checked import (
     checked_converter,
     field,
     instance_of,
-    int_at_least,
     mapping,
     names,
     number_at_least,
@@ -43,7 +43,7 @@ from .._checked import (
     percent,
     validate,
 )
-from .._checks import no_deadline
+from .._checks import check_int, no_deadline, problem
 from .._deprecate import warn_renamed
 from .._errors import ConfigError
 from .._retry import RetryPolicy
@@ -88,6 +88,23 @@ def _tuple(value: Any) -> Any:
 
 _UNSET: Any = object()
 
+# The largest count a configuration may give (a size, a depth, attempts, a burst): what a
+# Python container can hold, and well inside the float range, which limiters and retry
+# policies compute their counts in (10**400 attempts would overflow there).
+MAX_COUNT = sys.maxsize
+
+
+def count_at_least(minimum: int) -> Check:
+    def check(value: Any) -> str | None:
+        found = problem(check_int, value, minimum=minimum)
+        if found is None and value > MAX_COUNT:
+            # Only a count too large names the upper bound: ">= 1" is the usual complaint.
+            return problem(check_int, value, minimum=minimum, maximum=MAX_COUNT)
+        return found
+
+    return check
+
+
 # Keys renamed since 0.1, by config class: old key -> (new key, how an old value converts).
 _RETRY_RENAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = MappingProxyType(
     {
@@ -96,7 +113,7 @@ _RETRY_RENAMES: Mapping[str, tuple[str, Callable[[Any], Any]]] = MappingProxyTyp
     }
 )
 _OLD_RETRY_CHECKS: Mapping[str, Check] = MappingProxyType(
-    {"max_retries": int_at_least(0), "backoff_multiplier": number_at_least(1)}
+    {"max_retries": count_at_least(0), "backoff_multiplier": number_at_least(1)}
 )
 
 
@@ -151,7 +168,7 @@ class RetryConfig:
         ConfigError: Listing every field out of range, or an old key given with its new one.
     """
 
-    attempts: int = field(4, check=int_at_least(1))
+    attempts: int = field(4, check=count_at_least(1))
     initial_delay: float = field(1.0, check=number_at_least(0), duration="required")
     multiplier: float = field(2.0, check=number_at_least(1))
     max_delay: float = field(30.0, check=number_at_least(0), duration="required")
@@ -229,19 +246,35 @@ class RateLimitConfig:
     Args:
         rate: Requests allowed per ``per``, a number > 0.
         per: The period ``rate`` is counted over, a duration > 0 (1 second by default).
-        burst: Requests allowed at once after a quiet period, an int >= 1 (by default
-            ``rate``, rounded up).
+            ``rate / per`` must be a finite number > 0 as well (``1e308 / 1e-308`` is not).
+        burst: Requests allowed at once after a quiet period, an int from 1 to
+            ``sys.maxsize`` (by default ``rate``, rounded up).
 
     Raises:
-        ConfigError: Listing every field out of range.
+        ConfigError: Listing every field out of range, or ``rate / per`` out of range.
     """
 
     rate: float = field(check=number_at_least(0, strict=True))
     per: float = field(1.0, check=number_at_least(0, strict=True), duration="required")
-    burst: int | None = field(None, check=optional(int_at_least(1)))
+    burst: int | None = field(None, check=optional(count_at_least(1)))
 
     def __attrs_post_init__(self) -> None:
-        validate(self)
+        validate(self, self._cross_problems)
+
+    def _cross_problems(self) -> Problems:
+        # Each is in range alone, but the bucket refills at rate / per tokens a second, which
+        # must be a finite number > 0 too: 1e308 / 1e-308 overflows to inf, 1e-308 / 1e308
+        # underflows to 0.
+        per_second = self.rate / self.per
+        if not 0 < per_second < math.inf:
+            return [
+                (
+                    "$",
+                    "rate / per must be a finite number > 0 (requests per second), got "
+                    f"{self.rate!r} / {self.per!r} = {per_second!r}",
+                )
+            ]
+        return []
 
     @property
     def per_second(self) -> float:
@@ -350,13 +383,17 @@ class OrchestrationConfig:
         optional_stages: Names of stages whose failure is recorded and skipped (the request
             ends DEGRADED) instead of failing the request.
 
+    Every count (``max_concurrency``, ``per_user_limit``, ``max_queue_depth``, pool sizes,
+    ``attempts``, ``burst``) is at most ``sys.maxsize``: limiters and retry policies compute
+    with them as floats.
+
     Raises:
         ConfigError: Listing every field out of range.
     """
 
-    max_concurrency: int = field(50, check=int_at_least(1))
-    per_user_limit: int = field(10, check=int_at_least(1))
-    max_queue_depth: int | None = field(None, check=optional(int_at_least(1)))
+    max_concurrency: int = field(50, check=count_at_least(1))
+    per_user_limit: int = field(10, check=count_at_least(1))
+    max_queue_depth: int | None = field(None, check=optional(count_at_least(1)))
     default_timeout: float | None = field(
         30.0,
         check=optional(number_at_least(0, strict=True, finite=False)),
@@ -369,7 +406,7 @@ class OrchestrationConfig:
     )
     pools: Mapping[str, int] = field(
         check=mapping,
-        items=int_at_least(1),
+        items=count_at_least(1),
         keys=_pool_name,
         factory=_default_pools,
         converter=_read_only,

@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, final
 
@@ -44,7 +44,7 @@ from ._request import (
     make_result,
 )
 from ._router import Router
-from ._tools import ToolRegistry, check_calls
+from ._tools import Arguments, ToolRegistry, check_calls
 
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
 
@@ -414,12 +414,13 @@ class Coordinator:
             raise RuntimeError("this coordinator was opened without a tool registry")
         return self._registry
 
-    async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+    async def call_tool(self, name: str, arguments: Arguments = None) -> Any:
         """Call a tool of the registry, holding a token of the ``"tool"`` pool if there is one.
 
         Args:
             name: The tool's name.
-            arguments: Its JSON-like arguments.
+            arguments: Its JSON-like arguments: a mapping, the JSON text of an object, or
+                ``None``.
 
         Returns:
             What the tool returned.
@@ -436,25 +437,48 @@ class Coordinator:
             return await registry.call(name, arguments)
 
     async def run_tools(
-        self, calls: Sequence[tuple[str, Mapping[str, Any] | None]]
+        self,
+        calls: Iterable[tuple[str, Arguments]],
+        *,
+        limit: int | ResourceManager | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - per call, as in run_batch
+        fail_fast: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> BatchResult[Any]:
         """Run tool calls concurrently, each holding a token of the ``"tool"`` pool.
 
+        The options are those of :func:`~trioflow.lifecycle.run_tools`, within the
+        coordinator's ``"tool"`` pool (when there is one): a call runs while it holds both its
+        place under ``limit`` and a token of the pool.
+
         Args:
-            calls: ``(tool name, arguments)`` pairs.
+            calls: ``(tool name, arguments)`` pairs, the arguments a mapping, JSON text or
+                ``None``; outcomes keep their order.
+            limit: At most this many calls of this batch at once (an int, or a
+                ResourceManager to share), or ``None`` for no limit but the pool's.
+            timeout: Seconds allowed for each call (each attempt, with ``retry``; waiting
+                for the pool counts), or ``None``.
+            fail_fast: Cancel the remaining calls after the first failure.
+            retry: A :class:`~trioflow.RetryPolicy` applied to each call, or ``None``. A
+                call waiting to retry gives its pool token back.
 
         Returns:
             The :class:`~trioflow.BatchResult`, one outcome per call.
 
         Raises:
             RuntimeError: The coordinator has no registry.
+            TypeError: A call is not a ``(name, arguments)`` pair, or an option has the wrong
+                type (raised before anything runs).
+            ValueError: ``limit`` < 1, or ``timeout`` negative or NaN (before anything runs).
         """
         self._tools()
         operations = [
             functools.partial(self.call_tool, name, arguments)
             for name, arguments in check_calls(calls)
         ]
-        return await run_batch(operations)
+        return await run_batch(
+            operations, limit=limit, timeout=timeout, fail_fast=fail_fast, retry=retry
+        )
 
     # --- statistics ---------------------------------------------------------------------------
     def statistics(self) -> CoordinatorStatistics:

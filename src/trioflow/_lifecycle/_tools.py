@@ -1,8 +1,9 @@
 """A registry of typed async tools, called with JSON-like arguments.
 
 What an MCP server needs between its clients and its tools: ``@registry.tool`` on typed async
-functions; :meth:`ToolRegistry.call` structures a mapping of arguments (as parsed from JSON)
-into the parameter types with cattrs, strictly, and reports every bad field with its path;
+functions; :meth:`ToolRegistry.call` structures the arguments (a mapping as parsed from JSON, or
+the JSON text itself) into the parameter types with cattrs, strictly, and reports every bad
+field with its path;
 :meth:`ToolRegistry.describe` lists the tools with a JSON Schema of their parameters (built by
 ``_schema`` from the type hints, defaults and docstrings); :func:`run_tools` runs many calls as
 one bounded batch.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -24,15 +26,48 @@ from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._errors import ToolArgumentError, UnknownToolError
 from .._limits import ResourceManager
+from .._retry import RetryPolicy
 from .._structure import describe as _describe_value
 from .._structure import problems_of, strict_converter
 from ._schema import json_default, json_schema, parse_docstring
 
-__all__ = ("Tool", "ToolRegistry", "check_calls", "run_tools")
+__all__ = ("Arguments", "Tool", "ToolRegistry", "check_calls", "run_tools")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _CONVERTER = strict_converter()
+
+Arguments = Mapping[str, Any] | str | bytes | bytearray | None
+"""Tool arguments: a mapping (as parsed from JSON), the JSON text of an object, or None."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _parse_arguments(tool: str, text: str | bytes | bytearray) -> object:
+    """Parse JSON text of arguments as strictly as JSON is written (RFC 8259).
+
+    NaN and Infinity, which are not JSON, and a key given twice (which of the two would the
+    caller mean?) are refused; so is text nested too deeply for the parser, and an integer
+    longer than Python converts (``sys.get_int_max_str_digits()``).
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_object_pairs)
+    except RecursionError:
+        problem = "nested too deeply"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the checks above
+        problem = str(exc)
+    raise ToolArgumentError(tool, [("$", f"not valid JSON: {problem}")])
 
 
 @final
@@ -61,14 +96,25 @@ class Tool:
         """Structure JSON-like arguments into keyword arguments for :attr:`fn`.
 
         Args:
-            arguments: A mapping of argument name to value (as parsed from JSON).
+            arguments: A mapping of argument name to value (as parsed from JSON), or the JSON
+                text of such an object (``str``, ``bytes`` or ``bytearray``, as an outside
+                caller sends it).
 
         Returns:
             Keyword arguments, each structured into its parameter's type.
 
         Raises:
-            ToolArgumentError: Listing every missing, unknown or badly typed argument.
+            ToolArgumentError: Listing every missing, unknown or badly typed argument; or
+                saying why JSON text is not an object of arguments (not valid JSON, with the
+                parser's position, or JSON of something else).
         """
+        if isinstance(arguments, str | bytes | bytearray):
+            arguments = _parse_arguments(self.name, arguments)
+            if not isinstance(arguments, dict):
+                got = _describe_value(arguments)
+                raise ToolArgumentError(
+                    self.name, [("$", f"expected a JSON object of arguments, got {got}")]
+                )
         if not isinstance(arguments, Mapping):
             raise ToolArgumentError(
                 self.name,
@@ -251,13 +297,13 @@ class ToolRegistry:
             known = ", ".join(repr(n) for n in self._tools) or "none"
             raise UnknownToolError(f"unknown tool {name!r}; known tools: {known}") from None
 
-    async def call(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+    async def call(self, name: str, arguments: Arguments = None) -> Any:
         """Call a tool with JSON-like arguments.
 
         Args:
             name: The tool's name.
-            arguments: Argument values by parameter name, as parsed from JSON; ``None`` for
-                none.
+            arguments: Argument values by parameter name, as parsed from JSON, or that JSON
+                text itself (``'{"path": "a.cs"}'``); ``None`` for none.
 
         Returns:
             What the tool returned.
@@ -290,11 +336,12 @@ class ToolRegistry:
 
 async def run_tools(
     registry: ToolRegistry,
-    calls: Iterable[tuple[str, Mapping[str, Any] | None]],
+    calls: Iterable[tuple[str, Arguments]],
     *,
     limit: int | ResourceManager | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - per call, as in run_batch
     fail_fast: bool = False,
+    retry: RetryPolicy | None = None,
 ) -> BatchResult[Any]:
     """Run many tool calls concurrently as one bounded batch.
 
@@ -304,30 +351,35 @@ async def run_tools(
 
     Args:
         registry: The tools.
-        calls: ``(tool name, arguments)`` pairs; outcomes keep their order.
+        calls: ``(tool name, arguments)`` pairs, the arguments a mapping, JSON text or
+            ``None``; outcomes keep their order.
         limit: At most this many calls at once (an int, or a ResourceManager to share), or
             ``None`` for no limit.
-        timeout: Seconds allowed for each call, or ``None``.
+        timeout: Seconds allowed for each call (each attempt, with ``retry``), or ``None``.
         fail_fast: Cancel the remaining calls after the first failure.
+        retry: A :class:`~trioflow.RetryPolicy` applied to each call, or ``None``.
 
     Returns:
         The :class:`~trioflow.BatchResult` of the calls, one outcome per call.
 
     Raises:
-        TypeError: ``registry`` is not a ToolRegistry or a call is not a ``(name, arguments)``
-            pair (raised before anything runs).
+        TypeError: ``registry`` is not a ToolRegistry, a call is not a ``(name, arguments)``
+            pair, or an option has the wrong type (raised before anything runs).
+        ValueError: ``limit`` < 1, or ``timeout`` negative or NaN (before anything runs).
     """
     if not isinstance(registry, ToolRegistry):
         raise TypeError(f"registry must be a ToolRegistry, got {registry!r}")
     operations = [
         functools.partial(registry.call, name, arguments) for name, arguments in check_calls(calls)
     ]
-    return await run_batch(operations, limit=limit, timeout=timeout, fail_fast=fail_fast)
+    return await run_batch(
+        operations, limit=limit, timeout=timeout, fail_fast=fail_fast, retry=retry
+    )
 
 
 def check_calls(
-    calls: Iterable[tuple[str, Mapping[str, Any] | None]],
-) -> list[tuple[str, Mapping[str, Any] | None]]:
+    calls: Iterable[tuple[str, Arguments]],
+) -> list[tuple[str, Arguments]]:
     """Check that every call is a ``(tool name, arguments)`` pair.
 
     Args:
@@ -339,7 +391,7 @@ def check_calls(
     Raises:
         TypeError: A call is not a pair with a string name; the message names its index.
     """
-    checked: list[tuple[str, Mapping[str, Any] | None]] = []
+    checked: list[tuple[str, Arguments]] = []
     for index, call in enumerate(calls):
         entry: object = call
         if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], str):
