@@ -82,9 +82,12 @@ async def test_a_non_callable_operation_raises_naming_its_index_and_cancels_the_
     if limit == 1:  # found only once the worker reaches it
         assert tracker.finished == [0, 1]
         assert anyio.current_time() == 10
-    else:  # found at once; what runs is cancelled
+    elif limit == 3:  # found at once; what runs is cancelled
         assert tracker.finished == []
         assert sorted(tracker.cancelled) == [0, 1]
+        assert anyio.current_time() == 0
+    else:  # found while spawning: the operations spawned before it never start
+        assert tracker.started == []
         assert anyio.current_time() == 0
 
 

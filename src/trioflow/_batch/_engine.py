@@ -101,6 +101,10 @@ def _not_callable(index: int, op: object) -> TypeError:
 # --- the engine ----------------------------------------------------------------------------
 
 
+def _nothing() -> None:
+    pass
+
+
 @final
 class Batch:
     """One run of a batch: its input, its options, its records and its counters.
@@ -133,6 +137,7 @@ class Batch:
         "_retry",
         "_running",
         "_send",
+        "_stopped",
         "_taken",
         "_timeout",
         "_total",
@@ -174,6 +179,9 @@ class Batch:
         self._lock: anyio.Lock | None = None
         self._abort_error: BaseException | None = None
         self._exhausted = False
+        # Set by the first stop (a fail_fast failure, an abort, the consumer leaving): from then
+        # on no operation's function is entered, even one already taken or given its slot.
+        self._stopped = False
         self._taken = 0
         self._workers = 0
         self._running = 0
@@ -182,7 +190,9 @@ class Batch:
         self._clock: Callable[[], float] = anyio.current_time
         self._move_on_after: Callable[[float], AbstractContextManager[CancelScope]]
         self._group: TaskGroup
-        self._cancel: Callable[[], None]
+        # Until run() opens its task group there is nothing to cancel (as_completed's block
+        # may end before the batch's task has first run).
+        self._cancel: Callable[[], None] = _nothing
 
     # -- running ---------------------------------------------------------------------------
 
@@ -217,15 +227,48 @@ class Batch:
                 await self._spawn(backend.checkpoint)
         if self._abort_error is not None:
             raise self._abort_error
-        return clock() - start
+        duration = clock() - start
+        if self._on_progress is not None and self._fail_fast and self._stopped:
+            self._report_end()
+        return duration
+
+    def _report_end(self) -> None:
+        """After a fail_fast stop, report the end: every operation taken, cancelled included."""
+        assert self._on_progress is not None
+        cancelled = 0
+        for status, _, _ in self._extra.values():
+            if status is CANCELLED:
+                cancelled += 1
+        progress = Progress(
+            total=len(self._values),
+            completed=self._completed,
+            failed=self._failed,
+            running=0,
+            cancelled=cancelled,
+        )
+        try:
+            self._on_progress(progress)
+        except Exception as exc:
+            exc.add_note("raised by on_progress")
+            raise
 
     def result(self, duration: float) -> BatchResult[Any]:
         return make_result(self._values, self._durations, self._extra, duration=duration)
 
+    def stop(self) -> None:
+        """Start nothing more and cancel what is in flight (``as_completed``'s consumer left)."""
+        self._stop()
+
     def _stop(self) -> None:
         """Start nothing more and cancel what is in flight."""
         self._exhausted = True
+        self._stopped = True
         self._cancel()
+
+    def _never_started(self, index: int) -> None:
+        """Record an operation taken before a stop but not started: cancelled, 0 attempts."""
+        if self._send is None:
+            self._extra[index] = (CANCELLED, None, 0)
 
     def _abort(self, exc: BaseException, note: str | None = None) -> None:
         if self._abort_error is None:
@@ -305,6 +348,8 @@ class Batch:
         fail_fast = self._fail_fast
         first = True
         assert self._items is not None
+        if self._stopped:  # a failure came before this worker's first turn
+            return
         try:
             for index, op in self._items:
                 if not callable(op):
@@ -337,6 +382,9 @@ class Batch:
             self._input_failed(exc)
 
     async def _lean_one(self, index: int, op: Operation[Any]) -> None:
+        if self._stopped:
+            self._never_started(index)
+            return
         clock = self._clock
         start = clock()
         try:
@@ -451,6 +499,9 @@ class Batch:
 
     async def _execute(self, index: int, op: Operation[Any]) -> Exception | None:
         """Run one operation, record its outcome; return its exception if it failed."""
+        if self._stopped:
+            self._never_started(index)
+            return None
         clock = self._clock
         self._running += 1
         start = clock()

@@ -53,14 +53,18 @@ async def run_batch(
             several batches then share (each operation holds one slot while it runs).
         timeout: Seconds each operation may take; one past it is cancelled and recorded as
             failed with the builtin ``TimeoutError``. With ``retry``, the timeout applies to
-            each attempt, and ``TimeoutError`` is retried if the policy says so.
+            each attempt, and ``TimeoutError`` is retried if the policy says so. None or
+            ``math.inf`` means no deadline.
         fail_fast: False runs everything and collects every failure. True stops at the first
-            failure: operations in flight are cancelled (recorded as cancelled, not failed)
-            and no more are taken from the input.
+            failure: operations in flight are cancelled (recorded as cancelled, not failed),
+            no more are taken from the input, and none starts after the failure, even in the
+            same instant (one already taken but not started is recorded cancelled, with 0
+            attempts).
         retry: A :class:`~trioflow.RetryPolicy` applied to each operation. An operation waiting
             to retry keeps its slot.
         on_progress: Called with a :class:`~trioflow.Progress` after each operation succeeds
-            or fails (not for the ones a ``fail_fast`` stop cancels). It runs in the batch's
+            or fails; after a ``fail_fast`` stop, once more when every operation has ended,
+            with the cancelled ones counted (``Progress.cancelled``). It runs in the batch's
             task, so keep it quick.
 
     Returns:
@@ -71,7 +75,7 @@ async def run_batch(
             callable. That is found when the operation is reached (the input is read lazily):
             the batch is then cancelled and the error, naming the index, is raised, so bad
             input is never lost among the outcomes.
-        ValueError: ``limit`` < 1, or ``timeout`` negative, NaN or infinite.
+        ValueError: ``limit`` < 1, or ``timeout`` negative or NaN.
         Exception: Whatever the operations iterable itself raised, or ``on_progress`` raised:
             the batch is cancelled and the exception propagates, with a note saying where it
             came from.
@@ -116,14 +120,16 @@ async def amap(
         items: An iterable or async iterable of arguments, read lazily.
         limit: The most calls in flight (an int >= 1, None or a ResourceManager), as for
             :func:`run_batch`.
-        timeout: Seconds each call may take; one past it fails with ``TimeoutError``.
+        timeout: Seconds each call may take; one past it fails with ``TimeoutError``. None
+            or ``math.inf`` means no deadline.
 
     Returns:
         ``[await fn(item) for item in items]``, computed concurrently.
 
     Raises:
         ExceptionGroup: A call failed: the first failure cancels the calls in flight and no
-            more start. The group holds the failures, each with a note naming its index.
+            more start, not even in the same instant. The group holds the failures, each with
+            a note naming its index.
         TypeError: ``fn`` is not callable, or another argument has the wrong type.
         ValueError: ``limit`` or ``timeout`` is out of range.
     """
