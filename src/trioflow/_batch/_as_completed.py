@@ -100,8 +100,9 @@ def as_completed(
         :class:`~trioflow.Outcome` in completion order.
 
     Raises:
-        TypeError: An argument has the wrong type, or an operation is not callable (raised by
-            the iteration once the outcomes before it are handed out, or when the block exits).
+        TypeError: An argument has the wrong type, or an operation is not callable, is a plain
+            ``def`` function or returned something that cannot be awaited (raised by the
+            iteration once the outcomes before it are handed out, or when the block exits).
         ValueError: ``limit`` or ``timeout`` is out of range.
         Exception: Whatever the operations iterable raised, handed out the same way.
     """

@@ -11,9 +11,10 @@ import functools
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from .._checks import check_async_callable
 from .._limits import ResourceManager
 from .._retry import RetryPolicy
-from ._engine import Batch, Operation, Operations, check_operations, kind, validate
+from ._engine import Batch, Operation, Operations, check_operations, validate
 from ._outcomes import BatchResult, Progress
 
 __all__ = ("amap", "run_batch")
@@ -47,7 +48,8 @@ async def run_batch(
 
     Args:
         operations: An iterable or async iterable of zero-argument async callables (e.g.
-            ``functools.partial(fetch, url)``; not coroutines).
+            ``functools.partial(fetch, url)`` or ``lambda: fetch(url)``; not coroutines, and
+            not plain ``def`` functions: wrap blocking code with :func:`~trioflow.in_thread`).
         limit: The most operations in flight: an int >= 1; None for no limit (every operation
             starts as soon as it is read); or a :class:`~trioflow.ResourceManager`, whose slots
             several batches then share (each operation holds one slot while it runs).
@@ -72,7 +74,10 @@ async def run_batch(
 
     Raises:
         TypeError: An argument has the wrong type; or the operation at some index is not
-            callable. That is found when the operation is reached (the input is read lazily):
+            callable, is a plain ``def`` function (refused before it is called, so its side
+            effects never happen), or returned something that cannot be awaited (a lambda
+            returning an int: it is never retried, never called again, and not recorded as a
+            failure). That is found when the operation is reached (the input is read lazily):
             the batch is then cancelled and the error, naming the index, is raised, so bad
             input is never lost among the outcomes.
         ValueError: ``limit`` < 1, or ``timeout`` negative or NaN.
@@ -116,7 +121,7 @@ async def amap(
         sizes = await trioflow.amap(download_size, urls, limit=8)
 
     Args:
-        fn: An async function of one argument.
+        fn: An async function of one argument (or a callable returning an awaitable).
         items: An iterable or async iterable of arguments, read lazily.
         limit: The most calls in flight (an int >= 1, None or a ResourceManager), as for
             :func:`run_batch`.
@@ -130,11 +135,13 @@ async def amap(
         ExceptionGroup: A call failed: the first failure cancels the calls in flight and no
             more start, not even in the same instant. The group holds the failures, each with
             a note naming its index.
-        TypeError: ``fn`` is not callable, or another argument has the wrong type.
+        TypeError: ``fn`` is not callable or is a plain ``def`` function (refused before any
+            call), or another argument has the wrong type; or a call of ``fn`` returned
+            something that cannot be awaited (the calls are cancelled and the error, naming
+            the index, is raised by itself).
         ValueError: ``limit`` or ``timeout`` is out of range.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be an async callable of one argument, got {kind(fn)}")
+    check_async_callable(fn, "fn", "an async callable of one argument")
     check_operations(items, "items")
     validate(items, limit, timeout)
     result: BatchResult[R]
