@@ -397,24 +397,20 @@ class Batch:
         fail_fast = self._fail_fast
         first = True
         judged: object = _UNJUDGED
+        partial, coroutine = _partial, _Coroutine
         assert self._items is not None
         if self._stopped:  # a failure came before this worker's first turn
             return
         try:
             for index, op in self._items:
-                kind = type(op)
-                if kind is _partial:
-                    key = op.func
-                elif kind is _Function and op.__code__.co_flags & _CO_COROUTINE:
-                    key = op.__code__
-                else:
-                    key = op
-                if key is not judged:
-                    refusal = _refusal(index, op)
-                    if refusal is not None:
-                        self._abort(refusal)
-                        return
-                    judged = key
+                if type(op) is not partial or op.func is not judged:
+                    key = _key(op)
+                    if key is not judged:
+                        refusal = _refusal(index, op)
+                        if refusal is not None:
+                            self._abort(refusal)
+                            return
+                        judged = key
                 add_value(None)
                 add_duration(0.0)
                 if first:
@@ -423,7 +419,7 @@ class Batch:
                 start = clock()
                 try:
                     awaitable = op()
-                    if type(awaitable) is not _Coroutine and not is_awaitable(awaitable):
+                    if type(awaitable) is not coroutine and not is_awaitable(awaitable):
                         self._abort(not_awaitable(f"operation {index}", awaitable))
                         return
                     value = await awaitable
@@ -476,22 +472,18 @@ class Batch:
         start_soon = self._group.start_soon
         one = self._lean_one
         judged: object = _UNJUDGED
+        partial = _partial
         assert self._items is not None
         try:
             for index, op in self._items:
-                kind = type(op)
-                if kind is _partial:
-                    key = op.func
-                elif kind is _Function and op.__code__.co_flags & _CO_COROUTINE:
-                    key = op.__code__
-                else:
-                    key = op
-                if key is not judged:
-                    refusal = _refusal(index, op)
-                    if refusal is not None:
-                        self._abort(refusal)
-                        return
-                    judged = key
+                if type(op) is not partial or op.func is not judged:
+                    key = _key(op)
+                    if key is not judged:
+                        refusal = _refusal(index, op)
+                        if refusal is not None:
+                            self._abort(refusal)
+                            return
+                        judged = key
                 add_value(None)
                 add_duration(0.0)
                 start_soon(one, index, op)
