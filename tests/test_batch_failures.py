@@ -111,7 +111,10 @@ async def test_fail_fast_with_the_general_path_behaves_the_same() -> None:
     )
     assert anyio.current_time() == 1
     assert [o.status for o in result.outcomes] == [CANCELLED, FAILED, CANCELLED]
-    assert progress == [Progress(total=4, completed=1, failed=1, running=2)]
+    assert progress == [
+        Progress(total=4, completed=1, failed=1, running=2),
+        Progress(total=3, completed=1, failed=1, running=0, cancelled=2),  # the end
+    ]
 
 
 # --- cancellation by the caller ------------------------------------------------------------

@@ -517,3 +517,53 @@ async def test_call_with_a_non_callable_is_refused_and_not_counted() -> None:
     stats = breaker.statistics()
     assert stats.state is CircuitState.CLOSED
     assert stats.failures == 0
+
+
+# --- async callables ---------------------------------------------------------------------------
+
+
+async def test_call_and_protect_refuse_a_plain_def_function_before_admission() -> None:
+    calls: list[int] = []
+
+    def save() -> int:
+        calls.append(1)
+        return 1
+
+    breaker = CircuitBreaker(failure_threshold=1)
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got <function"):
+        await breaker.call(save)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^fn must be an async callable"):
+        protect(breaker, functools.partial(save))  # type: ignore[arg-type]
+    assert calls == []
+    stats = breaker.statistics()
+    assert (stats.calls, stats.failures, stats.state) == (0, 0, CircuitState.CLOSED)
+
+
+@pytest.mark.parametrize("via", ["call", "protect"])
+@pytest.mark.parametrize("half_open", [False, True])
+async def test_a_result_that_cannot_be_awaited_is_not_a_failure(via: str, half_open: bool) -> None:
+    calls: list[int] = []
+
+    def save() -> int:
+        calls.append(1)
+        return 5
+
+    async def down() -> None:
+        raise ConnectionError
+
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1)
+    if half_open:
+        with pytest.raises(ConnectionError):
+            await breaker.call(down)
+        await anyio.sleep(1)
+        assert breaker.state is CircuitState.HALF_OPEN
+    bad: Any = lambda: save()  # noqa: E731
+    guarded = protect(breaker, bad) if via == "protect" else functools.partial(breaker.call, bad)
+    for _ in range(3):
+        with pytest.raises(TypeError, match=r"^fn must return an awaitable, got 5 \(int\)$"):
+            await guarded()
+    assert calls == [1, 1, 1]  # half-open: each gave its trial slot back
+    stats = breaker.statistics()
+    assert stats.state is (CircuitState.HALF_OPEN if half_open else CircuitState.CLOSED)
+    assert stats.failures == (1 if half_open else 0)
+    assert stats.half_open_calls == 0

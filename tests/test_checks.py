@@ -6,6 +6,7 @@ A wrong type is a TypeError, a value out of range a ValueError, and the message 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
@@ -39,6 +40,8 @@ from trioflow import (
     run_workflow,
 )
 from trioflow._checks import (
+    NotAwaitableError,
+    check_async_callable,
     check_bool,
     check_fraction,
     check_int,
@@ -47,7 +50,10 @@ from trioflow._checks import (
     check_percent,
     check_timeout,
     describe,
+    is_awaitable,
+    is_sync_function,
     no_deadline,
+    not_awaitable,
     problem,
     validator,
 )
@@ -526,3 +532,80 @@ def test_a_workflow_file_is_checked_by_the_same_predicates(key: str, value: str)
 def test_a_workflow_file_timeout_of_inf_is_no_deadline() -> None:
     spec = parse_spec('[steps.a]\nrun = ["x"]\ntimeout = inf\n', path="flow.toml")
     assert spec.steps["a"].timeout is None
+
+
+# --- async callables -------------------------------------------------------------------------
+
+
+def _plain(n: int = 0) -> int:
+    return n
+
+
+async def _coroutine_function(n: int = 0) -> int:
+    return n
+
+
+def _generator() -> Any:
+    yield 1
+
+
+class _AsyncCall:
+    async def __call__(self) -> int:
+        return 1
+
+    async def method(self) -> int:
+        return 1
+
+    def plain_method(self) -> int:
+        return 1
+
+
+class _SyncCall:
+    def __call__(self) -> int:
+        return 1
+
+
+def _wrapping() -> Callable[[], Awaitable[int]]:
+    @functools.wraps(_coroutine_function)
+    def wrapper(n: int = 0) -> Awaitable[int]:
+        return _coroutine_function(n)
+
+    return wrapper
+
+
+def test_check_async_callable_refuses_plain_functions_and_what_is_not_callable() -> None:
+    for value in (_plain, functools.partial(_plain, 1), _generator, _AsyncCall().plain_method):
+        assert is_sync_function(value)
+        with pytest.raises(TypeError, match=r"^fn must be an async callable, got .*async def"):
+            check_async_callable(value, "fn")
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got 5 \(int\)$"):
+        check_async_callable(5, "fn")
+    with pytest.raises(TypeError, match=r"^operation 3 must be a zero-argument async callable"):
+        check_async_callable(_plain, "operation 3", "a zero-argument async callable")
+
+
+def test_check_async_callable_accepts_what_may_return_an_awaitable() -> None:
+    for value in (
+        _coroutine_function,
+        functools.partial(_coroutine_function, 1),
+        functools.partial(functools.partial(_coroutine_function), 1),
+        _AsyncCall(),
+        _AsyncCall().method,
+        _SyncCall(),  # judged by what it returns
+        lambda: _coroutine_function(1),
+        _wrapping(),
+        print,
+    ):
+        assert not is_sync_function(value)
+        assert check_async_callable(value, "fn") is value
+
+
+def test_is_awaitable_and_not_awaitable() -> None:
+    coroutine = _coroutine_function()
+    assert is_awaitable(coroutine)
+    coroutine.close()
+    assert not is_awaitable(5)
+    error = not_awaitable("operation 2", 5)
+    assert isinstance(error, NotAwaitableError)
+    assert isinstance(error, TypeError)
+    assert str(error) == "operation 2 must return an awaitable, got 5 (int)"

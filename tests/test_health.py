@@ -265,3 +265,76 @@ def test_bad_arguments_are_rejected(
 ) -> None:
     with pytest.raises(error, match=message):
         HealthMonitor(**kwargs)  # type: ignore[arg-type]
+
+
+# --- what the block raises comes out as itself ------------------------------------------------
+
+
+def _quiet() -> tuple[float, float]:
+    return 10.0, 10.0
+
+
+async def test_an_exception_in_the_block_comes_out_as_itself() -> None:
+    mine = KeyError("mine")
+
+    async def block() -> None:
+        async with HealthMonitor(interval=1, sampler=_quiet):
+            await anyio.sleep(2.5)
+            raise mine
+
+    with pytest.raises(KeyError) as info:
+        await block()
+    assert info.value is mine
+    assert anyio.current_time() == 2.5
+
+
+async def test_a_failing_sampler_still_comes_out_in_a_group() -> None:
+    samples = 0
+
+    def breaks() -> tuple[float, float]:
+        nonlocal samples
+        samples += 1
+        if samples == 3:
+            raise OSError("procfs gone")
+        return 10.0, 10.0
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with HealthMonitor(interval=1, sampler=breaks):
+            await anyio.sleep(10)
+    assert [type(e) for e in info.value.exceptions] == [OSError]
+
+
+async def test_the_blocks_error_and_the_samplers_come_out_together() -> None:
+    samples = 0
+
+    def breaks() -> tuple[float, float]:
+        nonlocal samples
+        samples += 1
+        if samples == 2:
+            raise OSError("procfs gone")
+        return 10.0, 10.0
+
+    async def block() -> None:
+        async with HealthMonitor(interval=1, sampler=breaks):
+            try:
+                await anyio.sleep(10)
+            finally:
+                raise KeyError("mine")  # raised while the sampler's failure cancels the block
+
+    with pytest.raises(ExceptionGroup) as info:
+        await block()
+    assert [type(e) for e in info.value.exceptions] == [KeyError, OSError]
+
+
+async def test_cancellation_of_the_block_propagates_as_itself() -> None:
+    seen: BaseException | None = None
+    with anyio.move_on_after(3) as scope:
+        try:
+            async with HealthMonitor(interval=1, sampler=_quiet) as health:
+                await anyio.sleep(10)
+        except BaseException as exc:
+            seen = exc
+            raise
+    assert scope.cancelled_caught
+    assert type(seen) is anyio.get_cancelled_exc_class()
+    assert not health.statistics().running

@@ -199,3 +199,41 @@ async def test_fn_must_be_callable() -> None:
     call: Callable[..., Awaitable[str]] = hedge
     with pytest.raises(TypeError, match="fn must be an async callable, got 3"):
         await call(3, delay=1)
+
+
+# --- async callables ---------------------------------------------------------------------------
+
+
+async def test_hedge_refuses_a_plain_def_function_before_any_attempt() -> None:
+    calls: list[int] = []
+
+    def save() -> int:
+        calls.append(1)
+        return 1
+
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got <function"):
+        await hedge(save, delay=0, max_attempts=3)  # type: ignore[arg-type]
+    assert calls == []
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+async def test_a_result_that_cannot_be_awaited_ends_the_hedge_at_once(delay: float) -> None:
+    calls: list[int] = []
+
+    def save() -> int:
+        calls.append(1)
+        return 5
+
+    with pytest.raises(TypeError, match=r"^fn must return an awaitable, got 5 \(int\)$"):
+        await hedge(lambda: save(), delay=delay, max_attempts=3)  # type: ignore[arg-type,return-value]
+    assert calls == [1]  # never called twice
+    assert anyio.current_time() == 0
+
+
+async def test_a_lambda_returning_a_coroutine_is_hedged() -> None:
+    async def fetch() -> int:
+        await anyio.sleep(5)
+        return 1
+
+    assert await hedge(lambda: fetch(), delay=1, max_attempts=2) == 1
+    assert anyio.current_time() == 5

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any
@@ -237,3 +238,67 @@ def test_bad_arguments_are_rejected_at_wrapping_time(
 def test_fn_must_be_callable() -> None:
     with pytest.raises(TypeError, match="fn must be an async callable"):
         resilient(3)  # type: ignore[arg-type]
+
+
+# --- async callables ---------------------------------------------------------------------------
+
+
+def test_resilient_refuses_a_plain_def_function_at_decoration() -> None:
+    def save() -> int:
+        return 1
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got <function"):
+        resilient(save)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^fallback must be an async callable or None, got"):
+        resilient(fetch, fallback=functools.partial(save))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategies", ["none", "all"])
+async def test_a_result_that_cannot_be_awaited_passes_every_strategy(strategies: str) -> None:
+    calls: list[int] = []
+    rescued: list[Exception] = []
+
+    def save() -> int:
+        calls.append(1)
+        return 5
+
+    async def fallback(exc: Exception) -> int:
+        rescued.append(exc)
+        return 0
+
+    breaker = CircuitBreaker(failure_threshold=1)
+    options: dict[str, Any] = (
+        {
+            "breaker": breaker,
+            "retry": RetryPolicy(attempts=3, initial_delay=0, on=Exception),
+            "timeout": 10,
+            "hedge": 0,
+            "hedge_attempts": 3,
+            "rate": TokenBucket(rate=100, burst=10),
+            "fallback": fallback,
+        }
+        if strategies == "all"
+        else {}
+    )
+    call = resilient(lambda: save(), **options)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"^fn must return an awaitable, got 5 \(int\)$"):
+        await call()
+    assert calls == [1]  # not retried, not hedged
+    assert rescued == []  # not rescued
+    assert breaker.statistics().failures == 0
+
+
+async def test_a_fallback_lambda_must_return_an_awaitable() -> None:
+    async def down() -> int:
+        raise ConnectionError
+
+    async def cached() -> int:
+        return 9
+
+    assert await resilient(down, fallback=lambda exc: cached())() == 9
+    call = resilient(down, fallback=lambda exc: 5)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"^fallback must return an awaitable, got 5 \(int\)$"):
+        await call()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import random
@@ -421,3 +422,61 @@ def test_delay_of_one_retry_is_computed_on_its_own() -> None:
     for bad in (0, 5, -1):
         with pytest.raises(ValueError, match=rf"retry must be an int from 1 to 4 .*got {bad}"):
             small.delay(bad)
+
+
+# --- async callables ---------------------------------------------------------------------------
+
+
+async def test_call_refuses_a_plain_def_function_before_calling_it() -> None:
+    calls: list[int] = []
+
+    def save(n: int) -> int:
+        calls.append(n)
+        return n
+
+    policy = RetryPolicy(attempts=3, initial_delay=0, on=Exception)
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got <function"):
+        await policy.call(save, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got functools.partial"):
+        await policy.call(functools.partial(save, 1))  # type: ignore[arg-type]
+    assert calls == []
+
+
+async def test_a_result_that_cannot_be_awaited_is_never_retried() -> None:
+    calls: list[int] = []
+
+    def save() -> int:
+        calls.append(1)
+        return 5
+
+    policy = RetryPolicy(attempts=3, initial_delay=1, on=Exception)
+    with pytest.raises(TypeError, match=r"^fn must return an awaitable, got 5 \(int\)$"):
+        await policy.call(lambda: save())  # type: ignore[arg-type,return-value]
+    assert calls == [1]
+    assert anyio.current_time() == 0
+
+
+async def test_a_later_try_whose_result_cannot_be_awaited_ends_the_retries() -> None:
+    results: list[Any] = [None, 7]  # a failing coroutine first, then an int
+    calls = 0
+
+    async def fails() -> int:
+        raise ConnectionError("down")
+
+    def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        return fails() if results[calls - 1] is None else results[calls - 1]
+
+    policy = RetryPolicy(attempts=5, initial_delay=1, on=Exception)
+    with pytest.raises(TypeError, match="must return an awaitable, got 7") as info:
+        await policy.call(lambda: flaky())
+    assert calls == 2
+    assert not getattr(info.value, "__notes__", [])
+
+
+async def test_a_lambda_returning_a_coroutine_is_accepted() -> None:
+    async def fetch(n: int) -> int:
+        return n
+
+    assert await RetryPolicy().call(lambda: fetch(3)) == 3

@@ -7,6 +7,9 @@ On trio, the engine uses trio's nursery, clock and cancel scopes directly: anyio
 every ``start_soon`` in a handle, which makes an unbounded batch (one task per operation)
 markedly slower (``bench/executor.py`` measures it). On any other backend it uses anyio's. The engine runs the same code on both;
 only these primitives differ, and every test runs on both backends.
+
+What a task group raises is shaped here too: :func:`open_body_group` is the task group of an
+async context manager whose body is the user's code.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Protocol, final
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 __all__ = (
@@ -28,6 +32,7 @@ __all__ = (
     "current_backend",
     "current_clock",
     "current_time",
+    "open_body_group",
 )
 
 
@@ -182,3 +187,46 @@ def current_backend() -> Backend:
         anyio.lowlevel.checkpoint_if_cancelled,
         timer,
     )
+
+
+@contextlib.asynccontextmanager
+async def open_body_group() -> AsyncIterator[anyio.abc.TaskGroup]:
+    """Open a task group for an async context manager's body; the body's errors stay its own.
+
+    A task group wraps whatever its body raises in an ``ExceptionGroup``, even alone. A context
+    manager that owns background tasks (a monitor's sampler, a coordinator's metrics) and runs
+    the caller's code as the group's body uses this instead, so that::
+
+        async with monitor:          # its __aenter__ entered open_body_group()
+            raise KeyError("mine")   # comes out as KeyError itself, not a group
+
+    The contract:
+
+    * The body raises an exception (any ``BaseException`` but cancellation): the background
+      tasks are cancelled and waited for, then that exception is re-raised, itself, with its
+      traceback. If a background task failed too, both come out in one ``ExceptionGroup``
+      (``BaseExceptionGroup``), the body's exception first.
+    * The body ends normally and a background task fails: the group's ``ExceptionGroup``, as
+      a task group raises it.
+    * Cancellation (of the body or from outside) propagates as itself, as from a task group.
+
+    Yields:
+        The task group (``start_soon``, ``start`` and ``cancel_scope``).
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+    body_error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            try:
+                yield group
+            except cancelled:
+                raise
+            except BaseException as exc:
+                body_error = exc
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as failures:
+        if body_error is None:
+            raise
+        raise BaseExceptionGroup(failures.message, [body_error, *failures.exceptions]) from None
+    if body_error is not None:
+        raise body_error

@@ -12,19 +12,29 @@ its alias) and the configuration loader through :func:`problem` (the message wit
 which the loader prefixes with the value's path). A timeout is ``None`` or ``math.inf`` for
 no deadline, as in trio and anyio; :func:`check_timeout` returns ``None`` for both, so a hot
 path tests one thing.
+
+Whether a callable is async is judged here too, once for every layer:
+:func:`check_async_callable` refuses a plain ``def`` function before it is ever called, and
+:func:`is_awaitable` / :func:`not_awaitable` judge the result of a callable that can only be
+judged by calling it (a lambda returning a coroutine is valid).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import sys
 from collections.abc import Callable
+from types import CoroutineType, FunctionType, MethodType
 from typing import Any, NoReturn
 
 import attrs
 
 __all__ = (
+    "NotAwaitableError",
     "Validator",
+    "check_async_callable",
     "check_bool",
     "check_fraction",
     "check_int",
@@ -33,7 +43,10 @@ __all__ = (
     "check_percent",
     "check_timeout",
     "describe",
+    "is_awaitable",
+    "is_sync_function",
     "no_deadline",
+    "not_awaitable",
     "problem",
     "validator",
 )
@@ -330,3 +343,100 @@ def problem(check: Callable[..., object], value: object, /, **options: Any) -> s
     except (TypeError, ValueError) as exc:
         return str(exc).removeprefix(f"{_SUBJECT} ")
     return None
+
+
+# --- async callables ---------------------------------------------------------------------
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE
+_partial = functools.partial
+_SYNC_HINT = (
+    "; a plain def function cannot be awaited: make it async def, or run it in a worker "
+    "thread with trioflow.in_thread"
+)
+
+
+class NotAwaitableError(TypeError):
+    """A callable that had to return an awaitable returned something else.
+
+    A ``TypeError`` like any refused argument, in a class of its own so that no layer mistakes
+    it for a failure of the call: retry policies never retry it, circuit breakers never count
+    it, a fallback never rescues it and a batch never records it as an operation's failure.
+    """
+
+
+def is_sync_function(value: object) -> bool:
+    """Return whether ``value`` is a plain ``def`` function, which can never be awaited.
+
+    A ``functools.partial`` or a bound method is judged by the function inside. Coroutine
+    functions (``async def``, ``@types.coroutine``), a ``def`` that wraps one
+    (``functools.wraps``), lambdas and every other callable (an object whose ``__call__`` is
+    async or not, a class, a builtin) are not plain functions here: they are judged by what
+    calling them returns (:func:`is_awaitable`).
+
+    Args:
+        value: A callable.
+
+    Returns:
+        True for a plain synchronous ``def`` function (a generator function included).
+    """
+    fn = value
+    while type(fn) is _partial:
+        fn = fn.func
+    if type(fn) is MethodType:
+        fn = fn.__func__
+    if type(fn) is not FunctionType:
+        return False
+    code = fn.__code__
+    if code.co_flags & _ASYNC_CODE or code.co_name == "<lambda>":
+        return False  # the common case, without inspect's unwrapping
+    target = inspect.unwrap(fn)
+    return target is fn or not inspect.iscoroutinefunction(target)
+
+
+def check_async_callable(
+    value: object, name: str, expected: str = "an async callable"
+) -> Callable[..., Any]:
+    """Check an argument that is called and awaited: refuse what is not callable, or sync.
+
+    Args:
+        value: What the caller passed.
+        name: How the message names the argument, e.g. ``"fn"`` or ``"operation 3"``.
+        expected: What the message says was expected.
+
+    Returns:
+        The value.
+
+    Raises:
+        TypeError: Not callable, or a plain ``def`` function (see :func:`is_sync_function`),
+            found before it is ever called, so its side effects never happen.
+    """
+    if not callable(value):
+        _fail(TypeError, name, expected, value)
+    if is_sync_function(value):
+        raise TypeError(f"{name} must be {expected}, got {describe(value)}{_SYNC_HINT}")
+    return value
+
+
+def is_awaitable(value: object) -> bool:
+    """Return whether a callable's result can be awaited (a coroutine, first, at once).
+
+    Args:
+        value: What the call returned.
+
+    Returns:
+        True for a coroutine, a future or any object with ``__await__``.
+    """
+    return type(value) is CoroutineType or inspect.isawaitable(value)
+
+
+def not_awaitable(name: str, result: object) -> NotAwaitableError:
+    """Build the error for a callable whose result is not awaitable.
+
+    Args:
+        name: How the message names the callable, e.g. ``"operation 3"``.
+        result: What calling it returned.
+
+    Returns:
+        ``NotAwaitableError("operation 3 must return an awaitable, got 5 (int)")``.
+    """
+    return NotAwaitableError(f"{name} must return an awaitable, got {describe(result)}")

@@ -17,7 +17,16 @@ import attrs
 import tenacity
 from tenacity.asyncio import AsyncRetrying
 
-from ._checks import Validator, check_int, check_number, validator
+from ._checks import (
+    NotAwaitableError,
+    Validator,
+    check_async_callable,
+    check_int,
+    check_number,
+    is_awaitable,
+    not_awaitable,
+    validator,
+)
 
 __all__ = ("RetryPolicy",)
 
@@ -225,19 +234,26 @@ class RetryPolicy:
             What ``fn`` returned on the first successful try.
 
         Raises:
-            TypeError: ``fn`` is not callable.
+            TypeError: ``fn`` is not callable, or is a plain ``def`` function (refused before
+                it is called); or a call of ``fn`` returned something that cannot be awaited
+                (raised at once: never retried).
             BaseException: The last try's exception itself (not a tenacity ``RetryError``);
                 when there was more than one try, with a note saying how many. An exception
                 that is not retried (cancellation included) propagates at once.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be an async callable, got {fn!r}")
+        check_async_callable(fn, "fn")
         # The first try runs without tenacity: most calls succeed at once, and this keeps the
         # cost of a policy on a batch's hot path to one try/except.
         try:
-            return await fn(*args)
+            awaitable = fn(*args)
+            if not is_awaitable(awaitable):
+                raise not_awaitable("fn", awaitable)
+            return await awaitable
         except Exception as exc:
-            if self.attempts == 1 or not self.should_retry(exc):
+            # A result that cannot be awaited is a bug in the caller's code, not a failure.
+            if self.attempts == 1 or isinstance(exc, NotAwaitableError):
+                raise
+            if not self.should_retry(exc):
                 raise
             first_wait = self._wait_after(1, exc)
         tries = 1
@@ -245,19 +261,30 @@ class RetryPolicy:
         async def attempt() -> T:
             nonlocal tries
             tries += 1
-            return await fn(*args)
+            awaitable = fn(*args)
+            if not is_awaitable(awaitable):
+                raise not_awaitable("fn", awaitable)
+            return await awaitable
+
+        def retry(state: tenacity.RetryCallState) -> bool:
+            outcome = state.outcome
+            if outcome is not None and isinstance(outcome.exception(), NotAwaitableError):
+                return False
+            return self._retry(state)
 
         retrying = AsyncRetrying(
             sleep=anyio.sleep,
             stop=tenacity.stop_after_attempt(self.attempts - 1),
             wait=self._later_wait,
-            retry=self._retry,
+            retry=retry,
             reraise=True,
         )
         await anyio.sleep(first_wait)
         try:
             result: T = await retrying(attempt)
         except Exception as exc:
+            if isinstance(exc, NotAwaitableError):
+                raise
             if self.should_retry(exc):
                 exc.add_note(f"trioflow: gave up after {tries} attempts")
             else:

@@ -75,7 +75,8 @@ def as_completed(
     without an int limit), so a slow consumer holds the operations back: at most ``limit``
     operations run and the channel's worth of outcomes wait at any time, and memory stays
     O(limit) however long the input is. Leaving the block early cancels the operations still
-    in flight. Every outcome is handed out, failures included (there is no fail-fast).
+    in flight, and none starts after that. Every outcome is handed out, failures included
+    (there is no fail-fast).
 
     Example::
 
@@ -90,7 +91,8 @@ def as_completed(
             :func:`run_batch`. With a ResourceManager, an outcome waiting for the consumer keeps
             its slot.
         timeout: Seconds each operation (each attempt, with ``retry``) may take; one past it
-            yields a failed outcome with ``TimeoutError``.
+            yields a failed outcome with ``TimeoutError``. None or ``math.inf`` means no
+            deadline.
         retry: A :class:`~trioflow.RetryPolicy` applied to each operation.
 
     Returns:
@@ -98,8 +100,9 @@ def as_completed(
         :class:`~trioflow.Outcome` in completion order.
 
     Raises:
-        TypeError: An argument has the wrong type, or an operation is not callable (raised by
-            the iteration once the outcomes before it are handed out, or when the block exits).
+        TypeError: An argument has the wrong type, or an operation is not callable, is a plain
+            ``def`` function or returned something that cannot be awaited (raised by the
+            iteration once the outcomes before it are handed out, or when the block exits).
         ValueError: ``limit`` or ``timeout`` is out of range.
         Exception: Whatever the operations iterable raised, handed out the same way.
     """
@@ -148,6 +151,7 @@ async def _as_completed(
                 # wrapped in the task group's ExceptionGroup.
                 body_error = exc
             finally:
+                batch.stop()  # nothing more starts, even a task already given its turn
                 group.cancel_scope.cancel()
     if body_error is not None:
         raise body_error

@@ -134,27 +134,36 @@ class OperationFailure:
 class Progress:
     """A snapshot of a running batch, passed to ``on_progress`` after each operation ends.
 
+    After a ``fail_fast`` stop, one last report follows once every task has ended: it counts
+    the operations as :class:`BatchResult` does (``total`` is the operations taken from the
+    input, ``cancelled`` those the stop cancelled, ``running`` is 0), so its :attr:`percent` is
+    100.
+
     Attributes:
         total: How many operations the batch has: the input's ``len()`` when it has one, else
-            None until the input is exhausted.
-        completed: Operations that have ended, failures included.
+            None until the input is exhausted; in the last report after a ``fail_fast`` stop,
+            the operations taken.
+        completed: Operations that have ended by succeeding or failing.
         failed: Operations that have failed.
         running: Operations in flight.
+        cancelled: Operations cancelled by a ``fail_fast`` stop (or never started because of
+            it); 0 in every report but the last one after such a stop.
     """
 
     total: int | None
     completed: int
     failed: int
     running: int
+    cancelled: int = 0
 
     @property
     def percent(self) -> float | None:
-        """The share of operations completed, 0 to 100, or None while the total is unknown."""
+        """The share of operations ended (completed or cancelled), 0 to 100; None if unknown."""
         if self.total is None:
             return None
         if self.total == 0:
             return 100.0
-        return 100.0 * self.completed / self.total
+        return 100.0 * (self.completed + self.cancelled) / self.total
 
 
 @final

@@ -11,9 +11,10 @@ import functools
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from .._checks import check_async_callable
 from .._limits import ResourceManager
 from .._retry import RetryPolicy
-from ._engine import Batch, Operation, Operations, check_operations, kind, validate
+from ._engine import Batch, Operation, Operations, check_operations, validate
 from ._outcomes import BatchResult, Progress
 
 __all__ = ("amap", "run_batch")
@@ -47,20 +48,25 @@ async def run_batch(
 
     Args:
         operations: An iterable or async iterable of zero-argument async callables (e.g.
-            ``functools.partial(fetch, url)``; not coroutines).
+            ``functools.partial(fetch, url)`` or ``lambda: fetch(url)``; not coroutines, and
+            not plain ``def`` functions: wrap blocking code with :func:`~trioflow.in_thread`).
         limit: The most operations in flight: an int >= 1; None for no limit (every operation
             starts as soon as it is read); or a :class:`~trioflow.ResourceManager`, whose slots
             several batches then share (each operation holds one slot while it runs).
         timeout: Seconds each operation may take; one past it is cancelled and recorded as
             failed with the builtin ``TimeoutError``. With ``retry``, the timeout applies to
-            each attempt, and ``TimeoutError`` is retried if the policy says so.
+            each attempt, and ``TimeoutError`` is retried if the policy says so. None or
+            ``math.inf`` means no deadline.
         fail_fast: False runs everything and collects every failure. True stops at the first
-            failure: operations in flight are cancelled (recorded as cancelled, not failed)
-            and no more are taken from the input.
+            failure: operations in flight are cancelled (recorded as cancelled, not failed),
+            no more are taken from the input, and none starts after the failure, even in the
+            same instant (one already taken but not started is recorded cancelled, with 0
+            attempts).
         retry: A :class:`~trioflow.RetryPolicy` applied to each operation. An operation waiting
             to retry keeps its slot.
         on_progress: Called with a :class:`~trioflow.Progress` after each operation succeeds
-            or fails (not for the ones a ``fail_fast`` stop cancels). It runs in the batch's
+            or fails; after a ``fail_fast`` stop, once more when every operation has ended,
+            with the cancelled ones counted (``Progress.cancelled``). It runs in the batch's
             task, so keep it quick.
 
     Returns:
@@ -68,10 +74,13 @@ async def run_batch(
 
     Raises:
         TypeError: An argument has the wrong type; or the operation at some index is not
-            callable. That is found when the operation is reached (the input is read lazily):
+            callable, is a plain ``def`` function (refused before it is called, so its side
+            effects never happen), or returned something that cannot be awaited (a lambda
+            returning an int: it is never retried, never called again, and not recorded as a
+            failure). That is found when the operation is reached (the input is read lazily):
             the batch is then cancelled and the error, naming the index, is raised, so bad
             input is never lost among the outcomes.
-        ValueError: ``limit`` < 1, or ``timeout`` negative, NaN or infinite.
+        ValueError: ``limit`` < 1, or ``timeout`` negative or NaN.
         Exception: Whatever the operations iterable itself raised, or ``on_progress`` raised:
             the batch is cancelled and the exception propagates, with a note saying where it
             came from.
@@ -112,23 +121,27 @@ async def amap(
         sizes = await trioflow.amap(download_size, urls, limit=8)
 
     Args:
-        fn: An async function of one argument.
+        fn: An async function of one argument (or a callable returning an awaitable).
         items: An iterable or async iterable of arguments, read lazily.
         limit: The most calls in flight (an int >= 1, None or a ResourceManager), as for
             :func:`run_batch`.
-        timeout: Seconds each call may take; one past it fails with ``TimeoutError``.
+        timeout: Seconds each call may take; one past it fails with ``TimeoutError``. None
+            or ``math.inf`` means no deadline.
 
     Returns:
         ``[await fn(item) for item in items]``, computed concurrently.
 
     Raises:
         ExceptionGroup: A call failed: the first failure cancels the calls in flight and no
-            more start. The group holds the failures, each with a note naming its index.
-        TypeError: ``fn`` is not callable, or another argument has the wrong type.
+            more start, not even in the same instant. The group holds the failures, each with
+            a note naming its index.
+        TypeError: ``fn`` is not callable or is a plain ``def`` function (refused before any
+            call), or another argument has the wrong type; or a call of ``fn`` returned
+            something that cannot be awaited (the calls are cancelled and the error, naming
+            the index, is raised by itself).
         ValueError: ``limit`` or ``timeout`` is out of range.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be an async callable of one argument, got {kind(fn)}")
+    check_async_callable(fn, "fn", "an async callable of one argument")
     check_operations(items, "items")
     validate(items, limit, timeout)
     result: BatchResult[R]

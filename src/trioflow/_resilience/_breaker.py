@@ -21,7 +21,15 @@ from typing import ParamSpec, TypeVar, TypeVarTuple, final
 import anyio
 import attrs
 
-from .._checks import check_int, check_number, validator
+from .._checks import (
+    NotAwaitableError,
+    check_async_callable,
+    check_int,
+    check_number,
+    is_awaitable,
+    not_awaitable,
+    validator,
+)
 from .._errors import CircuitOpenError
 
 __all__ = ("CircuitBreaker", "CircuitBreakerStatistics", "CircuitState", "protect")
@@ -145,7 +153,8 @@ class CircuitBreaker:
     success (the dependency answered; the error is about the request). An ``ExceptionGroup``
     fails unless every exception in it is excluded. Cancellation and other ``BaseException``
     s (``KeyboardInterrupt``) count as nothing, and in half-open state they give the trial
-    slot back.
+    slot back; so does a callable whose result cannot be awaited (a ``TypeError``, the
+    caller's bug rather than the dependency's).
 
     Only results of calls let through in the current state move the breaker: a call started
     while closed that fails after the circuit opened changes nothing (it still counts in
@@ -294,6 +303,8 @@ class CircuitBreaker:
     def _outcome(self, exc: BaseException | None) -> int:
         if exc is None:
             return _SUCCESS
+        if isinstance(exc, NotAwaitableError):
+            return _NEUTRAL  # the caller's bug (a sync callable): the dependency said nothing
         if isinstance(exc, BaseExceptionGroup):
             real = [e for e in _leaves(exc) if isinstance(e, Exception)]
             if not real:
@@ -375,14 +386,17 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpenError: If the circuit is open, or half-open with every trial slot taken.
-            TypeError: ``fn`` is not callable (checked before admission, so it never counts as
-                a failure of the protected dependency).
+            TypeError: ``fn`` is not callable or is a plain ``def`` function (checked before
+                admission, so it never counts as a failure of the protected dependency); or
+                ``fn`` returned something that cannot be awaited (not counted either).
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be an async callable, got {fn!r}")
+        check_async_callable(fn, "fn")
         generation = self._admit()
         try:
-            result = await fn(*args)
+            awaitable = fn(*args)
+            if not is_awaitable(awaitable):
+                raise not_awaitable("fn", awaitable)
+            result = await awaitable
         except BaseException as exc:
             self._settle(generation, exc)
             raise
@@ -426,8 +440,8 @@ def protect(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[
     The breaker's fast path for code that wraps a function once and calls it many times
     (:func:`~trioflow.resilient`): each call counts exactly as :meth:`CircuitBreaker.call`
     would count it, but keyword arguments pass straight through (no ``functools.partial`` per
-    call) and a closed breaker admits the call without a method call. The check that ``fn``
-    is callable is the caller's, done once.
+    call) and a closed breaker admits the call without a method call. ``fn`` is checked
+    once, here.
 
     Args:
         breaker: The breaker every call goes through.
@@ -436,7 +450,11 @@ def protect(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[
     Returns:
         ``async def guarded(*args, **kwargs)``, which raises
         :class:`~trioflow.CircuitOpenError` while the breaker refuses calls.
+
+    Raises:
+        TypeError: ``fn`` is not callable or is a plain ``def`` function.
     """
+    check_async_callable(fn, "fn")
 
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
         if breaker._state is CircuitState.CLOSED:  # _admit() inlined for the common case
@@ -445,7 +463,10 @@ def protect(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[
         else:
             generation = breaker._admit()
         try:
-            result = await fn(*args, **kwargs)
+            awaitable = fn(*args, **kwargs)
+            if not is_awaitable(awaitable):
+                raise not_awaitable("fn", awaitable)
+            result = await awaitable
         except BaseException as exc:
             breaker._settle(generation, exc)
             raise

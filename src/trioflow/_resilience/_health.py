@@ -24,6 +24,7 @@ import anyio.lowlevel
 import attrs
 import psutil  # type: ignore[import-untyped]
 
+from .._backend import open_body_group
 from .._checks import check_int, check_number, check_percent, validator
 
 __all__ = ("HealthMonitor", "HealthMonitorStatistics")
@@ -99,7 +100,9 @@ class HealthMonitor:
             ...
 
     Entering takes the first sample before the block starts (so :attr:`healthy` is meaningful
-    at once) and starts a sampling task in a task group; leaving the block stops it. A sample
+    at once) and starts a sampling task in a task group; leaving the block stops it. An
+    exception raised in the block comes out as itself, not wrapped in an ``ExceptionGroup``
+    (a failure of the sampler, which is the sampler's own, comes out in one). A sample
     is healthy when CPU use <= ``max_cpu_percent`` and memory use <= ``max_memory_percent``.
     Outside its block the monitor has no fresh data and reports healthy, and releases
     anything waiting in :meth:`wait_healthy`.
@@ -231,7 +234,8 @@ class HealthMonitor:
             stack.callback(self._stop)
             # Claimed before the first checkpoint, so that a concurrent enter fails.
             self._stack = stack
-            tg = await stack.enter_async_context(anyio.create_task_group())
+            # The block's own exception comes out as itself, not in a group of one.
+            tg = await stack.enter_async_context(open_body_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self._sample_forever)
             self._stack = stack.pop_all()

@@ -7,7 +7,14 @@ from typing import TypeVar, TypeVarTuple
 
 import anyio
 
-from .._checks import check_int, check_number
+from .._checks import (
+    NotAwaitableError,
+    check_async_callable,
+    check_int,
+    check_number,
+    is_awaitable,
+    not_awaitable,
+)
 
 __all__ = ("hedge",)
 
@@ -83,26 +90,36 @@ async def hedge(
     Raises:
         ExceptionGroup: If every attempt failed; its exceptions are in attempt order.
         ValueError: If ``delay`` or ``max_attempts`` is out of range (before any attempt).
-        TypeError: If ``fn`` is not callable.
+        TypeError: If ``fn`` is not callable or is a plain ``def`` function (before any
+            attempt); or an attempt's call of ``fn`` returned something that cannot be awaited
+            (raised at once, by itself: no other attempt starts).
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be an async callable, got {fn!r}")
+    check_async_callable(fn, "fn")
     check_delay(delay)
     check_attempts(max_attempts)
     errors: list[Exception | None] = [None] * max_attempts
     won: list[T] = []
+    # A call of fn whose result cannot be awaited: the caller's bug, which ends the hedge.
+    refused: list[NotAwaitableError] = []
     # Each failure lets one more attempt start at once instead of after the delay.
     unanswered_failures = 0
     failed = anyio.Event()
 
     async def attempt(index: int) -> None:
         nonlocal unanswered_failures
-        if won:
-            # Another attempt won before this task first ran: it may have been started in
-            # the instant the winner finished, before the cancellation reached the loop.
+        if won or refused:
+            # Another attempt won (or was refused) before this task first ran: it may have
+            # been started in that instant, before the cancellation reached the loop.
             return
         try:
-            value = await fn(*args)
+            awaitable = fn(*args)
+            if not is_awaitable(awaitable):
+                raise not_awaitable("fn", awaitable)
+            value = await awaitable
+        except NotAwaitableError as exc:
+            refused.append(exc)
+            tg.cancel_scope.cancel()
+            return
         except Exception as exc:
             errors[index] = exc
             unanswered_failures += 1
@@ -122,7 +139,11 @@ async def hedge(
                 unanswered_failures -= 1
             if not unanswered_failures:
                 failed = anyio.Event()
+            if refused:
+                break
             tg.start_soon(attempt, index)
+    if refused:
+        raise refused[0]
     if won:
         return won[0]
     raise ExceptionGroup(

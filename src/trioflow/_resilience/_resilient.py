@@ -26,12 +26,20 @@ From the outside in::
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
-from .._checks import check_timeout, describe
+from .._checks import (
+    NotAwaitableError,
+    check_async_callable,
+    check_timeout,
+    describe,
+    is_awaitable,
+    not_awaitable,
+)
 from .._retry import RetryPolicy
 from ._breaker import CircuitBreaker, protect
 from ._hedge import check_attempts, check_delay
@@ -98,8 +106,8 @@ def resilient(
             arguments that returns the key whose bucket the call draws from.
         breaker: A circuit breaker; each attempt goes through it.
         retry: A retry policy; each attempt is retried as it says.
-        timeout: Seconds each call of ``fn`` may take (``TimeoutError`` past it); None for no
-            limit.
+        timeout: Seconds each call of ``fn`` may take (``TimeoutError`` past it); None or
+            ``math.inf`` for no limit.
         hedge: Hedging delay in seconds: start another call of ``fn`` each time this passes
             without a result (see :func:`~trioflow.hedge`); None for no hedging.
         hedge_attempts: The most calls of ``fn`` per hedged attempt, an int >= 1.
@@ -110,13 +118,17 @@ def resilient(
     Returns:
         An async function with ``fn``'s signature.
 
+    A callable that can only be judged by calling it (a lambda) is judged by its result:
+    one that cannot be awaited raises ``TypeError`` from the call, and no strategy retries
+    it, counts it as a failure, hedges it or hands it to ``fallback``.
+
     Raises:
-        TypeError: If ``fn`` or ``fallback`` is not callable, a strategy has the wrong type,
-            or ``rate_key`` is missing with a keyed limiter (or given without one).
+        TypeError: If ``fn`` or ``fallback`` is not callable or is a plain ``def`` function
+            (refused here, at decoration), a strategy has the wrong type, or ``rate_key`` is
+            missing with a keyed limiter (or given without one).
         ValueError: If ``timeout``, ``hedge`` or ``hedge_attempts`` is out of range.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be an async callable, got {fn!r}")
+    check_async_callable(fn, "fn")
     if rate is not None and not isinstance(rate, TokenBucket | KeyedRateLimiter):
         raise TypeError(f"rate must be a TokenBucket, a KeyedRateLimiter or None, got {rate!r}")
     if isinstance(rate, KeyedRateLimiter):
@@ -133,10 +145,22 @@ def resilient(
     if hedge is not None:
         check_delay(hedge, "hedge")
     check_attempts(hedge_attempts, "hedge_attempts")
-    if fallback is not None and not callable(fallback):
-        raise TypeError(f"fallback must be an async callable or None, got {fallback!r}")
+    if fallback is not None:
+        check_async_callable(fallback, "fallback", "an async callable or None")
 
     call: Callable[P, Awaitable[T]] = fn
+
+    if not inspect.iscoroutinefunction(fn):
+        # Judged by its result (a lambda returning a coroutine is valid), once per call.
+        unjudged = fn
+
+        async def judged(*args: P.args, **kwargs: P.kwargs) -> T:
+            awaitable = unjudged(*args, **kwargs)
+            if not is_awaitable(awaitable):
+                raise not_awaitable("fn", awaitable)
+            return await awaitable
+
+        call = judged
 
     if timeout is not None:
         seconds = timeout
@@ -200,8 +224,13 @@ def resilient(
         async def rescued(*args: P.args, **kwargs: P.kwargs) -> T:
             try:
                 return await rescued_inner(*args, **kwargs)
+            except NotAwaitableError:
+                raise  # the caller's bug, not a failure to rescue
             except Exception as exc:
-                return await rescue(exc)
+                awaitable = rescue(exc)
+                if not is_awaitable(awaitable):
+                    raise not_awaitable("fallback", awaitable) from exc
+                return await awaitable
 
         call = rescued
 
