@@ -5,8 +5,9 @@ Every other module asks here (:func:`current_backend`, :func:`current_clock`,
 
 On trio, the engine uses trio's nursery, clock and cancel scopes directly: anyio >= 4.14 wraps
 every ``start_soon`` in a handle, which makes an unbounded batch (one task per operation)
-markedly slower (``bench/executor.py`` measures it). On any other backend it uses anyio's. The engine runs the same code on both;
-only these primitives differ, and every test runs on both backends.
+markedly slower (``bench/executor.py`` measures it). On any other backend it uses anyio's.
+The engine runs the same code on both; only these primitives differ, and every test runs on
+both backends.
 
 What a task group raises is shaped here too: :func:`open_body_group` is the task group of an
 async context manager whose body is the user's code.
