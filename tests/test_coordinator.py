@@ -717,3 +717,13 @@ async def test_pipelines_with_machines_of_their_own_run_on_the_coordinators() ->
     with pytest.raises(TypeError, match="machine must be a StateMachine"):
         async with open_coordinator(config, router=router, machine="m"):  # type: ignore[arg-type]
             pass
+
+
+async def test_an_exception_in_the_coordinator_block_comes_out_as_itself() -> None:
+    async def ok_stage(request: Request) -> None:
+        pass
+
+    pipeline = Pipeline([Stage(name, state, ok_stage) for name, state in SEVEN_STAGES])
+    with pytest.raises(KeyError, match="mine"):
+        async with coordinator(pipeline):
+            raise KeyError("mine")

@@ -705,3 +705,51 @@ async def test_a_run_may_be_moved_by_another_machine_whose_hooks_then_see_it() -
         await pipeline.run(Request(), machine=short)
     with pytest.raises(TypeError, match="machine must be a StateMachine"):
         await pipeline.run(Request(), machine="m")  # type: ignore[arg-type]
+
+
+# --- async callables only ------------------------------------------------------------------
+
+
+def test_a_stage_refuses_a_plain_function_and_an_async_generator() -> None:
+    calls: list[Request] = []
+
+    def sync(request: Request) -> int:
+        calls.append(request)
+        return 1
+
+    async def streaming(request: Request) -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"^fn must be an async callable taking the request, "):
+        Stage("s", RequestState.VALIDATED, sync)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got the async generator function"):
+        Stage("s", RequestState.VALIDATED, streaming)
+    assert calls == []
+
+
+@pytest.mark.parametrize("optional", [False, True])
+async def test_a_stage_whose_result_cannot_be_awaited_fails_once_never_excused(
+    optional: bool,
+) -> None:
+    calls: list[str] = []
+
+    def record(request: Request) -> int:
+        calls.append(request.id)
+        return 5
+
+    async def fine(request: Request) -> None:
+        pass
+
+    (_, state), *rest = SEVEN_STAGES
+    stage = Stage(
+        "v",
+        state,
+        lambda request: record(request),
+        retry=RetryPolicy(attempts=3, initial_delay=1),
+        optional=optional,
+    )
+    result = await Pipeline([stage, *(Stage(n, s, fine) for n, s in rest)]).run(Request("q"))
+    assert result.status is ProcessingStatus.FAILED
+    assert isinstance(result.error, TypeError)
+    assert str(result.error) == "stage 'v' must return an awaitable, got 5 (int)"
+    assert len(calls) == 1  # never retried

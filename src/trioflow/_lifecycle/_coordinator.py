@@ -25,6 +25,7 @@ import anyio.lowlevel
 import attrs
 
 from .._backend import current_clock as clock
+from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._limits import HealthSource, PoolStatistics, ResourceManager
@@ -599,7 +600,8 @@ async def open_coordinator(
             )
         if isinstance(health, HealthMonitor) and not health.statistics().running:
             await stack.enter_async_context(health)
-        tg = await stack.enter_async_context(anyio.create_task_group())
+        # The body's own exception comes out as itself, not in a group of one.
+        tg = await stack.enter_async_context(open_body_group())
         coordinator = Coordinator(config, router, registry, health, log, machine)
         if config.enable_metrics:
             tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")

@@ -10,16 +10,25 @@ transition runs shielded, then the cancellation goes on).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from types import MappingProxyType
+from types import CoroutineType, MappingProxyType
 from typing import Any, TypeVar, final
 
 import anyio
 import attrs
 
 from .._backend import current_clock as clock
-from .._checks import check_name, check_timeout, validator
+from .._checks import (
+    NotAwaitableError,
+    check_async_callable,
+    check_name,
+    check_timeout,
+    is_awaitable,
+    not_awaitable,
+    validator,
+)
 from .._deprecate import warn_renamed
 from .._errors import InvalidTransitionError
 from .._limits import ResourceManager
@@ -57,8 +66,22 @@ def _stage_state(instance: object, attribute: attrs.Attribute[Any], value: objec
 
 
 def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not callable(value):
-        raise TypeError(f"fn must be an async callable taking the request, got {value!r}")
+    if inspect.isasyncgenfunction(value):
+        # A stage returns one value; streaming stages (an async generator) do not exist yet.
+        raise TypeError(
+            "fn must be an async callable taking the request and returning its value, got "
+            f"the async generator function {value!r}"
+        )
+    check_async_callable(value, "fn", "an async callable taking the request")
+
+
+def _call(stage: Stage, request: Request) -> Awaitable[Any]:
+    result = stage.fn(request)
+    if type(result) is not CoroutineType and not is_awaitable(result):
+        # A lambda (judged only by calling it) that returned a value: a bug in the caller,
+        # never retried, never an optional stage's excusable failure.
+        raise not_awaitable(f"stage {stage.name!r}", result)
+    return result
 
 
 def _stage_operation(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -221,10 +244,10 @@ class _StageCounters:
 async def _attempt(stage: Stage, request: Request) -> Any:
     timeout = stage.timeout
     if timeout is None:
-        return await stage.fn(request)
+        return await _call(stage, request)
     # A cancel scope rather than anyio.fail_after: the same, without a generator per attempt.
     with anyio.CancelScope(deadline=clock()() + timeout):
-        return await stage.fn(request)
+        return await _call(stage, request)
     # Only this scope's own deadline is caught here (outer cancellation propagates).
     raise TimeoutError(f"stage {stage.name!r} took longer than its timeout ({timeout} s)")
 
@@ -613,13 +636,15 @@ class Pipeline:
             begun = now
             try:
                 if simple[index]:
-                    value = await stage.fn(request)
+                    value = await _call(stage, request)
                 else:
                     policy = None if policies is None else policies[index]
                     value = await _run_stage(stage, request, resources, policy)
             except Exception as exc:
                 counter.failed += 1
-                if not (stage.optional or stage.name in optional):
+                if not (stage.optional or stage.name in optional) or isinstance(
+                    exc, NotAwaitableError
+                ):
                     raise
                 degraded[stage.name] = exc
                 value = None
