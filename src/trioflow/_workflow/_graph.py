@@ -368,7 +368,8 @@ class Workflow:
             timeout: Seconds each attempt may take; None or ``math.inf`` for no deadline. An
                 attempt over it fails with the builtin ``TimeoutError``.
             pools: Names of pools of the :class:`ResourceManager` passed as ``run_workflow``'s
-                ``limit``; the step takes one token of each while it runs.
+                ``limit``; the step takes one token of each during each attempt (not while
+                waiting to retry).
             optional: Record a failure of this step FAILED but go on as if it had succeeded:
                 the steps after it run and ``WorkflowResult.ok`` ignores it.
             continue_on_error: Deprecated name of ``optional`` (a ``DeprecationWarning``).
@@ -570,7 +571,8 @@ class StepStatus(Status):
         SKIPPED: Its ``when`` condition returned False; counts as done for later steps.
         CANCELLED: It was running when the run was cancelled (a fail-fast failure elsewhere, or
             the caller's cancellation).
-        NOT_RUN: It never started: a step it comes after failed, or the run stopped first.
+        NOT_RUN: It never started (no attempt): a step it comes after failed, or the run
+            stopped first (while it waited for its slot or its condition, too).
         COMPENSATED: It succeeded, then its ``compensate`` ran successfully after the run
             failed.
     """

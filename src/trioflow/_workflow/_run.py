@@ -328,6 +328,7 @@ class Run:
             self.duration[i] = record.duration
             self.seq[i] = record.seq
             self.completed += 1
+            self.shared.statuses[record.name] = record.status
             if record.status is _SUCCEEDED:
                 self.succeeded += 1
                 self.stored[i] = record.value
@@ -406,6 +407,9 @@ class Run:
                 self._report()
             ctx = context(shared, step.name)
             try:
+                if self.aborted:
+                    # Claimed, then the run stopped before this task first ran: start nothing.
+                    await anyio.sleep_forever()
                 if bare[i]:
                     self.attempts[i] = 1
                     self.started[i] = now()
@@ -419,8 +423,9 @@ class Run:
                 self.error[i] = exc
                 status = _FAILED
             except BaseException:
-                self.status[i] = _CANCELLED
-                self.finished[i] = now()
+                if self.started[i] is not None:  # a step that never started stays NOT_RUN
+                    self.status[i] = _CANCELLED
+                    self.finished[i] = now()
                 self._leave(i)
                 raise
             else:
@@ -483,8 +488,8 @@ class Run:
             self.exclusive_running = False
 
     async def _attempts(self, i: int, step: Step, ctx: Context) -> Any:
-        # What a step is besides its function: its condition, its resource slot (held from the
-        # first attempt to the last), its retries and its timeout per attempt.
+        # What a step is besides its function: its condition, its retries, and per attempt its
+        # resource slot (released while it waits to retry) and its timeout.
         when = step.when
         if when is not None:
             go = when(ctx)
@@ -492,30 +497,31 @@ class Run:
                 go = await go
             if not go:
                 return _SKIP
-        if self.manager is None:
+        retry = step.options.retry
+        if retry is None:
+            return await self._attempt(i, step, ctx)
+        return await retry.call(self._attempt, i, step, ctx)
+
+    async def _attempt(self, i: int, step: Step, ctx: Context) -> Any:
+        manager = self.manager
+        if manager is None:
             return await self._call(i, step, ctx)
-        async with self.manager.slot(*step.options.pools):
+        async with manager.slot(*step.options.pools):
             return await self._call(i, step, ctx)
 
     async def _call(self, i: int, step: Step, ctx: Context) -> Any:
-        fn = step.fn
-        timeout, retry = step.options.timeout, step.options.retry
-        self.started[i] = self.now()
-        if retry is None:
-            self.attempts[i] = 1
-            if timeout is None:
-                return await fn(ctx)
-            with anyio.fail_after(timeout):
-                return await fn(ctx)
-
-        async def attempt() -> Any:
-            self.attempts[i] += 1
-            if timeout is None:
-                return await fn(ctx)
-            with anyio.fail_after(timeout):
-                return await fn(ctx)
-
-        return await retry.call(attempt)
+        if self.aborted:
+            # A failure was seen while this step waited (for its slot, its condition): once a
+            # failure is seen nothing more starts; the run's cancellation ends the wait.
+            await anyio.sleep_forever()
+        if self.started[i] is None:
+            self.started[i] = self.now()
+        self.attempts[i] += 1
+        timeout = step.options.timeout
+        if timeout is None:
+            return await step.fn(ctx)
+        with anyio.fail_after(timeout):
+            return await step.fn(ctx)
 
     async def _save(self, i: int) -> None:
         # Hand the step's record to the journal; the first step to end while no write is in
@@ -535,15 +541,21 @@ class Run:
         self.active -= 1
         self.completed += 1
         status = self.status[i]
+        assert status is not None
+        name = self.steps[i].name
+        self.shared.statuses[name] = status
         if status is _SUCCEEDED:
             self.succeeded += 1
-            self.shared.results[self.steps[i].name] = self.value[i]
+            self.shared.results[name] = self.value[i]
             release = True
         elif status is _SKIPPED:
             self.skipped += 1
             release = True
         else:
             self.failed += 1
+            error = self.error[i]
+            if error is not None:
+                self.shared.errors[name] = error
             release = self.steps[i].options.optional
             if not release:
                 self.hard_failures += 1
