@@ -64,8 +64,8 @@ from ._resilience._resilient import resilient as resilient
 from ._retry import RetryPolicy as RetryPolicy
 from ._workflow._context import Context as Context
 from ._workflow._graph import Step as Step
-from ._workflow._graph import StepStatus as StepStatus
 from ._workflow._graph import Workflow as Workflow
+from ._workflow._step_status import StepStatus as StepStatus
 from ._workflow._result import StepResult as StepResult
 from ._workflow._result import WorkflowProgress as WorkflowProgress
 from ._workflow._result import WorkflowResult as WorkflowResult

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from ._graph import StepStatus
+    from ._step_status import StepStatus
 
 __all__ = ("Context", "RunShared", "run_context")
 

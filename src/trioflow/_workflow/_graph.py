@@ -25,12 +25,12 @@ from .._deprecate import warn_renamed
 from .._errors import WorkflowDefinitionError
 from .._options import WorkOptions
 from .._retry import RetryPolicy
-from .._status import Status
+from ._step_status import StepStatus
 
 if TYPE_CHECKING:
     from ._context import Context
 
-__all__ = ("Step", "StepFunction", "Workflow")
+__all__ = ("Step", "StepFunction", "StepStatus", "Workflow")
 
 StepFunction = Callable[["Context"], Awaitable[Any]]
 """The shape of a step: ``async def fn(ctx: Context) -> value``."""
@@ -559,27 +559,3 @@ def _topological_order(preds: list[tuple[int, ...]], succs: list[list[int]]) -> 
             if not remaining[s]:
                 order.append(s)
     return order
-
-
-class StepStatus(Status):
-    """How a step of a workflow run ended.
-
-    Attributes:
-        SUCCEEDED: The step returned a value.
-        FAILED: The step raised (after its retries), timed out, or returned a value the store
-            could not save.
-        SKIPPED: Its ``when`` condition returned False; counts as done for later steps.
-        CANCELLED: It was running when the run was cancelled (a fail-fast failure elsewhere, or
-            the caller's cancellation).
-        NOT_RUN: It never started (no attempt): a step it comes after failed, or the run
-            stopped first (while it waited for its slot or its condition, too).
-        COMPENSATED: It succeeded, then its ``compensate`` ran successfully after the run
-            failed.
-    """
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-    NOT_RUN = "not_run"
-    COMPENSATED = "compensated"
