@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 import attrs
 
-from .._checks import check_bool, describe
+from .._checks import check_bool, check_name, describe
 from .._deprecate import warn_renamed
 from .._errors import WorkflowDefinitionError
 from .._options import WorkOptions
@@ -100,6 +100,9 @@ class Step:
         exclusive: Whether the step runs with no other step of its run in flight.
         options: Its timeout, retry, pools and optional flag, as one value; read them through
             the attributes below.
+        fingerprint: A digest of the step's definition given by its author (e.g. of a
+            command, its environment and working directory), or None; stored with the step's
+            record, so that a resume reruns a done step whose definition changed.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Step:
     compensate: StepFunction | None = None
     exclusive: bool = False
     options: WorkOptions = attrs.field(factory=WorkOptions)
+    fingerprint: str | None = None
 
     @property
     def timeout(self) -> float | None:
@@ -317,6 +321,7 @@ class Workflow:
         pools: Iterable[str] = (),
         optional: bool = False,
         continue_on_error: bool | None = None,
+        fingerprint: str | None = None,
     ) -> Workflow: ...
 
     @overload
@@ -334,6 +339,7 @@ class Workflow:
         pools: Iterable[str] = (),
         optional: bool = False,
         continue_on_error: bool | None = None,
+        fingerprint: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def step(
@@ -350,6 +356,7 @@ class Workflow:
         pools: Iterable[str] = (),
         optional: bool = False,
         continue_on_error: bool | None = None,
+        fingerprint: str | None = None,
     ) -> Workflow | Callable[[F], F]:
         """Add a step; chainable, or a decorator when ``fn`` is left out.
 
@@ -373,6 +380,10 @@ class Workflow:
             optional: Record a failure of this step FAILED but go on as if it had succeeded:
                 the steps after it run and ``WorkflowResult.ok`` ignores it.
             continue_on_error: Deprecated name of ``optional`` (a ``DeprecationWarning``).
+            fingerprint: A digest of what the step does (a command, its environment...), or
+                None. Stored with the step's record: resuming a stored run reruns a SUCCEEDED
+                or SKIPPED step whose stored fingerprint differs from this one (when both are
+                set), and ``WorkflowResult.changed`` names it.
 
         Returns:
             This workflow (chainable), or a decorator when ``fn`` is None.
@@ -406,6 +417,7 @@ class Workflow:
                     timeout=timeout,
                     pools=pools,
                     optional=optional,
+                    fingerprint=fingerprint,
                 )
                 return function
 
@@ -429,6 +441,8 @@ class Workflow:
                 f"compensate of step {name!r} must be an async function or None, "
                 f"got {compensate!r}"
             )
+        if fingerprint is not None and (type(fingerprint) is not str or not fingerprint):
+            check_name(fingerprint, f"fingerprint of step {name!r}")
         if timeout is None and retry is None and pools == () and optional is False:
             options = _DEFAULT_OPTIONS
         else:
@@ -445,6 +459,7 @@ class Workflow:
             if exclusive is False
             else _check_bool(exclusive, "exclusive", name),
             options=options,
+            fingerprint=fingerprint,
         )
         self._graph = None
         return self
