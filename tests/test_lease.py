@@ -276,10 +276,11 @@ async def test_a_run_whose_lease_was_taken_stops_and_writes_nothing_more() -> No
 @pytest.mark.parametrize(
     ("ttl", "error", "message"),
     [
-        ("5", TypeError, r"lease_ttl must be a finite number >= 0.1, got '5' \(str\)"),
-        (0, ValueError, r"lease_ttl must be .*>= 0.1.*got 0"),
+        ("5", TypeError, r"lease_ttl must be a number in \[0.1, 3.1536e\+07\], got '5' \(str\)"),
+        (0, ValueError, r"lease_ttl must be a number in \[0.1, 3.1536e\+07\], got 0 \(int\)"),
         (float("nan"), ValueError, "lease_ttl"),
         (float("inf"), ValueError, "lease_ttl"),
+        (10.0**9, ValueError, r"lease_ttl must be a number in \[0.1, .*got 1000000000.0"),
     ],
 )
 async def test_lease_ttl_is_checked(ttl: object, error: type[Exception], message: str) -> None:

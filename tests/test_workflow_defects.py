@@ -3,7 +3,9 @@ earlier steps, pools per attempt. In virtual time on trio and asyncio."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -267,3 +269,38 @@ async def test_a_step_releases_its_pools_while_it_waits_to_retry() -> None:
     assert result.steps["a"].finished_at == 12
     assert anyio.current_time() == 12
     assert manager.statistics().pools["db"].executing == 0
+
+
+# --- virtual time far from 0 ------------------------------------------------------------------
+@contextlib.contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    # A hang would never end: turn it into a failure.
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s of real time")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("backend", [0, 1])
+@pytest.mark.parametrize("seconds", [10**9, 10**12])
+def test_a_step_sleeping_far_into_virtual_time_ends(backend: int, seconds: int) -> None:
+    async def long(ctx: Context) -> int:
+        await anyio.sleep(seconds)
+        return 1
+
+    async def main() -> tuple[WorkflowResult, float]:
+        result = await run_workflow(Workflow("w").step("a", long).step("b", long, after="a"))
+        return result, anyio.current_time()
+
+    name, options = virtual_time_backends()[backend]
+    with watchdog(20):
+        result, end = anyio.run(main, backend=name, backend_options=options)
+    assert result.ok
+    assert end == 2 * seconds
+    assert result.steps["b"].started_at == seconds

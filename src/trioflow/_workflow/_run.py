@@ -63,6 +63,7 @@ _CANCELLED = StepStatus.CANCELLED
 _NOT_RUN = StepStatus.NOT_RUN
 _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
+_MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
 
 
@@ -172,7 +173,7 @@ async def run_workflow(
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: ``limit`` is below 1, or ``lease_ttl`` below 0.1 or not finite.
+        ValueError: ``limit`` is below 1, or ``lease_ttl`` is below 0.1 or above a year.
         RunLeasedError: Another live owner holds the lease of the stored run ``run_id``;
             nothing ran. (Also raised, with the run stopped, if this run's lease expired and
             another owner took it.)
@@ -198,7 +199,7 @@ async def run_workflow(
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable or None, got {on_progress!r}")
     if lease_ttl != DEFAULT_LEASE_TTL:
-        check_number(lease_ttl, "lease_ttl", minimum=0.1)
+        check_number(lease_ttl, "lease_ttl", minimum=0.1, maximum=_MAX_LEASE_TTL)
     run = Run(
         workflow.name,
         graph,
