@@ -17,6 +17,7 @@ import pytest
 from trioflow import (
     Context,
     MemoryStore,
+    RunOwner,
     RunRecord,
     RunStatus,
     SQLiteStore,
@@ -400,6 +401,10 @@ async def test_runs_begun_in_the_same_instant_are_listed_newest_first(
     assert [r.run_id for r in await store.list_runs()] == ["third", "second", "first"]
 
 
+def refuse_nothing(i: int, error: UnstorableValueError) -> StepRecord:
+    raise AssertionError(f"step {i} refused: {error}")
+
+
 class Wrapper:
     """A store that forwards to a MemoryStore; tests override one method."""
 
@@ -422,8 +427,17 @@ class Wrapper:
     ) -> None:
         await self.inner.save_steps(run_id, steps, state)
 
-    async def finish_run(self, run_id: str, status: RunStatus) -> None:
-        await self.inner.finish_run(run_id, status)
+    async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
+        await self.inner.finish_run(run_id, status, elapsed=elapsed)
+
+    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        return await self.inner.acquire_lease(run_id, owner, ttl)
+
+    async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        return await self.inner.renew_lease(run_id, owner, ttl)
+
+    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
+        await self.inner.release_lease(run_id, owner)
 
 
 async def test_records_are_written_before_later_steps_start(store: WorkflowStore) -> None:
@@ -510,8 +524,8 @@ async def test_the_journal_is_a_sink_that_says_what_it_saved() -> None:
     store = SlowStore()
     shared = RunShared("j")
     shared.encode = encode_value
-    journal = Journal(store, "j", shared, 3)
     wf = Workflow("sink").step("a", noop).step("b", noop).step("c", noop)
+    journal = Journal(store, "j", shared, 3, refuse_nothing, wf.graph().index)
     assert await journal.open("sink", wf.graph()) is None
     run_context(shared, "a").set("k", 1)
     saved: list[tuple[int, ...]] = []
@@ -530,7 +544,7 @@ async def test_the_journal_is_a_sink_that_says_what_it_saved() -> None:
     assert store.written == [(["a"], {"k": "1"}), (["b", "c"], {})]
     assert journal.saved == [StepStatus.SUCCEEDED] * 3
     assert journal.add(0, ended("a"))  # the writer was released
-    await journal.close([], RunStatus.SUCCEEDED)
+    await journal.close([], RunStatus.SUCCEEDED, 0.0)
     record = await store.load_run("j")
     assert record is not None
     assert record.status is RunStatus.SUCCEEDED
@@ -540,8 +554,9 @@ async def test_state_of_an_interrupted_write_is_written_at_the_close() -> None:
     store = MemoryStore()
     shared = RunShared("i")
     shared.encode = encode_value
-    journal = Journal(store, "i", shared, 1)
-    assert await journal.open("w", Workflow("w").step("a", noop).graph()) is None
+    graph = Workflow("w").step("a", noop).graph()
+    journal = Journal(store, "i", shared, 1, refuse_nothing, graph.index)
+    assert await journal.open("w", graph) is None
     ctx = run_context(shared, "a")
     ctx.set("k", 1)
     ctx.set("m", 1)
@@ -551,7 +566,7 @@ async def test_state_of_an_interrupted_write_is_written_at_the_close() -> None:
         await journal.write()  # cancelled at the store's first checkpoint
     assert journal.saved == [None]  # not known to be written
     ctx.set("m", 2)  # set since the write began: it wins over what the write took
-    await journal.close([StepRecord(name="a", status=StepStatus.SUCCEEDED)], RunStatus.FAILED)
+    await journal.close([StepRecord(name="a", status=StepStatus.SUCCEEDED)], RunStatus.FAILED, 0.0)
     record = await store.load_run("i")
     assert record is not None
     assert {key: value.data() for key, value in record.state.items()} == {"k": 1, "m": 2}
@@ -700,7 +715,7 @@ async def test_sqlite_store_persists_across_instances(tmp_path: Path) -> None:
     assert path.exists()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
     second = SQLiteStore(str(path))
     try:

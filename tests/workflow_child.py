@@ -4,6 +4,7 @@ Usage::
 
     python workflow_child.py crash STORE RUN_ID MARKERS BACKEND hang|finish
     python workflow_child.py many STORE RUN_ID STEPS BACKEND
+    python workflow_child.py lease STORE RUN_ID MARKERS BACKEND
 
 ``crash``: a workflow whose every step appends a line to ``MARKERS/<step>`` (so the number of
 lines is the number of times it ran). In ``hang`` mode step ``c`` prints ``started c`` and waits
@@ -11,6 +12,10 @@ forever (the parent kills the process); in ``finish`` mode it returns and the ru
 
 ``many``: opens the store, prints ``ready``, waits for a line on stdin, then runs a fan-out of
 ``STEPS`` steps that each write their record, and prints the result.
+
+``lease``: runs (or resumes) a one-step workflow whose step appends a line to
+``MARKERS/<pid>``, prints ``started <pid>`` and waits for a line on stdin. A process refused
+the run's lease prints ``leased <pid> <host> <message>`` and exits 3.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import anyio
 
-from trioflow import Context, SQLiteStore, Workflow, run_workflow
+from trioflow import Context, RunLeasedError, SQLiteStore, Workflow, run_workflow
 
 
 def crash(store_path: str, run_id: str, markers: Path, backend: str, mode: str) -> int:
@@ -82,8 +87,33 @@ def many(store_path: str, run_id: str, steps: int, backend: str) -> int:
     return anyio.run(main, backend=backend)
 
 
+def lease(store_path: str, run_id: str, markers: Path, backend: str) -> int:
+    async def wait(ctx: Context) -> str:
+        with open(markers / str(os.getpid()), "a") as f:
+            f.write(f"{ctx.run_id}:{ctx.step}\n")
+        print(f"started {os.getpid()}", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        return "done"
+
+    wf = Workflow("lease").step("wait", wait)
+
+    async def main() -> int:
+        async with SQLiteStore(store_path) as store:
+            try:
+                result = await run_workflow(wf, store=store, run_id=run_id)
+            except RunLeasedError as exc:
+                print(f"leased {exc.owner.pid} {exc.owner.host} {exc}", flush=True)
+                return 3
+        print(f"ok={result.ok}", flush=True)
+        return 0 if result.ok else 1
+
+    return anyio.run(main, backend=backend)
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
+    if command == "lease":
+        sys.exit(lease(args[0], args[1], Path(args[2]), args[3]))
     if command == "crash":
         sys.exit(crash(args[0], args[1], Path(args[2]), args[3], args[4]))
     sys.exit(many(args[0], args[1], int(args[2]), args[3]))

@@ -30,6 +30,7 @@ from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import ConfigError as ConfigError
 from ._errors import InvalidTransitionError as InvalidTransitionError
 from ._errors import ResourceExhaustedError as ResourceExhaustedError
+from ._errors import RunLeasedError as RunLeasedError
 from ._errors import StoreError as StoreError
 from ._errors import ToolArgumentError as ToolArgumentError
 from ._errors import TransitionInProgressError as TransitionInProgressError
@@ -37,6 +38,7 @@ from ._errors import TrioflowError as TrioflowError
 from ._errors import UnknownKindError as UnknownKindError
 from ._errors import UnknownToolError as UnknownToolError
 from ._errors import UnstorableValueError as UnstorableValueError
+from ._errors import ValueTooLargeError as ValueTooLargeError
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._errors import WorkflowShapeChangedError as WorkflowShapeChangedError
 from ._limits import HealthSource as HealthSource
@@ -64,8 +66,9 @@ from ._resilience._resilient import resilient as resilient
 from ._retry import RetryPolicy as RetryPolicy
 from ._workflow._context import Context as Context
 from ._workflow._graph import Step as Step
-from ._workflow._graph import StepStatus as StepStatus
 from ._workflow._graph import Workflow as Workflow
+from ._workflow._lease import RunOwner as RunOwner
+from ._workflow._step_status import StepStatus as StepStatus
 from ._workflow._result import StepResult as StepResult
 from ._workflow._result import WorkflowProgress as WorkflowProgress
 from ._workflow._result import WorkflowResult as WorkflowResult
@@ -90,12 +93,14 @@ __all__ = (
     "ConfigError",
     "InvalidTransitionError",
     "ResourceExhaustedError",
+    "RunLeasedError",
     "StoreError",
     "ToolArgumentError",
     "TransitionInProgressError",
     "UnknownKindError",
     "UnknownToolError",
     "UnstorableValueError",
+    "ValueTooLargeError",
     "WorkflowDefinitionError",
     "WorkflowShapeChangedError",
     # limits and retry
@@ -130,6 +135,7 @@ __all__ = (
     "WorkflowStore",
     "SQLiteStore",
     "MemoryStore",
+    "RunOwner",
     "RunRecord",
     "RunStatus",
     "StepRecord",

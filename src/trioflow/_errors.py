@@ -13,6 +13,8 @@ propagates as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
 
 import anyio
 
@@ -118,6 +120,39 @@ class StoreError(TrioflowError):
     """A workflow store could not be read or written."""
 
 
+class _Owner(Protocol):
+    # What RunLeasedError needs of a trioflow.RunOwner (defined with the stores, a floor up).
+    @property
+    def host(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def since(self) -> datetime: ...
+    def describe(self) -> str: ...
+
+
+class RunLeasedError(TrioflowError):
+    """A stored run is being executed by another process (or another call), which holds its lease.
+
+    ``run_workflow`` raises it before any step starts when it is asked to run or resume a run
+    whose lease a live owner holds; and, should a run's own lease have expired and been taken
+    by another owner meanwhile, it stops the run with it.
+
+    Attributes:
+        run_id: The run's id.
+        owner: The :class:`~trioflow.RunOwner` holding the lease (``host``, ``pid``,
+            ``since``).
+    """
+
+    def __init__(self, run_id: str, owner: _Owner, *, lost: bool = False) -> None:
+        message = f"run {run_id!r} is being run by {owner.describe()}"
+        if lost:
+            message += " (this run's lease expired before it could renew it, and was taken)"
+        super().__init__(message)
+        self.run_id = run_id
+        self.owner = owner
+
+
 class UnstorableValueError(TrioflowError, TypeError):
     """A step returned a value that the store cannot serialize.
 
@@ -133,6 +168,29 @@ class UnstorableValueError(TrioflowError, TypeError):
         )
         self.step = step
         self.value_type = value_type
+
+
+class ValueTooLargeError(UnstorableValueError):
+    """A step returned a value whose stored form is larger than its store can hold.
+
+    (SQLite holds at most ``SQLITE_LIMIT_LENGTH`` bytes in one value, 1 GB by default.) The
+    step FAILED with it, and the run went on by its fail-fast rules.
+
+    Attributes:
+        step: The step's name.
+        value_type: The type of the value.
+        size: Bytes of the value's stored (JSON) form.
+        limit: The most bytes the store holds in one value.
+    """
+
+    def __init__(self, step: str, value_type: type, *, size: int, limit: int) -> None:
+        super().__init__(step, value_type)
+        self.args = (
+            f"step {step!r} returned a value of type {value_type.__qualname__!r} whose JSON "
+            f"form ({size} bytes) is larger than the store can hold ({limit} bytes)",
+        )
+        self.size = size
+        self.limit = limit
 
 
 class TransitionInProgressError(TrioflowError, RuntimeError):

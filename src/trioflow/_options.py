@@ -83,7 +83,7 @@ class WorkOptions:
         retry: How a failed attempt is retried, or ``None`` for one attempt. Cancellation is
             never retried.
         pools: Named pools of the run's :class:`~trioflow.ResourceManager`; the unit holds one
-            token of each from its first attempt to its last.
+            token of each during each attempt (not while waiting to retry).
         optional: Whether a failure is recorded and the run goes on as if the unit had
             succeeded: the steps after a workflow step still run (and ``WorkflowResult.ok``
             ignores it); a request whose optional stage failed ends DEGRADED, not FAILED.

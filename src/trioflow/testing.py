@@ -24,6 +24,7 @@ wait on threads, processes or files.
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 from collections.abc import Mapping
 from typing import Any
@@ -92,6 +93,18 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         """Return the virtual time in seconds (starts at 0)."""
         return self._virtual_now[0]
+
+    # asyncio runs a timer once ``when < time() + _clock_resolution``. With the real clock's
+    # resolution (1 ns), far from 0 (1e9 s: one float step is 119 ns) that sum rounds back to
+    # time(): a timer the clock jumped to exactly would never be due, and the loop would spin
+    # without end. One float step at the current time is the resolution of a virtual clock.
+    @property
+    def _clock_resolution(self) -> float:
+        return max(1e-9, math.ulp(self._virtual_now[0]))
+
+    @_clock_resolution.setter
+    def _clock_resolution(self, value: float) -> None:
+        pass  # BaseEventLoop.__init__ sets the real clock's; the virtual one is computed
 
 
 def virtual_time_backends() -> list[tuple[str, dict[str, Any]]]:

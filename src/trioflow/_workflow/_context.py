@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    from ._step_status import StepStatus
 
 __all__ = ("Context", "RunShared", "run_context")
 
@@ -21,9 +24,21 @@ class RunShared:
         encode: With a store, ``encode(step, value)`` turns a state value into its stored
             form (raising ``UnstorableValueError`` when it cannot); None without a store.
         dirty: Encoded state values set since the store last saved them.
+        statuses: Step name -> status of each step that ended (or was restored).
+        errors: Step name -> the exception of each step that FAILED in this run.
     """
 
-    __slots__ = ("dirty", "encode", "results", "results_view", "run_id", "state", "state_view")
+    __slots__ = (
+        "dirty",
+        "encode",
+        "errors",
+        "results",
+        "results_view",
+        "run_id",
+        "state",
+        "state_view",
+        "statuses",
+    )
 
     def __init__(
         self,
@@ -39,6 +54,8 @@ class RunShared:
         self.state_view = MappingProxyType(self.state)
         self.encode = encode
         self.dirty: dict[str, Any] = {}
+        self.statuses: dict[str, StepStatus] = {}
+        self.errors: dict[str, Exception] = {}
 
     def take_dirty(self) -> dict[str, Any]:
         """Return the encoded state values not saved yet, and forget them."""
@@ -118,6 +135,35 @@ class Context:
     def state(self) -> Mapping[str, Any]:
         """Read-only view of the shared state (change it with :meth:`set`)."""
         return self._shared.state_view
+
+    def status(self, step: str) -> StepStatus | None:
+        """Return how an earlier step of the run ended, e.g. to tell a failure from a skip.
+
+        A step that FAILED being ``optional`` lets the steps after it run: a ``when`` condition
+        can ask ``ctx.status("lint") is StepStatus.FAILED``. A resumed run knows the steps it
+        restored from the store (SUCCEEDED or SKIPPED).
+
+        Args:
+            step: A step's name.
+
+        Returns:
+            Its :class:`~trioflow.StepStatus` once it ended (and, with a store, was recorded);
+            None while it has not ended, or when the run has no such step.
+        """
+        return self._shared.statuses.get(step)
+
+    def error(self, step: str) -> Exception | None:
+        """Return the exception that failed an earlier step of the run.
+
+        Args:
+            step: A step's name.
+
+        Returns:
+            The exception (the last attempt's) of a step that FAILED in this run; None for a
+            step that did not fail (or has not ended). Restored steps of a resumed run
+            SUCCEEDED or were SKIPPED, so they have none.
+        """
+        return self._shared.errors.get(step)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Return a value of the shared state.

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
 import attrs
 
-from .._checks import check_bool, describe
+from .._checks import check_bool, check_name, describe
 from .._deprecate import warn_renamed
 from .._errors import WorkflowDefinitionError
 from .._options import WorkOptions
 from .._retry import RetryPolicy
-from .._status import Status
+from ._step_status import StepStatus
 
 if TYPE_CHECKING:
     from ._context import Context
 
-__all__ = ("Step", "StepFunction", "Workflow")
+__all__ = ("Step", "StepFunction", "StepStatus", "Workflow")
 
 StepFunction = Callable[["Context"], Awaitable[Any]]
 """The shape of a step: ``async def fn(ctx: Context) -> value``."""
@@ -100,6 +100,9 @@ class Step:
         exclusive: Whether the step runs with no other step of its run in flight.
         options: Its timeout, retry, pools and optional flag, as one value; read them through
             the attributes below.
+        fingerprint: A digest of the step's definition given by its author (e.g. of a
+            command, its environment and working directory), or None; stored with the step's
+            record, so that a resume reruns a done step whose definition changed.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Step:
     compensate: StepFunction | None = None
     exclusive: bool = False
     options: WorkOptions = attrs.field(factory=WorkOptions)
+    fingerprint: str | None = None
 
     @property
     def timeout(self) -> float | None:
@@ -317,6 +321,7 @@ class Workflow:
         pools: Iterable[str] = (),
         optional: bool = False,
         continue_on_error: bool | None = None,
+        fingerprint: str | None = None,
     ) -> Workflow: ...
 
     @overload
@@ -334,6 +339,7 @@ class Workflow:
         pools: Iterable[str] = (),
         optional: bool = False,
         continue_on_error: bool | None = None,
+        fingerprint: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def step(
@@ -350,6 +356,7 @@ class Workflow:
         pools: Iterable[str] = (),
         optional: bool = False,
         continue_on_error: bool | None = None,
+        fingerprint: str | None = None,
     ) -> Workflow | Callable[[F], F]:
         """Add a step; chainable, or a decorator when ``fn`` is left out.
 
@@ -368,10 +375,15 @@ class Workflow:
             timeout: Seconds each attempt may take; None or ``math.inf`` for no deadline. An
                 attempt over it fails with the builtin ``TimeoutError``.
             pools: Names of pools of the :class:`ResourceManager` passed as ``run_workflow``'s
-                ``limit``; the step takes one token of each while it runs.
+                ``limit``; the step takes one token of each during each attempt (not while
+                waiting to retry).
             optional: Record a failure of this step FAILED but go on as if it had succeeded:
                 the steps after it run and ``WorkflowResult.ok`` ignores it.
             continue_on_error: Deprecated name of ``optional`` (a ``DeprecationWarning``).
+            fingerprint: A digest of what the step does (a command, its environment...), or
+                None. Stored with the step's record: resuming a stored run reruns a SUCCEEDED
+                or SKIPPED step whose stored fingerprint differs from this one (when both are
+                set), and ``WorkflowResult.changed`` names it.
 
         Returns:
             This workflow (chainable), or a decorator when ``fn`` is None.
@@ -405,6 +417,7 @@ class Workflow:
                     timeout=timeout,
                     pools=pools,
                     optional=optional,
+                    fingerprint=fingerprint,
                 )
                 return function
 
@@ -428,6 +441,8 @@ class Workflow:
                 f"compensate of step {name!r} must be an async function or None, "
                 f"got {compensate!r}"
             )
+        if fingerprint is not None and (type(fingerprint) is not str or not fingerprint):
+            check_name(fingerprint, f"fingerprint of step {name!r}")
         if timeout is None and retry is None and pools == () and optional is False:
             options = _DEFAULT_OPTIONS
         else:
@@ -444,6 +459,7 @@ class Workflow:
             if exclusive is False
             else _check_bool(exclusive, "exclusive", name),
             options=options,
+            fingerprint=fingerprint,
         )
         self._graph = None
         return self
@@ -558,26 +574,3 @@ def _topological_order(preds: list[tuple[int, ...]], succs: list[list[int]]) -> 
             if not remaining[s]:
                 order.append(s)
     return order
-
-
-class StepStatus(Status):
-    """How a step of a workflow run ended.
-
-    Attributes:
-        SUCCEEDED: The step returned a value.
-        FAILED: The step raised (after its retries), timed out, or returned a value the store
-            could not save.
-        SKIPPED: Its ``when`` condition returned False; counts as done for later steps.
-        CANCELLED: It was running when the run was cancelled (a fail-fast failure elsewhere, or
-            the caller's cancellation).
-        NOT_RUN: It never started: a step it comes after failed, or the run stopped first.
-        COMPENSATED: It succeeded, then its ``compensate`` ran successfully after the run
-            failed.
-    """
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-    NOT_RUN = "not_run"
-    COMPENSATED = "compensated"

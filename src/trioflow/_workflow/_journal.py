@@ -7,20 +7,21 @@ its record; the first record added while no write is in progress makes its calle
 and records added during a write wait for the next one, so steps that end together share one
 transaction. The run lets the steps after a step start only once :meth:`Journal.write` says
 its record is saved. At the end :meth:`Journal.close` writes what changed since, and the run's
-final status.
+final status. A record whose value the store cannot hold (``ValueTooLargeError``) is handed
+back to the run, which fails its step and gives the record to write instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import final
 
 import anyio
 
-from .._errors import WorkflowShapeChangedError
+from .._errors import RunLeasedError, UnstorableValueError, WorkflowShapeChangedError
 from ._context import RunShared
 from ._graph import Graph, StepStatus, describe_shape_change
-from ._store import RunRecord, RunStatus, StepRecord, WorkflowStore
+from ._store import RunRecord, RunStatus, StepRecord, StoredValue, WorkflowStore
 
 __all__ = ("Journal",)
 
@@ -35,19 +36,44 @@ class Journal:
         shared: The run's shared state: its values set since the last write are written with
             the next records.
         size: The number of steps of the workflow.
+        refuse: ``refuse(i, error)`` is called when the store cannot hold the value of step
+            ``i``'s record: the run fails the step and returns its new record.
 
     Attributes:
         store: The store.
         run_id: The run's id.
         saved: For each step (by index), the status its stored record has (None: no record).
-        error: The first exception the store raised while the run went on, if any; nothing
-            more is written once it is set.
+        error: The first exception the store raised while the run went on (or the
+            ``RunLeasedError`` of a lease another owner took), if any; nothing more is written
+            once it is set, but the run's end (unless the lease was lost).
     """
 
-    __slots__ = ("_queued", "_shared", "_writing", "error", "run_id", "saved", "store")
+    __slots__ = (
+        "_index",
+        "_lost",
+        "_queued",
+        "_refuse",
+        "_shared",
+        "_writing",
+        "error",
+        "run_id",
+        "saved",
+        "store",
+    )
 
-    def __init__(self, store: WorkflowStore, run_id: str, shared: RunShared, size: int) -> None:
+    def __init__(
+        self,
+        store: WorkflowStore,
+        run_id: str,
+        shared: RunShared,
+        size: int,
+        refuse: Callable[[int, UnstorableValueError], StepRecord],
+        index: Mapping[str, int],
+    ) -> None:
         self.store = store
+        self._refuse = refuse
+        self._index = index
+        self._lost = False
         self.run_id = run_id
         self.saved: list[StepStatus | None] = [None] * size
         self.error: Exception | None = None
@@ -128,7 +154,7 @@ class Journal:
         batch, self._queued = self._queued, []
         state = self._shared.take_dirty()
         try:
-            await self.store.save_steps(self.run_id, [record for _, record in batch], state)
+            batch = await self._save(batch, state)
         except Exception as exc:
             self.error = exc
             self._writing = False
@@ -142,21 +168,53 @@ class Journal:
             saved[i] = record.status
         return tuple([i for i, _ in batch])
 
-    async def close(self, records: Sequence[StepRecord], final: RunStatus) -> None:
+    def lose(self, error: Exception) -> None:
+        """Stop writing: the run's lease is lost (``RunLeasedError``) or cannot be renewed.
+
+        Args:
+            error: Why; it becomes :attr:`error` unless the store failed first.
+        """
+        if self.error is None:
+            self.error = error
+        if isinstance(error, RunLeasedError):
+            self._lost = True  # another owner writes the run now
+
+    async def _save(
+        self, batch: list[tuple[int, StepRecord]], state: Mapping[str, StoredValue]
+    ) -> list[tuple[int, StepRecord]]:
+        # One transaction; a record whose value is too large goes back to the run, which fails
+        # its step, and the transaction is tried again with the new record.
+        while True:
+            try:
+                await self.store.save_steps(self.run_id, [record for _, record in batch], state)
+            except UnstorableValueError as exc:
+                i = self._index.get(exc.step, -1)
+                k = next((k for k, (j, _) in enumerate(batch) if j == i), -1)
+                if k < 0 or batch[k][1].value is None:
+                    raise
+                batch[k] = (i, self._refuse(i, exc))
+            else:
+                return batch
+
+    async def close(self, records: Sequence[StepRecord], final: RunStatus, elapsed: float) -> None:
         """Write the records that changed since they were saved, the state, and the final status.
 
-        Runs shielded from cancellation.
+        Runs shielded from cancellation. Writes nothing once the run's lease was lost.
 
         Args:
             records: The records of the steps whose stored record is missing or out of date
                 (see :attr:`saved`).
             final: How the run ended.
+            elapsed: Seconds this session of the run ran.
 
         Raises:
             Exception: What the store raised.
         """
+        if self._lost:
+            return
         with anyio.CancelScope(shield=True):
             state = self._shared.take_dirty()
             if records or state:
-                await self.store.save_steps(self.run_id, records, state)
-            await self.store.finish_run(self.run_id, final)
+                index = self._index
+                await self._save([(index[r.name], r) for r in records], state)
+            await self.store.finish_run(self.run_id, final, elapsed=elapsed)

@@ -180,6 +180,8 @@ class WorkflowResult:
         steps: Step name -> :class:`StepResult`, in definition order.
         context: The run's final :class:`Context` (results and state; ``step`` is None).
         duration: Seconds from the start to the end of the run, compensation included.
+        changed: Names of the steps a resumed run ran again, although they were done, because
+            their ``fingerprint`` changed since (definition order).
     """
 
     workflow: str
@@ -188,6 +190,7 @@ class WorkflowResult:
     steps: Mapping[str, StepResult] = attrs.field(converter=_read_only)
     context: Context
     duration: float
+    changed: tuple[str, ...] = ()
 
     @property
     def values(self) -> Mapping[str, Any]:

@@ -43,13 +43,14 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._backend import current_clock
-from .._checks import check_bool, check_int, describe
-from .._errors import UnstorableValueError, WorkflowDefinitionError
+from .._checks import check_bool, check_int, check_number, describe
+from .._errors import UnstorableValueError, ValueTooLargeError, WorkflowDefinitionError
 from .._limits import ResourceManager
 from ._codec import decode_value, encode_value, return_hint
 from ._context import Context, RunShared, run_context
 from ._graph import Graph, Step, StepStatus, Workflow
 from ._journal import Journal
+from ._lease import DEFAULT_LEASE_TTL, Lease
 from ._result import StepResults, StepTable, WorkflowProgress, WorkflowResult
 from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore
 
@@ -62,6 +63,7 @@ _CANCELLED = StepStatus.CANCELLED
 _NOT_RUN = StepStatus.NOT_RUN
 _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
+_MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
 
 
@@ -113,6 +115,7 @@ async def run_workflow(
     store: WorkflowStore | None = None,
     run_id: str | None = None,
     on_progress: Callable[[WorkflowProgress], object] | None = None,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> WorkflowResult:
     """Run a workflow: each step starts as soon as the steps it comes after are done.
 
@@ -138,7 +141,16 @@ async def run_workflow(
     starts. Running again with the same ``store`` and ``run_id`` resumes: SUCCEEDED and SKIPPED
     steps do not run again and their values come back into ``ctx.results`` (with the type of
     the step function's return annotation, or of the stored type when it can be imported) and
-    their state into the context; every other step runs.
+    their state into the context; every other step runs. A done step defined with a
+    ``fingerprint`` that differs from the one stored with it runs again
+    (``WorkflowResult.changed`` names it).
+
+    With a store, the process executing a run holds the run's lease: it takes it before
+    anything is read, a heartbeat in the run's task group renews it every ``lease_ttl / 3``
+    seconds, and it is given back (shielded) when the run ends, fails or is cancelled. Another
+    process (or another call in this one) asking to run or resume the run meanwhile is refused
+    with ``RunLeasedError`` before any step starts. The lease of a process that died is free
+    at once on its own host (its pid is gone), and elsewhere once it expires.
 
     Args:
         workflow: The workflow to run.
@@ -152,13 +164,19 @@ async def run_workflow(
         on_progress: Called with a :class:`WorkflowProgress` whenever a step starts or ends
             (synchronously, in the run: keep it quick; an exception it raises ends the
             run).
+        lease_ttl: Seconds the run's lease lives unless renewed (wall-clock; used with a
+            ``store`` only): how long another host waits before it may resume a run whose
+            owner vanished.
 
     Returns:
         The run's :class:`WorkflowResult`.
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: ``limit`` is below 1.
+        ValueError: ``limit`` is below 1, or ``lease_ttl`` is below 0.1 or above a year.
+        RunLeasedError: Another live owner holds the lease of the stored run ``run_id``;
+            nothing ran. (Also raised, with the run stopped, if this run's lease expired and
+            another owner took it.)
         WorkflowDefinitionError: The workflow is invalid (unknown dependency, cycle), or a step
             takes pools that ``limit`` does not have. Nothing runs and nothing is stored.
         WorkflowShapeChangedError: The stored run ``run_id`` has other steps or edges (or another
@@ -180,6 +198,8 @@ async def run_workflow(
         raise TypeError(f"run_id must be a non-empty string or None, got {run_id!r}")
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable or None, got {on_progress!r}")
+    if lease_ttl != DEFAULT_LEASE_TTL:
+        check_number(lease_ttl, "lease_ttl", minimum=0.1, maximum=_MAX_LEASE_TTL)
     run = Run(
         workflow.name,
         graph,
@@ -190,6 +210,7 @@ async def run_workflow(
         run_id=run_id or uuid.uuid4().hex,
         on_progress=on_progress,
         state=context,
+        lease_ttl=lease_ttl,
     )
     return await run.run()
 
@@ -214,6 +235,7 @@ class Run:
         run_id: str,
         on_progress: Callable[[WorkflowProgress], object] | None,
         state: Mapping[str, Any] | None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         steps = graph.steps
         n = len(steps)
@@ -227,7 +249,13 @@ class Run:
         self.cap = cap
         self.manager = manager
         self.fail_fast = fail_fast
-        self.journal = None if store is None else Journal(store, run_id, self.shared, n)
+        self.journal = (
+            None
+            if store is None
+            else Journal(store, run_id, self.shared, n, self._refused, graph.index)
+        )
+        self.lease = None if store is None else Lease(store, run_id, lease_ttl)
+        self.changed: list[str] = []  # done steps rerun because their fingerprint changed
         # Per step, by index: what the graph says...
         self.exclusive = [step.exclusive for step in steps]
         # ...whether its function is all there is to it (no condition, retry, timeout, slot)...
@@ -280,12 +308,40 @@ class Run:
             The run's result.
 
         Raises:
+            RunLeasedError: Another owner holds the run's lease.
             WorkflowShapeChangedError: The stored run has another shape.
             Exception: What the store raised (the first failure).
         """
         self.now = current_clock()
         self.t0 = self.now()
         self.wall0 = time.time()
+        lease = self.lease
+        if lease is None:
+            return await self._execute()
+        await lease.acquire()
+        result: WorkflowResult | None = None
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(lease.keep, self._lease_lost)
+                # Held here, raised after the task group: what the run raises stays itself,
+                # not an exception group.
+                try:
+                    result = await self._execute()
+                except BaseException as exc:
+                    failure = exc
+                finally:
+                    lease.stop()
+        finally:
+            released = await lease.release()
+        if failure is not None:
+            if released is not None:
+                failure.add_note(f"trioflow: could not release the run's lease: {released!r}")
+            raise failure
+        assert result is not None
+        return result
+
+    async def _execute(self) -> WorkflowResult:
         journal = self.journal
         if journal is not None:
             record = await journal.open(self.name, self.graph)
@@ -300,6 +356,8 @@ class Run:
             if self.ready:
                 async with anyio.create_task_group() as tg:
                     self.tg = tg
+                    if self.aborted:  # the lease was lost already
+                        tg.cancel_scope.cancel()
                     tg.start_soon(self._supervise)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -310,6 +368,27 @@ class Run:
             raise journal.error
         return self._result()
 
+    def _lease_lost(self, error: Exception) -> None:
+        # The heartbeat could not renew the lease: stop the run, and write nothing more if
+        # another owner has it now.
+        assert self.journal is not None
+        self.journal.lose(error)
+        self._abort()
+
+    def _refused(self, i: int, error: UnstorableValueError) -> StepRecord:
+        # The store cannot hold step i's value: the step FAILED with the error, by the
+        # fail-fast rules, as when its value cannot be encoded.
+        if isinstance(error, ValueTooLargeError):
+            error = ValueTooLargeError(
+                error.step, type(self.value[i]), size=error.size, limit=error.limit
+            )
+        self.status[i] = _FAILED
+        self.error[i] = error
+        self.value[i] = self.stored[i] = self.seq[i] = None
+        if i in self.completion:
+            self.completion.remove(i)
+        return self.record(i)
+
     def _restore(
         self, records: Mapping[str, StepRecord], state: Mapping[str, StoredValue]
     ) -> None:
@@ -318,6 +397,10 @@ class Run:
         for record in records.values():
             i = index[record.name]
             if record.status is not _SUCCEEDED and record.status is not _SKIPPED:
+                continue
+            now = self.steps[i].fingerprint
+            if now is not None and record.fingerprint is not None and record.fingerprint != now:
+                self.changed.append(record.name)  # its definition changed: it runs again
                 continue
             self.status[i] = record.status
             self.restored[i] = True
@@ -328,6 +411,7 @@ class Run:
             self.duration[i] = record.duration
             self.seq[i] = record.seq
             self.completed += 1
+            self.shared.statuses[record.name] = record.status
             if record.status is _SUCCEEDED:
                 self.succeeded += 1
                 self.stored[i] = record.value
@@ -406,6 +490,9 @@ class Run:
                 self._report()
             ctx = context(shared, step.name)
             try:
+                if self.aborted:
+                    # Claimed, then the run stopped before this task first ran: start nothing.
+                    await anyio.sleep_forever()
                 if bare[i]:
                     self.attempts[i] = 1
                     self.started[i] = now()
@@ -419,8 +506,9 @@ class Run:
                 self.error[i] = exc
                 status = _FAILED
             except BaseException:
-                self.status[i] = _CANCELLED
-                self.finished[i] = now()
+                if self.started[i] is not None:  # a step that never started stays NOT_RUN
+                    self.status[i] = _CANCELLED
+                    self.finished[i] = now()
                 self._leave(i)
                 raise
             else:
@@ -483,8 +571,8 @@ class Run:
             self.exclusive_running = False
 
     async def _attempts(self, i: int, step: Step, ctx: Context) -> Any:
-        # What a step is besides its function: its condition, its resource slot (held from the
-        # first attempt to the last), its retries and its timeout per attempt.
+        # What a step is besides its function: its condition, its retries, and per attempt its
+        # resource slot (released while it waits to retry) and its timeout.
         when = step.when
         if when is not None:
             go = when(ctx)
@@ -492,30 +580,31 @@ class Run:
                 go = await go
             if not go:
                 return _SKIP
-        if self.manager is None:
+        retry = step.options.retry
+        if retry is None:
+            return await self._attempt(i, step, ctx)
+        return await retry.call(self._attempt, i, step, ctx)
+
+    async def _attempt(self, i: int, step: Step, ctx: Context) -> Any:
+        manager = self.manager
+        if manager is None:
             return await self._call(i, step, ctx)
-        async with self.manager.slot(*step.options.pools):
+        async with manager.slot(*step.options.pools):
             return await self._call(i, step, ctx)
 
     async def _call(self, i: int, step: Step, ctx: Context) -> Any:
-        fn = step.fn
-        timeout, retry = step.options.timeout, step.options.retry
-        self.started[i] = self.now()
-        if retry is None:
-            self.attempts[i] = 1
-            if timeout is None:
-                return await fn(ctx)
-            with anyio.fail_after(timeout):
-                return await fn(ctx)
-
-        async def attempt() -> Any:
-            self.attempts[i] += 1
-            if timeout is None:
-                return await fn(ctx)
-            with anyio.fail_after(timeout):
-                return await fn(ctx)
-
-        return await retry.call(attempt)
+        if self.aborted:
+            # A failure was seen while this step waited (for its slot, its condition): once a
+            # failure is seen nothing more starts; the run's cancellation ends the wait.
+            await anyio.sleep_forever()
+        if self.started[i] is None:
+            self.started[i] = self.now()
+        self.attempts[i] += 1
+        timeout = step.options.timeout
+        if timeout is None:
+            return await step.fn(ctx)
+        with anyio.fail_after(timeout):
+            return await step.fn(ctx)
 
     async def _save(self, i: int) -> None:
         # Hand the step's record to the journal; the first step to end while no write is in
@@ -535,15 +624,21 @@ class Run:
         self.active -= 1
         self.completed += 1
         status = self.status[i]
+        assert status is not None
+        name = self.steps[i].name
+        self.shared.statuses[name] = status
         if status is _SUCCEEDED:
             self.succeeded += 1
-            self.shared.results[self.steps[i].name] = self.value[i]
+            self.shared.results[name] = self.value[i]
             release = True
         elif status is _SKIPPED:
             self.skipped += 1
             release = True
         else:
             self.failed += 1
+            error = self.error[i]
+            if error is not None:
+                self.shared.errors[name] = error
             release = self.steps[i].options.optional
             if not release:
                 self.hard_failures += 1
@@ -588,7 +683,7 @@ class Run:
             if status is not saved[i] or comp_error[i] is not None
         ]
         try:
-            await journal.close(changed, final)
+            await journal.close(changed, final, self.now() - self.t0)
         except Exception as exc:
             if interrupted is not None:
                 interrupted.add_note(f"trioflow: could not record the end of the run: {exc!r}")
@@ -647,6 +742,7 @@ class Run:
             finished_at=self._wall(self.finished[i]),
             duration=self._duration(i),
             seq=self.seq[i],
+            fingerprint=self.steps[i].fingerprint,
         )
 
     def _report(self) -> None:
@@ -686,4 +782,5 @@ class Run:
             steps=StepResults(table),
             context=run_context(self.shared, None),
             duration=self.now() - self.t0,
+            changed=tuple(sorted(self.changed, key=self.graph.index.__getitem__)),
         )

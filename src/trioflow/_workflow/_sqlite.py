@@ -3,18 +3,23 @@
 The stdlib ``sqlite3`` module is used from anyio worker threads (one connection per store,
 guarded by a lock), in WAL mode with ``synchronous=NORMAL``: a committed transaction survives
 the process being killed, and readers never block the writer. A busy timeout lets several
-processes share one file. The schema is versioned with ``PRAGMA user_version``.
+processes share one file. The schema is versioned with ``PRAGMA user_version``; a file of an
+older version is migrated when it is opened.
+
+Every row read is checked (types, JSON shapes): a malformed row raises ``StoreError`` naming
+the file and the run, never another exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, final
@@ -22,9 +27,10 @@ from typing import Any, TypeVar, final
 import anyio.to_thread
 
 from .._checks import check_number
-from .._errors import StoreError
-from ._graph import StepStatus
-from ._store import RunRecord, RunStatus, StepRecord, StoredValue
+from .._errors import StoreError, ValueTooLargeError
+from ._lease import RunOwner, live_owner
+from ._step_status import StepStatus
+from ._store import RunRecord, RunStatus, StepRecord, StoredValue, active_seconds
 
 __all__ = ("SQLiteStore",)
 
@@ -33,9 +39,25 @@ _MAX_BUSY_TIMEOUT = 2_000_000
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 1 (trioflow 0.1): runs, steps, state.
+# 2: runs.active_seconds and runs.session_started (time spent running), steps.fingerprint,
+#    and the leases table.
 
-_SCHEMA = """
+_LEASES = """
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    token TEXT NOT NULL,
+    process_started REAL,
+    since TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -43,7 +65,9 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    shape TEXT NOT NULL
+    shape TEXT NOT NULL,
+    active_seconds REAL NOT NULL DEFAULT 0,
+    session_started TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -58,6 +82,7 @@ CREATE TABLE IF NOT EXISTS steps (
     finished_at TEXT,
     duration REAL,
     seq INTEGER,
+    fingerprint TEXT,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
@@ -69,17 +94,38 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_creation ON runs (created_at);
 """
+    + ";"
+    + _LEASES
+)
+
+_MIGRATE_FROM_1 = (
+    "ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN session_started TEXT",
+    "ALTER TABLE steps ADD COLUMN fingerprint TEXT",
+    _LEASES,
+)
 
 _SAVE_STEP = (
     "INSERT OR REPLACE INTO steps (run_id, name, status, attempts, value, value_type, error, "
-    "compensation_error, started_at, finished_at, duration, seq) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "compensation_error, started_at, finished_at, duration, seq, fingerprint) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SAVE_LEASE = (
+    "INSERT OR REPLACE INTO leases (run_id, host, pid, token, process_started, since, "
+    "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_LEASE_COLUMNS = "run_id, host, pid, token, process_started, since, expires_at"
 _SAVE_STATE = "INSERT OR REPLACE INTO state (run_id, key, value, value_type) VALUES (?, ?, ?, ?)"
-_RUN_COLUMNS = (
-    "run_id, workflow, status, created_at, max(updated_at, coalesce((SELECT max(finished_at) "
-    "FROM steps WHERE steps.run_id = runs.run_id), '')), fingerprint, shape"
+_UPDATED = (
+    "max(updated_at, coalesce((SELECT max(finished_at) FROM steps WHERE steps.run_id = "
+    "runs.run_id), ''))"
 )
+_RUN_COLUMNS = (
+    f"run_id, workflow, status, created_at, {_UPDATED}, fingerprint, shape, active_seconds, "
+    "session_started"
+)
+# Room left in a row for everything but a step's value (SQLITE_LIMIT_LENGTH bounds rows too).
+_ROW_MARGIN = 4096
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -222,10 +268,13 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
+            if version == 1:
+                _migrate_from_1(conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 0:
                 foreign = conn.execute(
                     "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name "
-                    "NOT IN ('runs', 'steps', 'state', 'runs_by_creation')"
+                    "NOT IN ('runs', 'steps', 'state', 'runs_by_creation', 'leases')"
                 ).fetchone()[0]
                 if foreign:
                     raise StoreError(
@@ -248,11 +297,16 @@ class SQLiteStore:
                 conn = self._conn = self._connect()
             try:
                 return fn(conn)
-            except (sqlite3.Error, ValueError) as exc:
+            except (sqlite3.Error, _Malformed, ValueTooLargeError) as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if not isinstance(exc, sqlite3.Error):  # a row it cannot parse (JSON, a status)
-                    what = f"{what} (a malformed record)"
+                if isinstance(exc, ValueTooLargeError):
+                    raise
+                if isinstance(exc, _Malformed):
+                    raise StoreError(
+                        f"workflow store {str(self._path)!r}: {what} (a malformed record): "
+                        f"run {exc.run_id!r}: {exc}"
+                    ) from exc
                 raise self._error(what, exc) from exc
 
     async def _call(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -278,36 +332,34 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
-            steps = {
-                r[0]: StepRecord(
-                    name=r[0],
-                    status=StepStatus(r[1]),
-                    attempts=r[2],
-                    value=None if r[3] is None else StoredValue(json=r[3], type=r[4]),
-                    error=r[5],
-                    compensation_error=r[6],
-                    started_at=_dt(r[7]),
-                    finished_at=_dt(r[8]),
-                    duration=r[9],
-                    seq=r[10],
-                )
+            with _checking(run_id):
+                steps: dict[str, StepRecord] = {}
                 for r in conn.execute(
                     "SELECT name, status, attempts, value, value_type, error, "
-                    "compensation_error, started_at, finished_at, duration, seq "
+                    "compensation_error, started_at, finished_at, duration, seq, fingerprint "
                     "FROM steps WHERE run_id = ?",
                     (run_id,),
-                )
-            }
-            state = {
-                key: StoredValue(json=value, type=value_type)
-                for key, value, value_type in conn.execute(
-                    "SELECT key, value, value_type FROM state WHERE run_id = ?", (run_id,)
-                )
-            }
-            counts: dict[StepStatus, int] = {}
-            for record in steps.values():
-                counts[record.status] = counts.get(record.status, 0) + 1
-            return _run_record(row, counts, steps, state)
+                ):
+                    record = _step_record(r)
+                    steps[record.name] = record
+                state = {
+                    _text(key, "a state key"): _stored(value, value_type, f"state {key!r}")
+                    for key, value, value_type in conn.execute(
+                        "SELECT key, value, value_type FROM state WHERE run_id = ?", (run_id,)
+                    )
+                }
+                counts: dict[StepStatus, int] = {}
+                for record in steps.values():
+                    counts[record.status] = counts.get(record.status, 0) + 1
+                lease = conn.execute(
+                    f"SELECT {_LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                owner = None if lease is None else _live(lease, datetime.now(UTC))
+                run = _run_record(row, counts, steps, state, owner)
+                unknown = [name for name in steps if name not in run.shape]
+                if unknown:
+                    raise _Malformed(f"steps not in its shape: {unknown!r}")
+                return run
 
         return await self._call("cannot read", load)
 
@@ -326,11 +378,23 @@ class SQLiteStore:
             for run_id, status, n in conn.execute(
                 "SELECT run_id, status, count(*) FROM steps GROUP BY run_id, status"
             ):
-                counts.setdefault(run_id, {})[StepStatus(status)] = n
+                with _checking(run_id):
+                    counts.setdefault(run_id, {})[_status(StepStatus, status)] = n
+            now = datetime.now(UTC)
+            owners: dict[str, RunOwner | None] = {}
+            for lease in conn.execute(f"SELECT {_LEASE_COLUMNS} FROM leases"):
+                with _checking(lease[0]):
+                    owners[lease[0]] = _live(lease, now)
             rows = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC"
             ).fetchall()
-            return tuple(_run_record(row, counts.get(row[0], {}), {}, {}) for row in rows)
+            listed = []
+            for row in rows:
+                with _checking(row[0]):
+                    listed.append(
+                        _run_record(row, counts.get(row[0], {}), {}, {}, owners.get(row[0]))
+                    )
+            return tuple(listed)
 
         return await self._call("cannot read", runs)
 
@@ -353,12 +417,39 @@ class SQLiteStore:
         def begin(conn: sqlite3.Connection) -> None:
             now = _now()
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO runs (run_id, workflow, status, created_at, updated_at, "
-                "fingerprint, shape) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO "
-                "UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-                (run_id, workflow, RunStatus.RUNNING.value, now, now, fingerprint, shape_text),
-            )
+            row = conn.execute(
+                f"SELECT active_seconds, session_started, {_UPDATED} FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO runs (run_id, workflow, status, created_at, updated_at, "
+                    "fingerprint, shape, active_seconds, session_started) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    (
+                        run_id,
+                        workflow,
+                        RunStatus.RUNNING.value,
+                        now,
+                        now,
+                        fingerprint,
+                        shape_text,
+                        now,
+                    ),
+                )
+            else:
+                with _checking(run_id):
+                    # A session that died without finish_run counts up to its last write.
+                    active = active_seconds(
+                        _real(row[0], "active_seconds"),
+                        _time(row[1], "session_started"),
+                        _when(row[2], "updated_at"),
+                    )
+                conn.execute(
+                    "UPDATE runs SET status = ?, updated_at = ?, active_seconds = ?, "
+                    "session_started = ? WHERE run_id = ?",
+                    (RunStatus.RUNNING.value, now, active, now, run_id),
+                )
             conn.execute("COMMIT")
 
         await self._call("cannot write", begin)
@@ -374,6 +465,9 @@ class SQLiteStore:
             state: State values that replace earlier values of the same keys.
 
         Raises:
+            ValueTooLargeError: A step's value is larger than SQLite holds in one value
+                (``SQLITE_LIMIT_LENGTH``, 1 GB by default, less a few KiB for the rest of the
+                row); its ``step`` says which; nothing is written.
             StoreError: The file cannot be written.
         """
         step_rows = [
@@ -390,12 +484,21 @@ class SQLiteStore:
                 _iso(r.finished_at),
                 r.duration,
                 r.seq,
+                r.fingerprint,
             )
             for r in steps
         ]
         state_rows = [(run_id, key, v.json, v.type) for key, v in state.items()]
 
         def save(conn: sqlite3.Connection) -> None:
+            room = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+            for r in steps:
+                # A value over the limit fails its step, not the store (which would fail every
+                # resume the same way). Most values are far below: bytes <= 4 * characters.
+                if r.value is not None and 4 * len(r.value.json) + _ROW_MARGIN > room:
+                    size = len(r.value.json.encode())
+                    if size + _ROW_MARGIN > room:
+                        raise ValueTooLargeError(r.name, str, size=size, limit=room)
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_SAVE_STEP, step_rows)
             if state_rows:
@@ -406,12 +509,13 @@ class SQLiteStore:
 
         await self._call("cannot write", save)
 
-    async def finish_run(self, run_id: str, status: RunStatus) -> None:
-        """Record how a run ended.
+    async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
+        """Record how a run ended, and how long this session of it ran.
 
         Args:
             run_id: The run's id.
             status: The final status.
+            elapsed: Seconds this session ran (added to ``active_seconds``).
 
         Raises:
             StoreError: The file cannot be written.
@@ -419,11 +523,240 @@ class SQLiteStore:
 
         def finish(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?",
-                (status.value, _now(), run_id),
+                "UPDATE runs SET status = ?, updated_at = ?, active_seconds = active_seconds + "
+                "?, session_started = NULL WHERE run_id = ?",
+                (status.value, _now(), elapsed, run_id),
             )
 
         await self._call("cannot write", finish)
+
+    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        """Take the lease of a run for ``ttl`` seconds unless a live owner holds it.
+
+        One ``BEGIN IMMEDIATE`` transaction: two processes cannot both take it.
+
+        Args:
+            run_id: The run's id.
+            owner: Who takes it.
+            ttl: Seconds it lives unless renewed.
+
+        Returns:
+            None when ``owner`` now holds the lease; else the live owner that holds it.
+
+        Raises:
+            StoreError: The file cannot be read or written.
+        """
+
+        def acquire(conn: sqlite3.Connection) -> RunOwner | None:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(
+                f"SELECT {_LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            now = datetime.now(UTC)
+            if row is not None:
+                with _checking(run_id):
+                    holder = _live(row, now)
+                if holder is not None and holder.token != owner.token:
+                    conn.execute("COMMIT")
+                    return holder
+            conn.execute(
+                _SAVE_LEASE,
+                (
+                    run_id,
+                    owner.host,
+                    owner.pid,
+                    owner.token,
+                    owner.process_started,
+                    owner.since.isoformat(),
+                    (now + timedelta(seconds=ttl)).isoformat(),
+                ),
+            )
+            conn.execute("COMMIT")
+            return None
+
+        return await self._call("cannot take the run's lease", acquire)
+
+    async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        """Extend ``owner``'s lease to ``ttl`` seconds from now (one transaction).
+
+        Args:
+            run_id: The run's id.
+            owner: The owner that holds it.
+            ttl: Seconds it lives from now.
+
+        Returns:
+            None when renewed; else the owner that took it meanwhile.
+
+        Raises:
+            StoreError: The file cannot be read or written.
+        """
+        return await self.acquire_lease(run_id, owner, ttl)
+
+    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
+        """Give a lease back, if ``owner`` still holds it.
+
+        Args:
+            run_id: The run's id.
+            owner: The owner that took it.
+
+        Raises:
+            StoreError: The file cannot be written.
+        """
+
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM leases WHERE run_id = ? AND token = ?", (run_id, owner.token)
+            )
+
+        await self._call("cannot release the run's lease", release)
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    # 0.1 files: add the new columns and the leases table; a run's active time, which 0.1 did
+    # not keep, is taken to be its wall span (what 0.1 reported as its duration).
+    for statement in _MIGRATE_FROM_1:
+        conn.execute(statement)
+    spans = []
+    for run_id, created, updated in conn.execute(
+        f"SELECT run_id, created_at, {_UPDATED} FROM runs"
+    ):
+        try:
+            span = (
+                datetime.fromisoformat(updated) - datetime.fromisoformat(created)
+            ).total_seconds()
+        except (TypeError, ValueError):  # a malformed row: reading it will say so
+            continue
+        spans.append((max(0.0, span), run_id))
+    conn.executemany("UPDATE runs SET active_seconds = ? WHERE run_id = ?", spans)
+
+
+class _Malformed(Exception):
+    """A row that does not hold what its columns should (internal).
+
+    Attributes:
+        run_id: The run the row belongs to.
+    """
+
+    def __init__(self, message: str, run_id: object = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+@contextlib.contextmanager
+def _checking(run_id: object) -> Iterator[None]:
+    # Any failure to parse the rows of one run becomes _Malformed naming the run.
+    try:
+        yield
+    except _Malformed as exc:
+        if exc.run_id is None:
+            exc.run_id = run_id
+        raise
+    except sqlite3.Error:
+        raise
+    except Exception as exc:
+        raise _Malformed(f"{type(exc).__name__}: {exc}", run_id) from exc
+
+
+def _text(value: object, what: str) -> str:
+    if type(value) is not str:
+        raise _Malformed(f"{what} is {value!r}, not text")
+    return value
+
+
+def _opt_text(value: object, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _int(value: object, what: str) -> int:
+    if type(value) is not int:
+        raise _Malformed(f"{what} is {value!r}, not an integer")
+    return value
+
+
+def _real(value: object, what: str) -> float:
+    if type(value) is not int and type(value) is not float:
+        raise _Malformed(f"{what} is {value!r}, not a number")
+    return float(value)
+
+
+def _opt_real(value: object, what: str) -> float | None:
+    return None if value is None else _real(value, what)
+
+
+def _when(value: object, what: str) -> datetime:
+    text = _text(value, what)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise _Malformed(f"{what} is {text!r}, not an ISO date and time") from None
+
+
+def _time(value: object, what: str) -> datetime | None:
+    return None if value is None else _when(value, what)
+
+
+E = TypeVar("E", StepStatus, RunStatus)
+
+
+def _status(kind: type[E], value: object) -> E:
+    try:
+        return kind(_text(value, "status"))
+    except ValueError:
+        raise _Malformed(f"status {value!r} is not a {kind.__name__}") from None
+
+
+def _stored(value: object, value_type: object, what: str) -> StoredValue:
+    text = _text(value, what)
+    try:
+        json.loads(text)
+    except ValueError:
+        raise _Malformed(f"{what} is not JSON: {text[:80]!r}") from None
+    return StoredValue(json=text, type=_opt_text(value_type, f"the type of {what}"))
+
+
+def _shape(text: object) -> dict[str, tuple[str, ...]]:
+    try:
+        data = json.loads(_text(text, "shape"))
+    except ValueError:
+        raise _Malformed("shape is not JSON") from None
+    if type(data) is not dict:
+        raise _Malformed(f"shape is {data!r}, not an object of step names")
+    shape = {}
+    for name, after in data.items():
+        if type(after) is not list or not all(type(a) is str for a in after):
+            raise _Malformed(f"shape of step {name!r} is {after!r}, not a list of names")
+        shape[name] = tuple(after)
+    return shape
+
+
+def _step_record(r: tuple[Any, ...]) -> StepRecord:
+    name = _text(r[0], "a step name")
+    what = f"step {name!r}"
+    return StepRecord(
+        name=name,
+        status=_status(StepStatus, r[1]),
+        attempts=_int(r[2], f"attempts of {what}"),
+        value=None if r[3] is None else _stored(r[3], r[4], f"the value of {what}"),
+        error=_opt_text(r[5], f"error of {what}"),
+        compensation_error=_opt_text(r[6], f"compensation_error of {what}"),
+        started_at=_time(r[7], f"started_at of {what}"),
+        finished_at=_time(r[8], f"finished_at of {what}"),
+        duration=_opt_real(r[9], f"duration of {what}"),
+        seq=None if r[10] is None else _int(r[10], f"seq of {what}"),
+        fingerprint=_opt_text(r[11], f"fingerprint of {what}"),
+    )
+
+
+def _live(row: tuple[Any, ...], now: datetime) -> RunOwner | None:
+    _, host, pid, token, started, since, expires = row
+    holder = RunOwner(
+        host=_text(host, "lease host"),
+        pid=_int(pid, "lease pid"),
+        token=_text(token, "lease token"),
+        process_started=_opt_real(started, "lease process_started"),
+        since=_when(since, "lease since"),
+    )
+    return live_owner(holder, _when(expires, "lease expires_at"), now)
 
 
 def _run_record(
@@ -431,17 +764,23 @@ def _run_record(
     counts: Mapping[StepStatus, int],
     steps: Mapping[str, StepRecord],
     state: Mapping[str, StoredValue],
+    owner: RunOwner | None,
 ) -> RunRecord:
-    run_id, workflow, status, created, updated, fingerprint, shape = row
+    run_id, workflow, status, created, updated, fingerprint, shape, active, session = row
+    updated_at = _when(updated, "updated_at")
     return RunRecord(
-        run_id=run_id,
-        workflow=workflow,
-        status=RunStatus(status),
-        created_at=datetime.fromisoformat(created),
-        updated_at=datetime.fromisoformat(updated),
-        fingerprint=fingerprint,
-        shape={name: tuple(after) for name, after in json.loads(shape).items()},
+        run_id=_text(run_id, "run_id"),
+        workflow=_text(workflow, "workflow"),
+        status=_status(RunStatus, status),
+        created_at=_when(created, "created_at"),
+        updated_at=updated_at,
+        fingerprint=_text(fingerprint, "fingerprint"),
+        shape=_shape(shape),
         step_counts=counts,
         steps=steps,
         state=state,
+        active_seconds=active_seconds(
+            _real(active, "active_seconds"), _time(session, "session_started"), updated_at
+        ),
+        owner=owner,
     )

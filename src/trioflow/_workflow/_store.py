@@ -1,18 +1,19 @@
 """Durable workflow runs: the store protocol, what it stores, and MemoryStore.
 
 A run is saved as one :class:`RunRecord` (id, workflow name and shape, status, times) plus one
-:class:`StepRecord` per step and the run's shared state. Values are kept as a
+:class:`StepRecord` per step and the run's shared state, and the run's lease while a process
+executes it (a :class:`~trioflow.RunOwner`, see ``_lease``). Values are kept as a
 :class:`StoredValue`: JSON text and the name of the original type (made by ``_codec``), so a
 resumed run can give back the original type. Stores implement the small
 :class:`WorkflowStore` protocol: :class:`MemoryStore` here, ``SQLiteStore`` beside it, and any
-other store (Redis, Postgres) that implements the same five methods.
+other store (Redis, Postgres) that implements the same eight methods.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol, final, runtime_checkable
 
@@ -20,7 +21,8 @@ import anyio.lowlevel
 import attrs
 
 from .._status import Status
-from ._graph import StepStatus
+from ._lease import RunOwner, live_owner
+from ._step_status import StepStatus
 
 __all__ = (
     "MemoryStore",
@@ -36,7 +38,8 @@ class RunStatus(Status):
     """The state of a stored run.
 
     Attributes:
-        RUNNING: Started and not ended (or the process running it died: resume it).
+        RUNNING: Started and not ended; when no live process holds its lease (it died), the
+            record says ``interrupted``: resume it.
         SUCCEEDED: Every step SUCCEEDED, was SKIPPED, or FAILED being ``optional``.
         FAILED: A step failed (or the store failed); resuming reruns what did not succeed.
         CANCELLED: The run was cancelled by its caller; resuming finishes it.
@@ -86,6 +89,8 @@ class StepRecord:
         finished_at: When it ended (UTC).
         duration: Seconds it ran.
         seq: Its place in the run's order of completion (compensation goes in reverse).
+        fingerprint: The step's ``fingerprint`` (a digest of its definition) when it ran, or
+            None; a resume reruns a done step whose fingerprint changed.
     """
 
     name: str
@@ -98,6 +103,7 @@ class StepRecord:
     finished_at: datetime | None = None
     duration: float | None = None
     seq: int | None = None
+    fingerprint: str | None = None
 
 
 def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
@@ -114,12 +120,17 @@ class RunRecord:
         workflow: The workflow's name.
         status: A :class:`RunStatus`.
         created_at: When the run was first started (UTC).
-        updated_at: When it was last written (UTC).
+        updated_at: When it was last written (UTC). ``updated_at - created_at`` is the wall
+            span, idle time between an interruption and a resume included.
+        active_seconds: Seconds the run spent running, summed over every session of it (a
+            first run and each resume); for a session that died, up to its last write.
         fingerprint: Digest of the workflow's shape (steps and edges).
         shape: Step name -> names it comes after, as the run was started.
         step_counts: :class:`StepStatus` -> number of recorded steps with it.
         steps: Step name -> :class:`StepRecord` (empty in ``list_runs()``).
         state: The shared state set with ``ctx.set`` (empty in ``list_runs()``).
+        owner: The :class:`~trioflow.RunOwner` holding the run's lease (the process executing
+            it), or None when nobody does or the lease expired or its process is gone.
     """
 
     run_id: str
@@ -132,21 +143,35 @@ class RunRecord:
     step_counts: Mapping[StepStatus, int] = attrs.field(factory=dict, converter=_frozen_mapping)
     steps: Mapping[str, StepRecord] = attrs.field(factory=dict, converter=_frozen_mapping)
     state: Mapping[str, StoredValue] = attrs.field(factory=dict, converter=_frozen_mapping)
+    active_seconds: float = 0.0
+    owner: RunOwner | None = None
 
     @property
     def total(self) -> int:
         """Number of steps of the workflow."""
         return len(self.shape)
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the run is RUNNING but no live process executes it: resume it.
+
+        Its owner died (on this host, seen at once; elsewhere, once its lease expired), or the
+        run was stored by a trioflow without leases.
+        """
+        return self.status is RunStatus.RUNNING and self.owner is None
+
 
 @runtime_checkable
 class WorkflowStore(Protocol):
     """Where durable workflow runs are kept: what a store must implement.
 
-    ``run_workflow`` calls :meth:`load_run` and :meth:`begin_run` before the first step,
-    :meth:`save_steps` whenever steps end (before any step after them starts), and
-    :meth:`finish_run` at the end. Every method is async; a store that does blocking I/O runs it
-    on a worker thread. A store raises ``trioflow.StoreError`` when it cannot read or write.
+    ``run_workflow`` calls :meth:`acquire_lease`, then :meth:`load_run` and :meth:`begin_run`
+    before the first step, :meth:`save_steps` whenever steps end (before any step after them
+    starts), :meth:`renew_lease` every third of the lease's time to live, :meth:`finish_run`
+    at the end, and :meth:`release_lease` last. Every method is async; a store that does
+    blocking I/O runs it on a worker thread. A store raises ``trioflow.StoreError`` when it
+    cannot read or write. The lease methods are each one atomic check-and-set (one
+    transaction); lease times are wall-clock, since processes share them.
     """
 
     async def load_run(self, run_id: str) -> RunRecord | None:
@@ -164,13 +189,52 @@ class WorkflowStore(Protocol):
     async def begin_run(
         self, run_id: str, *, workflow: str, fingerprint: str, shape: Mapping[str, Sequence[str]]
     ) -> None:
-        """Create a run, or mark an existing one RUNNING again (a resume).
+        """Create a run, or mark an existing one RUNNING again (a resume: a new session).
 
         Args:
             run_id: The run's id.
             workflow: The workflow's name.
             fingerprint: Digest of the workflow's shape.
             shape: Step name -> names it comes after.
+        """
+        ...
+
+    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        """Take the lease of a run (stored or not yet) for ``ttl`` seconds, atomically.
+
+        The lease is taken when nobody holds it, or its holder's lease expired, or its holder
+        is gone (:func:`live_owner` decides), or ``owner`` holds it already (same token).
+
+        Args:
+            run_id: The run's id.
+            owner: Who takes it.
+            ttl: Seconds it lives unless renewed.
+
+        Returns:
+            None when ``owner`` now holds the lease; else the live owner that holds it.
+        """
+        ...
+
+    async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        """Extend ``owner``'s lease to ``ttl`` seconds from now, atomically.
+
+        Args:
+            run_id: The run's id.
+            owner: The owner that holds it.
+            ttl: Seconds it lives from now unless renewed again.
+
+        Returns:
+            None when renewed (or taken again, when it was free); else the owner that took it
+            meanwhile (``owner``'s lease had expired).
+        """
+        ...
+
+    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
+        """Give a lease back, if ``owner`` (same token) still holds it.
+
+        Args:
+            run_id: The run's id.
+            owner: The owner that took it.
         """
         ...
 
@@ -186,12 +250,14 @@ class WorkflowStore(Protocol):
         """
         ...
 
-    async def finish_run(self, run_id: str, status: RunStatus) -> None:
-        """Record how a run ended.
+    async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
+        """Record how a run ended, and how long this session of it ran.
 
         Args:
             run_id: The run's id.
             status: The final status.
+            elapsed: Seconds the session begun by the last :meth:`begin_run` ran; added to
+                the run's ``active_seconds``.
         """
         ...
 
@@ -200,9 +266,27 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def active_seconds(
+    finished: float, session_started: datetime | None, updated_at: datetime
+) -> float:
+    """Return a run's time spent running: its finished sessions, and the current one so far.
+
+    Args:
+        finished: Seconds of the sessions that ended (with ``finish_run``).
+        session_started: When the session in progress (or one that died) began, or None.
+        updated_at: When the run was last written.
+
+    Returns:
+        The seconds.
+    """
+    if session_started is None:
+        return finished
+    return finished + max(0.0, (updated_at - session_started).total_seconds())
+
+
 @final
 class _MemoryRun:
-    __slots__ = ("head", "state", "status", "steps", "updated_at")
+    __slots__ = ("active", "head", "session", "state", "status", "steps", "updated_at")
 
     def __init__(self, head: RunRecord) -> None:
         self.head = head
@@ -210,8 +294,10 @@ class _MemoryRun:
         self.updated_at = head.updated_at
         self.steps: dict[str, StepRecord] = {}
         self.state: dict[str, StoredValue] = {}
+        self.active = 0.0
+        self.session: datetime | None = head.created_at
 
-    def record(self, *, full: bool) -> RunRecord:
+    def record(self, *, full: bool, owner: RunOwner | None) -> RunRecord:
         return attrs.evolve(
             self.head,
             status=self.status,
@@ -220,6 +306,8 @@ class _MemoryRun:
             # Copies: a record handed out never changes under its reader.
             steps=dict(self.steps) if full else {},
             state=dict(self.state) if full else {},
+            active_seconds=active_seconds(self.active, self.session, self.updated_at),
+            owner=owner,
         )
 
 
@@ -231,10 +319,15 @@ class MemoryStore:
     crash.
     """
 
-    __slots__ = ("_runs",)
+    __slots__ = ("_leases", "_runs")
 
     def __init__(self) -> None:
         self._runs: dict[str, _MemoryRun] = {}
+        self._leases: dict[str, tuple[RunOwner, datetime]] = {}
+
+    def _owner(self, run_id: str, now: datetime) -> RunOwner | None:
+        lease = self._leases.get(run_id)
+        return None if lease is None else live_owner(lease[0], lease[1], now)
 
     def __repr__(self) -> str:
         return f"<MemoryStore with {len(self._runs)} runs>"
@@ -250,7 +343,7 @@ class MemoryStore:
         """
         await anyio.lowlevel.checkpoint()
         run = self._runs.get(run_id)
-        return None if run is None else run.record(full=True)
+        return None if run is None else run.record(full=True, owner=self._owner(run_id, _now()))
 
     async def list_runs(self) -> tuple[RunRecord, ...]:
         """Return every stored run, newest first, without steps and state (counts only).
@@ -263,7 +356,10 @@ class MemoryStore:
         runs = sorted(
             reversed(self._runs.values()), key=lambda run: run.head.created_at, reverse=True
         )
-        return tuple(run.record(full=False) for run in runs)
+        now = _now()
+        return tuple(
+            run.record(full=False, owner=self._owner(run.head.run_id, now)) for run in runs
+        )
 
     async def begin_run(
         self, run_id: str, *, workflow: str, fingerprint: str, shape: Mapping[str, Sequence[str]]
@@ -280,6 +376,9 @@ class MemoryStore:
         now = _now()
         run = self._runs.get(run_id)
         if run is not None:
+            # A session that died without finish_run counts up to its last write.
+            run.active = active_seconds(run.active, run.session, run.updated_at)
+            run.session = now
             run.status = RunStatus.RUNNING
             run.updated_at = now
             return
@@ -294,6 +393,50 @@ class MemoryStore:
                 shape={name: tuple(after) for name, after in shape.items()},
             )
         )
+
+    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        """Take the lease of a run for ``ttl`` seconds, unless a live owner holds it.
+
+        Args:
+            run_id: The run's id.
+            owner: Who takes it.
+            ttl: Seconds it lives unless renewed.
+
+        Returns:
+            None when ``owner`` now holds the lease; else the live owner that holds it.
+        """
+        await anyio.lowlevel.checkpoint()
+        now = _now()
+        holder = self._owner(run_id, now)
+        if holder is not None and holder.token != owner.token:
+            return holder
+        self._leases[run_id] = (owner, now + timedelta(seconds=ttl))
+        return None
+
+    async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        """Extend ``owner``'s lease to ``ttl`` seconds from now.
+
+        Args:
+            run_id: The run's id.
+            owner: The owner that holds it.
+            ttl: Seconds it lives from now.
+
+        Returns:
+            None when renewed; else the owner that took it meanwhile.
+        """
+        return await self.acquire_lease(run_id, owner, ttl)
+
+    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
+        """Give a lease back, if ``owner`` still holds it.
+
+        Args:
+            run_id: The run's id.
+            owner: The owner that took it.
+        """
+        await anyio.lowlevel.checkpoint()
+        lease = self._leases.get(run_id)
+        if lease is not None and lease[0].token == owner.token:
+            del self._leases[run_id]
 
     async def save_steps(
         self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
@@ -315,12 +458,13 @@ class MemoryStore:
         run.state.update(state)
         run.updated_at = _now()
 
-    async def finish_run(self, run_id: str, status: RunStatus) -> None:
-        """Record how a run ended.
+    async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
+        """Record how a run ended, and how long this session of it ran.
 
         Args:
             run_id: The run's id.
             status: The final status.
+            elapsed: Seconds this session ran (added to ``active_seconds``).
 
         Raises:
             KeyError: The run was never begun.
@@ -329,6 +473,8 @@ class MemoryStore:
         run = self._runs[run_id]
         run.status = status
         run.updated_at = _now()
+        run.active += elapsed
+        run.session = None
 
 
 def _count(records: Any) -> dict[StepStatus, int]:
