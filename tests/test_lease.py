@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -404,3 +405,33 @@ async def test_an_expired_lease_of_another_host_in_the_file_is_free(tmp_path: Pa
         assert listed.owner is None
         assert listed.interrupted
         assert (await run_workflow(wf, store=store, run_id="r")).ok
+
+
+async def test_a_run_cancelled_as_its_heartbeat_starts_ends_at_once() -> None:
+    # The cancellation lands inside the start of the (shielded) heartbeat: the run must still
+    # stop it, or its task group would wait on it forever, renewing the lease of a dead run.
+    renewals: list[float] = []
+
+    class CancelAfterAcquire:
+        def __init__(self) -> None:
+            self.inner = MemoryStore()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+            holder = await self.inner.acquire_lease(run_id, owner, ttl)
+            scope.cancel()  # delivered at the run's next checkpoint: starting the heartbeat
+            return holder
+
+        async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+            renewals.append(anyio.current_time())
+            if len(renewals) == 3:
+                raise OSError("gave up")  # ends the heartbeat, so the bug cannot hang the test
+            return await self.inner.renew_lease(run_id, owner, ttl)
+
+    wf = Workflow("w").step("a", noop)
+    with anyio.CancelScope() as scope:
+        await run_workflow(wf, store=cast(WorkflowStore, CancelAfterAcquire()), run_id="r")
+    assert scope.cancelled_caught
+    assert renewals == []

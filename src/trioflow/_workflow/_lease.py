@@ -158,7 +158,7 @@ class Lease:
         ttl: Seconds the lease lives unless renewed.
     """
 
-    __slots__ = ("_scope", "owner", "run_id", "store", "ttl")
+    __slots__ = ("_scope", "_stopped", "owner", "run_id", "store", "ttl")
 
     def __init__(self, store: _LeaseStore, run_id: str, ttl: float) -> None:
         self.store = store
@@ -166,6 +166,7 @@ class Lease:
         self.ttl = ttl
         self.owner = RunOwner.current()
         self._scope: anyio.CancelScope | None = None
+        self._stopped = False
 
     async def acquire(self) -> None:
         """Take the lease.
@@ -197,6 +198,8 @@ class Lease:
         """
         with anyio.CancelScope(shield=True) as scope:
             self._scope = scope
+            if self._stopped:  # stopped before it began: end at once
+                scope.cancel()
             task_status.started()
             while True:
                 await anyio.sleep(self.ttl / 3)
@@ -210,7 +213,8 @@ class Lease:
                     return
 
     def stop(self) -> None:
-        """End the heartbeat."""
+        """End the heartbeat (also one that has not begun yet)."""
+        self._stopped = True
         if self._scope is not None:
             self._scope.cancel()
 

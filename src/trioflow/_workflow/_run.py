@@ -323,13 +323,17 @@ class Run:
         failure: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(lease.keep, self._lease_lost)
-                # Held here, raised after the task group: what the run raises stays itself,
-                # not an exception group.
+                # The heartbeat is shielded: whatever happens from here on it must be stopped,
+                # or the group waits on it. Started with start_soon, not start: a cancellation
+                # landing in start() would make it wait for the shielded task to end.
                 try:
-                    result = await self._execute()
-                except BaseException as exc:
-                    failure = exc
+                    tg.start_soon(lease.keep, self._lease_lost)
+                    # Held here, raised after the task group: what the run raises stays itself,
+                    # not an exception group.
+                    try:
+                        result = await self._execute()
+                    except BaseException as exc:
+                        failure = exc
                 finally:
                     lease.stop()
         finally:

@@ -10,6 +10,8 @@ the run is recorded CANCELLED.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import secrets
@@ -173,6 +175,30 @@ def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
     )
 
 
+def step_fingerprint(step: StepSpec) -> str:
+    """Return a digest of what a step does: its command, its environment and its directory.
+
+    A resumed run runs a step that succeeded earlier again when this changed since. Timeouts,
+    retries and conditions are not part of it: they decide whether and how often the step
+    runs, not what a success did.
+
+    Args:
+        step: The step of the workflow file.
+
+    Returns:
+        A hex digest.
+    """
+    definition = json.dumps(
+        [
+            list(step.command) if not step.is_shell else step.command,
+            sorted(step.env.items()),
+            step.cwd,
+        ],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(definition.encode()).hexdigest()[:32]
+
+
 def step_command(
     spec: WorkflowSpec, step: StepSpec, *, run_id: str, logs: Path
 ) -> tuple[tuple[str, ...] | str, Path, dict[str, str]]:
@@ -231,6 +257,7 @@ class _Runner:
                 retry=_retry_policy(step),
                 pools=step.pools,
                 optional=step.continue_on_error,
+                fingerprint=step_fingerprint(step),
             )
         return wf
 
@@ -418,6 +445,37 @@ def describe_store_error(state: Path, exc: BaseException) -> str:
     return f"cannot use the state file {str(state)!r}: {text}"
 
 
+_DONE: Final = (trioflow.StepStatus.SUCCEEDED, trioflow.StepStatus.SKIPPED)
+
+
+def _check_resumable(
+    record: trioflow.RunRecord, workflow: trioflow.Workflow, options: RunOptions
+) -> None:
+    """Refuse, before anything is printed, a resume that ``run_workflow`` would refuse.
+
+    ``run_workflow`` checks both again when it starts (another process may have begun the run
+    meanwhile); checked here first, the command fails before its start line.
+    """
+    if record.owner is not None and record.status is trioflow.RunStatus.RUNNING:
+        raise UsageError(
+            f"run {record.run_id!r} is being run by {record.owner.describe()}; "
+            "wait for it to end (or stop that process) and resume it then"
+        )
+    shape = {name: set(step.after) for name, step in workflow.steps.items()}
+    if {name: set(after) for name, after in record.shape.items()} != shape:
+        added = [n for n in shape if n not in record.shape]
+        removed = [n for n in record.shape if n not in shape]
+        parts = [
+            f"{label}: " + ", ".join(repr(n) for n in names)
+            for label, names in (("steps added", added), ("steps removed", removed))
+            if names
+        ] or ["the steps some steps come after changed"]
+        raise UsageError(
+            f"the workflow in {str(options.file)!r} changed since the run was stored "
+            f"({'; '.join(parts)}); start a new run instead of resuming {record.run_id!r}"
+        )
+
+
 async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) -> RunOutcome:
     """Run (or resume) a workflow file and summarize the run.
 
@@ -454,9 +512,20 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
         if options.resume is not None:
             if record is None:
                 raise UsageError(f"no run {run_id!r} in the state file {str(options.state)!r}")
+            _check_resumable(record, workflow, options)
             for name, stored in record.steps.items():
-                if stored.status in (trioflow.StepStatus.SUCCEEDED, trioflow.StepStatus.SKIPPED):
-                    runner.statuses[name] = str(stored.status)
+                if stored.status not in (
+                    trioflow.StepStatus.SUCCEEDED,
+                    trioflow.StepStatus.SKIPPED,
+                ):
+                    continue
+                if stored.fingerprint not in (None, workflow.steps[name].fingerprint):
+                    reporter.message(
+                        f"{name}: its command, environment or directory changed since it "
+                        f"{stored.status}; it runs again"
+                    )
+                    continue
+                runner.statuses[name] = str(stored.status)
         elif record is not None:  # pragma: no cover - ids carry 16 random bits and the time
             raise UsageError(f"run id {run_id!r} is already taken; try again")
         resumed = len(runner.statuses)
@@ -492,7 +561,11 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
                                 store=store,
                                 run_id=run_id,
                             )
-                        except (trioflow.WorkflowShapeChangedError, trioflow.StoreError) as exc:
+                        except (
+                            trioflow.WorkflowShapeChangedError,
+                            trioflow.RunLeasedError,
+                            trioflow.StoreError,
+                        ) as exc:
                             failure = exc  # caught here, not wrapped in the task group's group
                     tg.cancel_scope.cancel()
         finally:
