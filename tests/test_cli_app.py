@@ -212,7 +212,8 @@ def test_summary_from_a_stored_run(tmp_path: Path) -> None:
         workflow="ci",
         status=trioflow.RunStatus.FAILED,
         created_at=start,
-        updated_at=start + timedelta(seconds=90),
+        updated_at=start + timedelta(hours=2),  # interrupted, resumed the next morning
+        active_seconds=90.0,
         fingerprint="f",
         shape={"a": (), "b": ("a",), "c": ("b",)},
         steps={
@@ -227,7 +228,7 @@ def test_summary_from_a_stored_run(tmp_path: Path) -> None:
         },
     )
     summary = summary_from_record(record, tmp_path, continue_on_error={"a": True})
-    assert summary.duration == 90
+    assert summary.duration == 90  # the time spent running, not the idle gap
     assert summary.status == "failed"
     assert summary.log_dir == tmp_path
     assert summary.steps == (

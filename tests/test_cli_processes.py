@@ -194,3 +194,93 @@ def test_a_terminal_that_cannot_show_the_output_still_gets_the_summary(
     assert shown in out
     assert "to run the steps that did not succeed again:" in out
     assert "--resume" in out
+
+
+def _run_id(project: Path) -> str:
+    listed = subprocess.run(
+        [sys.executable, "-m", "trioflow", "runs", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    [run] = json.loads(listed.stdout)
+    return str(run["run_id"])
+
+
+def _trioflow(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trioflow", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_run_being_run_cannot_be_resumed_and_a_killed_one_shows_interrupted(
+    project: Path,
+) -> None:
+    write(project, f"[steps.slow]\nrun = {step('wait', 'slow')}\n")
+    process = start_run(project)
+    try:
+        wait_for(project / "slow.pid")
+        run_id = _run_id(project)
+        listed = json.loads(_trioflow(project, "runs", "--json").stdout)
+        assert (listed[0]["status"], listed[0]["interrupted"]) == ("running", False)
+        assert listed[0]["owner"]["pid"] == process.pid
+        # A second trioflow resuming the same run is refused before anything runs.
+        second = _trioflow(project, "run", "wf.toml", "--resume", run_id)
+        assert second.returncode == 2, second.stderr
+        assert f"run {run_id!r} is being run by pid {process.pid} on host" in second.stderr
+        assert second.stdout == ""  # not even the start line
+        assert (project / "slow.started").read_text() == "x"  # the step ran once
+        process.kill()  # kill -9: trioflow cannot record anything
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    listed = json.loads(_trioflow(project, "runs", "--json").stdout)
+    assert (listed[0]["status"], listed[0]["interrupted"]) == ("running", True)
+    assert "interrupted" in _trioflow(project, "runs").stdout
+    (project / "release").touch()
+    resumed = _trioflow(project, "run", "wf.toml", "--resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "succeeded"
+
+
+def test_a_resume_reruns_a_step_whose_command_changed(project: Path) -> None:
+    text = """
+        [steps.build]
+        run = {build}
+
+        [steps.test]
+        run = {test}
+        after = ["build"]
+        """
+    write(project, text.format(build=step("ok", "build"), test=step("fail", "test", "3")))
+    first = _trioflow(project, "run", "wf.toml", "--json")
+    assert first.returncode == 1
+    run_id = json.loads(first.stdout)["run_id"]
+    # Unchanged steps are not run again; a changed one is, and the run says so.
+    write(project, text.format(build=step("ok", "build", "v2"), test=step("ok", "test")))
+    second = _trioflow(project, "run", "wf.toml", "--resume", run_id)
+    assert second.returncode == 0, second.stderr
+    assert "build: its command, environment or directory changed since it succeeded" in (
+        second.stdout
+    )
+    assert (project / "build.started").read_text() == "xx"
+    assert (project / "test.started").read_text() == "xx"
+
+
+def test_resuming_a_run_whose_steps_changed_fails_before_its_start_line(project: Path) -> None:
+    write(project, f"[steps.a]\nrun = {step('fail', 'a', '1')}\n")
+    run_id = json.loads(_trioflow(project, "run", "wf.toml", "--json").stdout)["run_id"]
+    write(project, f"[steps.a]\nrun = {step('ok', 'a')}\n[steps.b]\nrun = {step('ok', 'b')}\n")
+    resumed = _trioflow(project, "run", "wf.toml", "--resume", run_id)
+    assert resumed.returncode == 2
+    assert resumed.stdout == ""
+    assert "changed since the run was stored (steps added: 'b')" in resumed.stderr

@@ -283,6 +283,19 @@ def _counts(record: trioflow.RunRecord) -> str:
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
+def _status(record: trioflow.RunRecord) -> str:
+    # A run whose owner died (or whose lease expired) is not running: it waits to be resumed.
+    if record.interrupted:
+        return "interrupted"
+    if record.owner is not None and record.status is trioflow.RunStatus.RUNNING:
+        return f"running (pid {record.owner.pid} on {record.owner.host})"
+    return str(record.status)
+
+
+def _owner_json(owner: trioflow.RunOwner) -> dict[str, object]:
+    return {"host": owner.host, "pid": owner.pid, "since": owner.since.isoformat()}
+
+
 def _runs(args: argparse.Namespace) -> int:
     store = _open_state(args)
     try:
@@ -296,8 +309,11 @@ def _runs(args: argparse.Namespace) -> int:
                     "run_id": r.run_id,
                     "workflow": r.workflow,
                     "status": str(r.status),
+                    "interrupted": r.interrupted,
+                    "owner": None if r.owner is None else _owner_json(r.owner),
                     "created_at": r.created_at.isoformat(),
                     "updated_at": r.updated_at.isoformat(),
+                    "active_seconds": r.active_seconds,
                     "steps": r.total,
                     "step_counts": {str(s): n for s, n in r.step_counts.items()},
                 }
@@ -314,9 +330,9 @@ def _runs(args: argparse.Namespace) -> int:
             (
                 r.run_id,
                 r.workflow,
-                str(r.status),
+                _status(r),
                 _when(r.created_at),
-                format_seconds((r.updated_at - r.created_at).total_seconds()),
+                format_seconds(r.active_seconds),
                 _counts(r),
             )
             for r in records
@@ -343,7 +359,7 @@ def _show(args: argparse.Namespace) -> int:
         data["updated_at"] = record.updated_at.isoformat()
         print_json(data)
         return EXIT_OK
-    print(f"run {record.run_id} of workflow {record.workflow!r}: {record.status}")
+    print(f"run {record.run_id} of workflow {record.workflow!r}: {_status(record)}")
     print(f"started {_when(record.created_at)}, last update {_when(record.updated_at)}")
     print_summary(summary, sys.stdout)
     return EXIT_OK

@@ -419,7 +419,7 @@ def summary_from_record(
             )
         )
     if duration is None:
-        duration = (record.updated_at - record.created_at).total_seconds()
+        duration = record.active_seconds  # time spent running, not the idle gaps between
     return RunSummary(
         run_id=record.run_id,
         workflow=record.workflow,
