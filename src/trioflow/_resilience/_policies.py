@@ -1,6 +1,6 @@
 """Retry policies per operation type, adapted to load and priority when asked for.
 
-The seed's ``RetryManager``: one :class:`~trioflow.RetryPolicy` per kind of operation (LLM
+One :class:`~trioflow.RetryPolicy` per kind of operation (LLM
 calls, tool runs, storage), and a ``get`` that derives the policy for one call from how
 loaded the system is and how much the call matters. Retries multiply load exactly when the
 system can least afford it, so under pressure a call gets fewer attempts and shorter waits
