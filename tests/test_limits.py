@@ -954,3 +954,17 @@ def test_random_keyed_schedules_keep_every_limit_and_drop_idle_keys(
 ) -> None:
     backend, options = virtual_time_backends()[backend_index]
     anyio.run(run_keyed_schedule, schedule, backend=backend, backend_options=options)
+
+
+async def test_run_refuses_a_plain_function_before_calling_it() -> None:
+    calls: list[int] = []
+
+    def sync() -> int:
+        calls.append(1)
+        return 1
+
+    rm = ResourceManager(limit=2)
+    with pytest.raises(TypeError, match=r"^fn must be an async callable, got .*sync"):
+        await rm.run(sync)  # type: ignore[arg-type]
+    assert calls == []
+    assert rm.statistics().executed == 0

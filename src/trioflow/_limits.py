@@ -22,7 +22,7 @@ import anyio.lowlevel
 import attrs
 
 from ._backend import current_time
-from ._checks import check_int
+from ._checks import check_async_callable, check_int
 from ._errors import ResourceExhaustedError
 
 __all__ = (
@@ -762,13 +762,13 @@ class ResourceManager:
             What ``fn`` returned.
 
         Raises:
-            TypeError: ``fn`` is not callable or ``pools`` is a string.
+            TypeError: ``fn`` is not callable, is a plain ``def`` function, or ``pools`` is a
+                string.
             ValueError: A pool is unknown or named twice.
             ResourceExhaustedError: The health source reports unhealthy and ``when_unhealthy`` is
                 ``"fail"``.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be an async callable, got {fn!r}")
+        check_async_callable(fn, "fn")  # a plain def is refused before it runs
         if isinstance(pools, str):
             raise TypeError(f"pools must be a sequence of pool names, got the string {pools!r}")
         async with self.slot(*pools):

@@ -22,8 +22,8 @@ T = TypeVar("T")
 
 # The channel between as_completed's operations and its consumer holds min(limit, this)
 # outcomes (this many without an int limit); a slow consumer holds the operations back once it
-# is full. About one outcome per worker lets a whole scheduling round of outcomes through: with
-# 64 workers, a 16-outcome buffer costs 11 us per operation, a 64-outcome one 6.5 us.
+# is full. About one outcome per worker lets a whole scheduling round of outcomes through; a
+# smaller buffer makes the workers wait on the consumer every round (bench/executor.py).
 _AS_COMPLETED_BUFFER = 256
 
 

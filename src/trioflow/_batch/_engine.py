@@ -4,10 +4,10 @@ Design, in the order it matters for speed:
 
 * A bounded batch (``limit=L``) runs a fixed set of at most ``L`` worker tasks that pull from
   one shared iterator over the input. Spawning one task per operation with a limiter inside
-  costs about 37 us and 3.5 KB per operation at 100,000 operations (mostly the garbage collector
-  walking the parked tasks); ``L`` workers cost about 2 us per operation, and in-flight memory
-  is O(L). Workers are spawned as a chain (each one starts the next after taking its first
-  operation), so three operations with ``limit=1000`` start three tasks, not a thousand.
+  costs an order of magnitude more time and memory per operation (mostly the garbage collector
+  walking the parked tasks; ``bench/executor.py`` measures both), and in-flight memory is O(L).
+  Workers are spawned as a chain (each one starts the next after taking its first operation),
+  so three operations with ``limit=1000`` start three tasks, not a thousand.
 * The input is consumed lazily: a worker takes the next operation only when it is free, so an
   endless generator works with ``fail_fast=True`` or a cancel scope.
 * Per operation, the common case (no timeout, retry or progress callback) reads the clock twice
@@ -120,7 +120,7 @@ def _refusal(index: int, op: object) -> TypeError | None:
     return None
 
 
-# Judging each operation (check_async_callable) costs about 0.2 us, a tenth of the lean path's
+# Judging each operation (check_async_callable) would cost a noticeable share of the lean path's
 # whole cost per operation; a batch is nearly always many calls of one function. So each worker
 # remembers the last thing judged fine, and an operation is judged only when its key differs:
 # the function inside a functools.partial, the code of an async def closure, else the

@@ -587,7 +587,7 @@ async def open_coordinator(
     if machine is not None and not isinstance(machine, StateMachine):
         raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
     if logger is None:
-        import structlog  # here, not at module level: it imports rich, pygments, ... (~50 ms)
+        import structlog  # here, not at module level: it imports rich, pygments, ... (slow)
 
         logger = structlog.get_logger("trioflow")
     log = logger
