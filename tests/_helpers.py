@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from trioflow import OutcomeStatus
+from trioflow import (
+    MemoryStore,
+    OutcomeStatus,
+    RunOwner,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StoredValue,
+    WorkflowStore,
+)
 
 SUCCEEDED = OutcomeStatus.SUCCEEDED
 FAILED = OutcomeStatus.FAILED
@@ -71,3 +80,38 @@ def alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class ForwardingStore:
+    """A workflow store forwarding to another (a MemoryStore by default); tests override one."""
+
+    def __init__(self, inner: WorkflowStore | None = None) -> None:
+        self.inner = MemoryStore() if inner is None else inner
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        return await self.inner.load_run(run_id)
+
+    async def list_runs(self) -> tuple[RunRecord, ...]:
+        return await self.inner.list_runs()
+
+    async def begin_run(
+        self, run_id: str, *, workflow: str, fingerprint: str, shape: Mapping[str, Sequence[str]]
+    ) -> None:
+        await self.inner.begin_run(run_id, workflow=workflow, fingerprint=fingerprint, shape=shape)
+
+    async def save_steps(
+        self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
+    ) -> None:
+        await self.inner.save_steps(run_id, steps, state)
+
+    async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
+        await self.inner.finish_run(run_id, status, elapsed=elapsed)
+
+    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        return await self.inner.acquire_lease(run_id, owner, ttl)
+
+    async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
+        return await self.inner.renew_lease(run_id, owner, ttl)
+
+    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
+        await self.inner.release_lease(run_id, owner)

@@ -9,14 +9,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
 
 import anyio
 import pytest
 
+from _helpers import ForwardingStore
 from trioflow import (
     Context,
     MemoryStore,
@@ -25,9 +25,7 @@ from trioflow import (
     RunRecord,
     RunStatus,
     SQLiteStore,
-    StepRecord,
     StepStatus,
-    StoredValue,
     TrioflowError,
     Workflow,
     WorkflowShapeChangedError,
@@ -191,44 +189,24 @@ def test_an_owner_of_this_process_is_alive() -> None:
     assert elsewhere().alive()  # another host: only expiry tells
 
 
-class Wrapper:
+class Wrapper(ForwardingStore):
+    """Counts renewals and finishes; a ``thief`` takes the lease at the next renewal."""
+
     def __init__(self) -> None:
-        self.inner = MemoryStore()
+        super().__init__()
         self.renewals = 0
         self.finished: list[RunStatus] = []
         self.thief: RunOwner | None = None
 
-    async def load_run(self, run_id: str) -> RunRecord | None:
-        return await self.inner.load_run(run_id)
-
-    async def list_runs(self) -> tuple[RunRecord, ...]:
-        return await self.inner.list_runs()
-
-    async def begin_run(
-        self, run_id: str, *, workflow: str, fingerprint: str, shape: Mapping[str, Sequence[str]]
-    ) -> None:
-        await self.inner.begin_run(run_id, workflow=workflow, fingerprint=fingerprint, shape=shape)
-
-    async def save_steps(
-        self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
-    ) -> None:
-        await self.inner.save_steps(run_id, steps, state)
-
     async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
         self.finished.append(status)
-        await self.inner.finish_run(run_id, status, elapsed=elapsed)
-
-    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
-        return await self.inner.acquire_lease(run_id, owner, ttl)
+        await super().finish_run(run_id, status, elapsed=elapsed)
 
     async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
         self.renewals += 1
         if self.thief is not None:
             return self.thief
-        return await self.inner.renew_lease(run_id, owner, ttl)
-
-    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
-        await self.inner.release_lease(run_id, owner)
+        return await super().renew_lease(run_id, owner, ttl)
 
 
 async def test_the_heartbeat_renews_every_third_of_the_ttl_compensation_included() -> None:
@@ -412,13 +390,7 @@ async def test_a_run_cancelled_as_its_heartbeat_starts_ends_at_once() -> None:
     # stop it, or its task group would wait on it forever, renewing the lease of a dead run.
     renewals: list[float] = []
 
-    class CancelAfterAcquire:
-        def __init__(self) -> None:
-            self.inner = MemoryStore()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
+    class CancelAfterAcquire(ForwardingStore):
         async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
             holder = await self.inner.acquire_lease(run_id, owner, ttl)
             scope.cancel()  # delivered at the run's next checkpoint: starting the heartbeat
@@ -432,6 +404,6 @@ async def test_a_run_cancelled_as_its_heartbeat_starts_ends_at_once() -> None:
 
     wf = Workflow("w").step("a", noop)
     with anyio.CancelScope() as scope:
-        await run_workflow(wf, store=cast(WorkflowStore, CancelAfterAcquire()), run_id="r")
+        await run_workflow(wf, store=CancelAfterAcquire(), run_id="r")
     assert scope.cancelled_caught
     assert renewals == []

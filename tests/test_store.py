@@ -14,10 +14,10 @@ import anyio
 import attrs
 import pytest
 
+from _helpers import ForwardingStore
 from trioflow import (
     Context,
     MemoryStore,
-    RunOwner,
     RunRecord,
     RunStatus,
     SQLiteStore,
@@ -405,45 +405,10 @@ def refuse_nothing(i: int, error: UnstorableValueError) -> StepRecord:
     raise AssertionError(f"step {i} refused: {error}")
 
 
-class Wrapper:
-    """A store that forwards to a MemoryStore; tests override one method."""
-
-    def __init__(self, inner: WorkflowStore | None = None) -> None:
-        self.inner = MemoryStore() if inner is None else inner
-
-    async def load_run(self, run_id: str) -> RunRecord | None:
-        return await self.inner.load_run(run_id)
-
-    async def list_runs(self) -> tuple[RunRecord, ...]:
-        return await self.inner.list_runs()
-
-    async def begin_run(
-        self, run_id: str, *, workflow: str, fingerprint: str, shape: Mapping[str, Sequence[str]]
-    ) -> None:
-        await self.inner.begin_run(run_id, workflow=workflow, fingerprint=fingerprint, shape=shape)
-
-    async def save_steps(
-        self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
-    ) -> None:
-        await self.inner.save_steps(run_id, steps, state)
-
-    async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
-        await self.inner.finish_run(run_id, status, elapsed=elapsed)
-
-    async def acquire_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
-        return await self.inner.acquire_lease(run_id, owner, ttl)
-
-    async def renew_lease(self, run_id: str, owner: RunOwner, ttl: float) -> RunOwner | None:
-        return await self.inner.renew_lease(run_id, owner, ttl)
-
-    async def release_lease(self, run_id: str, owner: RunOwner) -> None:
-        await self.inner.release_lease(run_id, owner)
-
-
 async def test_records_are_written_before_later_steps_start(store: WorkflowStore) -> None:
     events: list[str] = []
 
-    class SlowWrites(Wrapper):
+    class SlowWrites(ForwardingStore):
         async def save_steps(
             self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
         ) -> None:
@@ -471,7 +436,7 @@ async def test_records_are_written_before_later_steps_start(store: WorkflowStore
 
 
 async def test_steps_ending_together_share_a_transaction() -> None:
-    class SlowStore(Wrapper):
+    class SlowStore(ForwardingStore):
         def __init__(self) -> None:
             super().__init__()
             self.batches: list[list[str]] = []
@@ -506,7 +471,7 @@ async def test_steps_ending_together_share_a_transaction() -> None:
 
 
 async def test_the_journal_is_a_sink_that_says_what_it_saved() -> None:
-    class SlowStore(Wrapper):
+    class SlowStore(ForwardingStore):
         def __init__(self) -> None:
             super().__init__()
             self.written: list[tuple[list[str], dict[str, str]]] = []
@@ -575,7 +540,7 @@ async def test_state_of_an_interrupted_write_is_written_at_the_close() -> None:
 
 
 async def test_nothing_starts_while_a_fail_fast_failure_is_written() -> None:
-    class SlowStore(Wrapper):
+    class SlowStore(ForwardingStore):
         async def save_steps(
             self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
         ) -> None:
@@ -614,7 +579,7 @@ async def test_nothing_starts_while_a_fail_fast_failure_is_written() -> None:
 
 
 async def test_a_failing_store_ends_the_run_without_compensation() -> None:
-    class BrokenStore(Wrapper):
+    class BrokenStore(ForwardingStore):
         saves = 0
 
         async def save_steps(
