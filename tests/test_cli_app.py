@@ -479,3 +479,31 @@ def test_without_rich_the_output_is_plain(monkeypatch: pytest.MonkeyPatch) -> No
     out = Terminal()
     print_summary(_summary(), out)
     assert out.getvalue().splitlines()[0].startswith("step    status")
+
+
+def test_a_signal_before_the_run_is_stored_reports_nothing_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C lands after the command took over the signals but before run_workflow stored
+    # the run: the run is cancelled, no step ran, and there is no run to resume.
+    import signal
+
+    import trio
+
+    taking = trioflow.SQLiteStore.acquire_lease
+
+    async def interrupted_first(
+        self: trioflow.SQLiteStore, run_id: str, owner: trioflow.RunOwner, ttl: float
+    ) -> trioflow.RunOwner | None:
+        signal.raise_signal(signal.SIGINT)
+        await trio.sleep(1)  # the signal cancels this wait
+        return await taking(self, run_id, owner, ttl)
+
+    monkeypatch.setattr(trioflow.SQLiteStore, "acquire_lease", interrupted_first)
+    (tmp_path / "wf.toml").write_text('[steps.a]\nrun = ["true"]\n[steps.b]\nrun = ["true"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert run(["run", "wf.toml", "--json"]) == 130
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "cancelled"
+    assert data["resume_command"] is None
+    assert {s["name"]: s["status"] for s in data["steps"]} == {"a": "not_run", "b": "not_run"}

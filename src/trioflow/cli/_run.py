@@ -385,6 +385,25 @@ def summary_from_result(
     )
 
 
+def _nothing_ran(spec: WorkflowSpec, run_id: str, duration: float) -> RunSummary:
+    """Summarize a run stopped before it was first stored: cancelled, every step ``not_run``."""
+    rows = tuple(
+        StepRow(
+            name=name,
+            status="not_run",
+            attempts=0,
+            duration=None,
+            error=None,
+            log=None,
+            continue_on_error=step.continue_on_error,
+        )
+        for name, step in spec.steps.items()
+    )
+    return RunSummary(
+        run_id=run_id, workflow=spec.name, status="cancelled", duration=duration, steps=rows
+    )
+
+
 def summary_from_record(
     record: trioflow.RunRecord,
     logs: Path,
@@ -503,6 +522,7 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
     started = time.monotonic()
     interrupted: list[signal.Signals] = []
     result: trioflow.WorkflowResult | None = None
+    never_stored = False
     async with trioflow.SQLiteStore(options.state) as store, open_guard(options.grace) as guard:
         runner.guard = guard
         try:
@@ -583,14 +603,19 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
                 stored_run = await store.load_run(run_id)
             except trioflow.StoreError as exc:
                 raise UsageError(describe_store_error(options.state, exc)) from None
-            assert stored_run is not None
-            summary = summary_from_record(
-                stored_run, logs, duration=duration, continue_on_error=continue_on_error
-            )
-            summary = attrs.evolve(summary, status="cancelled")
+            if stored_run is None:
+                # Stopped before the run was first stored: no step ran, nothing to resume.
+                never_stored = True
+                summary = _nothing_ran(spec, run_id, duration)
+            else:
+                summary = summary_from_record(
+                    stored_run, logs, duration=duration, continue_on_error=continue_on_error
+                )
+                summary = attrs.evolve(summary, status="cancelled")
     if result is None:
         status = _STOP_SIGNALS.get(interrupted[0], 130) if interrupted else 130
     else:
         status = EXIT_OK if result.ok else EXIT_FAILED
-    hint = None if status == EXIT_OK else resume_command(options, run_id)
+    resumable = status != EXIT_OK and not never_stored
+    hint = resume_command(options, run_id) if resumable else None
     return RunOutcome(summary=summary, exit_status=status, resume_command=hint)
