@@ -12,12 +12,14 @@ nox.options.error_on_external_run = True
 
 ROOT = pathlib.Path(__file__).parent
 TEST_DEPS = ["pytest>=8.3", "pytest-trio>=0.8", "hypothesis>=6.100", "jsonschema>=4.20"]
+# Every extra is installed for the tests: the integrations' tests run, never skipped.
+EXTRAS = ".[cli,mcp,redis,dask,otel]"
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite; every backend-neutral test runs on trio and on asyncio."""
-    session.install("-e", ".[cli]", *TEST_DEPS)
+    session.install("-e", EXTRAS, *TEST_DEPS, "opentelemetry-sdk>=1.30")
     session.run("pytest", *session.posargs)
 
 
@@ -32,7 +34,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and its tests."""
-    session.install("-e", ".[cli]", *TEST_DEPS, "mypy>=1.13", "types-jsonschema")
+    session.install(
+        "-e", EXTRAS, *TEST_DEPS, "opentelemetry-sdk>=1.30", "mypy>=1.13", "types-jsonschema"
+    )
     session.run("mypy", "--strict", "src", "tests")
 
 
@@ -46,5 +50,5 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark (floors, peers and trioflow in one run) and write bench/results.md."""
-    session.install("-e", ".[bench,cli]")
+    session.install("-e", ".[bench,cli,mcp,redis,dask]")
     session.run("python", "bench/run_all.py", *session.posargs)
