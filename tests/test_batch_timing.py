@@ -102,3 +102,72 @@ async def test_equal_batches_give_equal_results() -> None:
     assert first.outcomes == second.outcomes
     third = await run_batch(Tracker().ops([1, 2, 4]), limit=2)
     assert first != third
+
+
+# --- timeouts: one deadline per worker, one watchdog -------------------------------------------
+
+
+async def test_a_timeout_cuts_only_the_operation_that_overran_and_its_worker_goes_on() -> None:
+    tracker = Tracker()
+    result = await run_batch(tracker.ops([5, 1, 1, 1, 5, 1]), limit=2, timeout=3)
+    # Worker A: op 0 cut at 3, then op 4 (3..6, cut), B: ops 1, 2, 3 (0..3), then op 5 (3..4).
+    assert [o.status for o in result.outcomes] == [FAILED, *[SUCCEEDED] * 3, FAILED, SUCCEEDED]
+    assert [o.duration for o in result.outcomes] == [3, 1, 1, 1, 3, 1]
+    for index in (0, 4):
+        error = result.outcomes[index].error
+        assert type(error) is TimeoutError
+        assert str(error) == "operation timed out after 3 seconds"
+    assert result.duration == anyio.current_time() == 6
+    assert sorted(tracker.cancelled) == [0, 4]
+
+
+async def test_fail_fast_stops_at_the_first_timeout() -> None:
+    tracker = Tracker()
+    result = await run_batch(tracker.ops([1, 10, 1.5, 1.5, 1]), limit=2, timeout=3, fail_fast=True)
+    # op 1 times out at 3 while op 3 (started at 2.5) runs: op 3 is cancelled, op 4 never taken.
+    assert [o.status.value for o in result.outcomes] == [
+        "succeeded",
+        "failed",
+        "succeeded",
+        "cancelled",
+    ]
+    assert (result.total, result.succeeded, result.failed, result.cancelled) == (4, 2, 1, 1)
+    assert result.duration == anyio.current_time() == 3
+
+
+async def test_a_thousand_workers_with_deadlines_meet_every_one_exactly() -> None:
+    seconds = [i % 7 + 0.25 for i in range(3000)]
+    reports: list[int] = []
+    result = await run_batch(
+        Tracker().ops(seconds),
+        limit=1000,
+        timeout=3.5,
+        on_progress=lambda progress: reports.append(progress.completed),
+    )
+    expected = [SUCCEEDED if s < 3.5 else FAILED for s in seconds]
+    assert [o.status for o in result.outcomes] == expected
+    assert [o.duration for o in result.outcomes] == [min(s, 3.5) for s in seconds]
+    assert reports == list(range(1, 3001))
+    assert result.duration == anyio.current_time()
+
+
+async def test_an_operation_that_catches_the_timeout_is_still_recorded_as_timed_out() -> None:
+    # A well-behaved cleanup (awaiting under a shield after the cancellation) delays the end;
+    # the outcome is the timeout all the same, and the worker goes on with the next operation.
+    async def cleans_up() -> str:
+        try:
+            await anyio.sleep(10)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(1)
+        return "unreachable"
+
+    async def quick() -> str:
+        await anyio.sleep(1)
+        return "quick"
+
+    result = await run_batch([cleans_up, quick], limit=1, timeout=2)
+    assert type(result.outcomes[0].error) is TimeoutError
+    assert result.outcomes[0].duration == 3  # cut at 2, one second of cleanup
+    assert result.outcomes[1].value == "quick"
+    assert result.duration == anyio.current_time() == 4

@@ -5,7 +5,8 @@ Every other module asks here (:func:`current_backend`, :func:`current_clock`,
 
 On trio, the engine uses trio's nursery, clock and cancel scopes directly: anyio >= 4.14 wraps
 every ``start_soon`` in a handle, which makes an unbounded batch (one task per operation)
-markedly slower (``bench/executor.py`` measures it). On any other backend it uses anyio's.
+markedly slower (``bench/executor.py`` measures it). On asyncio, the batch engine's workers run
+in ``asyncio.TaskGroup`` for the same reason; everything else uses anyio's primitives.
 The engine runs the same code on both; only these primitives differ, and every test runs on
 both backends.
 
@@ -41,6 +42,9 @@ class CancelScope(Protocol):
     @property
     def cancelled_caught(self) -> bool: ...
 
+    @property
+    def cancel_called(self) -> bool: ...
+
     def cancel(self) -> None: ...
 
 
@@ -55,7 +59,16 @@ class TaskGroup(Protocol):
 class Backend:
     """The handful of primitives the engine needs, bound to the running event loop."""
 
-    __slots__ = ("checkpoint", "checkpoint_if_cancelled", "clock", "move_on_after", "open_group")
+    __slots__ = (
+        "cancel_scope",
+        "checkpoint",
+        "checkpoint_if_cancelled",
+        "clock",
+        "move_on_after",
+        "open_group",
+        "open_workers",
+        "sleep_until",
+    )
 
     def __init__(
         self,
@@ -64,12 +77,18 @@ class Backend:
         checkpoint: Callable[[], Awaitable[None]],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
         clock: Callable[[], float],  # only differences of its readings are used
+        cancel_scope: Callable[[], AbstractContextManager[CancelScope]],
+        sleep_until: Callable[[float], Awaitable[None]],  # a time read from ``clock``
+        open_workers: Callable[[], AbstractAsyncContextManager[TaskGroup]],
     ) -> None:
         self.open_group = open_group
+        self.open_workers = open_workers
         self.move_on_after = move_on_after
         self.checkpoint = checkpoint
         self.checkpoint_if_cancelled = checkpoint_if_cancelled
         self.clock = clock
+        self.cancel_scope = cancel_scope
+        self.sleep_until = sleep_until
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +108,61 @@ async def _trio_group() -> AsyncIterator[TaskGroup]:
                 leaf = leaf.exceptions[0]
             raise leaf from None
         raise
+
+
+@final
+class _TasksScope:
+    """The ``cancel_scope`` of :func:`_asyncio_group`: cancels the group's tasks."""
+
+    __slots__ = ("_tasks", "cancel_called", "cancelled_caught")
+
+    def __init__(self, tasks: set[Any]) -> None:
+        self._tasks = tasks
+        self.cancel_called = False
+        self.cancelled_caught = False
+
+    def cancel(self) -> None:
+        self.cancel_called = True
+        for task in tuple(self._tasks):
+            task.cancel()
+
+
+@final
+class _AsyncioGroup:
+    """A task group over ``asyncio.TaskGroup``, with the two members the engine uses."""
+
+    __slots__ = ("_create_task", "_tasks", "cancel_scope")
+
+    def __init__(self, group: Any) -> None:
+        self._tasks: set[Any] = set()
+        self._create_task = group.create_task
+        self.cancel_scope = _TasksScope(self._tasks)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], /, *args: Any) -> object:
+        task = self._create_task(fn(*args))
+        tasks = self._tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if self.cancel_scope.cancel_called:  # started after a cancel: it never runs its body
+            task.cancel()
+        return task
+
+
+@contextlib.asynccontextmanager
+async def _asyncio_group() -> AsyncIterator[TaskGroup]:
+    """The batch engine's worker group on asyncio: ``asyncio.TaskGroup``, not anyio's wrapper.
+
+    anyio's task group wraps each task in a handle with a cancel scope of its own (an extra
+    frame on every resume, about twice the calls per operation of the native group). The
+    engine's workers catch every ``Exception`` of their operations and use no anyio feature of
+    the group (``start``, per-task scopes), so the native group is enough. Cancelling its scope
+    cancels its tasks; unlike anyio's and trio's groups, a task that has not started yet is
+    then dropped without running any of its code (the engine accounts for that).
+    """
+    import asyncio
+
+    async with asyncio.TaskGroup() as group:
+        yield _AsyncioGroup(group)
 
 
 def _running_trio() -> Any:
@@ -161,16 +235,22 @@ def current_backend() -> Backend:
     if trio is not None:
         clock = trio.lowlevel.current_clock()
         timer: Callable[[], float] = clock.current_time
+        sleep_until: Callable[[float], Awaitable[None]] = trio.sleep_until
         if type(clock).__qualname__ == "SystemClock" and type(clock).__module__.startswith("trio"):
             # trio's default clock reads offset + perf_counter(), and the engine only ever
             # subtracts two readings: read perf_counter directly, a C call instead of a method.
             timer = time.perf_counter
+            offset: float = clock.offset
+            sleep_until = lambda moment: trio.sleep_until(moment + offset)  # noqa: E731
         return Backend(
             _trio_group,
             trio.move_on_after,
             trio.lowlevel.checkpoint,
             trio.lowlevel.checkpoint_if_cancelled,
             timer,
+            trio.CancelScope,
+            sleep_until,
+            _trio_group,
         )
     timer = anyio.current_time
     with contextlib.suppress(RuntimeError):
@@ -187,6 +267,9 @@ def current_backend() -> Backend:
         anyio.lowlevel.checkpoint,
         anyio.lowlevel.checkpoint_if_cancelled,
         timer,
+        anyio.CancelScope,
+        anyio.sleep_until,  # the loop's time, which ``timer`` reads too
+        _asyncio_group,
     )
 
 

@@ -37,7 +37,7 @@ from typing import Any, TypeVar, final
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._backend import CancelScope, TaskGroup, current_backend
+from .._backend import Backend, CancelScope, TaskGroup, current_backend
 from .._checks import (
     check_async_callable,
     check_bool,
@@ -148,6 +148,25 @@ def _nothing() -> None:
     pass
 
 
+_INF = float("inf")
+# The duration of an operation taken but not started yet (every real duration is >= 0).
+_NOT_STARTED = -1.0
+
+
+@final
+class _NoScope:
+    """What a watched worker's slot holds before its first cancel scope opens."""
+
+    __slots__ = ()
+    cancel_called = False
+
+    def cancel(self) -> None:
+        pass
+
+
+_NO_SCOPE: Any = _NoScope()
+
+
 @final
 class Batch:
     """One run of a batch: its input, its options, its records and its counters.
@@ -166,6 +185,7 @@ class Batch:
         "_cancel",
         "_clock",
         "_completed",
+        "_deadlines",
         "_durations",
         "_exhausted",
         "_extra",
@@ -180,12 +200,15 @@ class Batch:
         "_on_progress",
         "_retry",
         "_running",
+        "_scopes",
         "_send",
+        "_started",
         "_stopped",
         "_taken",
         "_timeout",
         "_total",
         "_values",
+        "_watchdog_scope",
         "_workers",
     )
 
@@ -232,6 +255,13 @@ class Batch:
         self._running = 0
         self._completed = 0
         self._failed = 0
+        # With a timeout on the lean path, one entry per worker: the deadline of the operation
+        # it runs (inf when none), its cancel scope, and the index and duration of the last
+        # operation cancelled in it.
+        self._deadlines: list[float] = []
+        self._scopes: list[CancelScope] = []
+        self._started: list[tuple[int, float]] = []
+        self._watchdog_scope: CancelScope | None = None
         self._clock: Callable[[], float] = anyio.current_time
         self._move_on_after: Callable[[float], AbstractContextManager[CancelScope]]
         self._group: TaskGroup
@@ -248,34 +278,62 @@ class Batch:
         self._move_on_after = backend.move_on_after
         await backend.checkpoint()
         start = clock()
-        lean = (
-            self._items is not None
-            and self._send is None
-            and self._timeout is None
-            and self._retry is None
-            and self._on_progress is None
-        )
-        async with backend.open_group() as group:
-            self._group = group
-            self._cancel = group.cancel_scope.cancel
-            limit = self._limit
-            if self._aiter is not None:
-                self._lock = anyio.Lock()
-            if isinstance(limit, ResourceManager):
-                group.start_soon(self._slot_worker, limit)
-            elif limit is not None:
-                self._workers = 1
-                group.start_soon(self._lean_worker if lean else self._worker)
-            elif lean:
-                await self._spawn_lean(backend.checkpoint)
-            else:
-                await self._spawn(backend.checkpoint)
+        # The lean path: a synchronous input, results kept, no retry. Bounded, it also takes a
+        # timeout (one deadline per worker and one watchdog, see _watchdog) and a progress
+        # callback (one branch per operation).
+        lean = self._items is not None and self._retry is None
+        limit = self._limit
+        watched = lean and self._timeout is not None and isinstance(limit, int)
+        async with backend.open_group() as outer:
+            if watched:
+                outer.start_soon(self._watchdog, backend)
+            async with backend.open_workers() as group:
+                self._group = group
+                self._cancel = group.cancel_scope.cancel
+                if self._aiter is not None:
+                    self._lock = anyio.Lock()
+                if isinstance(limit, ResourceManager):
+                    group.start_soon(self._slot_worker, limit)
+                elif limit is not None:
+                    self._workers = 1
+                    if not lean:
+                        group.start_soon(self._worker)
+                    elif watched:
+                        group.start_soon(self._watched_worker, backend.cancel_scope, True)
+                    else:
+                        group.start_soon(self._lean_worker)
+                elif (
+                    lean
+                    and self._send is None
+                    and self._timeout is None
+                    and self._on_progress is None
+                ):
+                    await self._spawn_lean(backend.checkpoint)
+                else:
+                    await self._spawn(backend.checkpoint)
+            outer.cancel_scope.cancel()  # the watchdog, if any
         if self._abort_error is not None:
             raise self._abort_error
+        if self._stopped and self._send is None:
+            self._account_for_unstarted()
         duration = clock() - start
         if self._on_progress is not None and self._fail_fast and self._stopped:
             self._report_end()
         return duration
+
+    def _account_for_unstarted(self) -> None:
+        """After a stop, record as cancelled (0 attempts) every operation that never started.
+
+        Those are the ones whose duration is still the mark put in when they were taken: a
+        task dropped by the stop before it ran (on asyncio's native group) had no chance to
+        record itself.
+        """
+        durations = self._durations
+        extra = self._extra
+        for index, duration in enumerate(durations):
+            if duration == _NOT_STARTED:
+                durations[index] = 0.0
+                extra.setdefault(index, (CANCELLED, None, 0))
 
     def _report_end(self) -> None:
         """After a fail_fast stop, report the end: every operation taken, cancelled included."""
@@ -375,7 +433,7 @@ class Batch:
             self._judged = key
         if self._send is None:
             self._values.append(None)
-            self._durations.append(0.0)
+            self._durations.append(_NOT_STARTED)
         else:
             self._taken += 1
         return index, op
@@ -385,9 +443,18 @@ class Batch:
             return self._take()
         return await self._take_async()
 
-    # -- the lean path: no timeout, retry, progress or channel -----------------------------
+    # -- the lean path: a synchronous input, no retry, no channel ---------------------------
 
     async def _lean_worker(self) -> None:
+        await self._lean_loop(-1, None, True)
+
+    async def _lean_loop(self, worker: int, scope: CancelScope | None, first: bool) -> bool:
+        """Run operations until the input ends or the batch stops; the lean path's one loop.
+
+        ``worker`` and ``scope`` are the worker's slot and cancel scope when it has a timeout
+        (``_watched_worker``), else ``-1`` and None. Returns True when the worker must go on
+        in a new cancel scope: the watchdog cancelled its scope as an operation returned.
+        """
         values = self._values
         durations = self._durations
         add_value = values.append
@@ -395,12 +462,17 @@ class Batch:
         extra = self._extra
         clock = self._clock
         fail_fast = self._fail_fast
-        first = True
+        report = self._on_progress
+        send = self._send  # as_completed: each outcome goes to the consumer, nothing is kept
+        timeout = self._timeout
+        deadlines = self._deadlines
+        started = self._started
         judged: object = _UNJUDGED
         partial, coroutine = _partial, _Coroutine
+        error: Exception | None = None
         assert self._items is not None
         if self._stopped:  # a failure came before this worker's first turn
-            return
+            return False
         try:
             for index, op in self._items:
                 if type(op) is not partial or op.func is not judged:
@@ -409,37 +481,178 @@ class Batch:
                         refusal = _refusal(index, op)
                         if refusal is not None:
                             self._abort(refusal)
-                            return
+                            return False
                         judged = key
-                add_value(None)
-                add_duration(0.0)
+                if send is None:
+                    add_value(None)
+                    add_duration(_NOT_STARTED)
+                else:
+                    self._taken += 1
                 if first:
                     first = False
-                    self._grow(self._lean_worker)
+                    self._grow(self._lean_worker if scope is None else self._watched_worker)
+                if report is not None:
+                    self._running += 1
                 start = clock()
+                if scope is not None:
+                    assert timeout is not None
+                    deadlines[worker] = start + timeout
                 try:
                     awaitable = op()
                     if type(awaitable) is not coroutine and not is_awaitable(awaitable):
                         self._abort(not_awaitable(f"operation {index}", awaitable))
-                        return
+                        return False
                     value = await awaitable
                 except Exception as exc:
-                    durations[index] = clock() - start
-                    extra[index] = (FAILED, exc, 1)
-                    if fail_fast:
-                        self._stop()
-                        return
+                    duration = clock() - start
+                    error = exc
+                    self._failed += 1
+                    if send is None:
+                        durations[index] = duration
+                        extra[index] = (FAILED, exc, 1)
                 except BaseException:
-                    durations[index] = clock() - start
-                    extra[index] = (CANCELLED, None, 1)
+                    # Cancelled; by the watchdog if the watched worker finds its scope caught it.
+                    duration = clock() - start
+                    if scope is not None:
+                        started[worker] = (index, duration)
+                    if send is None:
+                        durations[index] = duration
+                        extra[index] = (CANCELLED, None, 1)
+                    if report is not None:
+                        self._running -= 1
                     raise
                 else:
-                    durations[index] = clock() - start
-                    values[index] = value
+                    duration = clock() - start
+                    if send is None:
+                        durations[index] = duration
+                        values[index] = value
+                if scope is not None:
+                    deadlines[worker] = _INF
+                if send is not None:
+                    if error is None:
+                        outcome = make_outcome(index, SUCCEEDED, value, None, duration, 1)
+                    else:
+                        outcome = make_outcome(index, FAILED, None, error, duration, 1)
+                        error = None
+                    try:
+                        # The operation has just checkpointed: skip send()'s own checkpoint
+                        # unless the consumer is behind and this worker has to wait anyway.
+                        try:
+                            send.send_nowait(outcome)
+                        except anyio.WouldBlock:
+                            await send.send(outcome)
+                    except anyio.BrokenResourceError:  # the consumer is gone
+                        self._stop()
+                        return False
+                elif report is not None:
+                    self._running -= 1
+                    if not self._report():
+                        return False
+                if error is not None:
+                    error = None
+                    if fail_fast:
+                        self._stop()
+                        return False
+                if scope is not None and scope.cancel_called:
+                    return True  # the watchdog fired as the operation returned: a new scope
                 if self._exhausted:
-                    return
+                    return False
+            self._exhausted = True  # the loop ends only when the input does
+            self._total = self._count_taken()
         except Exception as exc:  # only the input's iterator can raise here
             self._input_failed(exc)
+        return False
+
+    def _report(self) -> bool:
+        """Report progress after an operation ended on the lean path; False if it aborted."""
+        assert self._on_progress is not None
+        self._completed += 1
+        try:
+            self._on_progress(
+                Progress(
+                    total=self._total,
+                    completed=self._completed,
+                    failed=self._failed,
+                    running=self._running,
+                )
+            )
+        except Exception as exc:
+            self._abort(exc, "raised by on_progress")
+            return False
+        return True
+
+    async def _watched_worker(
+        self,
+        cancel_scope: Callable[[], AbstractContextManager[CancelScope]] | None = None,
+        first: bool = True,
+    ) -> None:
+        """A lean worker with a timeout: one cancel scope per worker, not one per operation.
+
+        The worker writes each operation's deadline in its slot; :meth:`_watchdog` cancels its
+        scope when an operation overruns. The scope ends there, the operation is recorded as
+        timed out, and the worker goes on in a new scope.
+        """
+        if cancel_scope is None:
+            cancel_scope = current_backend().cancel_scope
+        worker = len(self._deadlines)
+        self._deadlines.append(_INF)
+        self._started.append((-1, 0.0))
+        self._scopes.append(_NO_SCOPE)
+        timeout = self._timeout
+        assert timeout is not None
+        while True:
+            with cancel_scope() as scope:
+                self._scopes[worker] = scope
+                again = await self._lean_loop(worker, scope, first)
+            first = False
+            if scope.cancelled_caught:  # the operation in flight overran its deadline
+                self._deadlines[worker] = _INF
+                index, duration = self._started[worker]
+                error = TimeoutError(f"operation timed out after {timeout:g} seconds")
+                self._failed += 1
+                if self._send is not None:
+                    outcome = make_outcome(index, FAILED, None, error, duration, 1)
+                    try:
+                        await self._send.send(outcome)
+                    except anyio.BrokenResourceError:
+                        self._stop()
+                        return
+                else:
+                    self._extra[index] = (FAILED, error, 1)
+                    if self._on_progress is not None and not self._report():
+                        return
+                if self._fail_fast:
+                    self._stop()
+                    return
+                if self._exhausted:
+                    return
+            elif not again:
+                return
+
+    async def _watchdog(self, backend: Backend) -> None:
+        """Cancel the scope of each watched worker whose operation is past its deadline.
+
+        It sleeps until the earliest deadline, and never longer than the timeout: an operation
+        that starts while it sleeps has a deadline after its wake-up. So each deadline is met
+        exactly, at the cost of one list scan per wake-up (about one per timeout period).
+        """
+        clock = self._clock
+        sleep_until = backend.sleep_until
+        deadlines = self._deadlines
+        scopes = self._scopes
+        timeout = self._timeout
+        assert timeout is not None
+        while True:
+            soonest = clock() + timeout
+            for deadline in deadlines:
+                if deadline < soonest:
+                    soonest = deadline
+            await sleep_until(soonest)
+            now = clock()
+            for worker, deadline in enumerate(deadlines):
+                if deadline <= now:
+                    deadlines[worker] = _INF
+                    scopes[worker].cancel()
 
     async def _lean_one(self, index: int, op: Operation[Any]) -> None:
         if self._stopped:
@@ -485,7 +698,7 @@ class Batch:
                             return
                         judged = key
                 add_value(None)
-                add_duration(0.0)
+                add_duration(_NOT_STARTED)
                 start_soon(one, index, op)
                 if not (index + 1) % _SPAWN_BATCH:
                     await checkpoint()
