@@ -363,13 +363,20 @@ class Slot:
         self._on_wait = on_wait
         await self.__aenter__()
 
-    def release(self) -> None:
+    def release(self, error: BaseException | None = None) -> None:
         """Give back every token of a slot taken by :meth:`acquire_nowait` or :meth:`acquire`.
 
-        Counted as work that completed (not as a failure), as when an ``async with`` body
-        returns.
+        Counted as the ``async with`` exit would count it: work that completed, or with
+        ``error``, work that failed (an ``Exception``) or neither (cancellation).
+
+        Args:
+            error: What the work raised, or None when it returned.
+
+        Raises:
+            Exception: Whatever a listener of the manager raised (the tokens are given back
+                first).
         """
-        self._exit(None)
+        self._exit(error)
 
     @staticmethod
     def _unhealthy() -> ResourceExhaustedError:

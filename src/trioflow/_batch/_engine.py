@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from array import array
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -202,13 +203,13 @@ class Batch:
         "_running",
         "_scopes",
         "_send",
+        "_slot_waiter",
         "_started",
         "_stopped",
         "_taken",
         "_timeout",
         "_total",
         "_values",
-        "_watchdog_scope",
         "_workers",
     )
 
@@ -241,7 +242,7 @@ class Batch:
         # operations that did not simply succeed at the first attempt. In stream mode
         # (as_completed) outcomes go to the channel instead and nothing is kept.
         self._values: list[Any] = []
-        self._durations: list[float] = []
+        self._durations: array[float] = array("d")  # 8 bytes each, not a float object
         self._extra: Extra = {}
         self._lock: anyio.Lock | None = None
         self._abort_error: BaseException | None = None
@@ -261,7 +262,8 @@ class Batch:
         self._deadlines: list[float] = []
         self._scopes: list[CancelScope] = []
         self._started: list[tuple[int, float]] = []
-        self._watchdog_scope: CancelScope | None = None
+        # With a ResourceManager: set while one worker waits for a slot (see _managed_worker).
+        self._slot_waiter: anyio.Event | None = None
         self._clock: Callable[[], float] = anyio.current_time
         self._move_on_after: Callable[[float], AbstractContextManager[CancelScope]]
         self._group: TaskGroup
@@ -293,7 +295,8 @@ class Batch:
                 if self._aiter is not None:
                     self._lock = anyio.Lock()
                 if isinstance(limit, ResourceManager):
-                    group.start_soon(self._slot_worker, limit)
+                    self._workers = 1
+                    group.start_soon(self._managed_worker, limit)
                 elif limit is not None:
                     self._workers = 1
                     if not lean:
@@ -732,45 +735,56 @@ class Batch:
             if not spawned % _SPAWN_BATCH:
                 await checkpoint()
 
-    async def _slot_worker(self, manager: ResourceManager) -> None:
-        # With a ResourceManager, one task per operation, chained: this task takes one
-        # operation, waits for a slot, starts the next task of the chain, then runs the
-        # operation. So the input is read only as capacity frees up (at most one operation per
-        # batch waits for a slot), one task per batch waits on the manager (batches sharing it
-        # are served first come, first served), and the batch follows the manager's limit when
-        # it changes while running, which a fixed set of workers sized from the limit at the
-        # start could not. A failure is re-raised through the slot so that the manager's
-        # statistics and listeners see it, as they do for rm.run().
-        item = await self._next()
-        if item is None:
-            return
-        index, op = item
-        entered = False
-        error: Exception | None = None
-        try:
-            async with manager.slot():
-                entered = True
-                self._group.start_soon(self._slot_worker, manager)
-                error = await self._execute(index, op)
-                if error is not None:
-                    traceback = error.__traceback__
-                    raise error
-        except Exception as exc:
-            if exc is error:
-                exc.__traceback__ = traceback
+    async def _managed_worker(self, manager: ResourceManager) -> None:
+        """A worker of a batch limited by a ResourceManager: each operation holds a slot.
+
+        Workers grow to the manager's limit plus one, and follow the limit when it grows while
+        the batch runs. Each worker takes an operation, then its slot: at once when one is
+        free; else it waits, and it is the batch's only waiter (the others wait before taking,
+        so the input is read only as capacity frees up, and batches sharing the manager are
+        served first come, first served). A failure is given to the slot so that the
+        manager's statistics and listeners see it, as they do for ``rm.run()``.
+        """
+        while True:
+            while self._slot_waiter is not None:  # another worker waits: wait behind it
+                await self._slot_waiter.wait()
+            item = await self._next()
+            if item is None:
                 return
-            if entered:  # leaving the slot raised: one of the manager's listeners did
+            index, op = item
+            slot = manager.slot()
+            try:
+                try:
+                    slot.acquire_nowait()
+                except anyio.WouldBlock:
+                    self._slot_waiter = waiter = anyio.Event()
+                    try:
+                        await slot.acquire()
+                    finally:
+                        self._slot_waiter = None
+                        waiter.set()
+            except Exception as exc:
+                # Refused (ResourceExhaustedError when unhealthy): the operation fails without
+                # running, and the worker goes on.
+                await self._finish(index, FAILED, None, exc, 0.0, 0)
+                continue
+            except BaseException:
+                if self._send is None:
+                    self._extra[index] = (CANCELLED, None, 0)
+                raise
+            if self._workers <= manager.limit:
+                self._workers += 1
+                self._group.start_soon(self._managed_worker, manager)
+            try:
+                error = await self._execute(index, op)
+            except BaseException as exc:  # cancelled: counted neither way, no listener called
+                slot.release(exc)
+                raise
+            try:
+                slot.release(error)
+            except Exception as exc:  # one of the manager's listeners raised
                 self._abort(exc, "raised by a ResourceManager listener")
                 return
-            # The manager refused the slot (ResourceExhaustedError when unhealthy): the operation
-            # fails without running, and the chain goes on.
-            await self._finish(index, FAILED, None, exc, 0.0, 0)
-            if not self._exhausted:
-                self._group.start_soon(self._slot_worker, manager)
-        except BaseException:
-            if not entered and self._send is None:
-                self._extra[index] = (CANCELLED, None, 0)
-            raise
 
     def _start(self, index: int, op: Operation[Any]) -> Awaitable[Any]:
         """Call an operation; abort the batch if what it returns cannot be awaited.
