@@ -54,6 +54,7 @@ class Row:
     rss_growth_mb: float
     ops: int
     floor: bool = False
+    cpu_us: float = 0.0  # median CPU time per operation (time.process_time), less noisy
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,10 +74,13 @@ class Bench:
         gc.collect()
         before = _rss_kb()
         start = time.perf_counter()
+        cpu = time.process_time()
         ops = self.cases[name](**kwargs)
+        cpu = time.process_time() - cpu
         elapsed = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"elapsed": elapsed, "ops": ops, "rss_growth_kb": peak - before}))
+        growth = peak - before
+        print(json.dumps({"elapsed": elapsed, "cpu": cpu, "ops": ops, "rss_growth_kb": growth}))
 
     # --- parent side ------------------------------------------------------------------------
     def run(
@@ -90,6 +94,7 @@ class Bench:
         **params: Any,
     ) -> Row:
         samples: list[float] = []
+        cpu: list[float] = []
         growth: list[float] = []
         ops = 0
         for _ in range(repeats or REPEATS):
@@ -102,6 +107,7 @@ class Bench:
             data = json.loads(out.stdout.strip().splitlines()[-1])
             ops = int(data["ops"])
             samples.append(data["elapsed"] / max(ops, 1) * 1e6)
+            cpu.append(data.get("cpu", 0.0) / max(ops, 1) * 1e6)
             growth.append(data["rss_growth_kb"] / 1024)
         row = Row(
             group=group,
@@ -111,6 +117,7 @@ class Bench:
             rss_growth_mb=statistics.median(growth),
             ops=ops,
             floor=floor,
+            cpu_us=statistics.median(cpu),
         )
         self.rows.append(row)
         print(
@@ -130,16 +137,18 @@ class Bench:
             lines += [
                 f"### {group}",
                 "",
-                "| case | ops | median us/op | min-max us/op | x floor | peak RSS growth MB |",
-                "|---|---:|---:|---:|---:|---:|",
+                "| case | ops | median us/op | min-max us/op | x floor | CPU us/op | CPU x floor "
+                "| peak RSS growth MB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in rows:
                 ratio = r.per_op_us / floor.per_op_us if floor.per_op_us else float("nan")
+                cpu_ratio = r.cpu_us / floor.cpu_us if floor.cpu_us else float("nan")
                 mark = " (floor)" if r.floor else ""
                 lines.append(
                     f"| {r.label}{mark} | {r.ops:,} | {r.per_op_us:.2f} | "
                     f"{r.spread_us[0]:.2f}-{r.spread_us[1]:.2f} | {ratio:.2f} | "
-                    f"{r.rss_growth_mb:.1f} |"
+                    f"{r.cpu_us:.2f} | {cpu_ratio:.2f} | {r.rss_growth_mb:.1f} |"
                 )
             lines.append("")
         return "\n".join(lines)

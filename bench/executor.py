@@ -15,10 +15,16 @@ a list, so their rows build one). ``as_completed`` rows consume every outcome as
 The last group runs ``as_completed`` over 1,000,000 operations at limit 64 and reports peak RSS
 growth.
 
-Usage: ``python bench/executor.py`` (or ``nox -s bench``). Targets checked at the end, on trio:
-``run_batch`` at a bounded limit within 1.5x of the worker-pool floor and at least 8x faster
-than aiometer; without a limit within 1.2x of the raw nursery; ``as_completed`` over 1,000,000
-operations with peak RSS growth under 30 MB.
+The modes group runs every option a real batch sets (a timeout, a progress callback, both, a
+``ResourceManager`` limit, ``as_completed``) at ``limit=16`` on each backend, against that
+backend's raw worker pool in the same run. The memory group runs a lazy 1,000,000-operation
+generator at ``limit=64`` against a raw worker pool that keeps the same results list. The
+scaling groups check that the cost per operation stays flat from N=1,000 to 1,000,000 and
+from L=1 to 10,000.
+
+Usage: ``python bench/executor.py`` (or ``nox -s bench``). The targets are checked at the end
+(ratios to the floor in the same run, on CPU time, which the load of a shared machine moves
+far less than wall time; both are in the tables).
 """
 
 from __future__ import annotations
@@ -42,11 +48,22 @@ bench = Bench(__file__)
 N = 100_000
 N_PEER = 10_000  # aiometer: 30 to 150 us per operation
 N_STREAM = 1_000_000
-LIMITS = (16, 256, None)
-TARGET_BOUNDED = 1.5
-TARGET_UNBOUNDED = 1.2
-TARGET_PEER = 8.0
-TARGET_RSS_MB = 30.0
+N_MEMORY = 1_000_000
+LIMIT = 16
+# Goals, as ratios to the floor in the same run (CPU time per operation).
+TARGETS = {
+    "bare": 1.3,
+    "timeout": 1.5,
+    "progress": 1.5,
+    "both": 1.6,
+    "manager": 2.0,
+    "as_completed": 1.5,
+}
+TARGET_UNBOUNDED = 1.0  # x the raw nursery (trio) / raw TaskGroup (asyncio)
+TARGET_UNBOUNDED_ASYNCIO = 1.2
+TARGET_PEER = 10.0  # aiometer at least this many times slower
+TARGET_MEMORY_MB = 10.0  # over the floor's RSS growth
+SCALING = 1.5  # the costliest size per op at most this many times the cheapest
 
 
 def operations(n: int, backend: str) -> Iterator[Callable[[], Awaitable[int]]]:
@@ -128,6 +145,60 @@ def asyncio_gather(n: int, limit: int | None) -> int:
     return n
 
 
+@bench.case
+def asyncio_worker_pool(n: int, limit: int) -> int:
+    results: list[Any] = [None] * n
+
+    async def worker(items: Iterator[tuple[int, Callable[[], Awaitable[int]]]]) -> None:
+        for i, op in items:
+            results[i] = await op()
+
+    async def main() -> None:
+        items = enumerate(operations(n, "asyncio"))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(limit):
+                group.create_task(worker(items))
+
+    asyncio.run(main())
+    return n
+
+
+@bench.case
+def asyncio_task_group(n: int) -> int:
+    results: list[Any] = [None] * n
+
+    async def one(i: int, op: Callable[[], Awaitable[int]]) -> None:
+        results[i] = await op()
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as group:
+            for i, op in enumerate(operations(n, "asyncio")):
+                group.create_task(one(i, op))
+
+    asyncio.run(main())
+    return n
+
+
+@bench.case
+def trio_worker_pool_appending(n: int, limit: int) -> int:
+    # The memory floor: a worker pool over the lazy input that keeps every result in a list.
+    results: list[Any] = []
+
+    async def worker(items: Iterator[Callable[[], Awaitable[int]]]) -> None:
+        for op in items:
+            results.append(await op())
+
+    async def main() -> None:
+        items = iter(operations(n, "trio"))
+        async with trio.open_nursery() as nursery:
+            for _ in range(limit):
+                nursery.start_soon(worker, items)
+
+    trio.run(main)
+    assert len(results) == n
+    return n
+
+
 # --- the peer ----------------------------------------------------------------------------------
 @bench.case
 def aiometer_run_all(n: int, limit: int | None, backend: str) -> int:
@@ -154,174 +225,278 @@ def aiometer_amap(n: int, limit: int | None, backend: str) -> int:
 
 
 # --- trioflow ----------------------------------------------------------------------------------
+def _ignore(progress: trioflow.Progress) -> None:
+    pass
+
+
 @bench.case
-def trioflow_run_batch(n: int, limit: int | None, backend: str) -> int:
+def trioflow_mode(n: int, limit: int | None, backend: str, mode: str) -> int:
+    """run_batch (or as_completed) over ``n`` no-op operations in one of the modes."""
+
     async def main() -> None:
-        result = await trioflow.run_batch(operations(n, backend), limit=limit)
+        ops = operations(n, backend)
+        if mode == "as_completed":
+            results: list[Any] = [None] * n if n <= N else []
+            async with trioflow.as_completed(ops, limit=limit) as outcomes:
+                if results:
+                    async for outcome in outcomes:
+                        results[outcome.index] = outcome.value
+                else:  # the 1,000,000-operation run keeps nothing: O(limit) memory
+                    count = 0
+                    async for _ in outcomes:
+                        count += 1
+                    assert count == n
+            return
+        options: dict[str, Any] = {"limit": limit}
+        if mode in ("timeout", "both"):
+            options["timeout"] = 60
+        if mode in ("progress", "both"):
+            options["on_progress"] = _ignore
+        if mode == "manager":
+            assert limit is not None
+            options["limit"] = trioflow.ResourceManager(limit)
+        result = await trioflow.run_batch(ops, **options)
         assert result.succeeded == n
+        if mode == "outcomes":
+            assert len(result.outcomes) == n  # builds every Outcome object
 
     run_on(backend, main)
     return n
 
 
 @bench.case
-def trioflow_run_batch_outcomes(n: int, limit: int | None, backend: str) -> int:
+def trioflow_repeated(n: int, limit: int, total: int) -> int:
+    """``total`` operations as batches of ``n`` in one ``trio.run``: the cost per op at size n."""
+
     async def main() -> None:
-        result = await trioflow.run_batch(operations(n, backend), limit=limit)
-        assert len(result.outcomes) == n  # builds every Outcome object
+        for _ in range(total // n):
+            result = await trioflow.run_batch(operations(n, "trio"), limit=limit)
+            assert result.succeeded == n
 
-    run_on(backend, main)
-    return n
-
-
-@bench.case
-def trioflow_as_completed(n: int, limit: int | None, backend: str) -> int:
-    async def main() -> None:
-        results: list[Any] = [None] * n if n <= N else []
-        async with trioflow.as_completed(operations(n, backend), limit=limit) as outcomes:
-            if results:
-                async for outcome in outcomes:
-                    results[outcome.index] = outcome.value
-            else:  # the 1,000,000-operation run keeps nothing, to measure O(limit) memory
-                count = 0
-                async for _ in outcomes:
-                    count += 1
-                assert count == n
-
-    run_on(backend, main)
-    return n
+    trio.run(main)
+    return total // n * n
 
 
 # --- the plan ----------------------------------------------------------------------------------
+MODES = (
+    ("bare", "run_batch"),
+    ("timeout", "run_batch(timeout=60)"),
+    ("progress", "run_batch(on_progress=cb)"),
+    ("both", "run_batch(timeout=60, on_progress=cb)"),
+    ("manager", "run_batch(limit=ResourceManager(16))"),
+    ("as_completed", "as_completed"),
+    ("outcomes", "run_batch + read .outcomes"),
+)
+
+
 def plan(run: Callable[..., Row]) -> None:
     checks: list[str] = []
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    for limit in LIMITS:
-        name = f"limit={limit}" if limit else "no limit"
-        group = f"{name}, {N:,} no-op operations"
-        # The floor and run_batch on trio run back to back, so that the load of the machine
-        # drifts as little as possible between the two rows the target compares.
-        if limit:
-            floor = run(
-                "trio_worker_pool",
-                label="raw trio worker pool",
-                group=group,
-                floor=True,
-                n=N,
-                limit=limit,
-            )
-        else:
-            floor = run(
-                "trio_nursery", label="raw trio nursery", group=group, floor=True, n=N, limit=None
-            )
-        batch = run(
-            "trioflow_run_batch",
-            label="trioflow run_batch (trio)",
-            group=group,
-            n=N,
-            limit=limit,
-            backend="trio",
-        )
-        if limit:
-            run(
-                "trio_nursery",
-                label="raw trio nursery + CapacityLimiter",
-                group=group,
-                n=N,
-                limit=limit,
-            )
-        run(
-            "asyncio_gather",
-            label="asyncio.gather" + (" + Semaphore" if limit else ""),
-            group=group,
-            n=N,
-            limit=limit,
-        )
-        run(
-            "trioflow_as_completed",
-            label="trioflow as_completed (trio)",
-            group=group,
-            n=N,
-            limit=limit,
-            backend="trio",
-        )
-        run(
-            "trioflow_run_batch",
-            label="trioflow run_batch (asyncio)",
-            group=group,
-            n=N,
-            limit=limit,
-            backend="asyncio",
-        )
-        run(
-            "trioflow_as_completed",
-            label="trioflow as_completed (asyncio)",
-            group=group,
-            n=N,
-            limit=limit,
-            backend="asyncio",
-        )
-        if limit == LIMITS[0]:
-            run(
-                "trioflow_run_batch_outcomes",
-                label="trioflow run_batch + read .outcomes (trio)",
-                group=group,
-                n=N,
-                limit=limit,
-                backend="trio",
-            )
-        peers: dict[str, Row] = {}
-        for backend in ("trio", "asyncio"):
-            for case, api in (("aiometer_run_all", "run_all"), ("aiometer_amap", "amap")):
-                peers[f"{api} {backend}"] = run(
-                    case,
-                    label=f"aiometer {api} ({backend}, {N_PEER:,} ops)",
-                    group=group,
-                    n=N_PEER,
-                    limit=limit,
-                    backend=backend,
-                )
-
-        ratio = batch.per_op_us / floor.per_op_us
-        target = TARGET_BOUNDED if limit else TARGET_UNBOUNDED
+    def check(label: str, row: Row, floor: Row, target: float) -> None:
+        ratio = row.cpu_us / floor.cpu_us
         checks.append(
-            f"- {name}: run_batch/{floor.label} = {batch.per_op_us:.2f}/{floor.per_op_us:.2f} us "
-            f"= {ratio:.2f}x (target <= {target}x): {verdict(ratio <= target)}"
+            f"- {label}: {row.cpu_us:.2f}/{floor.cpu_us:.2f} us CPU = {ratio:.2f}x "
+            f"(goal <= {target:g}x; wall {row.per_op_us / floor.per_op_us:.2f}x): "
+            f"{verdict(ratio <= target)}"
         )
-        if limit:
-            for api in ("run_all", "amap"):
-                peer = peers[f"{api} trio"]
-                speedup = peer.per_op_us / batch.per_op_us
-                checks.append(
-                    f"- {name}: aiometer {api}/run_batch on trio = {peer.per_op_us:.2f}/"
-                    f"{batch.per_op_us:.2f} us = {speedup:.2f}x faster "
-                    f"(target >= {TARGET_PEER:g}x): {verdict(speedup >= TARGET_PEER)}"
-                )
 
-    group = f"as_completed, {N_STREAM:,} no-op operations, limit=64"
-    stream = run(
-        "trioflow_as_completed",
-        label="trioflow as_completed (trio)",
+    # Every mode at limit=16, each backend against its own raw worker pool.
+    for backend in ("trio", "asyncio"):
+        group = f"modes at limit={LIMIT}, {N:,} no-op operations, {backend}"
+        floor = run(
+            f"{backend}_worker_pool",
+            label=f"raw {backend} worker pool",
+            group=group,
+            floor=True,
+            n=N,
+            limit=LIMIT,
+        )
+        rows: dict[str, Row] = {}
+        for mode, label in MODES:
+            rows[mode] = run(
+                "trioflow_mode",
+                label=f"trioflow {label}",
+                group=group,
+                n=N,
+                limit=LIMIT,
+                backend=backend,
+                mode=mode,
+            )
+        for mode, target in TARGETS.items():
+            check(f"{backend}, {dict(MODES)[mode]}", rows[mode], floor, target)
+        for case, api in (("aiometer_run_all", "run_all"), ("aiometer_amap", "amap")):
+            peer = run(
+                case,
+                label=f"aiometer {api} ({N_PEER:,} ops)",
+                group=group,
+                n=N_PEER,
+                limit=LIMIT,
+                backend=backend,
+            )
+            ours = rows["bare" if api == "run_all" else "as_completed"]
+            speedup = peer.cpu_us / ours.cpu_us
+            checks.append(
+                f"- {backend}, aiometer {api} / trioflow at limit={LIMIT}: {speedup:.1f}x slower "
+                f"(goal >= {TARGET_PEER:g}x): {verdict(speedup >= TARGET_PEER)}"
+            )
+
+    # limit=256 against trio's floor and aiometer.
+    group = f"limit=256, {N:,} no-op operations"
+    floor = run(
+        "trio_worker_pool", label="raw trio worker pool", group=group, floor=True, n=N, limit=256
+    )
+    batch = run(
+        "trioflow_mode",
+        label="trioflow run_batch (trio)",
         group=group,
-        floor=True,
-        n=N_STREAM,
-        limit=64,
+        n=N,
+        limit=256,
+        backend="trio",
+        mode="bare",
+    )
+    run("trio_nursery", label="raw trio nursery + CapacityLimiter", group=group, n=N, limit=256)
+    run("asyncio_gather", label="asyncio.gather + Semaphore", group=group, n=N, limit=256)
+    check("trio, limit=256", batch, floor, TARGETS["bare"])
+    peer = run(
+        "aiometer_run_all",
+        label=f"aiometer run_all (trio, {N_PEER:,} ops)",
+        group=group,
+        n=N_PEER,
+        limit=256,
         backend="trio",
     )
+    speedup = peer.cpu_us / batch.cpu_us
     checks.append(
-        f"- as_completed over {N_STREAM:,} operations at limit 64: peak RSS growth "
-        f"{stream.rss_growth_mb:.1f} MB (target < {TARGET_RSS_MB:g} MB): "
-        f"{verdict(stream.rss_growth_mb < TARGET_RSS_MB)}; {stream.per_op_us:.2f} us/op"
+        f"- trio, aiometer run_all / trioflow at limit=256: {speedup:.1f}x slower "
+        f"(goal >= {TARGET_PEER:g}x): {verdict(speedup >= TARGET_PEER)}"
     )
+
+    # No limit: one task per operation, against the raw nursery / TaskGroup.
+    for backend, floor_case, floor_label in (
+        ("trio", "trio_nursery", "raw trio nursery"),
+        ("asyncio", "asyncio_task_group", "raw asyncio.TaskGroup"),
+    ):
+        group = f"no limit, {N:,} no-op operations, {backend}"
+        params: dict[str, Any] = {"n": N}
+        if backend == "trio":
+            params["limit"] = None
+        floor = run(floor_case, label=floor_label, group=group, floor=True, **params)
+        batch = run(
+            "trioflow_mode",
+            label="trioflow run_batch",
+            group=group,
+            n=N,
+            limit=None,
+            backend=backend,
+            mode="bare",
+        )
+        if backend == "asyncio":
+            run("asyncio_gather", label="asyncio.gather", group=group, n=N, limit=None)
+        peer = run(
+            "aiometer_run_all",
+            label=f"aiometer run_all ({N_PEER:,} ops)",
+            group=group,
+            n=N_PEER,
+            limit=None,
+            backend=backend,
+        )
+        check(
+            f"{backend}, no limit",
+            batch,
+            floor,
+            TARGET_UNBOUNDED if backend == "trio" else TARGET_UNBOUNDED_ASYNCIO,
+        )
+        speedup = peer.cpu_us / batch.cpu_us
+        checks.append(
+            f"- {backend}, aiometer run_all / trioflow without a limit: {speedup:.1f}x slower "
+            f"(goal >= {TARGET_PEER:g}x): {verdict(speedup >= TARGET_PEER)}"
+        )
+
+    # Memory: a lazy 1,000,000-operation generator.
+    group = f"memory, a lazy generator of {N_MEMORY:,} operations, limit=64, trio"
+    floor = run(
+        "trio_worker_pool_appending",
+        label="raw trio worker pool keeping a results list",
+        group=group,
+        floor=True,
+        n=N_MEMORY,
+        limit=64,
+        repeats=3,
+    )
+    batch = run(
+        "trioflow_mode",
+        label="trioflow run_batch",
+        group=group,
+        n=N_MEMORY,
+        limit=64,
+        backend="trio",
+        mode="bare",
+        repeats=3,
+    )
+    stream = run(
+        "trioflow_mode",
+        label="trioflow as_completed (keeps nothing)",
+        group=group,
+        n=N_MEMORY,
+        limit=64,
+        backend="trio",
+        mode="as_completed",
+        repeats=3,
+    )
+    over = batch.rss_growth_mb - floor.rss_growth_mb
+    checks.append(
+        f"- run_batch over {N_MEMORY:,} lazy operations: RSS growth {batch.rss_growth_mb:.1f} MB, "
+        f"floor {floor.rss_growth_mb:.1f} MB, +{over:.1f} MB (goal <= +{TARGET_MEMORY_MB:g} MB): "
+        f"{verdict(over <= TARGET_MEMORY_MB)}; as_completed keeping nothing: "
+        f"{stream.rss_growth_mb:.1f} MB"
+    )
+
+    # Scaling: the cost per operation must not grow with N or with L.
+    group = f"scaling with N, limit={LIMIT}, trio ({N_MEMORY:,} operations in batches of N)"
+    by_n = [
+        run(
+            "trioflow_repeated",
+            label=f"run_batch, N={n:,}",
+            group=group,
+            n=n,
+            limit=LIMIT,
+            total=N_MEMORY,
+            floor=n == N,
+            repeats=3,
+        )
+        for n in (1_000, 10_000, 100_000, 1_000_000)
+    ]
+    group = f"scaling with L, N={N:,}, trio"
+    by_l = [
+        run(
+            "trioflow_mode",
+            label=f"run_batch, L={limit:,}",
+            group=group,
+            n=N,
+            limit=limit,
+            backend="trio",
+            mode="bare",
+            floor=limit == LIMIT,
+            repeats=3,
+        )
+        for limit in (1, 16, 256, 10_000)
+    ]
+    for name, rows_ in (("N", by_n), ("L", by_l)):
+        costs = [r.cpu_us for r in rows_]
+        spread = max(costs) / min(costs)
+        checks.append(
+            f"- cost per op over {name}: {', '.join(f'{c:.2f}' for c in costs)} us CPU, "
+            f"max/min {spread:.2f} (goal <= {SCALING:g}): {verdict(spread <= SCALING)}"
+        )
     bench.checks = checks  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
     bench.main(plan, title="Batch executor: overhead per operation")
     if len(sys.argv) < 2 or sys.argv[1] != "--child":
-        print("### Targets (trio)\n")
+        print("### Targets\n")
         print("\n".join(bench.checks))  # type: ignore[attr-defined]
         print()

@@ -8,12 +8,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar, final
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .._backend import current_backend
 from .._limits import ResourceManager
 from .._retry import RetryPolicy
 from ._engine import Batch, Operations, validate
+from ._handoff import Handoff
 from ._outcomes import Outcome
 
 __all__ = ("as_completed",)
@@ -35,7 +35,7 @@ class _OutcomeStream(Generic[T]):
 
     def __init__(
         self,
-        receive: MemoryObjectReceiveStream[Outcome[T]],
+        receive: Handoff[Outcome[T]],
         checkpoint_if_cancelled: Callable[[], Awaitable[None]],
     ) -> None:
         self._receive = receive
@@ -120,7 +120,7 @@ async def _as_completed(
     buffer = _AS_COMPLETED_BUFFER
     if isinstance(checked_limit, int):
         buffer = min(checked_limit, buffer)
-    send, receive = anyio.create_memory_object_stream[Outcome[T]](buffer)
+    handoff = Handoff[Outcome[T]](buffer)
     batch = Batch(
         operations,
         limit=checked_limit,
@@ -128,20 +128,21 @@ async def _as_completed(
         fail_fast=False,
         retry=retry,
         on_progress=None,
-        send=send,
+        send=handoff,
     )
     backend = current_backend()
-    stream = _OutcomeStream(receive, backend.checkpoint_if_cancelled)
+    stream = _OutcomeStream(handoff, backend.checkpoint_if_cancelled)
 
     async def drive() -> None:
-        with send:
-            try:
-                await batch.run()
-            except Exception as exc:
-                stream._error = exc
+        try:
+            await batch.run()
+        except Exception as exc:
+            stream._error = exc
+        finally:
+            handoff.close()
 
     body_error: Exception | None = None
-    with receive:
+    try:
         async with backend.open_group() as group:
             group.start_soon(drive)
             try:
@@ -153,6 +154,8 @@ async def _as_completed(
             finally:
                 batch.stop()  # nothing more starts, even a task already given its turn
                 group.cancel_scope.cancel()
+    finally:
+        handoff.leave()
     if body_error is not None:
         raise body_error
     if stream._error is not None:

@@ -36,7 +36,6 @@ from types import CoroutineType, FunctionType
 from typing import Any, TypeVar, final
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .._backend import Backend, CancelScope, TaskGroup, current_backend
 from .._checks import (
@@ -50,6 +49,7 @@ from .._checks import (
 )
 from .._limits import ResourceManager
 from .._retry import RetryPolicy
+from ._handoff import Handoff
 from ._outcomes import (
     CANCELLED,
     FAILED,
@@ -222,7 +222,7 @@ class Batch:
         fail_fast: bool,
         retry: RetryPolicy | None,
         on_progress: Callable[[Progress], object] | None,
-        send: MemoryObjectSendStream[Outcome[Any]] | None = None,
+        send: Handoff[Outcome[Any]] | None = None,
     ) -> None:
         # Any, not Operation: each item is checked with callable() when it is taken.
         self._items: Iterator[tuple[int, Any]] | None = None
