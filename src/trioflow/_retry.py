@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import anyio
 import attrs
-import tenacity
-from tenacity.asyncio import AsyncRetrying
 
 from ._checks import (
     NotAwaitableError,
@@ -27,6 +25,9 @@ from ._checks import (
     not_awaitable,
     validator,
 )
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = ("RetryPolicy",)
 
@@ -265,6 +266,12 @@ class RetryPolicy:
             if not is_awaitable(awaitable):
                 raise not_awaitable("fn", awaitable)
             return await awaitable
+
+        # tenacity is imported at the first retry, not with trioflow: it imports tornado when
+        # tornado is installed (Dask brings it), a tenth of a second that every command and
+        # short-lived worker would pay for nothing.
+        import tenacity
+        from tenacity.asyncio import AsyncRetrying
 
         def retry(state: tenacity.RetryCallState) -> bool:
             outcome = state.outcome

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, TypeVarTuple
 
-import anyio.to_process
-import anyio.to_thread
-
 __all__ = ("in_process", "in_thread")
 
 R = TypeVar("R")
@@ -45,6 +42,8 @@ def in_process(fn: Callable[[*Ts], R], *args: *Ts) -> Callable[[], Awaitable[R]]
         raise _not_a_callable(fn)
 
     async def run_in_process() -> R:
+        import anyio.to_process  # on first use: it imports the subprocess machinery
+
         return await anyio.to_process.run_sync(fn, *args, cancellable=True)
 
     run_in_process.__qualname__ = f"in_process({getattr(fn, '__qualname__', fn)!s})"
@@ -77,6 +76,8 @@ def in_thread(fn: Callable[[*Ts], R], *args: *Ts) -> Callable[[], Awaitable[R]]:
         raise _not_a_callable(fn)
 
     async def run_in_thread() -> R:
+        import anyio.to_thread
+
         return await anyio.to_thread.run_sync(fn, *args)
 
     run_in_thread.__qualname__ = f"in_thread({getattr(fn, '__qualname__', fn)!s})"

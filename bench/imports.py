@@ -1,0 +1,100 @@
+"""Import time: ``import trioflow`` in a fresh interpreter, against ``import trio, anyio, attrs``.
+
+A command-line run and every short-lived worker process pays for the import, so it is measured
+like an operation: each row is the median of ``BENCH_REPEATS`` x 4 fresh interpreters, each
+timing its own import with ``time.perf_counter`` (the interpreter's start-up is not counted).
+Rows:
+
+* floor: ``import trio, anyio, attrs`` (what any trio program built like trioflow imports);
+* ``import trioflow`` with trio already imported, from the bytecode cache (the usual case);
+* the same with no bytecode cache (``-B`` and ``PYTHONDONTWRITEBYTECODE``, after the cache of
+  trioflow's own modules is deleted: the first run after an install or an edit);
+* ``import trioflow.lifecycle`` on top (the request layer is imported only when used).
+
+Usage: ``python bench/imports.py`` (or ``nox -s bench``). The goal, checked at the end:
+``import trioflow`` (trio already imported, cached) at most 1.5x the floor.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5")) * 4
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "src" / "trioflow"
+GOAL = 1.5
+
+FLOOR = (
+    "import time; t = time.perf_counter(); import trio, anyio, attrs; "
+    "print(time.perf_counter() - t)"
+)
+TRIOFLOW = (
+    "import time, trio; t = time.perf_counter(); import trioflow; print(time.perf_counter() - t)"
+)
+LIFECYCLE = (
+    "import time, trio; t = time.perf_counter(); import trioflow, trioflow.lifecycle; "
+    "print(time.perf_counter() - t)"
+)
+
+
+def _clear_cache() -> None:
+    for cache in PACKAGE.rglob("__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def measure(code: str, *, cached: bool = True) -> float:
+    """The median import time in ms of ``code`` over fresh interpreters."""
+    samples = []
+    env = dict(os.environ)
+    flags = []
+    if not cached:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        flags = ["-B"]
+    for _ in range(REPEATS):
+        if not cached:
+            _clear_cache()
+        out = subprocess.run(
+            [sys.executable, *flags, "-c", code],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
+        samples.append(float(out.strip()) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    measure(TRIOFLOW)  # write the cache once
+    floor = measure(FLOOR)
+    cached = measure(TRIOFLOW)
+    lifecycle = measure(LIFECYCLE)
+    uncached = measure(TRIOFLOW, cached=False)
+    measure(TRIOFLOW)  # leave a cache behind
+    rows = [
+        ("import trio, anyio, attrs (floor)", floor),
+        ("import trioflow, trio imported, cached", cached),
+        ("import trioflow + trioflow.lifecycle, trio imported, cached", lifecycle),
+        ("import trioflow, trio imported, no bytecode cache", uncached),
+    ]
+    print("## Import time\n")
+    print(f"Median of {REPEATS} fresh interpreters per row.\n")
+    print("| import | median ms | x floor |")
+    print("|---|---:|---:|")
+    for label, ms in rows:
+        print(f"| {label} | {ms:.1f} | {ms / floor:.2f} |")
+    ratio = cached / floor
+    verdict = "met" if ratio <= GOAL else "MISSED"
+    print("\n### Targets\n")
+    print(
+        f"- import trioflow (cached) / floor = {cached:.1f}/{floor:.1f} ms = {ratio:.2f}x "
+        f"(goal <= {GOAL}x): {verdict}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
