@@ -77,6 +77,8 @@ def alive(pid: int) -> bool:
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # it went between the two looks
+        return False
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
