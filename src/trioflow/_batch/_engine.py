@@ -10,11 +10,19 @@ Design, in the order it matters for speed:
   so three operations with ``limit=1000`` start three tasks, not a thousand.
 * The input is consumed lazily: a worker takes the next operation only when it is free, so an
   endless generator works with ``fail_fast=True`` or a cancel scope.
-* Per operation, the common case (no timeout, retry or progress callback) reads the clock twice
-  and stores one tuple; the frozen :class:`~trioflow.Outcome` objects are built when the
-  result's ``outcomes`` are first read. A cancel scope is made only when there is a timeout.
-* On trio, the engine uses trio's primitives directly (see ``_backend.py``); both backends run
-  the same code below.
+* Per operation, the lean path (a synchronous input, no retry) reads the clock twice and
+  stores a value and a double; the frozen :class:`~trioflow.Outcome` objects are built when the
+  result's ``outcomes`` are first read. A progress callback costs one branch and one snapshot
+  per operation, and ``as_completed`` one outcome handed to its consumer through a deque.
+* A timeout makes no cancel scope per operation: each worker runs in one scope of its own and
+  writes each operation's deadline in its slot, and one watchdog task sleeps until the earliest
+  deadline and cancels the scope of a worker whose operation overran it (that worker records
+  the timeout and goes on in a new scope). Deadlines are met exactly, in virtual time too.
+  With ``retry``, each attempt runs in its own ``move_on_after``.
+* With a ResourceManager, a pool of workers (its limit plus one) holds one slot per operation;
+  only one worker per batch waits for a slot, so batches sharing the manager take turns.
+* On trio, the engine uses trio's primitives directly, and on asyncio the workers run in
+  ``asyncio.TaskGroup`` (see ``_backend.py``); both backends run the same code below.
 """
 
 from __future__ import annotations
