@@ -1,14 +1,15 @@
 """Resource limits: one general capacity, named pools and keyed pools, resizable while work runs.
 
-A :class:`ResourceManager` owns one :class:`anyio.CapacityLimiter` for its general limit and
-one per named pool. A keyed pool (``keyed={"user": 10}``) holds one limiter per key, made when a
-slot first names the key (``slot(keys={"user": "alice"})``) and dropped once no slot holds or
-waits for it, so per-user limits cost nothing for users who are gone. ``slot()`` takes its
-tokens always in the same global order (keyed pools sorted by name, then the general limit,
-then named pools sorted by name), so two callers asking for overlapping pools in different
-orders can never deadlock, and a task waiting for its own key's token holds no shared one.
-Limits are resized through ``total_tokens``, never by replacing a limiter, so no waiter is ever
-lost.
+A :class:`ResourceManager` owns one limiter for its general limit and one per named pool, each
+a :class:`~trioflow._capacity.PriorityLimiter` (a freed token goes to the waiter of highest
+priority, equal priorities first come, first served). A keyed pool (``keyed={"user": 10}``)
+holds one limiter per key, made when a slot first names the key (``slot(keys={"user":
+"alice"})``) and dropped once no slot holds or waits for it, so per-user limits cost nothing
+for users who are gone. ``slot()`` takes its tokens always in the same global order (keyed
+pools sorted by name, then the general limit, then named pools sorted by name), so two callers
+asking for overlapping pools in different orders can never deadlock, and a task waiting for its
+own key's token holds no shared one. Limits are resized through ``total_tokens``, never by
+replacing a limiter, so no waiter is ever lost.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import anyio.lowlevel
 import attrs
 
 from ._backend import current_time
-from ._checks import check_async_callable, check_int
+from ._capacity import PriorityLimiter
+from ._checks import check_async_callable, check_int, check_number
 from ._errors import ResourceExhaustedError
 
 __all__ = (
@@ -165,10 +167,10 @@ class _Pool:
         "waiting",
     )
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, aging: float | None = None) -> None:
         self.name = name
         self.size = size
-        self.limiter = anyio.CapacityLimiter(size)
+        self.limiter = PriorityLimiter(size, aging=aging)
         self.counts = self  # where a slot holding this limiter is counted
         self.executing = 0
         self.waiting = 0
@@ -195,7 +197,7 @@ class _Key:
 
     __slots__ = ("counts", "key", "limiter", "pool", "slots")
 
-    def __init__(self, key: Hashable, limiter: anyio.CapacityLimiter, pool: _KeyedPool) -> None:
+    def __init__(self, key: Hashable, limiter: PriorityLimiter, pool: _KeyedPool) -> None:
         self.key = key
         self.limiter = limiter
         self.pool = pool
@@ -207,13 +209,14 @@ class _Key:
 class _KeyedPool:
     """A keyed pool: a limiter per live key, counted together in ``counts``."""
 
-    __slots__ = ("counts", "keys", "name", "spare")
+    __slots__ = ("aging", "counts", "keys", "name", "spare")
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, aging: float | None = None) -> None:
         self.name = name
+        self.aging = aging
         self.counts = _Pool(name, size)  # its own limiter is unused: only its counters count
         self.keys: dict[Hashable, _Key] = {}
-        self.spare: list[anyio.CapacityLimiter] = []
+        self.spare: list[PriorityLimiter] = []
 
     def join(self, key: Hashable) -> _Key:
         """Return the key's limiter holder, made on demand, counting one more slot of it."""
@@ -225,7 +228,7 @@ class _KeyedPool:
                 if limiter.total_tokens != size:
                     limiter.total_tokens = size
             else:
-                limiter = anyio.CapacityLimiter(size)
+                limiter = PriorityLimiter(size, aging=self.aging)
             entry = self.keys[key] = _Key(key, limiter, self)
         entry.slots += 1
         return entry
@@ -300,13 +303,23 @@ class Slot:
     executor's hot path. The slot object itself is the borrower of every token it holds.
     """
 
-    __slots__ = ("_acquired", "_keys", "_keyspec", "_manager", "_on_wait", "_pools", "_started")
+    __slots__ = (
+        "_acquired",
+        "_keys",
+        "_keyspec",
+        "_manager",
+        "_on_wait",
+        "_pools",
+        "_priority",
+        "_started",
+    )
 
     def __init__(
         self,
         manager: ResourceManager,
         pools: tuple[_Pool, ...],
         keyspec: tuple[tuple[_KeyedPool, Hashable], ...] | None = None,
+        priority: int = 0,
     ) -> None:
         self._manager = manager
         self._pools = pools  # named pools only, in acquisition (sorted) order
@@ -315,6 +328,7 @@ class Slot:
         self._acquired = -1  # -1: not entered; else number of limiters held (general included)
         self._started = 0.0
         self._on_wait: Callable[[], object] | None = None
+        self._priority = priority
 
     def _begin(self) -> None:
         if self._acquired != -1:
@@ -444,7 +458,7 @@ class Slot:
                         on_wait()
                     counts.waiting += 1
                     try:
-                        await link.limiter.acquire_on_behalf_of(self)
+                        await link.limiter.acquire_on_behalf_of(self, self._priority)
                     finally:
                         counts.waiting -= 1
                 self._acquired += 1
@@ -550,12 +564,22 @@ class ResourceManager:
         when_unhealthy: When ``health`` reports unhealthy at acquisition: ``"wait"`` waits
             (cancellably) until it is healthy again; ``"fail"`` raises
             :class:`~trioflow.ResourceExhaustedError` at once.
+        aging: Against starvation: seconds of waiting that raise a waiting slot by one
+            priority step (so a priority-0 slot that waited ``5 * aging`` seconds goes before
+            a priority-4 one that just arrived). None (the default): no aging, a freed token
+            always goes to the highest priority waiting.
+
+    Waiting slots are served by priority (``slot(priority=...)``, ``run(..., priority=...)``):
+    when a token frees, the waiter with the highest priority gets it, equal priorities first
+    come, first served. A waiter raised in priority while it waits is not supported.
 
     Raises:
-        TypeError: A limit or pool size is not an int, a pool name is not a string, or
-            ``health`` does not have ``healthy`` and ``wait_healthy()``.
-        ValueError: A limit or pool size is below 1, a pool name is empty, or
-            ``when_unhealthy`` is neither ``"wait"`` nor ``"fail"``.
+        TypeError: A limit or pool size is not an int, a pool name is not a string,
+            ``health`` does not have ``healthy`` and ``wait_healthy()``, or ``aging`` is not a
+            number.
+        ValueError: A limit or pool size is below 1, a pool name is empty,
+            ``when_unhealthy`` is neither ``"wait"`` nor ``"fail"``, or ``aging`` is not a
+            positive finite number.
     """
 
     _general: _Pool
@@ -576,11 +600,14 @@ class ResourceManager:
         keyed: Mapping[str, int] | None = None,
         health: HealthSource | None = None,
         when_unhealthy: Literal["wait", "fail"] = "wait",
+        aging: float | None = None,
     ) -> None:
         _check_size("limit", limit)
-        named = {name: _Pool(name, size) for name, size in _sizes("pools", pools).items()}
+        if aging is not None:
+            aging = check_number(aging, "aging", minimum=0, strict=True)
+        named = {name: _Pool(name, size, aging) for name, size in _sizes("pools", pools).items()}
         keyed_pools = {
-            name: _KeyedPool(name, size) for name, size in _sizes("keyed", keyed).items()
+            name: _KeyedPool(name, size, aging) for name, size in _sizes("keyed", keyed).items()
         }
         both = sorted(set(named) & set(keyed_pools))
         if both:
@@ -592,7 +619,7 @@ class ResourceManager:
                 "health must have a 'healthy' property and an async 'wait_healthy()' method, "
                 f"got {type(health).__name__}"
             )
-        self._general = _Pool("", limit)
+        self._general = _Pool("", limit, aging)
         self._pools = named
         self._keyed = keyed_pools
         self._health = health
@@ -688,7 +715,9 @@ class ResourceManager:
             known = ", ".join(repr(n) for n in self._pools) or "none"
             raise ValueError(f"unknown pool {name!r}; known pools: {known}") from None
 
-    def slot(self, *pools: str, keys: Mapping[str, Hashable] | None = None) -> Slot:
+    def slot(
+        self, *pools: str, keys: Mapping[str, Hashable] | None = None, priority: int = 0
+    ) -> Slot:
         """Return a :class:`Slot`: a general token, one token per pool and one per key.
 
         Tokens are taken in one global order, the keys' first (by keyed pool name), then the
@@ -702,6 +731,8 @@ class ResourceManager:
         Args:
             *pools: Names of the pools to take one token of each.
             keys: For keyed pools, the key to take one token of, e.g. ``{"user": "alice"}``.
+            priority: When the slot has to wait for a token, larger is served first (equal
+                priorities first come, first served); an int, 0 by default.
 
         Returns:
             A :class:`Slot`, to be used once, as an async context manager yielding ``None``.
@@ -718,6 +749,10 @@ class ResourceManager:
             chain = self._chain(pools)
         except TypeError:  # an unhashable argument
             chain = self._chain(pools)
+        if priority:
+            if type(priority) is not int:
+                check_int(priority, "priority")
+            return Slot(self, chain, None if keys is None else self._keyspec(keys), priority)
         if keys is None:
             return Slot(self, chain)
         return Slot(self, chain, self._keyspec(keys))
@@ -757,6 +792,7 @@ class ResourceManager:
         fn: Callable[[*Ts], Awaitable[T]],
         *args: *Ts,
         pools: Sequence[str] = (),
+        priority: int = 0,
     ) -> T:
         """Run one call under a slot, recording its duration and whether it succeeded.
 
@@ -764,6 +800,7 @@ class ResourceManager:
             fn: An async function.
             *args: Positional arguments for ``fn``.
             pools: Names of the pools the call takes one token of each.
+            priority: When the call has to wait for a token, larger is served first.
 
         Returns:
             What ``fn`` returned.
@@ -778,7 +815,7 @@ class ResourceManager:
         check_async_callable(fn, "fn")  # a plain def is refused before it runs
         if isinstance(pools, str):
             raise TypeError(f"pools must be a sequence of pool names, got the string {pools!r}")
-        async with self.slot(*pools):
+        async with self.slot(*pools, priority=priority):
             return await fn(*args)
 
     def statistics(self) -> ResourceManagerStatistics:

@@ -62,6 +62,7 @@ class Admission:
             limit=config.max_concurrency,
             keyed={_USER: config.per_user_limit},
             health=health if self._wait_when_unhealthy else None,
+            aging=config.priority_aging,
         )
         limits = config.rate_limits
         self._user_rate: KeyedRateLimiter[str] | None = None
@@ -88,8 +89,12 @@ class Admission:
         return self._slots.statistics().keyed[_USER].keys
 
     def slot(self, request: Request) -> Slot:
-        """Return the request's slot (its user's token and a global one), not yet acquired."""
-        return self._slots.slot(keys={_USER: request.user_id})
+        """Return the request's slot (its user's token and a global one), not yet acquired.
+
+        A request that has to wait is served by its ``priority`` (larger first; equal ones
+        first come, first served), for its user's token and the global one alike.
+        """
+        return self._slots.slot(keys={_USER: request.user_id}, priority=request.priority)
 
     def try_now(self, slot: Slot) -> bool:
         """Acquire the slot if nothing has to wait; else take nothing."""

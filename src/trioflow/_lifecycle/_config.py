@@ -370,6 +370,10 @@ class OrchestrationConfig:
         max_queue_depth: The most requests waiting for admission; more are refused at once
             (a RESOURCE_EXHAUSTION failure, shedding load). An int >= 1, or ``None`` for no
             limit.
+        priority_aging: Requests waiting for admission are served by ``Request.priority``
+            (larger first, equal ones first come, first served); with this set, a waiting
+            request rises one priority step per ``priority_aging`` seconds, so low-priority
+            requests are never starved. A duration > 0, or ``None`` (the default) for none.
         default_timeout: The time a request may take from admission to its terminal state, a
             duration > 0, or ``None`` (or infinity) for no limit.
         enable_metrics: Whether the coordinator logs its statistics periodically.
@@ -394,6 +398,9 @@ class OrchestrationConfig:
     max_concurrency: int = field(50, check=count_at_least(1))
     per_user_limit: int = field(10, check=count_at_least(1))
     max_queue_depth: int | None = field(None, check=optional(count_at_least(1)))
+    priority_aging: float | None = field(
+        None, check=optional(number_at_least(0, strict=True)), duration="optional"
+    )
     default_timeout: float | None = field(
         30.0,
         check=optional(number_at_least(0, strict=True, finite=False)),

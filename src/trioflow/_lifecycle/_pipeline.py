@@ -255,7 +255,7 @@ async def _attempt(stage: Stage, request: Request) -> Any:
 async def _once(stage: Stage, request: Request, resources: ResourceManager | None) -> Any:
     if stage.pools:
         assert resources is not None
-        async with resources.slot(*stage.pools):
+        async with resources.slot(*stage.pools, priority=request.priority):
             return await _attempt(stage, request)
     return await _attempt(stage, request)
 
