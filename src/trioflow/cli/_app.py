@@ -239,10 +239,7 @@ def _run(args: argparse.Namespace) -> int:
     reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))
     outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
     if args.json:
-        data = outcome.summary.to_json()
-        data["exit_status"] = outcome.exit_status
-        data["resume_command"] = outcome.resume_command
-        print_json(data)
+        print_json(outcome.to_json())
         return outcome.exit_status
     print_summary(outcome.summary, sys.stdout, tail_lines=40 if args.verbose else TAIL_LINES)
     if outcome.resume_command is not None:
