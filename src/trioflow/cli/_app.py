@@ -44,6 +44,7 @@ from ._run import (
     step_command,
     summary_from_record,
 )
+from ._serve import add_commands as add_serve_commands
 from ._spec import SpecError, StepSpec, load_spec
 from ._steps import describe_command
 
@@ -58,6 +59,7 @@ examples:
   trioflow runs                        list past runs
   trioflow show ID                     show one run, step by step
   trioflow graph build.toml            print the steps as a Mermaid diagram
+  trioflow serve --tools mytools:registry   serve tools to MCP clients over stdio
 """
 
 
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("file", metavar="FILE", help="the workflow file (TOML)")
     graph.add_argument("--dot", action="store_true", help="print Graphviz DOT instead")
     graph.set_defaults(handler=_graph)
+
+    add_serve_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="run a short demonstration of the library", add_help=False

@@ -30,7 +30,6 @@ import attrs
 
 import trioflow
 
-from .._backend import open_body_group
 from ._guard import ProcessGuard, open_guard
 from ._render import Reporter, RunSummary, StepRow
 from ._spec import StepSpec, WorkflowSpec
@@ -520,7 +519,7 @@ class _SignalWatch:
     @contextlib.asynccontextmanager
     async def __call__(self, grace_periods: GracePeriods) -> AsyncIterator[anyio.CancelScope]:
         with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-            async with open_body_group() as tg:  # the run's own errors come out as themselves
+            async with anyio.create_task_group() as tg:
 
                 async def watch() -> None:
                     async for signum in signals:

@@ -44,11 +44,11 @@ from trioflow.lifecycle import (
     open_coordinator,
 )
 
-from . import _results
+from ._results import batch_json, error_text, failure, from_processing, text_of
 from ._progress import Progress, open_progress
 from ._workflows import WorkflowFiles
 
-__all__ = ("BUILT_IN_TOOLS", "create_server")
+__all__ = ("BUILT_IN_TOOLS", "call_once", "create_server")
 
 BUILT_IN_TOOLS = ("run_tools", "run_workflow", "get_run", "list_runs")
 
@@ -229,7 +229,7 @@ class _Service:
 
     # --- connections ----------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def lifespan(self, server: Server[Any]) -> AsyncIterator[_Connection]:
+    async def lifespan(self, server: Server[Any] | None) -> AsyncIterator[_Connection]:
         """Serve one connection (stdio, in-process) or the HTTP transport (every session).
 
         The first opens the coordinator; the others share it; the first waits for the others
@@ -290,22 +290,35 @@ class _Service:
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         connection: _Connection = ctx.lifespan_context
-        name = params.name
-        arguments = params.arguments or {}
+        user = self.user_of(ctx, connection)
         progress: Progress = ctx.session.report_progress
+        return await self.call(
+            connection, user, "mcp", params.name, params.arguments or {}, progress
+        )
+
+    async def call(
+        self,
+        connection: _Connection,
+        user: str,
+        source: str,
+        name: str,
+        arguments: Mapping[str, Any],
+        progress: Progress,
+    ) -> types.CallToolResult:
+        """Make one call a request of the coordinator; answer its tool result."""
         try:
-            user = self.user_of(ctx, connection)
             request, wrap, on_chunk = self._request(connection, user, name, arguments, progress)
+            request.source = source
             timeout: Any = None if request.kind == RequestKind.COMPLEX_WORKFLOW else ...
             result = await connection.coordinator.process(
                 request, timeout=timeout, on_chunk=on_chunk
             )
         except Exception as exc:  # a defect of the server's own: a tool error, never a crash
             self.log.exception("tool call failed inside the server", tool=name)
-            return _results.failure(exc, ErrorCategory.of(exc))
+            return failure(exc, ErrorCategory.of(exc))
         if not result.ok:
             self._log_failure(name, request, result)
-        return _results.from_processing(result, wrap)
+        return from_processing(result, wrap)
 
     def _log_failure(self, name: str, request: Request, result: ProcessingResult) -> None:
         self.log.warning(
@@ -314,7 +327,7 @@ class _Service:
             user_id=request.user_id,
             status=result.status.value,
             category=None if result.category is None else result.category.value,
-            error=_results.error_text(result.error) if result.error is not None else None,
+            error=error_text(result.error) if result.error is not None else None,
         )
 
     def _request(
@@ -351,7 +364,7 @@ class _Service:
         async def on_chunk(chunk: Any) -> None:
             nonlocal sent
             sent += 1
-            await progress(sent, None, _results.text_of(chunk))
+            await progress(sent, None, text_of(chunk))
 
         return Request(call, user_id=user, source="mcp", kind=RequestKind.STREAMING), True, on_chunk
 
@@ -395,7 +408,7 @@ class _Service:
                 fail_fast=fail_fast,
                 on_progress=on_progress,
             )
-        return _results.batch_json(batch)
+        return batch_json(batch)
 
     async def _run_workflow(
         self, progress: Progress, *, workflow: str, resume: str | None = None
@@ -417,6 +430,63 @@ def _default_logger() -> Any:
     return structlog.wrap_logger(
         structlog.PrintLogger(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+async def _no_progress(done: float, total: float | None, message: str | None) -> None:
+    pass
+
+
+async def call_once(
+    registry: ToolRegistry | None,
+    name: str,
+    arguments: Mapping[str, Any],
+    *,
+    workflows: Iterable[str | os.PathLike[str]] = (),
+    config: OrchestrationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    progress: Progress = _no_progress,
+    logger: Any = None,
+) -> types.CallToolResult:
+    """Make one call as a server would, through the same admission, for ``trioflow call``.
+
+    The request's user is ``"cli"`` and its source ``"cli"``; the arguments are those of
+    :func:`create_server`.
+    """
+    service = _make_service(registry, workflows, config, store, None, logger)
+    async with service.lifespan(None) as connection:
+        return await service.call(connection, "cli", "cli", name, arguments, progress)
+
+
+def _make_service(
+    registry: ToolRegistry | None,
+    workflows: Iterable[str | os.PathLike[str]],
+    config: OrchestrationConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
+    store: str | os.PathLike[str] | None,
+    user_meta_key: str | None,
+    logger: Any,
+) -> _Service:
+    if registry is None:
+        registry = ToolRegistry()
+    elif not isinstance(registry, ToolRegistry):
+        raise TypeError(f"registry must be a ToolRegistry or None, got {registry!r}")
+    if user_meta_key is not None and (not isinstance(user_meta_key, str) or not user_meta_key):
+        raise TypeError(f"user_meta_key must be a non-empty str or None, got {user_meta_key!r}")
+    if isinstance(workflows, str | os.PathLike):
+        raise TypeError(f"workflows must be a list of file paths, got {workflows!r}")
+    if store is not None and not isinstance(store, str | os.PathLike):
+        raise TypeError(f"store must be a file path or None, got {store!r}")
+    files = WorkflowFiles(list(workflows), None if store is None else Path(store))
+    taken = [n for n in registry.names if n in BUILT_IN_TOOLS[: 4 if files.names else 1]]
+    if taken:
+        raise ValueError(
+            f"the registry has a tool named {taken[0]!r}, a name of the server's own "
+            f"(built-in: {', '.join(BUILT_IN_TOOLS)}); register it under another name"
+        )
+    if not isinstance(config, OrchestrationConfig):
+        config = OrchestrationConfig() if config is None else load_config(config)
+    return _Service(
+        registry, files, config, user_meta_key, _default_logger() if logger is None else logger
     )
 
 
@@ -467,30 +537,9 @@ def create_server(
         ConfigError: ``config`` does not load.
         trioflow.cli.SpecError: A workflow file is not valid (the message names the file).
     """
-    if registry is None:
-        registry = ToolRegistry()
-    elif not isinstance(registry, ToolRegistry):
-        raise TypeError(f"registry must be a ToolRegistry or None, got {registry!r}")
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if user_meta_key is not None and (not isinstance(user_meta_key, str) or not user_meta_key):
-        raise TypeError(f"user_meta_key must be a non-empty str or None, got {user_meta_key!r}")
-    if isinstance(workflows, str | os.PathLike):
-        raise TypeError(f"workflows must be a list of file paths, got {workflows!r}")
-    if store is not None and not isinstance(store, str | os.PathLike):
-        raise TypeError(f"store must be a file path or None, got {store!r}")
-    files = WorkflowFiles(list(workflows), None if store is None else Path(store))
-    taken = [n for n in registry.names if n in BUILT_IN_TOOLS[: 4 if files.names else 1]]
-    if taken:
-        raise ValueError(
-            f"the registry has a tool named {taken[0]!r}, a name of the server's own "
-            f"(built-in: {', '.join(BUILT_IN_TOOLS)}); register it under another name"
-        )
-    if not isinstance(config, OrchestrationConfig):
-        config = OrchestrationConfig() if config is None else load_config(config)
-    service = _Service(
-        registry, files, config, user_meta_key, _default_logger() if logger is None else logger
-    )
+    service = _make_service(registry, workflows, config, store, user_meta_key, logger)
     return Server(
         name,
         version=trioflow.__version__,
