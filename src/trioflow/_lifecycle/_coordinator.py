@@ -29,9 +29,9 @@ import attrs
 
 from .._backend import current_clock as clock
 from .._backend import open_body_group
-from .._checks import check_int, check_timeout
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
+from .._checks import check_int, check_timeout
 from .._limits import HealthSource, PoolStatistics, ResourceManager
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
@@ -203,7 +203,7 @@ class Coordinator:
         self,
         request: Request,
         *,
-        timeout: float | None | EllipsisType = ...,  # noqa: ASYNC109 - the request's budget
+        timeout: float | EllipsisType | None = ...,  # noqa: ASYNC109 - the request's budget
         on_chunk: ChunkSink | None = None,
     ) -> ProcessingResult:
         """Admit, route and process one request; it ends in exactly one terminal state.
@@ -233,10 +233,7 @@ class Coordinator:
             RuntimeError: The coordinator is closed.
         """
         self._check(request)
-        if timeout is ...:
-            timeout = self._config.default_timeout
-        else:
-            timeout = check_timeout(timeout)
+        timeout = self._config.default_timeout if timeout is ... else check_timeout(timeout)
         entry = Ticket(request)
         self._active[request.id] = entry
         admitted = False
@@ -393,7 +390,7 @@ class Coordinator:
         self,
         request: Request,
         *,
-        timeout: float | None | EllipsisType = ...,  # noqa: ASYNC109 - as in process()
+        timeout: float | EllipsisType | None = ...,  # noqa: ASYNC109 - as in process()
         buffer: int = 0,
     ) -> AsyncIterator[RequestStream]:
         """Process a request while the caller reads the chunks of its streaming stages.

@@ -15,7 +15,6 @@ and the stage's value is the list of every chunk.
 from __future__ import annotations
 
 import contextvars
-import inspect
 import math
 from collections.abc import (
     AsyncIterator,
@@ -49,7 +48,6 @@ from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from ._machine import StateChange, StateMachine
-from ._stream import ChunkSink, drain, is_streaming
 from ._request import (
     REQUEST_TRANSITIONS,
     ProcessingResult,
@@ -58,6 +56,7 @@ from ._request import (
     RequestState,
     make_result,
 )
+from ._stream import ChunkSink, drain, is_streaming
 
 __all__ = ("Pipeline", "PipelineStatistics", "Stage", "StageStatistics")
 
@@ -95,12 +94,13 @@ _SINK: contextvars.ContextVar[ChunkSink | None] = contextvars.ContextVar(
 def _call(stage: Stage, request: Request) -> Awaitable[Any]:
     if stage.streaming:
         return drain(stage.fn(request), _SINK.get())  # type: ignore[arg-type]
-    result = stage.fn(request)
+    result: Any = stage.fn(request)
     if type(result) is not CoroutineType and not is_awaitable(result):
         # A lambda (judged only by calling it) that returned a value: a bug in the caller,
         # never retried, never an optional stage's excusable failure.
         raise not_awaitable(f"stage {stage.name!r}", result)
-    return result
+    awaitable: Awaitable[Any] = result
+    return awaitable
 
 
 def _stage_operation(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

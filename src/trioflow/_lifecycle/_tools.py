@@ -280,8 +280,8 @@ class ToolRegistry:
             ``fn`` itself (unchanged), or a decorator when ``fn`` is omitted.
 
         Raises:
-            TypeError: ``fn`` is not an async (generator) function, a parameter has no type hint or an
-                unsupported one, or is not passable by keyword.
+            TypeError: ``fn`` is not an async (generator) function, a parameter has no type
+                hint or an unsupported one, or is not passable by keyword.
             ValueError: A tool of that name is already registered.
         """
 

@@ -683,10 +683,7 @@ async def execute_file(
                     stored_run, logs, duration=duration, continue_on_error=continue_on_error
                 )
                 summary = attrs.evolve(summary, status="cancelled")
-    if result is None:
-        status = 130
-    else:
-        status = EXIT_OK if result.ok else EXIT_FAILED
+    status = 130 if result is None else EXIT_OK if result.ok else EXIT_FAILED
     resumable = status != EXIT_OK and not never_stored
     hint = resume_command(options, run_id) if resumable else None
     return RunOutcome(summary=summary, exit_status=status, resume_command=hint)

@@ -148,7 +148,9 @@ def _call(args: argparse.Namespace) -> int:
     try:
         arguments = json.loads(args.arguments)
     except ValueError as exc:
-        raise UsageError(f"the arguments must be a JSON object, got {args.arguments!r}: {exc}")
+        raise UsageError(
+            f"the arguments must be a JSON object, got {args.arguments!r}: {exc}"
+        ) from None
     if not isinstance(arguments, dict):
         raise UsageError(f"the arguments must be a JSON object, got {args.arguments!r}")
     config = _config(args.config)

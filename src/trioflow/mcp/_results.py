@@ -18,7 +18,15 @@ from trioflow.lifecycle import ErrorCategory, ProcessingResult, ProcessingStatus
 
 from .._structure import strict_converter
 
-__all__ = ("batch_json", "error_text", "failure", "from_processing", "jsonable", "success", "text_of")
+__all__ = (
+    "batch_json",
+    "error_text",
+    "failure",
+    "from_processing",
+    "jsonable",
+    "success",
+    "text_of",
+)
 
 _CONVERTER = strict_converter()
 

@@ -44,8 +44,8 @@ from trioflow.lifecycle import (
     open_coordinator,
 )
 
-from ._results import batch_json, error_text, failure, from_processing, text_of
 from ._progress import Progress, open_progress
+from ._results import batch_json, error_text, failure, from_processing, text_of
 from ._workflows import WorkflowFiles
 
 __all__ = ("BUILT_IN_TOOLS", "call_once", "create_server")
@@ -118,7 +118,7 @@ def _built_ins(workflows: tuple[str, ...]) -> ToolRegistry:
     async def run_tools(
         calls: list[BatchCall],
         limit: int | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - each call's, as in run_batch
         fail_fast: bool = False,
     ) -> None:
         """Run many tool calls at once as one batch; one failing call never hides the others.
@@ -222,7 +222,9 @@ class _Service:
         described = [*self.registry.describe(), *self.built_ins.describe()]
         return [
             types.Tool(
-                name=tool["name"], description=tool["description"], input_schema=tool["inputSchema"]
+                name=tool["name"],
+                description=tool["description"],
+                input_schema=tool["inputSchema"],
             )
             for tool in described
         ]
@@ -264,9 +266,9 @@ class _Service:
                 self._coordinator = None
 
     def user_of(self, ctx: ServerRequestContext[Any, Any], connection: _Connection) -> str:
-        """Who makes this call: a declared user (when trusted), the HTTP session, the connection."""
+        """Who calls: a declared user (when trusted), the HTTP session, or the connection."""
         if self.user_meta_key is not None and ctx.meta is not None:
-            declared = ctx.meta.get(self.user_meta_key)  # type: ignore[misc]
+            declared = ctx.meta.get(self.user_meta_key)
             if isinstance(declared, str) and declared:
                 return declared
         http = ctx.request
@@ -353,12 +355,16 @@ class _Service:
         def validate() -> dict[str, Any]:
             return registry.get(name).bind(arguments)  # UnknownToolError is VALIDATION too
 
-        def execute(**kwargs: Any) -> Any:
+        def run(**kwargs: Any) -> Any:
             return registry.get(name).fn(**kwargs)
 
-        call = _Call(tool=name, validate=validate, execute=execute)
+        call = _Call(tool=name, validate=validate, execute=run)
         if not streaming:
-            return Request(call, user_id=user, source="mcp", kind=RequestKind.TOOL_EXECUTION), True, None
+            return (
+                Request(call, user_id=user, source="mcp", kind=RequestKind.TOOL_EXECUTION),
+                True,
+                None,
+            )
         sent = 0
 
         async def on_chunk(chunk: Any) -> None:
@@ -366,7 +372,11 @@ class _Service:
             sent += 1
             await progress(sent, None, text_of(chunk))
 
-        return Request(call, user_id=user, source="mcp", kind=RequestKind.STREAMING), True, on_chunk
+        return (
+            Request(call, user_id=user, source="mcp", kind=RequestKind.STREAMING),
+            True,
+            on_chunk,
+        )
 
     def _built_in(
         self, connection: _Connection, name: str, progress: Progress
