@@ -441,8 +441,9 @@ class Coordinator:
                 try:
                     yield chunks
                 finally:
-                    if not chunks.done:
-                        # The reader left early: the request is cancelled, and ends CANCELLED.
+                    # The reader left early (a break, an exception, a cancellation): the
+                    # request is cancelled and ends CANCELLED before the block ends.
+                    if not chunks.done and not self.cancel(request.id):
                         tg.cancel_scope.cancel()
 
     async def process_many(self, requests: Iterable[Request]) -> list[ProcessingResult]:

@@ -72,15 +72,19 @@ class RequestStream:
         state = "finished" if self._result is not None else "in flight"
         return f"RequestStream(request_id={self.request_id!r}, {state})"
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._chunks()
+    def __aiter__(self) -> RequestStream:
+        return self
 
-    async def _chunks(self) -> AsyncIterator[Any]:
+    async def __anext__(self) -> Any:
+        """Return the next chunk, waiting for it.
+
+        Raises:
+            StopAsyncIteration: The request has reached its terminal state.
+        """
         try:
-            async for chunk in self._receive:
-                yield chunk
-        except anyio.ClosedResourceError:  # the stream's block ended; nothing more comes
-            return
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):  # the request ended
+            raise StopAsyncIteration from None
 
     def finish(self, result: ProcessingResult) -> None:
         """Record the request's result (the coordinator calls it when the request ends)."""
