@@ -8,15 +8,17 @@ events reach the client as progress: the run's id first, then each finished step
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, final
 
 import anyio
 
 import trioflow
+from trioflow.lifecycle import ErrorCategory
 from trioflow.cli._render import PlainReporter, QuietOnError
 from trioflow.cli._run import (
     DEFAULT_STATE,
@@ -71,6 +73,25 @@ class _ProgressReporter:
         self._lines.close()
 
 
+def _user_error(exc: UsageError) -> UsageError:
+    """Mark a usage error (no such run, a leased run, ...) as the caller's: VALIDATION."""
+    exc.error_category = ErrorCategory.VALIDATION  # type: ignore[attr-defined]
+    return exc
+
+
+def _users_errors(
+    method: Callable[..., Awaitable[dict[str, Any]]],
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await method(*args, **kwargs)
+        except UsageError as exc:
+            raise _user_error(exc) from None
+
+    return call
+
+
 @final
 class WorkflowFiles:
     """The workflow files a server runs, by name, and the state file of their runs."""
@@ -93,6 +114,7 @@ class WorkflowFiles:
         """The workflows' names, in the order the files were given."""
         return tuple(self.specs)
 
+    @_users_errors
     async def run(self, name: str, resume: str | None, progress: Progress) -> dict[str, Any]:
         """Run (or resume) a workflow; return what ``trioflow run --json`` prints.
 
@@ -110,6 +132,7 @@ class WorkflowFiles:
         await anyio.lowlevel.checkpoint()
         return trioflow.SQLiteStore(self.state) if self.state.exists() else None
 
+    @_users_errors
     async def get_run(self, run_id: str) -> dict[str, Any]:
         """Read a stored run in the shape of ``trioflow run --json`` (as ``trioflow show``).
 
@@ -132,6 +155,7 @@ class WorkflowFiles:
         data["updated_at"] = record.updated_at.isoformat()
         return data
 
+    @_users_errors
     async def list_runs(self, limit: int = 20) -> dict[str, Any]:
         """List the most recent runs first: id, workflow, status and start.
 
