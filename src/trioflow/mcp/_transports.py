@@ -6,8 +6,9 @@ as well as on asyncio (the SDK's own choice, uvicorn, runs on asyncio only).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
+import anyio
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
@@ -15,6 +16,8 @@ from .._backend import running_on_trio
 from .._checks import check_int
 
 __all__ = ("serve_http", "serve_stdio")
+
+_GRACE: Final = 5.0  # seconds open HTTP requests get to finish when the server stops
 
 
 def _check_server(server: object) -> None:
@@ -64,11 +67,32 @@ async def serve_http(server: Server[Any], *, host: str = "127.0.0.1", port: int 
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = "-"  # stderr
+    config.graceful_timeout = _GRACE
     if running_on_trio():
-        from hypercorn.trio import serve as serve_on_trio
-
-        await serve_on_trio(app, config, mode="asgi")  # type: ignore[arg-type]
+        from hypercorn.trio import serve
     else:
-        from hypercorn.asyncio import serve as serve_on_asyncio
+        from hypercorn.asyncio import serve  # type: ignore[assignment]
+    # hypercorn stops when its shutdown trigger returns, not when it is cancelled (its asyncio
+    # side cannot be cancelled from outside): it runs shielded, and this task's cancellation
+    # pulls the trigger; open requests get _GRACE seconds, then the server is gone.
+    shutdown = anyio.Event()
+    stopped = anyio.Event()
+    failure: list[Exception] = []
 
-        await serve_on_asyncio(app, config, mode="asgi")  # type: ignore[arg-type]
+    async def run() -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")  # type: ignore[arg-type]
+        except Exception as exc:  # cannot listen, most likely: raised here, as itself
+            failure.append(exc)
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            await stopped.wait()
+        finally:
+            shutdown.set()
+    if failure:
+        raise failure[0]
