@@ -159,6 +159,8 @@ class Stage:
     fn: StageFn = attrs.field(validator=_stage_fn)
     options: WorkOptions = attrs.field(kw_only=True)
     operation: str | None = attrs.field(kw_only=True, validator=_stage_operation)
+    streaming: bool = attrs.field(kw_only=True, eq=False, repr=False)
+    """Whether :attr:`fn` is an async generator function (a streaming stage)."""
 
     def __init__(
         self,
@@ -192,12 +194,9 @@ class Stage:
             raise TypeError(
                 f"stage {name!r}: give options= or timeout/retry/pools/optional, not both"
             )
-        self.__attrs_init__(name, state, fn, options=options, operation=operation)
-
-    @property
-    def streaming(self) -> bool:
-        """Whether :attr:`fn` is an async generator function (a streaming stage)."""
-        return is_streaming(self.fn)
+        self.__attrs_init__(
+            name, state, fn, options=options, operation=operation, streaming=is_streaming(fn)
+        )
 
     @property
     def timeout(self) -> float | None:

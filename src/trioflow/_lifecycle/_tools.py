@@ -85,6 +85,8 @@ class Tool:
         required: Names of the parameters without a default.
         schema: The JSON Schema of its arguments object (do not modify it; ``describe()``
             returns copies).
+        streaming: Whether :attr:`fn` is an async generator function: it yields chunks as it
+            goes (see :meth:`ToolRegistry.call`).
     """
 
     name: str
@@ -93,11 +95,7 @@ class Tool:
     parameters: Mapping[str, Any] = attrs.field(repr=False)
     required: frozenset[str] = attrs.field(repr=False)
     schema: Mapping[str, Any] = attrs.field(repr=False)
-
-    @property
-    def streaming(self) -> bool:
-        """Whether the tool is an async generator function: it yields chunks as it goes."""
-        return is_streaming(self.fn)
+    streaming: bool = attrs.field(default=False, repr=False)
 
     def bind(self, arguments: object) -> dict[str, Any]:
         """Structure JSON-like arguments into keyword arguments for :attr:`fn`.
@@ -209,6 +207,7 @@ def _make_tool(
         parameters=types.MappingProxyType(parameters),
         required=frozenset(required),
         schema=input_schema,
+        streaming=is_streaming(fn),
     )
 
 

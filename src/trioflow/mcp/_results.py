@@ -31,8 +31,13 @@ __all__ = (
 _CONVERTER = strict_converter()
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """Return ``value`` as JSON data: attrs classes and enums unstructured, the rest as text."""
+    if type(value) in _PLAIN:  # the common case, answered at once
+        return value
     try:
         data = _CONVERTER.unstructure(value)
     except Exception:  # a value cattrs cannot take apart: its text stands for it

@@ -68,13 +68,18 @@ _MACHINE_TABLE = {
 _BATCH = "tool_batch"
 
 
-@attrs.frozen(kw_only=True)
+@final
 class _Call:
     """What one MCP call runs: how to check its arguments, then how to run it."""
 
-    tool: str
-    validate: Callable[[], dict[str, Any]]
-    execute: Callable[..., Any]  # (**kwargs) -> awaitable value, or an async iterator of chunks
+    __slots__ = ("execute", "tool", "validate")
+
+    def __init__(
+        self, tool: str, validate: Callable[[], dict[str, Any]], execute: Callable[..., Any]
+    ) -> None:
+        self.tool = tool
+        self.validate = validate
+        self.execute = execute  # (**kwargs) -> an awaitable value, or an async iterator
 
 
 async def _validate(request: Request) -> dict[str, Any]:
@@ -350,16 +355,16 @@ class _Service:
             )
             return Request(call, user_id=user, source="mcp", kind=kind), False, None
         registry = self.registry
-        streaming = name in registry and registry.get(name).streaming
-
-        def validate() -> dict[str, Any]:
-            return registry.get(name).bind(arguments)  # UnknownToolError is VALIDATION too
-
-        def run(**kwargs: Any) -> Any:
-            return registry.get(name).fn(**kwargs)
-
-        call = _Call(tool=name, validate=validate, execute=run)
-        if not streaming:
+        if name not in registry:
+            call = _Call(name, functools.partial(registry.get, name), _unreachable)
+            return (
+                Request(call, user_id=user, source="mcp", kind=RequestKind.TOOL_EXECUTION),
+                True,
+                None,
+            )
+        tool = registry.get(name)
+        call = _Call(name, functools.partial(tool.bind, arguments), tool.fn)
+        if not tool.streaming:
             return (
                 Request(call, user_id=user, source="mcp", kind=RequestKind.TOOL_EXECUTION),
                 True,
@@ -424,6 +429,10 @@ class _Service:
         self, progress: Progress, *, workflow: str, resume: str | None = None
     ) -> dict[str, Any]:
         return await self.workflows.run(workflow, resume, progress)
+
+
+def _unreachable(**kwargs: Any) -> Any:  # validate() of an unknown tool raised first
+    raise AssertionError("an unknown tool ran")
 
 
 def _kind_of_unclassified(request: Request) -> str:
