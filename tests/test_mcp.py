@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
 
 import trioflow.mcp
+from mcp import Client
 from trioflow.lifecycle import ToolRegistry
 
 pytestmark = pytest.mark.anyio
@@ -146,10 +146,10 @@ async def test_a_refused_call_is_a_tool_error_with_its_category(mode: str) -> No
 
 @MODES
 async def test_a_batch_reports_every_call_in_order_and_progress_per_call(mode: str) -> None:
-    progress: list[tuple[float, float | None, str | None]] = []
+    reports: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append((done, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reports.append((progress, total, message))
 
     calls = [
         {"tool": "nap", "arguments": {"seconds": 3}},
@@ -173,8 +173,8 @@ async def test_a_batch_reports_every_call_in_order_and_progress_per_call(mode: s
     assert entries[2]["category"] == "validation"
     assert entries[2]["problems"] == [{"path": "a", "message": "expected int, got 'x'"}]
     assert entries[3] == {"index": 3, "ok": True, "value": 5}
-    assert [(done, total) for done, total, _ in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert progress[-1][2] == "4 of 4 calls done, 2 failed"
+    assert [(done, total) for done, total, _ in reports] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert reports[-1][2] == "4 of 4 calls done, 2 failed"
 
 
 @MODES
@@ -194,7 +194,7 @@ async def test_bad_batch_arguments_list_the_paths(mode: str) -> None:
 async def test_a_streaming_tool_sends_each_chunk_before_the_result(mode: str) -> None:
     seen: list[tuple[str, float, str | None]] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append(("chunk", anyio.current_time(), message))
 
     async with Client(trioflow.mcp.create_server(make_registry()), mode=mode) as client:
@@ -237,11 +237,14 @@ async def test_each_client_has_a_per_user_limit_of_its_own(mode: str) -> None:
         result = await client.call_tool("nap", {"seconds": 10})
         woke[who].append(structured(result)["result"])
 
-    async with Client(server, mode=mode) as a, Client(server, mode=mode) as b:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(nap, a, "a")
-            tg.start_soon(nap, a, "a")
-            tg.start_soon(nap, b, "b")
+    async with (
+        Client(server, mode=mode) as a,
+        Client(server, mode=mode) as b,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(nap, a, "a")
+        tg.start_soon(nap, a, "a")
+        tg.start_soon(nap, b, "b")
     # a's two calls run one after the other; b's runs beside a's first.
     assert sorted(woke["a"]) == [10, 20]
     assert woke["b"] == [10]
@@ -253,13 +256,13 @@ async def test_a_user_the_client_declares_is_trusted_only_when_configured() -> N
     woke: list[float] = []
 
     async def nap(client: Client) -> None:
-        result = await client.call_tool("nap", {"seconds": 10}, meta={"user": "alice"})
+        meta: Any = {"user": "alice"}
+        result = await client.call_tool("nap", {"seconds": 10}, meta=meta)
         woke.append(structured(result)["result"])
 
-    async with Client(server) as a, Client(server) as b:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(nap, a)
-            tg.start_soon(nap, b)
+    async with Client(server) as a, Client(server) as b, anyio.create_task_group() as tg:
+        tg.start_soon(nap, a)
+        tg.start_soon(nap, b)
     assert sorted(woke) == [10, 20]  # two connections, one user: one at a time
 
 

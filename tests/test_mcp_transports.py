@@ -19,9 +19,9 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client, StdioServerParameters
 
 import trioflow.mcp
+from mcp import Client, StdioServerParameters
 from trioflow.lifecycle import ToolRegistry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
@@ -97,7 +97,7 @@ async def test_a_trioflow_serve_subprocess_over_stdio(
     )
     chunks: list[str | None] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         chunks.append(message)
 
     with (project / "stderr.txt").open("w") as errlog:
@@ -182,7 +182,7 @@ async def test_the_http_transport_serves_calls_progress_and_cancellation() -> No
     url = f"http://127.0.0.1:{port}/mcp"
     chunks: list[str | None] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         chunks.append(message)
 
     async with anyio.create_task_group() as tg:
@@ -191,9 +191,7 @@ async def test_the_http_transport_serves_calls_progress_and_cancellation() -> No
         for mode in ("auto", "legacy"):
             cancelled = anyio.Event()
             async with Client(url, mode=mode) as client:
-                streamed = await client.call_tool(
-                    "words", {"n": 3}, progress_callback=on_progress
-                )
+                streamed = await client.call_tool("words", {"n": 3}, progress_callback=on_progress)
                 assert structured(streamed) == {"result": ["word 0", "word 1", "word 2"]}
                 async with anyio.create_task_group() as calls:
                     calls.start_soon(client.call_tool, "nap", {"seconds": 60})
@@ -203,10 +201,13 @@ async def test_the_http_transport_serves_calls_progress_and_cancellation() -> No
                     await cancelled.wait()
         # Two clients of the handshake era are two HTTP sessions: two users.
         started = anyio.current_time()
-        async with Client(url, mode="legacy") as a, Client(url, mode="legacy") as b:
-            async with anyio.create_task_group() as calls:
-                calls.start_soon(a.call_tool, "nap", {"seconds": 1})
-                calls.start_soon(b.call_tool, "nap", {"seconds": 1})
+        async with (
+            Client(url, mode="legacy") as a,
+            Client(url, mode="legacy") as b,
+            anyio.create_task_group() as calls,
+        ):
+            calls.start_soon(a.call_tool, "nap", {"seconds": 1})
+            calls.start_soon(b.call_tool, "nap", {"seconds": 1})
         assert anyio.current_time() - started < 1.9  # side by side, not one after the other
         tg.cancel_scope.cancel()
     assert chunks == ["word 0", "word 1", "word 2"] * 2

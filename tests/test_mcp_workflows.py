@@ -15,10 +15,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import Client
 
 import trioflow.mcp
 from _helpers import alive
+from mcp import Client
 from trioflow.cli import _spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
@@ -40,7 +40,7 @@ def workflow(directory: Path) -> Path:
     path = directory / "build.toml"
     path.write_text(
         f'[workflow]\nname = "build"\n'
-        f"[steps.prepare]\nrun = [{python}, \"-c\", \"print('ready')\"]\n"
+        f'[steps.prepare]\nrun = [{python}, "-c", "print(\'ready\')"]\n'
         f'[steps.compile]\nrun = [{python}, "step.py", {here}, "compile"]\n'
         f'after = ["prepare"]\n',
         encoding="utf-8",
@@ -67,8 +67,8 @@ async def test_a_workflow_runs_as_trioflow_run_does_with_progress_per_step(
     server = trioflow.mcp.create_server(workflows=[workflow(tmp_path)], store=state)
     messages: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        messages.append((done, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append((progress, total, message))
 
     async with Client(server) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
@@ -91,7 +91,9 @@ async def test_a_workflow_runs_as_trioflow_run_does_with_progress_per_step(
     ]
     assert "\nready\n" in (state.parent / "logs" / data["run_id"] / "prepare.log").read_text()
     run_id = data["run_id"]
-    assert messages[0][2] is not None and messages[0][2].startswith(f"run {run_id} started")
+    first = messages[0][2]
+    assert first is not None
+    assert first.startswith(f"run {run_id} started")
     assert [m for _, _, m in messages[1:]] == ["prepare: succeeded", "compile: succeeded"]
     assert [(done, total) for done, total, _ in messages] == [(0, 2), (1, 2), (2, 2)]
     assert shown["status"] == "succeeded"
@@ -114,7 +116,7 @@ async def test_a_cancelled_run_stops_its_steps_and_can_be_resumed(
     server = trioflow.mcp.create_server(workflows=[workflow(tmp_path)], store=state)
     run_ids: list[str] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         if message is not None and message.startswith("run "):
             run_ids.append(message.split()[1])
 
@@ -161,7 +163,7 @@ async def test_a_cancelled_run_stops_its_steps_and_can_be_resumed(
 def test_a_bad_workflow_file_is_refused_before_the_server_exists(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[steps.a]\nrun = 5\n", encoding="utf-8")
-    with pytest.raises(_spec.SpecError, match="bad.toml"):
+    with pytest.raises(_spec.SpecError, match=r"bad\.toml"):
         trioflow.mcp.create_server(workflows=[bad])
     same = tmp_path / "b.toml"
     same.write_text('[workflow]\nname = "build"\n[steps.a]\nrun = ["true"]\n', encoding="utf-8")

@@ -108,10 +108,12 @@ async def test_a_slow_reader_holds_the_stage_back() -> None:
             yield n
 
     router = Router(lambda r: "s", {"s": _seven(Stage("answer", S.PROCESSING, fast))})
-    async with open_coordinator(_config(), router=router) as coordinator:
-        async with coordinator.stream(Request("q")) as stream:
-            async for _ in stream:
-                await anyio.sleep(10)
+    async with (
+        open_coordinator(_config(), router=router) as coordinator,
+        coordinator.stream(Request("q")) as stream,
+    ):
+        async for _ in stream:
+            await anyio.sleep(10)
     # No buffer: the stage hands each chunk over, makes the next, and waits for the reader
     # to come back for it (10 s per chunk): it is never more than one chunk ahead.
     assert produced == [0, 0, 10]
@@ -125,11 +127,13 @@ async def test_the_stream_ends_when_the_request_fails_and_the_result_says_why() 
         raise KeyError("lost")
 
     router = Router(lambda r: "s", {"s": _seven(Stage("answer", S.PROCESSING, half))})
-    async with open_coordinator(_config(), router=router) as coordinator:
-        async with coordinator.stream(Request("q")) as stream:
-            with pytest.raises(RuntimeError, match="still in flight"):
-                stream.result  # noqa: B018
-            got = [chunk async for chunk in stream]
+    async with (
+        open_coordinator(_config(), router=router) as coordinator,
+        coordinator.stream(Request("q")) as stream,
+    ):
+        with pytest.raises(RuntimeError, match="still in flight"):
+            stream.result  # noqa: B018
+        got = [chunk async for chunk in stream]
     assert got == [1]
     assert stream.result.status is ProcessingStatus.FAILED
     assert isinstance(stream.result.error, KeyError)

@@ -51,6 +51,8 @@ from ._workflows import WorkflowFiles
 __all__ = ("BUILT_IN_TOOLS", "call_once", "create_server")
 
 BUILT_IN_TOOLS = ("run_tools", "run_workflow", "get_run", "list_runs")
+"""The names of the server's own tools (the last three only when workflow files are given); a
+registry tool may not take one."""
 
 _S = RequestState
 # The path of an MCP call: validated, then run as a tool (TOOL_EXECUTION) or as a batch, a
@@ -356,7 +358,7 @@ class _Service:
             return Request(call, user_id=user, source="mcp", kind=kind), False, None
         registry = self.registry
         if name not in registry:
-            call = _Call(name, functools.partial(registry.get, name), _unreachable)
+            call = _Call(name, functools.partial(_unknown, registry, name), _unreachable)
             return (
                 Request(call, user_id=user, source="mcp", kind=RequestKind.TOOL_EXECUTION),
                 True,
@@ -429,6 +431,11 @@ class _Service:
         self, progress: Progress, *, workflow: str, resume: str | None = None
     ) -> dict[str, Any]:
         return await self.workflows.run(workflow, resume, progress)
+
+
+def _unknown(registry: ToolRegistry, name: str) -> dict[str, Any]:
+    registry.get(name)  # raises UnknownToolError (VALIDATION), listing the known tools
+    raise AssertionError(f"tool {name!r} is registered")
 
 
 def _unreachable(**kwargs: Any) -> Any:  # validate() of an unknown tool raised first

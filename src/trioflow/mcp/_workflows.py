@@ -18,7 +18,6 @@ from typing import Any, final
 import anyio
 
 import trioflow
-from trioflow.lifecycle import ErrorCategory
 from trioflow.cli._render import PlainReporter, QuietOnError
 from trioflow.cli._run import (
     DEFAULT_STATE,
@@ -30,6 +29,7 @@ from trioflow.cli._run import (
     summary_from_record,
 )
 from trioflow.cli._spec import WorkflowSpec, load_spec
+from trioflow.lifecycle import ErrorCategory
 
 from ._progress import Progress, Report, open_progress
 
