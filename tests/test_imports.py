@@ -237,8 +237,8 @@ def _integration(module: str) -> str | None:
 def _violation(source: str, target: str) -> str | None:
     """Why ``source`` may not import ``target``, or None when it may."""
     mine, theirs = _integration(source), _integration(target)
-    if theirs is not None and mine != theirs and source not in IMPORTS_INTEGRATIONS:
-        return "the core imports an integration"
+    if theirs is not None and mine != theirs:
+        return None if source in IMPORTS_INTEGRATIONS else "the core imports an integration"
     if mine is not None and mine != theirs:
         public = target in (PACKAGE, f"{PACKAGE}.lifecycle") or target in GROUND
         if not (public or _floor(target) == "cli"):
