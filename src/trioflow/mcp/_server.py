@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from pathlib import Path
 from typing import Any, Literal, final
 
+import anyio
 import attrs
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
@@ -223,7 +224,7 @@ class _Service:
         )
         self._coordinator: Coordinator | None = None
         self._connections = 0
-        self._changed: Any = None  # an anyio.Event, made inside the event loop
+        self._changed: anyio.Event | None = None  # set when _connections changes
 
     def _list_tools(self) -> list[types.Tool]:
         described = [*self.registry.describe(), *self.built_ins.describe()]
@@ -244,8 +245,6 @@ class _Service:
         The first opens the coordinator; the others share it; the first waits for the others
         to end before it closes the coordinator (its task group is its own).
         """
-        import anyio
-
         connection_id = "connection-" + secrets.token_hex(6)
         if self._coordinator is not None:
             self._connections += 1
@@ -253,7 +252,8 @@ class _Service:
                 yield _Connection(id=connection_id, coordinator=self._coordinator)
             finally:
                 self._connections -= 1
-                self._changed.set()
+                if self._changed is not None:
+                    self._changed.set()
             return
         async with open_coordinator(
             self.config,
@@ -263,12 +263,12 @@ class _Service:
             machine=self.machine,
         ) as coordinator:
             self._coordinator = coordinator
-            self._changed = anyio.Event()
+            self._changed = changed = anyio.Event()
             try:
                 yield _Connection(id=connection_id, coordinator=coordinator)
                 while self._connections:
-                    await self._changed.wait()
-                    self._changed = anyio.Event()
+                    await changed.wait()
+                    self._changed = changed = anyio.Event()
             finally:
                 self._coordinator = None
 
