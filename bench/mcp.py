@@ -13,6 +13,9 @@ and per client mode (each row in a fresh process, see ``_harness.py``):
 The client modes are the SDK's two in-process pairings: ``auto`` (the per-request path, no
 JSON-RPC framing) and ``legacy`` (JSON-RPC over memory streams, the handshake era).
 
+A last figure runs both servers as subprocesses over stdio (``serve_stdio``), called by the
+SDK's stdio client in alternating rounds: what a desktop client sees, wall clock per call.
+
 The wall-clock table has the harness's fresh process per row. On a loaded machine the wall
 clock of two processes run at different moments is a poor judge of a 1.3x ratio, so the
 verdict uses a paired measurement: one process per group alternates rounds of calls through
@@ -125,6 +128,32 @@ def _paired_child(backend: str, mode: str) -> None:
     print(json.dumps({name: statistics.median(v[1:]) for name, v in cpu.items()}))
 
 
+def _serve_child(which: str) -> None:
+    server = _bare_server() if which == "bare" else _trioflow_server()
+    anyio.run(trioflow.mcp.serve_stdio, server, backend="trio")
+
+
+async def _stdio_rounds() -> dict[str, float]:
+    from mcp import StdioServerParameters
+
+    def command(which: str) -> StdioServerParameters:
+        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        return StdioServerParameters(
+            command=sys.executable, args=[__file__, "--serve", which], env=env
+        )
+
+    wall: dict[str, list[float]] = {"bare": [], "trioflow": []}
+    async with Client(command("bare")) as bare, Client(command("trioflow")) as ours:
+        clients = {"bare": bare, "trioflow": ours}
+        for _ in range(ROUNDS):
+            for name, client in clients.items():
+                start = time.perf_counter()
+                for i in range(N // 8):
+                    await client.call_tool("noop", {"x": i})
+                wall[name].append((time.perf_counter() - start) / (N // 8) * 1e6)
+    return {name: statistics.median(v[1:]) for name, v in wall.items()}
+
+
 def _paired(backend: str, mode: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--paired", backend, mode],
@@ -154,12 +183,21 @@ def plan(run: Any) -> None:
                 f"{TARGET}x target; wall clock {floor.per_op_us:.1f} / {ours.per_op_us:.1f} us, "
                 f"{ours.per_op_us / floor.per_op_us:.2f}x)"
             )
+    stdio = anyio.run(_stdio_rounds, backend="trio")
+    SUMMARY.append(
+        f"- over stdio (each server a subprocess, the SDK's stdio client, wall clock per call, "
+        f"alternating rounds): {stdio['bare']:.1f} us bare, {stdio['trioflow']:.1f} us through "
+        f"trioflow: {stdio['trioflow'] / stdio['bare']:.2f}x"
+    )
     SUMMARY.append(
         f"- load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs while measuring"
     )
 
 
 if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--serve":
+        _serve_child(sys.argv[2])
+        sys.exit(0)
     if len(sys.argv) >= 2 and sys.argv[1] == "--paired":
         _paired_child(sys.argv[2], sys.argv[3])
         sys.exit(0)
