@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from trioflow.lifecycle import ToolRegistry
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
 SRC = str(Path(trioflow.__file__).parent.parent)
+SERVE = [sys.executable, "-m", "trioflow", "serve"]
 
 TOOLS = textwrap.dedent(
     """
@@ -297,3 +299,32 @@ def test_trioflow_call_runs_one_call_and_prints_json(project: Path) -> None:
     not_json = run_command(project, "call", "--tools", "mytools:registry", "add", "{")
     assert not_json.returncode == 2
     assert "the arguments must be a JSON object" in not_json.stderr
+
+
+def test_sigterm_stops_an_http_server_cleanly(project: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*SERVE, "--tools", "mytools:registry", "--http", f"127.0.0.1:{port}"],
+        cwd=project,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # the server says where it listens once it starts
+            if "Running on" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143, err
+    assert "SIGTERM: stopping the server" in err
+    assert "coordinator closed" in err
+    assert "Traceback" not in err
+    assert out == ""

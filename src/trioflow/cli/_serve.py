@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from ._render import print_json
 from ._run import EXIT_FAILED, EXIT_OK, UsageError
 
 __all__ = ("add_commands",)
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as for `trioflow run`
 
 
 def load_registry(target: str) -> trioflow.lifecycle.ToolRegistry:
@@ -126,14 +129,45 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a tool named like a built-in one, two workflows of one name
         raise UsageError(str(exc)) from None
     if args.http is None:
-        anyio.run(trioflow.mcp.serve_stdio, server, backend="trio")
-    else:
-        host, port = args.http
-        try:
-            anyio.run(_serve_http, server, host, port, backend="trio")
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return EXIT_OK
+        return _run_server(trioflow.mcp.serve_stdio, server)
+    host, port = args.http
+    try:
+        return _run_server(_serve_http, server, host, port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def _until_terminated(serve: Any, *args: Any) -> bool:
+    """Serve until done or SIGTERM (what a supervisor sends); whether SIGTERM stopped it."""
+    stopped = False
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal stopped
+                async for _ in signals:
+                    print("trioflow: SIGTERM: stopping the server", file=sys.stderr, flush=True)
+                    stopped = True
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await serve(*args)
+            tg.cancel_scope.cancel()
+    return stopped
+
+
+def _run_server(serve: Any, *args: Any) -> int:
+    """Run a server; SIGTERM stops it as Ctrl-C does: calls cancelled, runs recorded."""
+    try:
+        terminated = anyio.run(_until_terminated, serve, *args, backend="trio")
+    except BaseExceptionGroup as group:
+        # Ctrl-C reaches the server inside the transport's task groups: it is still a Ctrl-C
+        # (exit status 130, no traceback), whatever groups it comes out in.
+        _, rest = group.split(KeyboardInterrupt)
+        if rest is None:
+            raise KeyboardInterrupt from None
+        raise
+    return EXIT_TERMINATED if terminated else EXIT_OK
 
 
 async def _serve_http(server: Any, host: str, port: int) -> None:

@@ -12,7 +12,7 @@ import anyio
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
-from .._backend import running_on_trio
+from .._backend import open_body_group, running_on_trio
 from .._checks import check_int
 
 __all__ = ("serve_http", "serve_stdio")
@@ -88,7 +88,7 @@ async def serve_http(server: Server[Any], *, host: str = "127.0.0.1", port: int 
         finally:
             stopped.set()
 
-    async with anyio.create_task_group() as tg:
+    async with open_body_group() as tg:  # a Ctrl-C in the body comes out as itself
         tg.start_soon(run)
         try:
             await stopped.wait()
