@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trioflow.mcp
 from mcp import Client
@@ -283,3 +285,39 @@ def test_create_server_checks_its_arguments() -> None:
         trioflow.mcp.create_server(name="")
     with pytest.raises(trioflow.ConfigError, match="per_user_limit"):
         trioflow.mcp.create_server(config={"per_user_limit": 0})
+
+
+_CALL = st.one_of(
+    st.builds(lambda a: ("ok", {"tool": "add", "arguments": {"a": a}}), st.integers(-9, 9)),
+    st.builds(lambda m: ("fails", {"tool": "boom", "arguments": {"message": m}}), st.text()),
+    st.just(("bad", {"tool": "add", "arguments": {"a": "x"}})),
+    st.just(("unknown", {"tool": "nope"})),
+)
+
+
+@settings(max_examples=25)
+@given(calls=st.lists(_CALL, max_size=8), limit=st.integers(1, 3))
+def test_a_batch_answers_each_call_in_its_place_whatever_the_mix(
+    calls: list[tuple[str, dict[str, Any]]], limit: int
+) -> None:
+    server = trioflow.mcp.create_server(make_registry())
+
+    async def main() -> Any:
+        async with Client(server) as client:
+            batch = [call for _, call in calls]
+            return await client.call_tool("run_tools", {"calls": batch, "limit": limit})
+
+    data = structured(anyio.run(main))
+    entries = data["results"]
+    assert [e["index"] for e in entries] == list(range(len(calls)))
+    for (kind, call), entry in zip(calls, entries, strict=True):
+        assert entry["ok"] is (kind == "ok")
+        if kind == "ok":
+            assert entry["value"] == call["arguments"]["a"] + 1
+        elif kind == "fails":
+            assert entry["category"] == "internal"
+            assert entry["error"].startswith("KeyError: ")
+        else:
+            assert entry["category"] == "validation"
+    assert data["succeeded"] == sum(kind == "ok" for kind, _ in calls)
+    assert data["failed"] == len(calls) - data["succeeded"]
