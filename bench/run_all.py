@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).parent
-SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "limits", "imports"]
+SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "limits", "mcp", "imports"]
 
 
 def main() -> None:

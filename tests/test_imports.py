@@ -55,7 +55,12 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}._structure",
     f"{PACKAGE}._deprecate",
     f"{PACKAGE}._startup",  # the command's first moments, run before the package imports
+    f"{PACKAGE}.mcp",  # `trioflow serve` and `trioflow call` (cli._serve, imported on use)
 }
+# The integrations: faces built on the public API, ground helpers and, where needed, cli.
+INTEGRATIONS = ("mcp",)
+# The modules outside an integration that may import it (on use, never at import time).
+IMPORTS_INTEGRATIONS = {f"{PACKAGE}.cli._serve"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -224,8 +229,21 @@ def _is_public_lifecycle(module: str) -> bool:
     return module == f"{PACKAGE}.lifecycle"
 
 
+def _integration(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in INTEGRATIONS else None
+
+
 def _violation(source: str, target: str) -> str | None:
     """Why ``source`` may not import ``target``, or None when it may."""
+    mine, theirs = _integration(source), _integration(target)
+    if theirs is not None and mine != theirs:
+        return None if source in IMPORTS_INTEGRATIONS else "the core imports an integration"
+    if mine is not None and mine != theirs:
+        public = target in (PACKAGE, f"{PACKAGE}.lifecycle") or target in GROUND
+        if not (public or _floor(target) == "cli"):
+            return f"{mine} imports beyond the public API, ground and cli"
+        return None
     here, there = _floor(source), _floor(target)
     if here == "ground":
         if there in (*ENGINES, "_lifecycle", "cli") or _is_public_lifecycle(target):
@@ -255,6 +273,12 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}._lifecycle._pipeline", f"{p}._resilience._breaker") is None
     assert _violation(f"{p}.cli._app", f"{p}.lifecycle") is None
     assert _violation(f"{p}.cli._app", f"{p}._checks") is None
+    assert _violation(f"{p}._lifecycle._tools", f"{p}.mcp") is not None
+    assert _violation(f"{p}.cli._app", f"{p}.mcp._server") is not None
+    assert _violation(f"{p}.mcp._server", f"{p}._lifecycle._tools") is not None
+    assert _violation(f"{p}.mcp._server", f"{p}.lifecycle") is None
+    assert _violation(f"{p}.mcp._workflows", f"{p}.cli._run") is None
+    assert _violation(f"{p}.cli._serve", f"{p}.mcp") is None
 
 
 def test_floors_only_point_down() -> None:
@@ -303,6 +327,31 @@ def test_import_trioflow_on_asyncio_loads_no_trio() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
     done = subprocess.run(
         [sys.executable, "-c", ASYNCIO_PROGRAM],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_import_trioflow_loads_no_integration_library() -> None:
+    program = textwrap.dedent(
+        """
+        import sys
+        import trioflow, trioflow.lifecycle, trioflow.cli
+        from trioflow.cli import _app
+        heavy = ("mcp", "mcp_types", "hypercorn", "starlette")
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
         env=env,
         capture_output=True,
         text=True,

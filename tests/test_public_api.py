@@ -9,8 +9,13 @@ import pytest
 
 import trioflow
 import trioflow.lifecycle
+import trioflow.mcp
 
-NAMESPACES = {"trioflow": trioflow, "trioflow.lifecycle": trioflow.lifecycle}
+NAMESPACES = {
+    "trioflow": trioflow,
+    "trioflow.lifecycle": trioflow.lifecycle,
+    "trioflow.mcp": trioflow.mcp,
+}
 
 
 def _names() -> list[tuple[str, str]]:

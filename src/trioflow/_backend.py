@@ -35,6 +35,7 @@ __all__ = (
     "current_clock",
     "current_time",
     "open_body_group",
+    "running_on_trio",
 )
 
 
@@ -171,6 +172,11 @@ def _running_trio() -> Any:
     if trio is not None and trio.lowlevel.in_trio_task():
         return trio
     return None
+
+
+def running_on_trio() -> bool:
+    """Whether the running event loop is trio's (an integration picks its server by it)."""
+    return _running_trio() is not None
 
 
 def current_clock() -> Callable[[], float]:

@@ -40,6 +40,7 @@ from ._lifecycle._request import Request as Request
 from ._lifecycle._request import RequestState as RequestState
 from ._lifecycle._router import RequestKind as RequestKind
 from ._lifecycle._router import Router as Router
+from ._lifecycle._stream import RequestStream as RequestStream
 from ._lifecycle._tools import Tool as Tool
 from ._lifecycle._tools import ToolRegistry as ToolRegistry
 from ._lifecycle._tools import run_tools as run_tools
@@ -66,6 +67,7 @@ __all__ = (
     "RequestKind",
     "PartialResults",
     "gather_partial",
+    "RequestStream",
     # tools
     "Tool",
     "ToolRegistry",

@@ -7,6 +7,8 @@ backpressure, a per-user limit, then the global limit), routes it, runs its pipe
 configured pools, retry policies, timeout and optional stages, and returns a
 :class:`~trioflow.lifecycle.ProcessingResult`. Whatever happens, the request ends in exactly
 one terminal state; cancellation of the caller ends it CANCELLED (shielded) and propagates.
+``async with coordinator.stream(request) as chunks`` processes a request the same way while
+the caller reads the chunks of its streaming stages.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
-from types import MappingProxyType
+from types import EllipsisType, MappingProxyType
 from typing import Any, final
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import attrs
 
@@ -28,6 +31,7 @@ from .._backend import current_clock as clock
 from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
+from .._checks import check_int, check_timeout
 from .._limits import HealthSource, PoolStatistics, ResourceManager
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
@@ -45,6 +49,7 @@ from ._request import (
     make_result,
 )
 from ._router import Router
+from ._stream import ChunkSink, RequestStream
 from ._tools import Arguments, ToolRegistry, check_calls
 
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
@@ -194,27 +199,41 @@ class Coordinator:
         return self._machine
 
     # --- processing -----------------------------------------------------------------------
-    async def process(self, request: Request) -> ProcessingResult:
+    async def process(
+        self,
+        request: Request,
+        *,
+        timeout: float | EllipsisType | None = ...,  # noqa: ASYNC109 - the request's budget
+        on_chunk: ChunkSink | None = None,
+    ) -> ProcessingResult:
         """Admit, route and process one request; it ends in exactly one terminal state.
 
         Failures are results, not exceptions: a request refused at admission (rate limit,
-        queue depth, unhealthy system, admission past ``default_timeout``), an unknown kind,
+        queue depth, unhealthy system, admission past its timeout), an unknown kind,
         a failing stage, all end FAILED with an :class:`~trioflow.lifecycle.ErrorCategory`.
         :meth:`cancel` ends it CANCELLED. Cancellation of the caller ends it CANCELLED too
         (shielded) and then propagates.
 
         Args:
             request: A request in a state that is not terminal, with an id not being processed.
+            timeout: Seconds the request may take from its arrival (waiting for admission
+                counts) to its terminal state; ``...`` (the default) for the configuration's
+                ``default_timeout``; ``None`` for no limit (a request bounded by its stages'
+                own timeouts, such as a workflow run).
+            on_chunk: ``async on_chunk(chunk)``, awaited with each chunk of the request's
+                streaming stages as it is produced (see :meth:`stream`).
 
         Returns:
             The :class:`~trioflow.lifecycle.ProcessingResult`.
 
         Raises:
-            TypeError: ``request`` is not a Request.
-            ValueError: The request is terminal, or one with its id is being processed.
+            TypeError: ``request`` is not a Request, or ``timeout`` is not a number.
+            ValueError: The request is terminal, or one with its id is being processed, or
+                ``timeout`` is negative or NaN.
             RuntimeError: The coordinator is closed.
         """
         self._check(request)
+        timeout = self._config.default_timeout if timeout is ... else check_timeout(timeout)
         entry = Ticket(request)
         self._active[request.id] = entry
         admitted = False
@@ -222,7 +241,6 @@ class Coordinator:
         admission = self._admission
         slot = admission.slot(request)
         try:
-            timeout = self._config.default_timeout
             # The budget runs from arrival: waiting for admission counts.
             deadline = math.inf if timeout is None else request.created_at + timeout
             try:
@@ -236,7 +254,7 @@ class Coordinator:
                 return result
             admitted = True
             self._running += 1
-            result = await self._run(request, deadline, entry)
+            result = await self._run(request, deadline, entry, on_chunk)
             return result
         finally:
             if admitted:
@@ -270,7 +288,9 @@ class Coordinator:
             raise exc
         return self._result_of(request, error=exc)
 
-    async def _run(self, request: Request, deadline: float, entry: Ticket) -> ProcessingResult:
+    async def _run(
+        self, request: Request, deadline: float, entry: Ticket, on_chunk: ChunkSink | None
+    ) -> ProcessingResult:
         try:
             pipeline = await self._router.route(request)
         except BaseException as exc:  # outer cancellation of an async classifier included
@@ -288,6 +308,7 @@ class Coordinator:
                 optional=self._config.optional_stages,
                 on_transition=self._observer,
                 machine=self._machine,
+                on_chunk=on_chunk,
             )
         except Exception as exc:
             if not self._machine.is_terminal(request.state):
@@ -364,6 +385,67 @@ class Coordinator:
             entry.pipeline.cancel(entry.request)
         return True
 
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        request: Request,
+        *,
+        timeout: float | EllipsisType | None = ...,  # noqa: ASYNC109 - as in process()
+        buffer: int = 0,
+    ) -> AsyncIterator[RequestStream]:
+        """Process a request while the caller reads the chunks of its streaming stages.
+
+        Example::
+
+            async with coordinator.stream(Request(prompt, kind="streaming")) as chunks:
+                async for chunk in chunks:
+                    print(chunk, end="")
+            print(chunks.result.status)
+
+        The request is processed as :meth:`process` does, in a task of this block. Its
+        streaming stages' chunks flow through a memory channel of ``buffer`` places (a slow
+        reader holds the stages back); iteration ends when the request reaches its terminal
+        state, and :attr:`RequestStream.result <trioflow.lifecycle.RequestStream.result>` is
+        then its result. Leaving the block before that (a ``break``, an exception, a
+        cancellation) cancels the request: it ends CANCELLED, and nothing it started outlives
+        the block.
+
+        Args:
+            request: A request in a state that is not terminal, with an id not being processed.
+            timeout: As for :meth:`process`.
+            buffer: Chunks the channel holds before a stage waits for the reader, an int >= 0.
+
+        Yields:
+            The :class:`~trioflow.lifecycle.RequestStream`.
+
+        Raises:
+            TypeError: ``request`` is not a Request, or an option has the wrong type.
+            ValueError: As for :meth:`process`, or ``buffer`` < 0 (before anything runs).
+            RuntimeError: The coordinator is closed.
+        """
+        self._check(request)
+        if timeout is not ...:
+            timeout = check_timeout(timeout)
+        buffer = check_int(buffer, "buffer", minimum=0)
+        send, receive = anyio.create_memory_object_stream[Any](buffer)
+        chunks = RequestStream(request.id, receive)
+
+        async def produce(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with send:
+                task_status.started()
+                chunks.finish(await self.process(request, timeout=timeout, on_chunk=send.send))
+
+        with receive:
+            async with open_body_group() as tg:  # the block's own errors come out as themselves
+                await tg.start(produce)
+                try:
+                    yield chunks
+                finally:
+                    # The reader left early (a break, an exception, a cancellation): the
+                    # request is cancelled and ends CANCELLED before the block ends.
+                    if not chunks.done and not self.cancel(request.id):
+                        tg.cancel_scope.cancel()
+
     async def process_many(self, requests: Iterable[Request]) -> list[ProcessingResult]:
         """Process many requests concurrently (within the limits); results in input order.
 
@@ -415,16 +497,20 @@ class Coordinator:
             raise RuntimeError("this coordinator was opened without a tool registry")
         return self._registry
 
-    async def call_tool(self, name: str, arguments: Arguments = None) -> Any:
+    async def call_tool(
+        self, name: str, arguments: Arguments = None, *, on_chunk: ChunkSink | None = None
+    ) -> Any:
         """Call a tool of the registry, holding a token of the ``"tool"`` pool if there is one.
 
         Args:
             name: The tool's name.
             arguments: Its JSON-like arguments: a mapping, the JSON text of an object, or
                 ``None``.
+            on_chunk: For a streaming tool, awaited with each chunk as it is produced (see
+                :meth:`ToolRegistry.call <trioflow.lifecycle.ToolRegistry.call>`).
 
         Returns:
-            What the tool returned.
+            What the tool returned (a streaming tool: the list of its chunks).
 
         Raises:
             RuntimeError: The coordinator has no registry.
@@ -433,9 +519,9 @@ class Coordinator:
         """
         registry = self._tools()
         if "tool" not in self._resources.pools:
-            return await registry.call(name, arguments)
+            return await registry.call(name, arguments, on_chunk=on_chunk)
         async with self._resources.slot("tool"):
-            return await registry.call(name, arguments)
+            return await registry.call(name, arguments, on_chunk=on_chunk)
 
     async def run_tools(
         self,

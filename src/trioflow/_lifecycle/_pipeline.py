@@ -6,13 +6,25 @@ function (each attempt under its timeout and its resource pools, retried by its 
 policy), records how long it took, and ends the request in exactly one terminal state:
 COMPLETED, FAILED at the first failure, or CANCELLED when the run is cancelled (that last
 transition runs shielded, then the cancellation goes on).
+
+A stage may be an async generator function: a streaming stage. Each chunk it yields is handed
+to the run's ``on_chunk`` (awaited, so a slow consumer holds the stage back) as it is produced,
+and the stage's value is the list of every chunk.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextvars
 import math
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import CoroutineType, MappingProxyType
 from typing import Any, TypeVar, final
 
@@ -44,11 +56,12 @@ from ._request import (
     RequestState,
     make_result,
 )
+from ._stream import ChunkSink, drain, is_streaming
 
 __all__ = ("Pipeline", "PipelineStatistics", "Stage", "StageStatistics")
 
 T = TypeVar("T")
-StageFn = Callable[[Request], Awaitable[Any]]
+StageFn = Callable[[Request], Awaitable[Any]] | Callable[[Request], AsyncIterator[Any]]
 TransitionObserver = Callable[[Request, StateChange[RequestState]], object]
 RetrySource = Mapping[str, RetryPolicy] | RetryPolicies | Callable[[str, Request], RetryPolicy]
 
@@ -66,22 +79,28 @@ def _stage_state(instance: object, attribute: attrs.Attribute[Any], value: objec
 
 
 def _stage_fn(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if inspect.isasyncgenfunction(value):
-        # A stage returns one value; streaming stages (an async generator) do not exist yet.
-        raise TypeError(
-            "fn must be an async callable taking the request and returning its value, got "
-            f"the async generator function {value!r}"
-        )
+    if is_streaming(value):
+        return
     check_async_callable(value, "fn", "an async callable taking the request")
 
 
+# Where the chunks of the current run's streaming stages go: set by Pipeline.run for the
+# duration of one run (the stages run in its task), so _call needs no extra argument.
+_SINK: contextvars.ContextVar[ChunkSink | None] = contextvars.ContextVar(
+    "trioflow_chunk_sink", default=None
+)
+
+
 def _call(stage: Stage, request: Request) -> Awaitable[Any]:
-    result = stage.fn(request)
+    if stage.streaming:
+        return drain(stage.fn(request), _SINK.get())  # type: ignore[arg-type]
+    result: Any = stage.fn(request)
     if type(result) is not CoroutineType and not is_awaitable(result):
         # A lambda (judged only by calling it) that returned a value: a bug in the caller,
         # never retried, never an optional stage's excusable failure.
         raise not_awaitable(f"stage {stage.name!r}", result)
-    return result
+    awaitable: Awaitable[Any] = result
+    return awaitable
 
 
 def _stage_operation(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -109,6 +128,9 @@ class Stage:
             runs. The pipeline moves the request there first (unless it is already there, so
             several stages can share a state).
         fn: ``async fn(request) -> value``; the value is stored in ``request.results[name]``.
+            An async generator function makes a streaming stage: each chunk it yields goes to
+            the run's ``on_chunk`` as it is produced (see :meth:`Pipeline.run`), and its value
+            is the list of every chunk. A streaming stage that is retried streams again.
         timeout: Seconds one attempt may take; past it the attempt fails with the builtin
             ``TimeoutError`` (and may be retried). Each retry gets a fresh timeout; waiting for
             pools is not counted. ``None`` or ``math.inf``: no limit. (Until trioflow 0.2 it
@@ -137,6 +159,8 @@ class Stage:
     fn: StageFn = attrs.field(validator=_stage_fn)
     options: WorkOptions = attrs.field(kw_only=True)
     operation: str | None = attrs.field(kw_only=True, validator=_stage_operation)
+    streaming: bool = attrs.field(kw_only=True, eq=False, repr=False)
+    """Whether :attr:`fn` is an async generator function (a streaming stage)."""
 
     def __init__(
         self,
@@ -170,7 +194,9 @@ class Stage:
             raise TypeError(
                 f"stage {name!r}: give options= or timeout/retry/pools/optional, not both"
             )
-        self.__attrs_init__(name, state, fn, options=options, operation=operation)
+        self.__attrs_init__(
+            name, state, fn, options=options, operation=operation, streaming=is_streaming(fn)
+        )
 
     @property
     def timeout(self) -> float | None:
@@ -495,6 +521,7 @@ class Pipeline:
         optional: Collection[str] = (),
         on_transition: TransitionObserver | None = None,
         machine: StateMachine[RequestState] | None = None,
+        on_chunk: ChunkSink | None = None,
     ) -> ProcessingResult:
         """Run the request through every stage and end it in one terminal state.
 
@@ -521,6 +548,9 @@ class Pipeline:
             machine: The state machine that moves the request in this run, its every
                 transition included (the final one too); :attr:`machine` by default. Its
                 table must allow the stages' path.
+            on_chunk: ``async on_chunk(chunk)``, awaited with each chunk of a streaming stage
+                as it is produced (a slow one holds the stage back); ``None``: the chunks are
+                only collected into the stage's value.
 
         Returns:
             A :class:`~trioflow.lifecycle.ProcessingResult`: SUCCEEDED, DEGRADED, FAILED, or
@@ -543,6 +573,8 @@ class Pipeline:
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
         timeout = check_timeout(timeout)
+        if on_chunk is not None and not callable(on_chunk):
+            raise TypeError(f"on_chunk must be an async callable or None, got {on_chunk!r}")
         key = id(request)
         if key in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
@@ -555,6 +587,7 @@ class Pipeline:
         scope = anyio.CancelScope(deadline=math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
         degraded: dict[str, BaseException] = {}
+        sink = _SINK.set(on_chunk)
         try:
             try:
                 with scope:
@@ -589,6 +622,7 @@ class Pipeline:
                     request, moving, exc, on_transition, started, degraded
                 )
         finally:
+            _SINK.reset(sink)
             del self._scopes[key]
             self._cancel_requested.discard(key)
         if degraded:

@@ -6,7 +6,8 @@ the JSON text itself) into the parameter types with cattrs, strictly, and report
 field with its path;
 :meth:`ToolRegistry.describe` lists the tools with a JSON Schema of their parameters (built by
 ``_schema`` from the type hints, defaults and docstrings); :func:`run_tools` runs many calls as
-one bounded batch.
+one bounded batch. A tool may be an async generator function (a streaming tool): its chunks go
+to the caller's ``on_chunk`` as they are produced, and its value is the list of every chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import inspect
 import json
 import types
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, final, overload
 
 import attrs
@@ -30,10 +31,11 @@ from .._retry import RetryPolicy
 from .._structure import describe as _describe_value
 from .._structure import problems_of, strict_converter
 from ._schema import json_default, json_schema, parse_docstring
+from ._stream import ChunkSink, drain, is_streaming
 
 __all__ = ("Arguments", "Tool", "ToolRegistry", "check_calls", "run_tools")
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]] | Callable[..., AsyncIterator[Any]])
 
 _CONVERTER = strict_converter()
 
@@ -78,19 +80,22 @@ class Tool:
     Attributes:
         name: The name clients call it by.
         description: What it does (the first paragraph of its docstring by default).
-        fn: The async function.
+        fn: The async function (or async generator function, for a streaming tool).
         parameters: Parameter types by name, in signature order.
         required: Names of the parameters without a default.
         schema: The JSON Schema of its arguments object (do not modify it; ``describe()``
             returns copies).
+        streaming: Whether :attr:`fn` is an async generator function: it yields chunks as it
+            goes (see :meth:`ToolRegistry.call`).
     """
 
     name: str
     description: str
-    fn: Callable[..., Awaitable[Any]] = attrs.field(repr=False)
+    fn: Callable[..., Awaitable[Any]] | Callable[..., AsyncIterator[Any]] = attrs.field(repr=False)
     parameters: Mapping[str, Any] = attrs.field(repr=False)
     required: frozenset[str] = attrs.field(repr=False)
     schema: Mapping[str, Any] = attrs.field(repr=False)
+    streaming: bool = attrs.field(default=False, repr=False)
 
     def bind(self, arguments: object) -> dict[str, Any]:
         """Structure JSON-like arguments into keyword arguments for :attr:`fn`.
@@ -140,13 +145,20 @@ class Tool:
 
 
 def _make_tool(
-    fn: Callable[..., Awaitable[Any]], name: str | None, description: str | None
+    fn: Callable[..., Awaitable[Any]] | Callable[..., AsyncIterator[Any]],
+    name: str | None,
+    description: str | None,
 ) -> Tool:
     if not callable(fn):
         raise TypeError(f"a tool must be an async function, got {fn!r}")
     target = inspect.unwrap(fn)
-    if not (inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(fn)):
-        raise TypeError(f"a tool must be an async function (async def), got {fn!r}")
+    if not (
+        inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(fn) or is_streaming(fn)
+    ):
+        raise TypeError(
+            f"a tool must be an async function (async def), or an async generator function, "
+            f"got {fn!r}"
+        )
     tool_name = name if name is not None else getattr(fn, "__name__", None)
     if not isinstance(tool_name, str) or not tool_name:
         raise TypeError(f"name must be a non-empty str, got {tool_name!r}")
@@ -195,6 +207,7 @@ def _make_tool(
         parameters=types.MappingProxyType(parameters),
         required=frozenset(required),
         schema=input_schema,
+        streaming=is_streaming(fn),
     )
 
 
@@ -256,7 +269,8 @@ class ToolRegistry:
         """Register an async function as a tool: ``@registry.tool`` or ``@registry.tool(...)``.
 
         Args:
-            fn: The async function (omit it to get a decorator taking options).
+            fn: The async function (omit it to get a decorator taking options); an async
+                generator function makes a streaming tool (see :meth:`call`).
             name: The tool's name; the function's ``__name__`` by default.
             description: What the tool does; the first paragraph of the docstring by default.
                 Parameter descriptions come from the docstring's ``Args:`` section.
@@ -265,8 +279,8 @@ class ToolRegistry:
             ``fn`` itself (unchanged), or a decorator when ``fn`` is omitted.
 
         Raises:
-            TypeError: ``fn`` is not an async function, a parameter has no type hint or an
-                unsupported one, or is not passable by keyword.
+            TypeError: ``fn`` is not an async (generator) function, a parameter has no type
+                hint or an unsupported one, or is not passable by keyword.
             ValueError: A tool of that name is already registered.
         """
 
@@ -297,16 +311,20 @@ class ToolRegistry:
             known = ", ".join(repr(n) for n in self._tools) or "none"
             raise UnknownToolError(f"unknown tool {name!r}; known tools: {known}") from None
 
-    async def call(self, name: str, arguments: Arguments = None) -> Any:
+    async def call(
+        self, name: str, arguments: Arguments = None, *, on_chunk: ChunkSink | None = None
+    ) -> Any:
         """Call a tool with JSON-like arguments.
 
         Args:
             name: The tool's name.
             arguments: Argument values by parameter name, as parsed from JSON, or that JSON
                 text itself (``'{"path": "a.cs"}'``); ``None`` for none.
+            on_chunk: For a streaming tool, ``async on_chunk(chunk)``, awaited with each chunk
+                as the tool yields it (a slow one holds the tool back). Ignored by other tools.
 
         Returns:
-            What the tool returned.
+            What the tool returned; for a streaming tool, the list of every chunk it yielded.
 
         Raises:
             UnknownToolError: No tool has that name (nothing ran).
@@ -315,7 +333,9 @@ class ToolRegistry:
         """
         tool = self.get(name)
         kwargs = tool.bind({} if arguments is None else arguments)
-        return await tool.fn(**kwargs)
+        if tool.streaming:
+            return await drain(tool.fn(**kwargs), on_chunk)  # type: ignore[arg-type]
+        return await tool.fn(**kwargs)  # type: ignore[misc]
 
     def describe(self) -> list[dict[str, Any]]:
         """List the tools as an MCP server lists them.

@@ -44,6 +44,7 @@ from ._run import (
     step_command,
     summary_from_record,
 )
+from ._serve import add_commands as add_serve_commands
 from ._spec import SpecError, StepSpec, load_spec
 from ._steps import describe_command
 
@@ -58,6 +59,7 @@ examples:
   trioflow runs                        list past runs
   trioflow show ID                     show one run, step by step
   trioflow graph build.toml            print the steps as a Mermaid diagram
+  trioflow serve --tools mytools:registry   serve tools to MCP clients over stdio
 """
 
 
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--dot", action="store_true", help="print Graphviz DOT instead")
     graph.set_defaults(handler=_graph)
 
+    add_serve_commands(commands)
+
     demo = commands.add_parser(
         "demo", help="run a short demonstration of the library", add_help=False
     )
@@ -239,10 +243,7 @@ def _run(args: argparse.Namespace) -> int:
     reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))
     outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
     if args.json:
-        data = outcome.summary.to_json()
-        data["exit_status"] = outcome.exit_status
-        data["resume_command"] = outcome.resume_command
-        print_json(data)
+        print_json(outcome.to_json())
         return outcome.exit_status
     print_summary(outcome.summary, sys.stdout, tail_lines=40 if args.verbose else TAIL_LINES)
     if outcome.resume_command is not None:

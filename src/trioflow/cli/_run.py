@@ -10,6 +10,7 @@ the run is recorded CANCELLED.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final, final
 
@@ -98,6 +99,18 @@ class RunOutcome:
     summary: RunSummary
     exit_status: int
     resume_command: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """Return what ``trioflow run --json`` prints: the summary, exit status, resume command.
+
+        Returns:
+            The summary's JSON (:meth:`RunSummary.to_json`) with ``exit_status`` and
+            ``resume_command``.
+        """
+        data: dict[str, object] = self.summary.to_json()
+        data["exit_status"] = self.exit_status
+        data["resume_command"] = self.resume_command
+        return data
 
 
 def new_run_id() -> str:
@@ -495,6 +508,50 @@ def _check_resumable(
         )
 
 
+@final
+class _SignalWatch:
+    """Stops a run on SIGINT, SIGTERM or SIGHUP: what ``trioflow run`` wraps the run in."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.received: list[signal.Signals] = []
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, grace_periods: GracePeriods) -> AsyncIterator[anyio.CancelScope]:
+        with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if not self.received:
+                            self.received.append(signal.Signals(signum))
+                            self.reporter.message(
+                                f"{name}: stopping the running steps (again to kill them at once)"
+                            )
+                            scope.cancel()
+                        elif not grace_periods.ended:
+                            self.reporter.message(f"{name}: killing the running steps")
+                            grace_periods.end()
+
+                scope = anyio.CancelScope()  # the run's: the watcher outlives its cancellation
+                tg.start_soon(watch)
+                try:
+                    yield scope
+                finally:
+                    tg.cancel_scope.cancel()
+
+
+Watch = Callable[[GracePeriods], contextlib.AbstractAsyncContextManager[anyio.CancelScope]]
+"""``watch(grace_periods)``: entered around a run, yields the scope the run goes in; cancelling
+that scope stops the run."""
+
+
+@contextlib.asynccontextmanager
+async def _unwatched(grace_periods: GracePeriods) -> AsyncIterator[anyio.CancelScope]:
+    yield anyio.CancelScope()
+
+
 async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) -> RunOutcome:
     """Run (or resume) a workflow file and summarize the run.
 
@@ -513,6 +570,39 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
         UsageError: The state file cannot be used, the run to resume does not exist, or the
             workflow changed since that run.
     """
+    signals = _SignalWatch(reporter)
+    outcome = await execute_file(spec, options, reporter, watch=signals)
+    if signals.received and outcome.summary.status == "cancelled":
+        status = _STOP_SIGNALS.get(signals.received[0], 130)
+        outcome = attrs.evolve(outcome, exit_status=status)
+    return outcome
+
+
+async def execute_file(
+    spec: WorkflowSpec, options: RunOptions, reporter: Reporter, *, watch: Watch | None = None
+) -> RunOutcome:
+    """Run (or resume) a workflow file under the caller's cancel scope; summarize the run.
+
+    What ``trioflow run`` does, without its signal handling (a server runs many of these and
+    must not install handlers per run). Cancelled from outside, the running steps' processes
+    are stopped as Ctrl-C stops them, the run is recorded CANCELLED (resumable), and the
+    cancellation propagates.
+
+    Args:
+        spec: The validated workflow file.
+        options: The options of the run.
+        reporter: Where progress goes.
+        watch: Entered around the run with its grace periods (the command line's signal
+            handling), it yields the cancel scope the run goes in; cancelling that scope ends
+            the run CANCELLED with an outcome (exit status 130) instead of propagating.
+
+    Returns:
+        The outcome: summary, exit status and, unless it succeeded, the resume command.
+
+    Raises:
+        UsageError: The state file cannot be used, the run to resume does not exist, or the
+            workflow changed since that run.
+    """
     run_id = options.resume or new_run_id()
     limit = options.max_parallel or spec.max_parallel or os.cpu_count() or 1
     limits = trioflow.ResourceManager(limit=limit, pools=dict(spec.pools) or None)
@@ -520,7 +610,6 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
     workflow = runner.workflow()
     continue_on_error = {n: s.continue_on_error for n, s in spec.steps.items()}
     started = time.monotonic()
-    interrupted: list[signal.Signals] = []
     result: trioflow.WorkflowResult | None = None
     never_stored = False
     async with trioflow.SQLiteStore(options.state) as store, open_guard(options.grace) as guard:
@@ -554,40 +643,22 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
         )
         failure: Exception | None = None
         try:
-            with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-                async with anyio.create_task_group() as tg:
-
-                    async def watch(scope: anyio.CancelScope) -> None:
-                        async for signum in signals:
-                            name = signal.Signals(signum).name
-                            if not interrupted:
-                                interrupted.append(signal.Signals(signum))
-                                reporter.message(
-                                    f"{name}: stopping the running steps "
-                                    "(again to kill them at once)"
-                                )
-                                scope.cancel()
-                            elif not runner.grace_periods.ended:
-                                reporter.message(f"{name}: killing the running steps")
-                                runner.grace_periods.end()
-
-                    with anyio.CancelScope() as run_scope:
-                        tg.start_soon(watch, run_scope)
-                        try:
-                            result = await trioflow.run_workflow(
-                                workflow,
-                                limit=limits,
-                                fail_fast=not options.keep_going,
-                                store=store,
-                                run_id=run_id,
-                            )
-                        except (
-                            trioflow.WorkflowShapeChangedError,
-                            trioflow.RunLeasedError,
-                            trioflow.StoreError,
-                        ) as exc:
-                            failure = exc  # caught here, not wrapped in the task group's group
-                    tg.cancel_scope.cancel()
+            async with (watch or _unwatched)(runner.grace_periods) as run_scope:
+                with run_scope:
+                    try:
+                        result = await trioflow.run_workflow(
+                            workflow,
+                            limit=limits,
+                            fail_fast=not options.keep_going,
+                            store=store,
+                            run_id=run_id,
+                        )
+                    except (
+                        trioflow.WorkflowShapeChangedError,
+                        trioflow.RunLeasedError,
+                        trioflow.StoreError,
+                    ) as exc:
+                        failure = exc  # caught here, not wrapped in the watch's task group
         finally:
             reporter.close()
         if isinstance(failure, trioflow.StoreError):
@@ -612,10 +683,7 @@ async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) 
                     stored_run, logs, duration=duration, continue_on_error=continue_on_error
                 )
                 summary = attrs.evolve(summary, status="cancelled")
-    if result is None:
-        status = _STOP_SIGNALS.get(interrupted[0], 130) if interrupted else 130
-    else:
-        status = EXIT_OK if result.ok else EXIT_FAILED
+    status = 130 if result is None else EXIT_OK if result.ok else EXIT_FAILED
     resumable = status != EXIT_OK and not never_stored
     hint = resume_command(options, run_id) if resumable else None
     return RunOutcome(summary=summary, exit_status=status, resume_command=hint)
