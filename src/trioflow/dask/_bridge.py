@@ -23,6 +23,7 @@ of submitted futures is shared with the threads under one lock held for a few li
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 import uuid
@@ -38,7 +39,7 @@ from ._worker import RemoteCall, run_call
 
 __all__ = ("Bridge", "ClusterStatistics", "Pending")
 
-_BATCH: Final = 1000
+_BATCH: Final = 50
 """The most calls the submitter hands to one ``client.map``."""
 
 _STOP: Final = object()
@@ -123,7 +124,8 @@ class Bridge:
     def __init__(self, client: distributed.Client, call_soon: Callable[..., object]) -> None:
         self._client: Any = client  # untyped: its methods are called through Any
         self._call_soon = call_soon
-        self._requests: queue.SimpleQueue[Pending | object] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[list[Pending] | object] = queue.SimpleQueue()
+        self._outbox: list[Pending] = []  # submitted on the loop, not handed over yet
         self._lock = threading.Lock()
         self._registry: dict[str, Pending] = {}  # key -> pending, while in flight
         self._completed: Any = distributed.as_completed(  # type: ignore[no-untyped-call]
@@ -138,6 +140,8 @@ class Bridge:
         self._submitted = self._succeeded = self._failed = self._lost = self._cancelled = 0
         self._in_flight = 0
         self._closed = False
+        self._prefix = uuid.uuid4().hex
+        self._count = itertools.count()
 
     def start(self) -> None:
         """Start the two threads."""
@@ -163,14 +167,23 @@ class Bridge:
         if self._closed:
             raise RuntimeError("the Dask cluster is closed: open_cluster()'s block has ended")
         name = getattr(fn, "__name__", None) or type(fn).__name__
-        key = f"{name}-{uuid.uuid4().hex}"
+        # Unique on the cluster: this bridge's random prefix, and a count (no syscall per key).
+        key = f"{name}-{self._prefix}-{next(self._count)}"
         pending = Pending(
             RemoteCall(fn, args, kwargs, is_async=is_async, isolate=isolate, key=key)
         )
         self._submitted += 1
         self._in_flight += 1
-        self._requests.put(pending)
+        self._outbox.append(pending)
+        if len(self._outbox) == 1:
+            # Handed to the submitter once the loop has run what is ready now: a batch that
+            # starts a thousand operations in one go wakes it once, not in the middle.
+            self._call_soon(self._flush)
         return pending
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        self._requests.put(outbox)
 
     def cancel(self, pending: Pending) -> None:
         """Give up on a call: release its future, so the cluster drops the task (non-blocking)."""
@@ -233,25 +246,12 @@ class Bridge:
 
     def _submit_loop(self) -> None:
         while True:
-            batch: list[Pending] = []
             item = self._requests.get()
-            stop = item is _STOP
-            if not stop:
-                assert isinstance(item, Pending)
-                batch.append(item)
-            while not stop and len(batch) < _BATCH:
-                try:
-                    item = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                else:
-                    assert isinstance(item, Pending)
-                    batch.append(item)
-            self._send(batch)
-            if stop:
+            if item is _STOP:
                 return
+            assert isinstance(item, list)
+            for start in range(0, len(item), _BATCH):
+                self._send(item[start : start + _BATCH])
 
     def _send(self, batch: list[Pending]) -> None:
         with self._lock:
@@ -267,7 +267,7 @@ class Bridge:
                 for pending in batch:
                     self._send([pending])
                 return
-            self._hand_over([(batch[0], None, exc)])
+            self._hand_over([(batch[0], None, _unsendable(batch[0].call, exc))])
             return
         tracked = []
         for pending, future in zip(batch, futures, strict=True):
@@ -298,15 +298,27 @@ class Bridge:
             for future, result in batch:
                 with self._lock:
                     pending = self._registry.pop(future.key, None)
-                future.release()  # the value is here now: let the worker free its memory
-                if pending is not None:
+                if pending is not None:  # read the status before the release changes it
                     outcomes.append(_outcome(pending, future, result))
+                future.release()  # the value is here now: let the worker free its memory
             if outcomes:
                 self._hand_over(outcomes)
 
     def _hand_over(self, outcomes: list[tuple[Pending, Any, BaseException | None]]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has ended: nobody waits any more
             self._call_soon(self._settle_all, outcomes)
+
+
+def _unsendable(call: RemoteCall, exc: Exception) -> TypeError:
+    root: BaseException = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        inner = root.__cause__ or root.__context__
+        assert inner is not None
+        root = inner
+    name = getattr(call.fn, "__qualname__", call.fn)
+    error = TypeError(f"the call of {name} cannot be sent to the Dask cluster: {root}")
+    error.__cause__ = exc
+    return error
 
 
 def _outcome(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, final, overload
 
 import anyio
@@ -208,18 +208,18 @@ def on_dask(
     *args: Any,
     isolate: bool = False,
     **kwargs: Any,
-) -> Callable[[], Awaitable[R]]: ...
+) -> Callable[[], Coroutine[Any, Any, R]]: ...
 
 
 @overload
 def on_dask(
     cluster: Cluster, fn: Callable[..., R], /, *args: Any, isolate: bool = False, **kwargs: Any
-) -> Callable[[], Awaitable[R]]: ...
+) -> Callable[[], Coroutine[Any, Any, R]]: ...
 
 
 def on_dask(
     cluster: Cluster, fn: Callable[..., Any], /, *args: Any, isolate: bool = False, **kwargs: Any
-) -> Callable[[], Awaitable[Any]]:
+) -> Callable[[], Coroutine[Any, Any, Any]]:
     """Wrap a call as an operation that runs on a Dask worker.
 
     Like :func:`trioflow.in_process`, it returns a zero-argument async callable, so it goes
