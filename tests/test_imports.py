@@ -55,7 +55,10 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}._structure",
     f"{PACKAGE}._deprecate",
     f"{PACKAGE}._startup",  # the command's first moments, run before the package imports
+    f"{PACKAGE}.dask",  # imported only when a run is given --dask
 }
+# What the Dask integration may import besides its own modules: the public API and ground.
+DASK_MAY_IMPORT = {PACKAGE, f"{PACKAGE}.lifecycle", *GROUND}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -227,6 +230,10 @@ def _is_public_lifecycle(module: str) -> bool:
 def _violation(source: str, target: str) -> str | None:
     """Why ``source`` may not import ``target``, or None when it may."""
     here, there = _floor(source), _floor(target)
+    if _in_dask(source) and not _in_dask(target) and target not in DASK_MAY_IMPORT:
+        return "trioflow.dask imports beyond the public API and ground"
+    if _in_dask(target) and not _in_dask(source) and here != "cli":
+        return "the core imports trioflow.dask"
     if here == "ground":
         if there in (*ENGINES, "_lifecycle", "cli") or _is_public_lifecycle(target):
             return "ground imports a higher floor"
@@ -243,6 +250,10 @@ def _violation(source: str, target: str) -> str | None:
     return None
 
 
+def _in_dask(module: str) -> bool:
+    return module == f"{PACKAGE}.dask" or module.startswith(f"{PACKAGE}.dask.")
+
+
 def test_the_floor_rules_catch_what_they_should() -> None:
     p = PACKAGE
     assert _violation(f"{p}._limits", f"{p}._batch._engine") is not None
@@ -255,6 +266,10 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}._lifecycle._pipeline", f"{p}._resilience._breaker") is None
     assert _violation(f"{p}.cli._app", f"{p}.lifecycle") is None
     assert _violation(f"{p}.cli._app", f"{p}._checks") is None
+    assert _violation(f"{p}.dask._cluster", f"{p}._batch._run") is not None
+    assert _violation(f"{p}._batch._run", f"{p}.dask") is not None
+    assert _violation(f"{p}.dask._cluster", f"{p}._backend") is None
+    assert _violation(f"{p}.cli._run", f"{p}.dask") is None
 
 
 def test_floors_only_point_down() -> None:
