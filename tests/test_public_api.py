@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import inspect
 import types
 import warnings
@@ -11,6 +12,7 @@ import trioflow
 import trioflow.lifecycle
 
 NAMESPACES = {"trioflow": trioflow, "trioflow.lifecycle": trioflow.lifecycle}
+NAMESPACES["trioflow.dask"] = importlib.import_module("trioflow.dask")
 
 
 def _names() -> list[tuple[str, str]]:
