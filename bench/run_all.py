@@ -14,6 +14,7 @@ import time
 
 HERE = pathlib.Path(__file__).parent
 SCRIPTS = ["executor", "workflow", "resilience", "lifecycle"]
+SCRIPTS.append("dask")  # trioflow.dask (the dask extra)
 
 
 def main() -> None:
