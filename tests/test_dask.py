@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -99,7 +99,7 @@ async def test_an_argument_that_cannot_be_sent_fails_its_operation_only(cluster:
     assert "pickle" in str(error)
 
 
-async def _worst_lateness_with_a_thousand_tasks(cluster: Cluster) -> float:
+async def _lateness_with_a_thousand_tasks(cluster: Cluster) -> list[float]:
     lateness: list[float] = []
     done = anyio.Event()
 
@@ -123,22 +123,25 @@ async def _worst_lateness_with_a_thousand_tasks(cluster: Cluster) -> float:
         gc.unfreeze()
     assert result.succeeded == 1000
     assert len(lateness) > 10
-    return max(lateness)
+    return sorted(lateness)
 
 
 async def test_the_loop_stays_responsive_with_a_thousand_tasks_in_flight(
     cluster: Cluster,
 ) -> None:
-    # The contract of the bridge (the event loop never waits for Dask), not a speed figure.
-    # Code that blocked the loop (a submission or a result fetched on it) is late by half a
-    # second or more in every run; the machine's own scheduling (two cores, shared) can make
-    # one run late now and then: the best of three runs is judged.
-    worst = []
+    # The contract of the bridge: the event loop never waits for Dask. Code that blocked the
+    # loop stalls it at least once for far longer than any tick here: a thousand submissions
+    # made on it take half a second, a result fetched on it takes seconds. The machine's own
+    # scheduling (two shared cores) makes a tick late now and then, Dask or not: ticks are
+    # judged by the 99th percentile, in the best of three runs. bench/dask.py reports the
+    # worst lateness.
+    runs = []
     for _ in range(3):
-        worst.append(await _worst_lateness_with_a_thousand_tasks(cluster))
-        if worst[-1] < 0.05:
+        runs.append(await _lateness_with_a_thousand_tasks(cluster))
+        assert runs[-1][-1] < 0.25, runs[-1][-5:]  # never blocked
+        if runs[-1][len(runs[-1]) * 99 // 100] < 0.05:
             break
-    assert min(worst) < 0.05, worst
+    assert min(r[len(r) * 99 // 100] for r in runs) < 0.05, [r[-5:] for r in runs]
 
 
 async def test_a_cancelled_operation_is_released_on_the_cluster(
@@ -250,6 +253,27 @@ async def test_an_operation_after_the_block_is_refused(dask_address: str) -> Non
         assert await op() == 4
     with pytest.raises(RuntimeError, match="the Dask cluster is closed"):
         await op()
+
+
+async def test_an_operation_left_running_past_the_block_fails_instead_of_hanging(
+    dask_address: str,  # noqa: F811
+) -> None:
+    errors: list[BaseException] = []
+
+    async def outside(op: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await op()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg, open_cluster(dask_address) as cluster:
+        tg.start_soon(outside, on_dask(cluster, tasks.pid_after, 2.0))
+        with anyio.fail_after(30):
+            while not cluster.client.futures:
+                await anyio.sleep(0.01)
+    assert [str(e) for e in errors] == [
+        "the Dask cluster is closed: open_cluster()'s block has ended"
+    ]
 
 
 def _children() -> set[int]:

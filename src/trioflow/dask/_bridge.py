@@ -106,6 +106,10 @@ class Pending:
         return self._value
 
 
+def _closed_error() -> RuntimeError:
+    return RuntimeError("the Dask cluster is closed: open_cluster()'s block has ended")
+
+
 def _lost(key: str, cause: BaseException | None, what: str) -> WorkerLostError:
     error = WorkerLostError(f"task {key!r}: {what}")
     error.__cause__ = cause
@@ -134,8 +138,18 @@ class Bridge:
         self._wake = threading.Event()
         self._closing = False
         self._threads = (
-            threading.Thread(target=self._submit_loop, name="trioflow-dask-submit", daemon=True),
-            threading.Thread(target=self._collect_loop, name="trioflow-dask-collect", daemon=True),
+            threading.Thread(
+                target=self._guarded,
+                args=(self._submit_loop,),
+                name="trioflow-dask-submit",
+                daemon=True,  # always joined; daemon in case the interpreter dies first
+            ),
+            threading.Thread(
+                target=self._guarded,
+                args=(self._collect_loop,),
+                name="trioflow-dask-collect",
+                daemon=True,
+            ),
         )
         self._submitted = self._succeeded = self._failed = self._lost = self._cancelled = 0
         self._in_flight = 0
@@ -165,7 +179,7 @@ class Bridge:
             RuntimeError: The cluster is closed.
         """
         if self._closed:
-            raise RuntimeError("the Dask cluster is closed: open_cluster()'s block has ended")
+            raise _closed_error()
         name = getattr(fn, "__name__", None) or type(fn).__name__
         # Unique on the cluster: this bridge's random prefix, and a count (no syscall per key).
         key = f"{name}-{self._prefix}-{next(self._count)}"
@@ -183,7 +197,10 @@ class Bridge:
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
-        self._requests.put(outbox)
+        if self._closed:  # the block ended meanwhile: the submitter is stopping
+            self._settle_all([(pending, None, _closed_error()) for pending in outbox])
+        else:
+            self._requests.put(outbox)
 
     def cancel(self, pending: Pending) -> None:
         """Give up on a call: release its future, so the cluster drops the task (non-blocking)."""
@@ -225,22 +242,52 @@ class Bridge:
                 self._failed += 1
             pending.settle(value, error)
 
-    def close(self) -> None:
-        """Stop and join the threads, releasing what is still in flight (blocking: a thread)."""
+    def refuse_new_calls(self) -> None:
+        """Refuse calls from now on (on the event loop's thread, before :meth:`close`)."""
         self._closed = True
+
+    def close(self) -> None:
+        """Stop and join the threads (blocking: run it in a worker thread).
+
+        A call still in flight (an operation awaited outside the cluster's block) is released
+        on the cluster and fails with ``RuntimeError``.
+        """
+        self._closed = True
+        self._requests.put(_STOP)
+        self._threads[0].join()
+        left: list[Pending] = []
+        while True:  # what was queued behind the stop
+            try:
+                item = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, list):
+                left.extend(item)
         with self._lock:
-            left = list(self._registry.values())
+            left.extend(self._registry.values())
             self._registry.clear()
-            for pending in left:
-                pending.cancelled = True
         for pending in left:
             if pending.future is not None:
                 pending.future.release()
-        self._requests.put(_STOP)
-        self._threads[0].join()
+        if left:
+            self._hand_over([(pending, None, _closed_error()) for pending in left])
         self._closing = True
         self._wake.set()
         self._threads[1].join()
+
+    def _guarded(self, loop: Callable[[], None]) -> None:
+        # A bug in a helper thread must not leave operations waiting forever: fail them all.
+        try:
+            loop()
+        except BaseException as exc:
+            self._closed = True
+            with self._lock:
+                left = list(self._registry.values())
+                self._registry.clear()
+            error = RuntimeError(f"trioflow.dask's helper thread failed: {exc!r}")
+            error.__cause__ = exc
+            self._hand_over([(pending, None, error) for pending in left])
+            raise
 
     # --- the submitter thread ----------------------------------------------------------------
 

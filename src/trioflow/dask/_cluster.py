@@ -66,11 +66,6 @@ class Cluster:
         """Whether :func:`open_cluster` started this cluster (and stops it at the end)."""
         return self._local is not None
 
-    @property
-    def bridge(self) -> Bridge:
-        """The threads that carry calls to the cluster and results back (internal)."""
-        return self._bridge
-
     def statistics(self) -> ClusterStatistics:
         """Return a snapshot of the calls this connection handed to the cluster.
 
@@ -186,6 +181,7 @@ async def open_cluster(
         try:
             yield Cluster(client, bridge, local)
         finally:
+            bridge.refuse_new_calls()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(bridge.close)
     finally:
@@ -265,7 +261,7 @@ def on_dask(
     if not callable(fn):
         raise TypeError(f"fn must be a callable, got {describe(fn)}")
     check_bool(isolate, "isolate")
-    bridge = cluster.bridge
+    bridge = cluster._bridge  # this module's own class
     is_async = _is_async(fn)
 
     async def run_on_dask() -> Any:
