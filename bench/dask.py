@@ -25,7 +25,7 @@ import pathlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # This file is named dask.py: its folder must not be on the path when the dask package loads.
 _HERE = str(pathlib.Path(__file__).resolve().parent)
@@ -97,6 +97,50 @@ def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+async def _ticking(work: Callable[[], Awaitable[object]]) -> list[float]:
+    """The lateness of a 10 ms sleep on the loop while ``work`` runs, sorted."""
+    lateness: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            before = time.perf_counter()
+            await anyio.sleep(0.01)
+            lateness.append(time.perf_counter() - before - 0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        for _ in range(REPEATS):
+            await work()
+        done.set()
+    return sorted(lateness)
+
+
+async def _lateness(address: str) -> list[float]:
+    """The ticker's lateness while 1,000 no-op tasks are in flight on the cluster."""
+    async with open_cluster(address) as connected:
+        return await _ticking(
+            lambda: trioflow.run_batch([on_dask(connected, noop) for _ in range(1000)])
+        )
+
+
+async def _nap() -> None:
+    await anyio.sleep(1.0)
+
+
+async def _lateness_here() -> list[float]:
+    """The same ticker while 1,000 local tasks nap: the machine's own noise (the control)."""
+    return await _ticking(lambda: trioflow.run_batch([_nap] * 1000))
+
+
+async def _isolated(address: str) -> float:
+    async with open_cluster(address) as connected:
+        start = time.perf_counter()
+        for _ in range(REPEATS):
+            await on_dask(connected, noop, isolate=True)()
+        return (time.perf_counter() - start) / REPEATS
 
 
 def main() -> None:
@@ -218,6 +262,8 @@ def main() -> None:
             (statistics.median(samples), (min(samples), max(samples))),
         )
         bench.rows.append(dask_row)
+        lateness = anyio.run(_lateness, address, backend="trio")
+        isolated = anyio.run(_isolated, address, backend="trio")
     finally:
         cluster.close()
 
@@ -228,6 +274,15 @@ def main() -> None:
     print(
         f"- on_dask per task / raw client per task: {ratio:.2f}x (target <= {TARGET}x): {verdict}"
     )
+    control = anyio.run(_lateness_here, backend="trio")
+    for what, late in (("on the cluster", lateness), ("here (control)", control)):
+        p99 = late[len(late) * 99 // 100]
+        print(
+            f"- a 10 ms ticker on the loop with 1,000 tasks in flight {what}: late by "
+            f"{p99 * 1e3:.1f} ms at the 99th percentile, {late[-1] * 1e3:.1f} ms at worst "
+            "(target < 50 ms)"
+        )
+    print(f"- isolate=True: {isolated * 1e3:.0f} ms per call of a no-op (a child interpreter)")
     for row in bench.rows[1:4]:
         print(f"- {row.label}: {pool_row.per_op_us / row.per_op_us:.2f}x the speed of the Pool")
     print()

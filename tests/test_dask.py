@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import _dask_tasks as tasks
 from _dask_cluster import dask_address  # noqa: F401 - the session fixture
 from _helpers import alive
-from trioflow import OutcomeStatus, RetryPolicy, amap, as_completed, run_batch
+from trioflow import OutcomeStatus, RetryPolicy, amap, as_completed, hedge, run_batch
 from trioflow.dask import Cluster, ClusterStatistics, WorkerLostError, on_dask, open_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
@@ -70,6 +70,24 @@ async def test_keyword_arguments_and_async_functions(cluster: Cluster) -> None:
     async with as_completed([on_dask(cluster, tasks.square, x) for x in (5, 6)]) as outcomes:
         seen = sorted([outcome.value or 0 async for outcome in outcomes])
     assert seen == [25, 36]
+
+
+async def test_a_hedged_call_cancels_the_slow_attempt_on_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # The first attempt naps a minute (async: cancellable on its worker); the second, started
+    # after the delay, finds the marker and returns at once.
+    marker = tmp_path / "first"
+
+    async def attempt() -> str:
+        if not marker.exists():
+            marker.write_text("")
+            return await on_dask(cluster, tasks.nap_then_record, str(marker), 60)()
+        return await on_dask(cluster, tasks.nap_then_record, "/x", 0.0)()
+
+    assert await hedge(attempt, delay=0.2) == "slept"
+    assert await _wait_for(marker) == "cancelled"  # the loser stopped on its worker
+    assert cluster.statistics().cancelled == 1
 
 
 async def test_an_exception_keeps_its_type_and_names_the_worker(cluster: Cluster) -> None:
