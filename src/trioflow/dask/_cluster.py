@@ -131,8 +131,8 @@ async def open_cluster(
 
     With ``address=None`` a ``distributed.LocalCluster`` of worker processes starts on
     127.0.0.1 (no dashboard, Dask's log lines below CRITICAL silenced: a failing task is its
-    operation's error, not a log line) and is stopped when the block ends. Its scheduler reports a task
-    lost with its worker at once (``allowed_failures=0``), so that the operation's
+    operation's error, not a log line) and is stopped when the block ends. Its scheduler
+    reports a task lost with its worker at once (``allowed_failures=0``), so that the operation's
     :class:`~trioflow.RetryPolicy` retries it; a scheduler of your own retries such a task
     ``distributed.scheduler.allowed-failures`` times (3 by default) before trioflow hears of
     it. The block's end (normal, an error or a cancellation) releases every call still in
