@@ -19,10 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import _dask_tasks as tasks
-from _dask_cluster import dask_address  # noqa: F401 - the session fixture
 from _helpers import alive
 from trioflow import OutcomeStatus, RetryPolicy, amap, as_completed, hedge, run_batch
 from trioflow.dask import Cluster, ClusterStatistics, WorkerLostError, on_dask, open_cluster
+
+# The session cluster (one for every test module: a plugin is registered once).
+pytest_plugins = ["_dask_cluster"]
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
@@ -30,7 +32,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @pytest.fixture
-async def cluster(dask_address: str) -> AsyncIterator[Cluster]:  # noqa: F811
+async def cluster(dask_address: str) -> AsyncIterator[Cluster]:
     async with open_cluster(dask_address) as connected:
         yield connected
 
@@ -265,7 +267,7 @@ async def test_arguments_are_checked_before_anything_runs(cluster: Cluster) -> N
                 pass
 
 
-async def test_an_operation_after_the_block_is_refused(dask_address: str) -> None:  # noqa: F811
+async def test_an_operation_after_the_block_is_refused(dask_address: str) -> None:
     async with open_cluster(dask_address) as cluster:
         op = on_dask(cluster, tasks.square, 2)
         assert await op() == 4
@@ -274,7 +276,7 @@ async def test_an_operation_after_the_block_is_refused(dask_address: str) -> Non
 
 
 async def test_an_operation_left_running_past_the_block_fails_instead_of_hanging(
-    dask_address: str,  # noqa: F811
+    dask_address: str,
 ) -> None:
     errors: list[BaseException] = []
 

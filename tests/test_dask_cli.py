@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from _dask_cluster import dask_address  # noqa: F401 - the session fixture
 from _helpers import alive
+
+# The session cluster (one for every test module: a plugin is registered once).
+pytest_plugins = ["_dask_cluster"]
 
 pytestmark = pytest.mark.real_time
 
@@ -62,7 +64,7 @@ def _logs(directory: Path, run_id: str, name: str) -> str:
 
 def test_remote_steps_run_on_workers_and_their_output_is_logged(
     tmp_path: Path,
-    dask_address: str,  # noqa: F811
+    dask_address: str,
 ) -> None:
     (tmp_path / "wf.toml").write_text(
         f"""
@@ -109,7 +111,7 @@ def test_remote_steps_run_on_workers_and_their_output_is_logged(
     assert (tmp_path / "there.where").read_text() == "local"
 
 
-def test_a_remote_step_times_out_on_the_worker(tmp_path: Path, dask_address: str) -> None:  # noqa: F811
+def test_a_remote_step_times_out_on_the_worker(tmp_path: Path, dask_address: str) -> None:
     (tmp_path / "wf.toml").write_text(
         f'[steps.slow]\nrun = {_python(SLEEPER, "slow.pid")}\nwhere = "dask"\ntimeout = 1\n'
     )
@@ -121,7 +123,7 @@ def test_a_remote_step_times_out_on_the_worker(tmp_path: Path, dask_address: str
     assert "--- timed out after 1s: terminated" in _logs(tmp_path, data["run_id"], "slow")
 
 
-def test_ctrl_c_stops_the_remote_process(tmp_path: Path, dask_address: str) -> None:  # noqa: F811
+def test_ctrl_c_stops_the_remote_process(tmp_path: Path, dask_address: str) -> None:
     (tmp_path / "wf.toml").write_text(
         f'[steps.long]\nrun = {_python(SLEEPER, "long.pid")}\nwhere = "dask"\n'
     )
@@ -149,7 +151,9 @@ def test_ctrl_c_stops_the_remote_process(tmp_path: Path, dask_address: str) -> N
             process.kill()
             process.communicate()
     assert process.returncode == 130, err
-    assert "--resume" in out
+    resume = out.splitlines()[-1]
+    assert "--resume" in resume
+    assert resume.endswith(f"--dask {dask_address}")  # a resumed run goes to the cluster too
     # The worker stops the command's process group as soon as it sees the task released.
     deadline = time.monotonic() + 20
     while alive(pid):

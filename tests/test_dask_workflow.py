@@ -11,8 +11,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from _dask_cluster import dask_address  # noqa: F401 - the session fixture
 from trioflow import SQLiteStore, StepStatus
+
+# The session cluster (one for every test module: a plugin is registered once).
+pytest_plugins = ["_dask_cluster"]
 
 TESTS = Path(__file__).resolve().parent
 CHILD = TESTS / "dask_workflow_child.py"
@@ -45,7 +47,7 @@ async def load(path: Path, run_id: str) -> dict[str, StepStatus]:
 def test_a_killed_driver_resumes_without_rerunning_steps_done_on_the_cluster(
     tmp_path: Path,
     backend: str,
-    dask_address: str,  # noqa: F811
+    dask_address: str,
 ) -> None:
     store, markers = tmp_path / "runs.db", tmp_path / "markers"
     markers.mkdir()

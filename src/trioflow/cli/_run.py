@@ -140,6 +140,8 @@ def resume_command(options: RunOptions, run_id: str) -> str:
     words = [*program(), "run", options.file, "--resume", run_id]
     if options.state != DEFAULT_STATE:
         words += ["--state", str(options.state)]
+    if options.dask is not None:
+        words += ["--dask", options.dask]
     return shlex.join(words)
 
 

@@ -233,11 +233,13 @@ def on_dask(
     running goes on to its end on the worker (Dask cannot interrupt Python code), keeping its
     worker busy, unless:
 
-    * ``fn`` is an ``async def`` function: it runs under a trio loop on the worker, and its
-      cancel scope is cancelled within 50 ms of the cancellation;
+    * ``fn`` is an ``async def`` function: it runs under a trio loop on the worker, whose
+      cancel scope is cancelled as soon as the worker sees the task released (it looks every
+      50 ms);
     * ``isolate=True``: it runs in a child process on the worker (a fresh interpreter, in a
-      new session) whose process group is killed within 50 ms, so the worker is free at
-      once. It costs the start of a Python process per call.
+      new session) whose process group is then stopped (SIGTERM, SIGKILL half a second
+      later), so the worker is free within a second. It costs the start of a Python
+      process per call.
 
     Args:
         cluster: The cluster, from :func:`open_cluster`.
