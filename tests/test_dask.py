@@ -296,6 +296,16 @@ async def test_an_operation_left_running_past_the_block_fails_instead_of_hanging
     ]
 
 
+async def test_a_cancellation_while_connecting_closes_what_was_opened(dask_address: str) -> None:
+    # The connection is made (shielded), then closed; the cancellation lands at the next
+    # checkpoint: on trio before the block starts, on asyncio at the block's first await.
+    with anyio.move_on_after(0.01) as scope:
+        async with open_cluster(dask_address):
+            await anyio.sleep(60)
+    assert scope.cancelled_caught
+    assert _trioflow_threads() == []
+
+
 def _children() -> set[int]:
     # Not multiprocessing's resource tracker: started by the first cluster, it lives as long
     # as this process does (it is not the cluster's).

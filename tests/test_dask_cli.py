@@ -123,27 +123,42 @@ def test_a_remote_step_times_out_on_the_worker(tmp_path: Path, dask_address: str
     assert "--- timed out after 1s: terminated" in _logs(tmp_path, data["run_id"], "slow")
 
 
-def test_ctrl_c_stops_the_remote_process(tmp_path: Path, dask_address: str) -> None:
-    (tmp_path / "wf.toml").write_text(
+def _start_long_remote_step(directory: Path, address: str) -> tuple[subprocess.Popen[str], int]:
+    """Start a run whose remote step sleeps; return the run's process and the step's pid."""
+    (directory / "wf.toml").write_text(
         f'[steps.long]\nrun = {_python(SLEEPER, "long.pid")}\nwhere = "dask"\n'
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--dask", dask_address],
-        cwd=tmp_path,
+        [sys.executable, "-m", "trioflow", "run", "wf.toml", "--dask", address],
+        cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
     )
-    pid_file = tmp_path / "long.pid"
+    pid_file = directory / "long.pid"
+    deadline = time.monotonic() + 60  # a guard against hanging, not a timing assertion
+    while not (pid_file.exists() and pid_file.read_text()):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise AssertionError(f"the remote step did not start: {process.communicate()}")
+        time.sleep(0.02)
+    pid = int(pid_file.read_text())
+    assert alive(pid)
+    return process, pid
+
+
+def _gone(pid: int) -> None:
+    # The worker stops the command's process group as soon as it sees the task released.
+    deadline = time.monotonic() + 20
+    while alive(pid):
+        assert time.monotonic() < deadline, f"the remote process {pid} outlived the run"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_the_remote_process(tmp_path: Path, dask_address: str) -> None:
+    process, pid = _start_long_remote_step(tmp_path, dask_address)
     try:
-        deadline = time.monotonic() + 60  # a guard against hanging, not a timing assertion
-        while not (pid_file.exists() and pid_file.read_text()):
-            assert time.monotonic() < deadline, "the remote step did not start"
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.02)
-        pid = int(pid_file.read_text())
-        assert alive(pid)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
     finally:
@@ -154,11 +169,14 @@ def test_ctrl_c_stops_the_remote_process(tmp_path: Path, dask_address: str) -> N
     resume = out.splitlines()[-1]
     assert "--resume" in resume
     assert resume.endswith(f"--dask {dask_address}")  # a resumed run goes to the cluster too
-    # The worker stops the command's process group as soon as it sees the task released.
-    deadline = time.monotonic() + 20
-    while alive(pid):
-        assert time.monotonic() < deadline, f"the remote process {pid} outlived the run"
-        time.sleep(0.02)
+    _gone(pid)
+
+
+def test_kill_9_of_trioflow_stops_the_remote_process(tmp_path: Path, dask_address: str) -> None:
+    process, pid = _start_long_remote_step(tmp_path, dask_address)
+    process.kill()  # its connection closes: the scheduler drops its tasks
+    process.communicate()
+    _gone(pid)
 
 
 def test_a_where_that_is_not_known_is_refused(tmp_path: Path) -> None:
