@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).parent
-SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "limits", "mcp", "imports"]
+SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "limits", "mcp", "dask", "imports"]
 
 
 def main() -> None:

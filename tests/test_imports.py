@@ -56,11 +56,16 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}._deprecate",
     f"{PACKAGE}._startup",  # the command's first moments, run before the package imports
     f"{PACKAGE}.mcp",  # `trioflow serve` and `trioflow call` (cli._serve, imported on use)
+    f"{PACKAGE}.dask",  # imported only when a run is given --dask
 }
 # The integrations: faces built on the public API, ground helpers and, where needed, cli.
-INTEGRATIONS = ("mcp",)
+INTEGRATIONS = ("mcp", "dask")
 # The modules outside an integration that may import it (on use, never at import time).
-IMPORTS_INTEGRATIONS = {f"{PACKAGE}.cli._serve"}
+IMPORTS_INTEGRATIONS = {
+    f"{PACKAGE}.cli._serve",  # trioflow.mcp
+    f"{PACKAGE}.cli._run",  # trioflow.dask, given --dask
+    f"{PACKAGE}.cli._remote",  # trioflow.dask: the steps it runs on the workers
+}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -279,6 +284,11 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}.mcp._server", f"{p}.lifecycle") is None
     assert _violation(f"{p}.mcp._workflows", f"{p}.cli._run") is None
     assert _violation(f"{p}.cli._serve", f"{p}.mcp") is None
+    assert _violation(f"{p}.dask._cluster", f"{p}._batch._run") is not None
+    assert _violation(f"{p}._batch._run", f"{p}.dask") is not None
+    assert _violation(f"{p}.dask._cluster", f"{p}.mcp") is not None
+    assert _violation(f"{p}.dask._cluster", f"{p}._backend") is None
+    assert _violation(f"{p}.cli._run", f"{p}.dask") is None
 
 
 def test_floors_only_point_down() -> None:

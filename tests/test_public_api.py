@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import inspect
 import types
 import warnings
@@ -15,6 +16,7 @@ NAMESPACES = {
     "trioflow": trioflow,
     "trioflow.lifecycle": trioflow.lifecycle,
     "trioflow.mcp": trioflow.mcp,
+    "trioflow.dask": importlib.import_module("trioflow.dask"),
 }
 
 

@@ -34,6 +34,7 @@ __all__ = (
     "current_backend",
     "current_clock",
     "current_time",
+    "loop_caller",
     "open_body_group",
     "running_on_trio",
 )
@@ -220,6 +221,35 @@ def current_time() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:  # pragma: no cover - anyio has no other backend
         return anyio.current_time()
+
+
+def loop_caller() -> Callable[..., object]:
+    """Return a function that any thread may call to run a callback soon on this event loop.
+
+    Captured on the loop, handed to a foreign thread (a client library's IO thread, a helper
+    thread waiting on a remote result): ``call(fn, *args)`` queues ``fn(*args)`` to run on the
+    loop's thread and returns at once, without waiting for it. It is
+    ``trio.lowlevel.TrioToken.run_sync_soon`` on trio and ``loop.call_soon_threadsafe`` on
+    asyncio: ``anyio.from_thread.run_sync`` does the same but blocks the calling thread until
+    the loop has run the callback. ``fn`` must not raise (trio ends the run if it does).
+
+    Returns:
+        The thread-safe ``call(fn, *args)``. Once the loop has ended, calling it raises
+        ``RuntimeError``.
+
+    Raises:
+        RuntimeError: No event loop is running in this thread.
+    """
+    trio = _running_trio()
+    if trio is not None:
+        call: Callable[..., object] = trio.lowlevel.current_trio_token().run_sync_soon
+        return call
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        raise RuntimeError("no trio or asyncio event loop is running in this thread") from None
 
 
 def checkpoint_if_cancelled() -> Awaitable[None]:

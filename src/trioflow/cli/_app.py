@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-v", "--verbose", action="store_true", help="print each command as it starts"
     )
+    run.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help='run the steps marked where = "dask" on the workers of the Dask scheduler at '
+        "ADDRESS (tcp://host:8786); they need the same files at the same paths",
+    )
     run.set_defaults(handler=_run)
 
     runs = commands.add_parser("runs", parents=[state, as_json], help="list past runs")
@@ -238,6 +244,7 @@ def _run(args: argparse.Namespace) -> int:
         keep_going=args.keep_going,
         verbose=args.verbose,
         grace=args.grace,
+        dask=args.dask,
     )
     progress = sys.stderr if args.json else sys.stdout
     reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))

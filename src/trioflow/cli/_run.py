@@ -31,6 +31,7 @@ import attrs
 import trioflow
 
 from ._guard import ProcessGuard, open_guard
+from ._remote import RemoteSteps
 from ._render import Reporter, RunSummary, StepRow
 from ._spec import StepSpec, WorkflowSpec
 from ._steps import (
@@ -74,6 +75,8 @@ class RunOptions:
         keep_going: Let independent steps go on after a failure.
         verbose: Print each command as it starts.
         grace: Seconds a stopped command gets before it is killed.
+        dask: The address of the Dask scheduler whose workers run the ``where = "dask"``
+            steps, or None to run them here.
     """
 
     file: str
@@ -83,6 +86,7 @@ class RunOptions:
     keep_going: bool = False
     verbose: bool = False
     grace: float = GRACE_PERIOD
+    dask: str | None = None
 
 
 @final
@@ -148,6 +152,8 @@ def resume_command(options: RunOptions, run_id: str) -> str:
     words = [*program(), "run", options.file, "--resume", run_id]
     if options.state != DEFAULT_STATE:
         words += ["--state", str(options.state)]
+    if options.dask is not None:
+        words += ["--dask", options.dask]
     return shlex.join(words)
 
 
@@ -257,6 +263,7 @@ class _Runner:
         self.attempts: dict[str, int] = {}
         self.grace_periods = GracePeriods()
         self.guard: ProcessGuard | None = None  # stops the steps if trioflow dies
+        self.remote: RemoteSteps | None = None  # runs the where = "dask" steps
 
     def workflow(self) -> trioflow.Workflow:
         wf = trioflow.Workflow(self.spec.name)
@@ -309,8 +316,9 @@ class _Runner:
                 step.name, attempt=attempt, command=describe_command(command)
             )
             started = time.monotonic()
+            remote = self.remote if step.where == "dask" else None
             try:
-                await run_command(
+                await (run_command if remote is None else remote.run_command)(
                     command,
                     cwd=cwd,
                     env=env,
@@ -552,6 +560,24 @@ async def _unwatched(grace_periods: GracePeriods) -> AsyncIterator[anyio.CancelS
     yield anyio.CancelScope()
 
 
+@contextlib.asynccontextmanager
+async def _open_remote(
+    spec: WorkflowSpec, options: RunOptions
+) -> AsyncIterator[RemoteSteps | None]:
+    """Connect to ``--dask``'s scheduler when a step asks for it; None runs every step here."""
+    if options.dask is None or not any(s.where == "dask" for s in spec.steps.values()):
+        yield None
+        return
+    import trioflow.dask  # only now: a run without --dask never imports Dask
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            cluster = await stack.enter_async_context(trioflow.dask.open_cluster(options.dask))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UsageError(f"cannot use the Dask scheduler at {options.dask!r}: {exc}") from None
+        yield RemoteSteps(cluster)
+
+
 async def run_file(spec: WorkflowSpec, options: RunOptions, reporter: Reporter) -> RunOutcome:
     """Run (or resume) a workflow file and summarize the run.
 
@@ -612,8 +638,13 @@ async def execute_file(
     started = time.monotonic()
     result: trioflow.WorkflowResult | None = None
     never_stored = False
-    async with trioflow.SQLiteStore(options.state) as store, open_guard(options.grace) as guard:
+    async with (
+        trioflow.SQLiteStore(options.state) as store,
+        open_guard(options.grace) as guard,
+        _open_remote(spec, options) as remote,
+    ):
         runner.guard = guard
+        runner.remote = remote
         try:
             record = await store.load_run(run_id)
         except trioflow.StoreError as exc:

@@ -42,7 +42,10 @@ _STEP_KEYS: Final = (
     "exclusive",
     "continue_on_error",
     "pools",
+    "where",
 )
+WHERE: Final = ("local", "dask")
+"""Where a step's command may run: on this machine, or on a worker of ``--dask``'s cluster."""
 
 
 async def _planned(ctx: trioflow.Context) -> None:
@@ -87,6 +90,8 @@ class StepSpec:
         exclusive: Whether the step runs with no other step in flight.
         continue_on_error: Whether a failure leaves the run going (and the run successful).
         pools: Named pools the step takes one token from while it runs.
+        where: ``"local"``, or ``"dask"`` to run on a worker of the cluster given with
+            ``trioflow run --dask ADDRESS`` (locally without it).
     """
 
     name: str
@@ -102,6 +107,7 @@ class StepSpec:
     exclusive: bool = False
     continue_on_error: bool = False
     pools: tuple[str, ...] = ()
+    where: str = "local"
 
     @property
     def is_shell(self) -> bool:
@@ -446,6 +452,11 @@ class _Checker:
                 self.fail(f"{where}.{flag}", f"expected true or false, got {_describe(value)}")
             flags[flag] = value is True
 
+        runs_on = table.get("where", "local")
+        if runs_on not in WHERE:
+            choices = " or ".join(repr(w) for w in WHERE)
+            self.fail(f"{where}.where", f"expected {choices}, got {_describe(runs_on)}")
+
         step_pools = self.names_list(table.get("pools", []), f"{where}.pools", "pool names")
         for pool in step_pools:
             if pool not in pools:
@@ -471,6 +482,7 @@ class _Checker:
             exclusive=flags["exclusive"],
             continue_on_error=flags["continue_on_error"],
             pools=tuple(dict.fromkeys(step_pools)),
+            where=runs_on,
         )
 
     def no_nul(self, text: str, where: str) -> None:
