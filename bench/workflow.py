@@ -15,8 +15,16 @@ SQLite rows: the same graphs (5,000 steps) run with ``SQLiteStore`` (WAL,
 ``synchronous=NORMAL``), every step's record written before the steps after it start;
 1e6 / (us per step) is the number of persisted step completions per second.
 
-Usage: ``python bench/workflow.py`` (or ``nox -s bench``). Targets checked at the end: trioflow
-within 1.3x of its backend's floor, and at least 2,000 persisted completions per second.
+Modes rows (first): the same 10,000-step random DAG run plainly, with an ``on_progress``
+callback that reads the counts (as a progress bar does), with ``MemoryStore`` and with
+``SQLiteStore``, each against the plain run in the same bench run; and a 5,000-step chain
+with ``SQLiteStore``, where every step waits for its own transaction (persisted steps/s).
+
+Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
+bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
+of its backend's floor, at least 2,000 persisted completions per second, and the goal of each
+mode (on_progress <= 1.2x, MemoryStore <= 1.3x, SQLiteStore <= 2x the plain run; >= 5,000
+persisted steps/s on a chain).
 """
 
 from __future__ import annotations
@@ -152,10 +160,17 @@ def _run_trioflow(shape: str, n: int, step: str, backend: str, store: str | None
     import trioflow
 
     wf = PREPARED.get("workflow") or define(shape, n, step, backend)
+    reports = [0]
+
+    def on_progress(progress: trioflow.WorkflowProgress) -> None:
+        # What a progress bar does: read the counts.
+        reports[0] = progress.completed
 
     async def main() -> None:
         if store is None:
             result = await trioflow.run_workflow(wf)
+        elif store == "progress":
+            result = await trioflow.run_workflow(wf, on_progress=on_progress)
         elif store == "memory":
             result = await trioflow.run_workflow(wf, store=trioflow.MemoryStore())
         else:
@@ -176,6 +191,11 @@ def trioflow_run(shape: str, n: int, step: str, backend: str) -> int:
 def trioflow_define_and_run(shape: str, n: int, step: str, backend: str) -> int:
     PREPARED.clear()  # the definition is timed too
     return _run_trioflow(shape, n, step, backend, None)
+
+
+@bench.case
+def trioflow_progress(shape: str, n: int, step: str, backend: str) -> int:
+    return _run_trioflow(shape, n, step, backend, "progress")
 
 
 @bench.case
@@ -218,9 +238,73 @@ def _prepare() -> None:
 
 
 CHECKS: list[str] = []
+# The goals of each mode against the same run without it: (case, label, most x the plain run).
+MODES = (
+    ("trioflow_progress", "with on_progress", 1.2),
+    ("trioflow_memory_store", "with MemoryStore", 1.3),
+    ("trioflow_sqlite_store", "with SQLiteStore", 2.0),
+)
+TARGET_PERSISTED = 5_000  # persisted steps per second on a 5,000-step chain with SQLiteStore
+
+
+def plan_modes(run: Callable[..., Row]) -> None:
+    """The cost of each option on a 10,000-step random DAG, and durable chain throughput."""
+    checks = CHECKS
+    for backend in ("trio", "asyncio"):
+        group = f"modes: random DAG, {N:,} noop steps, {backend}"
+        params = {"shape": "random DAG", "n": N, "step": "noop"}
+        run(f"floor_{backend}", label=f"graphlib + raw {backend} tasks", group=group, **params)
+        plain = run(
+            "trioflow_run",
+            label="trioflow run_workflow",
+            group=group,
+            floor=True,
+            backend=backend,
+            **params,
+        )
+        for case, label, goal in MODES:
+            row = run(
+                case,
+                label=f"trioflow run_workflow {label}",
+                group=group,
+                backend=backend,
+                **params,
+            )
+            ratio = row.per_op_us / plain.per_op_us
+            verdict = "ok" if ratio <= goal else "MISSED"
+            checks.append(
+                f"- {group}, {label}: {row.per_op_us:.2f} vs {plain.per_op_us:.2f} us/step "
+                f"without = {ratio:.2f}x (goal <= {goal}x): {verdict}"
+            )
+        group = f"modes: chain, {N_PERSISTED:,} persisted noop steps, {backend}"
+        params = {"shape": "chain", "n": N_PERSISTED, "step": "noop"}
+        run(
+            "trioflow_run",
+            label="trioflow, no store",
+            group=group,
+            floor=True,
+            backend=backend,
+            **params,
+        )
+        sqlite = run(
+            "trioflow_sqlite_store",
+            label="trioflow, SQLiteStore",
+            group=group,
+            backend=backend,
+            **params,
+        )
+        per_second = 1e6 / sqlite.per_op_us
+        verdict = "ok" if per_second >= TARGET_PERSISTED else "MISSED"
+        checks.append(
+            f"- {group}: SQLiteStore {sqlite.per_op_us:.1f} us/step = {per_second:,.0f} persisted "
+            f"steps/s (goal >= {TARGET_PERSISTED:,}): {verdict}"
+        )
 
 
 def plan(run: Callable[..., Row]) -> None:
+    plan_modes(run)
+    if os.environ.get("BENCH_WORKFLOW") == "modes":
+        return
     checks = CHECKS
     for step in ("noop", "checkpoint"):
         for shape in SHAPES:

@@ -656,8 +656,6 @@ class Run:
                 self._complete(j, None)
         if journal.error is not None:
             self._abort()
-        elif self._can_claim():
-            self._poke()
 
     def _flush_soon(self) -> None:
         if not self.flush_poked:
@@ -673,6 +671,8 @@ class Run:
             if self.finished_all:
                 return
             await self._write()
+            if self._can_claim():
+                self._poke()  # the steps after those it saved may start: no worker takes them
             await self.flush.wait()
 
     def _complete(self, i: int, now: float | None) -> None:
