@@ -247,65 +247,51 @@ MODES = (
 TARGET_PERSISTED = 5_000  # persisted steps per second on a 5,000-step chain with SQLiteStore
 
 
+def check(what: str, ours: Row, base: Row, against: str, goal: float) -> None:
+    """Note how ``ours`` compares with ``base`` (per step) against the goal, for the summary."""
+    ratio = ours.per_op_us / base.per_op_us
+    verdict = "ok" if ratio <= goal else "MISSED"
+    CHECKS.append(
+        f"- {what}: {ours.per_op_us:.2f} vs {against} {base.per_op_us:.2f} us/step "
+        f"= {ratio:.2f}x (goal <= {goal}x): {verdict}"
+    )
+
+
+def check_persisted(what: str, row: Row, goal: float) -> None:
+    """Note the persisted step completions per second of ``row`` against the goal."""
+    per_second = 1e6 / row.per_op_us
+    verdict = "ok" if per_second >= goal else "MISSED"
+    CHECKS.append(
+        f"- {what}: SQLiteStore {row.per_op_us:.1f} us/step = {per_second:,.0f} persisted "
+        f"steps/s (goal >= {goal:,.0f}): {verdict}"
+    )
+
+
 def plan_modes(run: Callable[..., Row]) -> None:
     """The cost of each option on a 10,000-step random DAG, and durable chain throughput."""
-    checks = CHECKS
     for backend in ("trio", "asyncio"):
         group = f"modes: random DAG, {N:,} noop steps, {backend}"
-        params = {"shape": "random DAG", "n": N, "step": "noop"}
-        run(f"floor_{backend}", label=f"graphlib + raw {backend} tasks", group=group, **params)
+        dag = {"group": group, "shape": "random DAG", "n": N, "step": "noop"}
+        run(f"floor_{backend}", label=f"graphlib + raw {backend} tasks", **dag)
         plain = run(
-            "trioflow_run",
-            label="trioflow run_workflow",
-            group=group,
-            floor=True,
-            backend=backend,
-            **params,
+            "trioflow_run", label="trioflow run_workflow", floor=True, backend=backend, **dag
         )
         for case, label, goal in MODES:
-            row = run(
-                case,
-                label=f"trioflow run_workflow {label}",
-                group=group,
-                backend=backend,
-                **params,
-            )
-            ratio = row.per_op_us / plain.per_op_us
-            verdict = "ok" if ratio <= goal else "MISSED"
-            checks.append(
-                f"- {group}, {label}: {row.per_op_us:.2f} vs {plain.per_op_us:.2f} us/step "
-                f"without = {ratio:.2f}x (goal <= {goal}x): {verdict}"
-            )
+            row = run(case, label=f"trioflow run_workflow {label}", backend=backend, **dag)
+            check(f"{group}, {label}", row, plain, "without", goal)
         group = f"modes: chain, {N_PERSISTED:,} persisted noop steps, {backend}"
-        params = {"shape": "chain", "n": N_PERSISTED, "step": "noop"}
-        run(
-            "trioflow_run",
-            label="trioflow, no store",
-            group=group,
-            floor=True,
-            backend=backend,
-            **params,
-        )
+        chain = {"group": group, "shape": "chain", "n": N_PERSISTED, "step": "noop"}
+        run("trioflow_run", label="trioflow, no store", floor=True, backend=backend, **chain)
         sqlite = run(
-            "trioflow_sqlite_store",
-            label="trioflow, SQLiteStore",
-            group=group,
-            backend=backend,
-            **params,
+            "trioflow_sqlite_store", label="trioflow, SQLiteStore", backend=backend, **chain
         )
-        per_second = 1e6 / sqlite.per_op_us
-        verdict = "ok" if per_second >= TARGET_PERSISTED else "MISSED"
-        checks.append(
-            f"- {group}: SQLiteStore {sqlite.per_op_us:.1f} us/step = {per_second:,.0f} persisted "
-            f"steps/s (goal >= {TARGET_PERSISTED:,}): {verdict}"
-        )
+        check_persisted(group, sqlite, TARGET_PERSISTED)
 
 
 def plan(run: Callable[..., Row]) -> None:
     plan_modes(run)
     if os.environ.get("BENCH_WORKFLOW") == "modes":
         return
-    checks = CHECKS
     for step in ("noop", "checkpoint"):
         for shape in SHAPES:
             for backend in ("trio", "asyncio"):
@@ -338,12 +324,7 @@ def plan(run: Callable[..., Row]) -> None:
                         step=step,
                         backend=backend,
                     )
-                ratio = ours.per_op_us / floor.per_op_us
-                verdict = "ok" if ratio <= TARGET_RATIO else "MISSED"
-                checks.append(
-                    f"- {group}: {ours.per_op_us:.2f} vs floor {floor.per_op_us:.2f} us/step "
-                    f"= {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}"
-                )
+                check(group, ours, floor, "floor", TARGET_RATIO)
     for shape in SHAPES:
         for backend in ("trio", "asyncio"):
             group = f"{shape}, {N_PERSISTED:,} persisted noop steps, {backend}"
@@ -375,12 +356,7 @@ def plan(run: Callable[..., Row]) -> None:
                 step="noop",
                 backend=backend,
             )
-            per_second = 1e6 / sqlite.per_op_us
-            verdict = "ok" if per_second >= TARGET_COMPLETIONS else "MISSED"
-            checks.append(
-                f"- {group}: SQLiteStore {per_second:,.0f} persisted completions/s "
-                f"(target >= {TARGET_COMPLETIONS:,}): {verdict}"
-            )
+            check_persisted(group, sqlite, TARGET_COMPLETIONS)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,21 @@ async def instant(ctx: Context) -> None:
     pass
 
 
+async def wait(kind: int, seconds: float) -> None:
+    # kind 0: returns at once; 1: one checkpoint; 2: sleeps.
+    if kind == 1:
+        await anyio.lowlevel.checkpoint()
+    elif kind == 2:
+        await anyio.sleep(seconds)
+
+
+def workflow(name: str, deps: list[list[int]], make: Callable[[int], Any]) -> Workflow:
+    wf = Workflow(name)
+    for i, before in enumerate(deps):
+        wf.step(f"s{i}", make(i), after=[f"s{d}" for d in before])
+    return wf
+
+
 @pytest.mark.anyio
 async def test_steps_that_end_before_the_writer_runs_share_one_transaction() -> None:
     store = GroupingStore()
@@ -137,17 +152,12 @@ def test_a_step_starts_only_after_the_steps_it_comes_after_are_durable(
         async def fn(ctx: Context) -> int:
             ran.append(i)
             early.extend((i, d) for d in deps[i] if f"s{d}" not in store.durable)
-            if kinds[i] == 1:
-                await anyio.lowlevel.checkpoint()
-            elif kinds[i] == 2:
-                await anyio.sleep(1)
+            await wait(kinds[i], 1)
             return i
 
         return fn
 
-    wf = Workflow("random")
-    for i, before in enumerate(deps):
-        wf.step(f"s{i}", make(i), after=[f"s{d}" for d in before])
+    wf = workflow("random", deps, make)
     name, options = virtual_time_backends()[backend]
     result = anyio.run(
         lambda: run_workflow(wf, store=store, limit=limit), backend=name, backend_options=options
@@ -197,17 +207,12 @@ def child_main(store_path: str, markers: str, backend: str, mode: str) -> int:
             started[0] += 1
             if started[0] == kill_at:
                 print("kill me", flush=True)
-            if i % 3 == 1:
-                await anyio.lowlevel.checkpoint()
-            elif i % 3 == 2:
-                await anyio.sleep(0.0002)
+            await wait(i % 3, 0.0002)
             return i
 
         return fn
 
-    wf = Workflow("wide")
-    for i, before in enumerate(deps):
-        wf.step(f"s{i}", make(i), after=[f"s{d}" for d in before])
+    wf = workflow("wide", deps, make)
 
     async def main() -> int:
         async with SQLiteStore(store_path) as store:
@@ -242,14 +247,12 @@ def test_sigkill_amid_group_commits_resumes_without_rerunning_a_durable_step(
 ) -> None:
     store, markers = tmp_path / "runs.db", tmp_path / "markers"
     anyio.run(_create, store)
-    with _child(str(store), str(markers), backend, str(kill_at)) as first:
-        assert first.stdout is not None
-        try:
-            line = first.stdout.readline()
-        finally:
-            first.send_signal(signal.SIGKILL)
-            _, err = first.communicate(timeout=60)
-        assert line == "kill me\n", err
+    first = _child(str(store), str(markers), backend, str(kill_at))
+    line = first.stdout.readline() if first.stdout is not None else ""
+    os.kill(first.pid, signal.SIGKILL)  # at once: the run goes on until the signal lands
+    _, err = first.communicate(timeout=60)
+    assert line == "kill me\n", err
+    assert first.returncode == -signal.SIGKILL
     durable = _durable(store)
     ran_first = markers.read_text().splitlines()
     assert 0 < len(durable) < STEPS  # killed in the middle of the run
