@@ -283,3 +283,60 @@ def _main(argv: list[str]) -> Any:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+# --- SQLiteStore: commits on the loop's thread, a busy file, checkpoints ----------------------
+@pytest.mark.real_time
+@pytest.mark.anyio
+async def test_a_write_waits_for_another_connection_holding_the_file(tmp_path: Path) -> None:
+    # Another connection takes the write lock while "a" runs: a's commit cannot be made at
+    # once, so it waits (on a worker thread, within the busy timeout), and "b" waits for it.
+    path = tmp_path / "busy.db"
+    await _create(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    started: list[tuple[str, bool]] = []
+
+    async def a(ctx: Context) -> None:
+        other.execute("BEGIN IMMEDIATE")
+        started.append(("a", True))
+
+    async def b(ctx: Context) -> None:
+        started.append(("b", other.in_transaction))
+
+    wf = Workflow("w").step("a", a).step("b", b, after="a")
+    async with SQLiteStore(path) as store, anyio.create_task_group() as tg:
+        result: list[bool] = []
+
+        async def run() -> None:
+            result.append((await run_workflow(wf, store=store, run_id="r")).ok)
+
+        tg.start_soon(run)
+        while not started:
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.3)
+        assert started == [("a", True)]  # a's record waits for the lock, and so does "b"
+        other.execute("COMMIT")
+    other.close()
+    assert result == [True]
+    assert started == [("a", True), ("b", False)]  # "b" started once the lock was free
+    assert _durable(path) == {"a", "b"}
+
+
+@pytest.mark.real_time
+@pytest.mark.anyio
+async def test_the_log_is_checkpointed_as_a_run_writes(tmp_path: Path) -> None:
+    # A commit on the event loop's thread never checkpoints (that fsyncs): the store does it
+    # on a worker thread every few MB, so the write-ahead log stays that size.
+    path = tmp_path / "big.db"
+    chunk = "x" * 15_000  # under the size committed at once: every commit on the loop
+
+    async def big(ctx: Context) -> str:
+        return chunk
+
+    wf = Workflow("big").step("s0", big)
+    for i in range(1, 800):  # 12 MB in all, each step after the one before: 800 commits
+        wf.step(f"s{i}", big, after=f"s{i - 1}")
+    async with SQLiteStore(path) as store:
+        assert (await run_workflow(wf, store=store, run_id="r")).ok
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size < 8 * 1024 * 1024

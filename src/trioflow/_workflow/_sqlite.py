@@ -127,12 +127,12 @@ _RUN_COLUMNS = (
 )
 # Room left in a row for everything but a step's value (SQLITE_LIMIT_LENGTH bounds rows too).
 _ROW_MARGIN = 4096
-# What a row costs in the WAL besides its value (about), what may be committed on the event
-# loop's thread, and how much is written between two checkpoints (about SQLite's default of
-# 1000 pages).
+# What a row costs besides its value (about), what may be committed on the event loop's
+# thread, and how much (counted so) is written between two checkpoints: the log then grows to
+# a few MB, as with SQLite's default checkpoint every 1000 pages.
 _ROW_BYTES = 256
 _INLINE_BYTES = 16 * 1024
-_CHECKPOINT_BYTES = 4 * 1024 * 1024
+_CHECKPOINT_BYTES = 2 * 1024 * 1024
 
 
 def _iso(value: datetime | None) -> str | None:
