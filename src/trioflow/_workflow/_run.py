@@ -79,6 +79,7 @@ _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
+_fromtimestamp = datetime.fromtimestamp
 
 
 def _error_text(exc: BaseException | None) -> str | None:
@@ -768,15 +769,6 @@ class Run:
             self.status[i] = _COMPENSATED
 
     # --- what leaves the run ------------------------------------------------------------------
-    def _wall(self, t: float | None) -> datetime | None:
-        return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)
-
-    def _duration(self, i: int) -> float | None:
-        started, finished = self.started[i], self.finished[i]
-        if started is None or finished is None:
-            return self.duration[i]
-        return finished - started
-
     def record(self, i: int) -> StepRecord:
         """Return the record of step ``i`` as the store keeps it.
 
@@ -786,22 +778,25 @@ class Run:
         Returns:
             Its record.
         """
+        # One per step of a durable run: no helper calls, each list read once.
         status = self.status[i]
         assert status is not None
-        keeps_value = status is _SUCCEEDED or status is _COMPENSATED
+        step = self.steps[i]
+        started, finished = self.started[i], self.finished[i]
         error, comp_error = self.error[i], self.comp_error[i]
+        wall0, t0 = self.wall0, self.t0
         return step_record(
-            self.steps[i].name,
+            step.name,
             status,
             self.attempts[i],
-            self.stored[i] if keeps_value else None,
+            self.stored[i] if status is _SUCCEEDED or status is _COMPENSATED else None,
             None if error is None else _error_text(error),
             None if comp_error is None else _error_text(comp_error),
-            self._wall(self.started[i]),
-            self._wall(self.finished[i]),
-            self._duration(i),
+            None if started is None else _fromtimestamp(wall0 + (started - t0), UTC),
+            None if finished is None else _fromtimestamp(wall0 + (finished - t0), UTC),
+            self.duration[i] if started is None or finished is None else finished - started,
             self.seq[i],
-            self.steps[i].fingerprint,
+            step.fingerprint,
         )
 
     def _report(self, now: float) -> None:
