@@ -30,16 +30,20 @@ persisted steps/s on a chain).
 from __future__ import annotations
 
 import asyncio
+import gc
 import graphlib
+import json
 import math
 import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from _harness import Bench, Row
+from _harness import REPEATS, Bench, Row
 
 bench = Bench(__file__)
 
@@ -222,7 +226,6 @@ def _prepare() -> None:
     """
     if len(sys.argv) < 4 or sys.argv[1] != "--child":
         return
-    import json
 
     import anyio._backends._asyncio
     import anyio._backends._trio  # noqa: F401
@@ -359,9 +362,99 @@ def plan(run: Callable[..., Row]) -> None:
             check_persisted(group, sqlite, TARGET_COMPLETIONS)
 
 
+# --- the modes, interleaved ------------------------------------------------------------------
+# On a shared machine the load changes between one case's processes and the next case's, and
+# the ratios of the rows above with it. Here every fresh process runs each mode in turn, round
+# after round, and the ratio of a mode is taken to the plain run of the same round; wall and
+# CPU time (of every thread of the process) both.
+ROUNDS = 5
+INTERLEAVED = (  # mode, what it is, goal (most x the plain run), shape, steps
+    ("plain", "run_workflow", None, "random DAG", N),
+    ("progress", "with on_progress", 1.2, "random DAG", N),
+    ("memory", "with MemoryStore", 1.3, "random DAG", N),
+    ("sqlite", "with SQLiteStore", 2.0, "random DAG", N),
+    ("plain", "chain, no store", None, "chain", N_PERSISTED),
+    ("sqlite", "chain, SQLiteStore", None, "chain", N_PERSISTED),
+)
+
+
+def interleaved_child(backend: str) -> None:
+    """In a fresh process: every mode in turn, ``ROUNDS`` times; print us/step as JSON."""
+    import time
+
+    workflows = {shape: define(shape, n, "noop", backend) for _, _, _, shape, n in INTERLEAVED}
+    samples: list[list[tuple[float, float]]] = [[] for _ in INTERLEAVED]
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(ROUNDS):
+            for k, (mode, _, _, shape, n) in enumerate(INTERLEAVED):
+                PREPARED["workflow"] = workflows[shape]
+                store = {"plain": None, "progress": "progress", "memory": "memory"}.get(
+                    mode, os.path.join(tmp, f"{r}-{k}.db")
+                )
+                gc.collect()
+                wall, cpu = time.perf_counter(), time.process_time()
+                _run_trioflow(shape, n, "noop", backend, store)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                samples[k].append((wall / n * 1e6, cpu / n * 1e6))
+    print(json.dumps(samples))
+
+
+def plan_interleaved() -> str:
+    """Run ``interleaved_child`` in ``REPEATS`` fresh processes per backend; a markdown table."""
+    lines = [
+        "## Workflow modes, interleaved in each process",
+        "",
+        f"Medians over {REPEATS} fresh processes x {ROUNDS} rounds; each ratio is to the plain "
+        "run of the same round (same shape). CPU: every thread of the process.",
+        "",
+        "| backend | mode | wall us/step | CPU us/step | x plain (wall) | x plain (CPU) | goal |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for backend in ("trio", "asyncio"):
+        runs = []
+        for _ in range(REPEATS):
+            out = subprocess.run(
+                [sys.executable, __file__, "--interleaved", backend],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for k, (mode, label, goal, shape, _) in enumerate(INTERLEAVED):
+            plain = next(j for j, m in enumerate(INTERLEAVED) if m[0] == "plain" and m[3] == shape)
+            rounds = [(got[k][r], got[plain][r]) for got in runs for r in range(ROUNDS)]
+            wall = statistics.median(ours[0] for ours, _ in rounds)
+            cpu = statistics.median(ours[1] for ours, _ in rounds)
+            x_wall = statistics.median(ours[0] / base[0] for ours, base in rounds)
+            x_cpu = statistics.median(ours[1] / base[1] for ours, base in rounds)
+            target = "" if goal is None else f"<= {goal}"
+            lines.append(
+                f"| {backend} | {label} | {wall:.2f} | {cpu:.2f} | {x_wall:.2f} | {x_cpu:.2f} | "
+                f"{target} |"
+            )
+            if goal is not None:
+                verdict = "ok" if x_wall <= goal else "MISSED"
+                CHECKS.append(
+                    f"- interleaved, {backend}, {label}: {x_wall:.2f}x wall, {x_cpu:.2f}x CPU "
+                    f"the plain run (goal <= {goal}x): {verdict}"
+                )
+            elif mode == "sqlite":
+                verdict = "ok" if 1e6 / wall >= TARGET_PERSISTED else "MISSED"
+                CHECKS.append(
+                    f"- interleaved, {backend}, {label}: {1e6 / wall:,.0f} persisted steps/s "
+                    f"wall, {1e6 / cpu:,.0f} CPU (goal >= {TARGET_PERSISTED:,}): {verdict}"
+                )
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--interleaved":
+        interleaved_child(sys.argv[2])
+        sys.exit()
     _prepare()
     bench.main(plan, title="Workflows: scheduling overhead per step and durable completions")
+    if len(sys.argv) < 2:  # the parent
+        print(plan_interleaved())
     if CHECKS:
         print("### Targets\n")
         print("\n".join(CHECKS))

@@ -1,8 +1,12 @@
 """SQLiteStore: durable workflow runs in one SQLite file, the embedded default store.
 
-The stdlib ``sqlite3`` module is used from anyio worker threads (one connection per store,
-guarded by a lock), in WAL mode with ``synchronous=NORMAL``: a committed transaction survives
-the process being killed, and readers never block the writer. A busy timeout lets several
+The stdlib ``sqlite3`` module is used through one connection per store, guarded by a lock, in
+WAL mode with ``synchronous=NORMAL``: a committed transaction survives the process being
+killed, and readers never block the writer. Reads, leases and large writes run on anyio worker
+threads; a small write is committed on the event loop's thread when nothing would make it wait
+(the connection is free and no other connection holds the write lock), since a commit without
+an fsync costs less than a thread's round trip. The log's checkpoints (which fsync) run on a
+worker thread, every few MB written. A busy timeout lets several
 processes share one file. The schema is versioned with ``PRAGMA user_version``; a file of an
 older version is migrated when it is opened.
 
