@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, final
@@ -244,6 +245,9 @@ class WorkflowResult:
         )
 
 
+_BUILDING = threading.Lock()
+
+
 @final
 class RunningSteps:
     """The names of a run's steps in flight at one report, built only when read (internal).
@@ -271,10 +275,15 @@ class RunningSteps:
         """Return the names, in the order the steps started (built on the first call)."""
         names = self._names
         if names is None:
-            assert self._running is not None
-            steps = self._steps
-            names = self._names = tuple([steps[i].name for i in self._running])
-            self._running = None
+            # Under a lock: a snapshot handed to another thread may be read there while the
+            # run freezes it, and the run changes the mapping only once it is frozen.
+            with _BUILDING:
+                names = self._names
+                if names is None:
+                    assert self._running is not None
+                    steps = self._steps
+                    names = self._names = tuple([steps[i].name for i in self._running])
+                    self._running = None
         return names
 
     freeze = names

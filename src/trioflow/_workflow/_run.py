@@ -153,8 +153,9 @@ async def run_workflow(
 
     With a ``store``, the run is durable: each step's record (status, attempts, value) and the
     state set with ``ctx.set`` are written, in one transaction, before any step after it
-    starts; the records of every step that ended since the last write share the next one. Running again with the same ``store`` and ``run_id`` resumes: SUCCEEDED and SKIPPED
-    steps do not run again and their values come back into ``ctx.results`` (with the type of
+    starts; the records of every step that ended since the last write share the next one.
+    Running again with the same ``store`` and ``run_id`` resumes: SUCCEEDED and SKIPPED steps
+    do not run again and their values come back into ``ctx.results`` (with the type of
     the step function's return annotation, or of the stored type when it can be imported) and
     their state into the context; every other step runs. A done step defined with a
     ``fingerprint`` that differs from the one stored with it runs again
