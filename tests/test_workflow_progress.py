@@ -79,15 +79,9 @@ async def test_a_snapshot_is_a_value() -> None:
     seen: list[WorkflowProgress] = []
     await Wide().run(lambda n, p: seen.append(p))
     some = next(p for p in seen if len(p.running) > 1)
-    made = WorkflowProgress(
-        total=some.total,
-        completed=some.completed,
-        succeeded=some.succeeded,
-        failed=some.failed,
-        skipped=some.skipped,
-        running=some.running,
-        elapsed=some.elapsed,
-    )
+    fields = {name: getattr(some, name) for name in ("total", "completed", "elapsed")}
+    counts = {name: getattr(some, name) for name in ("succeeded", "failed", "skipped")}
+    made = WorkflowProgress(running=some.running, **fields, **counts)
     assert some == made
     assert hash(some) == hash(made)
     assert repr(some) == repr(made)
