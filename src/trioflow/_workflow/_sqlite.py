@@ -333,6 +333,13 @@ class SQLiteStore:
                     f"run {exc.run_id!r}: {exc}"
                 ) from exc
             raise self._error(what, exc) from exc
+        except BaseException:
+            # On the event loop's thread, a KeyboardInterrupt may land in the middle of a
+            # write: leave no transaction open behind it.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
 
     def _try_now(self, what: str, fn: Callable[[sqlite3.Connection], None]) -> bool:
         # Run a small write on this thread if it cannot wait: the connection is free (no
