@@ -300,6 +300,7 @@ class Run:
         # the report, while it lives: see _running_changes().
         self.names = RunningSteps(self.running, steps)
         self.reported: weakref.ref[WorkflowProgress] | None = None
+        self.total = n
         self.completion: list[int] = []  # SUCCEEDED steps in order of completion
         self.next_seq = 0
         # Counters.
@@ -474,7 +475,8 @@ class Run:
         self.in_flight += 1
         self.active += 1
         if self.on_progress is not None:
-            self._running_changes()
+            if self.reported is not None:
+                self._running_changes()
             self.running[i] = None
         return i
 
@@ -558,7 +560,8 @@ class Run:
             self.status[i] = status
             self.in_flight -= 1
             if reporting:
-                self._running_changes()
+                if self.reported is not None:
+                    self._running_changes()
                 del self.running[i]
             if step.exclusive:
                 self.exclusive_running = False
@@ -605,7 +608,8 @@ class Run:
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
         if self.on_progress is not None:
-            self._running_changes()
+            if self.reported is not None:
+                self._running_changes()
             del self.running[i]
         if self.steps[i].exclusive:
             self.exclusive_running = False
@@ -806,22 +810,33 @@ class Run:
             return
         if self.reported is not None:  # reports in a row (steps saved together) share a view
             self._running_changes()
-        progress = progress_snapshot(
-            len(self.steps),
-            self.completed,
-            self.succeeded,
-            self.failed,
-            self.skipped,
-            self.names if self.running else (),
-            now - self.t0,
-        )
-        self.reported = weakref.ref(progress)
+        if self.running:
+            progress = progress_snapshot(
+                self.total,
+                self.completed,
+                self.succeeded,
+                self.failed,
+                self.skipped,
+                self.names,
+                now - self.t0,
+            )
+            self.reported = weakref.ref(progress)
+        else:  # nothing running: the report shares nothing with the run
+            progress = progress_snapshot(
+                self.total,
+                self.completed,
+                self.succeeded,
+                self.failed,
+                self.skipped,
+                (),
+                now - self.t0,
+            )
         on_progress(progress)
 
     def _running_changes(self) -> None:
         # Called before a step joins or leaves ``running`` (and before a report that follows
-        # another with no change between). The last report's ``running``
-        # reads the live mapping; if anyone still holds that report, its names are fixed now
+        # another with no change between), when the last report reads the live mapping
+        # (``reported``): if anyone still holds that report, its names are fixed now
         # (O(steps in flight), as a tuple built for each report would cost every time), and
         # the next report reads a new view. A report nobody kept costs nothing here.
         reported = self.reported
