@@ -352,15 +352,20 @@ class SQLiteStore:
             conn = self._conn
             if conn is None or not self._now_ok:
                 return False
-            conn.execute("PRAGMA busy_timeout = 0")
+
+            def at_once(conn: sqlite3.Connection) -> None:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    fn(conn)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+
             try:
-                self._run(conn, what, fn)
+                self._run(conn, what, at_once)
             except StoreError as exc:
                 if _busy(exc.__cause__):
                     return False
                 raise
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             return True
         finally:
             self._lock.release()
