@@ -87,6 +87,17 @@ async def test_a_snapshot_is_a_value() -> None:
     assert repr(some) == repr(made)
     assert f"running={some.running!r}" in repr(some)
     assert attrs.evolve(some, completed=0).running == some.running
+    assert attrs.asdict(some) == attrs.asdict(made)  # what attrs sees is the tuple
+    assert isinstance(attrs.asdict(some)["running"], tuple)
+    assert [field.name for field in attrs.fields(WorkflowProgress)] == [
+        "total",
+        "completed",
+        "succeeded",
+        "failed",
+        "skipped",
+        "running",
+        "elapsed",
+    ]
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         some.completed = 3  # type: ignore[misc]
 

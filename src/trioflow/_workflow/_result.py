@@ -293,12 +293,8 @@ class RunningSteps:
         return self._names is None
 
 
-def _running_names(value: tuple[str, ...] | RunningSteps) -> tuple[str, ...]:
-    return value.names() if isinstance(value, RunningSteps) else tuple(value)
-
-
 @final
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class WorkflowProgress:
     """A snapshot of a run, given to ``on_progress`` whenever a step starts or ends.
 
@@ -322,25 +318,39 @@ class WorkflowProgress:
     succeeded: int
     failed: int
     skipped: int
-    _running: tuple[str, ...] | RunningSteps = attrs.field(alias="running", eq=_running_names)
+    running: tuple[str, ...]
     elapsed: float
-
-    @property
-    def running(self) -> tuple[str, ...]:
-        """Names of the steps in flight, in the order they started."""
-        return _running_names(self._running)
-
-    def __repr__(self) -> str:
-        return (
-            f"WorkflowProgress(total={self.total!r}, completed={self.completed!r}, "
-            f"succeeded={self.succeeded!r}, failed={self.failed!r}, skipped={self.skipped!r}, "
-            f"running={self.running!r}, elapsed={self.elapsed!r})"
-        )
 
 
 progress_snapshot: Callable[..., WorkflowProgress] = builder(WorkflowProgress)
 """``progress_snapshot(total, completed, succeeded, failed, skipped, running, elapsed)``.
 
 A :class:`WorkflowProgress` built from a run's own counters without the checks of its
-``__init__`` (the run's hot path).
+``__init__`` (the run's hot path); ``running`` may be a :class:`RunningSteps`.
 """
+
+
+@final
+class _Running:
+    # WorkflowProgress.running: the field's slot, read through RunningSteps, so that attrs
+    # (eq, hash, repr, asdict, evolve) and every reader see a tuple.
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self._slot
+        value = self._slot.__get__(obj, owner)
+        return value.names() if type(value) is RunningSteps else value
+
+    def __set__(self, obj: object, value: object) -> None:
+        self._slot.__set__(obj, value)
+
+    def __delete__(self, obj: object) -> None:
+        self._slot.__delete__(obj)
+
+
+# After progress_snapshot took the slot's own setter.
+setattr(WorkflowProgress, "running", _Running(WorkflowProgress.__dict__["running"]))  # noqa: B010
