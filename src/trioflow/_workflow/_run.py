@@ -810,27 +810,18 @@ class Run:
             return
         if self.reported is not None:  # reports in a row (steps saved together) share a view
             self._running_changes()
-        if self.running:
-            progress = progress_snapshot(
-                self.total,
-                self.completed,
-                self.succeeded,
-                self.failed,
-                self.skipped,
-                self.names,
-                now - self.t0,
-            )
+        running = self.running
+        progress = progress_snapshot(
+            self.total,
+            self.completed,
+            self.succeeded,
+            self.failed,
+            self.skipped,
+            self.names if running else (),  # nothing running: it shares nothing with the run
+            now - self.t0,
+        )
+        if running:
             self.reported = weakref.ref(progress)
-        else:  # nothing running: the report shares nothing with the run
-            progress = progress_snapshot(
-                self.total,
-                self.completed,
-                self.succeeded,
-                self.failed,
-                self.skipped,
-                (),
-                now - self.t0,
-            )
         on_progress(progress)
 
     def _running_changes(self) -> None:
