@@ -48,6 +48,11 @@ def _refuse(obj: object) -> Any:
     raise _Unstorable(type(obj))
 
 
+# One encoder for every value: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(default=_refuse, separators=(",", ":")).encode
+_NULL = StoredValue(json="null")  # a step that returns nothing: most steps
+
+
 def _type_name(tp: type) -> str:
     return f"{tp.__module__}:{tp.__qualname__}"
 
@@ -66,10 +71,12 @@ def encode_value(step: str, value: Any) -> StoredValue:
         UnstorableValueError: The value (or something inside it) cannot be stored as JSON; the
             error names the step and the type that could not be stored.
     """
+    if value is None:
+        return _NULL
     tp = type(value)
     try:
         data = value if tp in _JSON_NATIVE else converter.unstructure(value)
-        text = json.dumps(data, default=_refuse, separators=(",", ":"))
+        text = _encode(data)
     except _Unstorable as exc:
         raise UnstorableValueError(step, exc.culprit) from None
     except (TypeError, ValueError, RecursionError) as exc:

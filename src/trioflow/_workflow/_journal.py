@@ -3,12 +3,13 @@
 A run with a store keeps one :class:`Journal`. The journal is a sink: it is given records and
 says which it saved; it never reads nor drives the run. Before the first step it loads the
 stored run (refusing one whose shape changed) and begins it. Whenever a step ends, the run adds
-its record; the first record added while no write is in progress makes its caller the writer,
-and records added during a write wait for the next one, so steps that end together share one
-transaction. The run lets the steps after a step start only once :meth:`Journal.write` says
-its record is saved. At the end :meth:`Journal.close` writes what changed since, and the run's
-final status. A record whose value the store cannot hold (``ValueTooLargeError``) is handed
-back to the run, which fails its step and gives the record to write instead.
+its record; one task at a time is the writer (:meth:`Journal.begin`), and each of its writes
+takes every record queued since the last one, so steps that end while a write is in progress,
+or before the writer runs, share one transaction. The run lets the steps after a step start
+only once :meth:`Journal.write` says its record is saved. At the end :meth:`Journal.close`
+writes what changed since, and the run's final status. A record whose value the store cannot
+hold (``ValueTooLargeError``) is handed back to the run, which fails its step and gives the
+record to write instead.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class Journal:
         return record
 
     def add(self, i: int, record: StepRecord) -> bool:
-        """Queue the record of step ``i``, which ended, for the next write.
+        """Queue the record of step ``i``, which ended, and become the writer if there is none.
 
         Args:
             i: The step's index.
@@ -129,7 +130,31 @@ class Journal:
             next one its writer makes) takes the record.
         """
         self._queued.append((i, record))
-        if self._writing:
+        return self.begin()
+
+    def queue(self, i: int, record: StepRecord) -> None:
+        """Queue the record of step ``i``, which ended, for the next write (see :meth:`begin`).
+
+        Args:
+            i: The step's index.
+            record: Its record.
+        """
+        self._queued.append((i, record))
+
+    @property
+    def writing(self) -> bool:
+        """Whether a writer (see :meth:`begin`) is at work: it takes every queued record."""
+        return self._writing
+
+    def begin(self) -> bool:
+        """Become the writer, if there is none and records are queued.
+
+        Returns:
+            True when the caller is now the writer and must call :meth:`write` until it
+            returns nothing; False when another writer takes the queued records (or there are
+            none).
+        """
+        if self._writing or not self._queued:
             return False
         self._writing = True
         return True
@@ -137,7 +162,7 @@ class Journal:
     async def write(self) -> tuple[int, ...]:
         """Write every queued record, with the state set since the last write, in one transaction.
 
-        Only the writer (see :meth:`add`) calls it, until it returns nothing.
+        Only the writer (see :meth:`begin`) calls it, until it returns nothing.
 
         Returns:
             The indices of the steps whose records this call saved; empty when nothing was

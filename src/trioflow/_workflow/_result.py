@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, final
 
 import attrs
 
 from .._deprecate import warn_renamed
+from ._build import builder
 from ._context import Context
 from ._graph import StepStatus
 
-__all__ = ("StepResult", "StepResults", "StepTable", "WorkflowProgress", "WorkflowResult")
+__all__ = (
+    "RunningSteps",
+    "progress_snapshot",
+    "StepResult",
+    "StepResults",
+    "StepTable",
+    "WorkflowProgress",
+    "WorkflowResult",
+)
 
 
 def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -235,10 +245,63 @@ class WorkflowResult:
         )
 
 
+_BUILDING = threading.Lock()
+
+
+@final
+class RunningSteps:
+    """The names of a run's steps in flight at one report, built only when read (internal).
+
+    A run reports whenever a step starts or ends; building the tuple of every running step's
+    name for each report would cost O(steps x width). This holds the run's live mapping of
+    running step indices instead, and turns it into the tuple when :meth:`names` is first
+    called, or when :meth:`freeze` is (the run calls it before it next changes the mapping,
+    if the report is still held by anyone). So a report nobody keeps costs O(1), and one that
+    is kept reads exactly the steps that were running when it was made.
+
+    Args:
+        running: Step index -> anything, in start order: the run's live mapping.
+        steps: The run's steps, by index (anything with a ``name``).
+    """
+
+    __slots__ = ("__weakref__", "_names", "_running", "_steps")
+
+    def __init__(self, running: Mapping[int, object] | None, steps: Sequence[Any]) -> None:
+        self._running = running
+        self._steps = steps
+        self._names: tuple[str, ...] | None = None if running is not None else ()
+
+    def names(self) -> tuple[str, ...]:
+        """Return the names, in the order the steps started (built on the first call)."""
+        names = self._names
+        if names is None:
+            # Under a lock: a snapshot handed to another thread may be read there while the
+            # run freezes it, and the run changes the mapping only once it is frozen.
+            with _BUILDING:
+                names = self._names
+                if names is None:
+                    assert self._running is not None
+                    steps = self._steps
+                    names = self._names = tuple([steps[i].name for i in self._running])
+                    self._running = None
+        return names
+
+    freeze = names
+
+    def pending(self) -> bool:
+        """Return whether the names were not built yet (nobody read them)."""
+        return self._names is None
+
+
 @final
 @attrs.frozen(kw_only=True)
 class WorkflowProgress:
     """A snapshot of a run, given to ``on_progress`` whenever a step starts or ends.
+
+    A snapshot stays true after the callback returns: one kept for later reads the steps that
+    were running when it was made. (The names of the running steps are only put together when
+    ``running`` is read, or when the run next changes while the snapshot is still held, so a
+    callback that looks only at the counts costs the run O(1) per report.)
 
     Attributes:
         total: Number of steps in the workflow.
@@ -257,3 +320,37 @@ class WorkflowProgress:
     skipped: int
     running: tuple[str, ...]
     elapsed: float
+
+
+progress_snapshot: Callable[..., WorkflowProgress] = builder(WorkflowProgress)
+"""``progress_snapshot(total, completed, succeeded, failed, skipped, running, elapsed)``.
+
+A :class:`WorkflowProgress` built from a run's own counters without the checks of its
+``__init__`` (the run's hot path); ``running`` may be a :class:`RunningSteps`.
+"""
+
+
+@final
+class _Running:
+    # WorkflowProgress.running: the field's slot, read through RunningSteps, so that attrs
+    # (eq, hash, repr, asdict, evolve) and every reader see a tuple.
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self._slot
+        value = self._slot.__get__(obj, owner)
+        return value.names() if type(value) is RunningSteps else value
+
+    def __set__(self, obj: object, value: object) -> None:
+        self._slot.__set__(obj, value)
+
+    def __delete__(self, obj: object) -> None:
+        self._slot.__delete__(obj)
+
+
+# After progress_snapshot took the slot's own setter.
+setattr(WorkflowProgress, "running", _Running(WorkflowProgress.__dict__["running"]))  # noqa: B010

@@ -21,9 +21,15 @@ How a run works (the policy ``run_workflow`` documents):
 * A step runs in one place, :meth:`Run._worker`. A step with nothing but its function (no
   condition, retry, timeout or resource slot) is awaited directly; any other goes through
   :meth:`Run._attempts`, which adds those features around the same call.
-* With a store, a step's record goes to the run's :class:`~._journal.Journal` before the steps
-  after it are released; records of steps that end while a write is in progress share the next
-  transaction.
+* With a store, a step's record goes to the run's :class:`~._journal.Journal`, and the steps
+  after it are released only once the journal says it is written. A worker that has another
+  admissible step to run queues the record and goes on; the run's write-behind task writes
+  every queued record in one transaction as soon as the workers let it run (a step waits, or
+  a worker checkpoints), so a wide run commits in groups. A worker with nothing else to run
+  writes itself, at once (a chain pays one transaction per step and no task switch).
+* On progress reports: a report's ``running`` reads the live set of running steps and is
+  fixed (copied) only when someone still holds the report as the set next changes, so a
+  callback that reads counts costs O(1) per report, not O(steps in flight).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import inspect
 import sys
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -51,8 +58,15 @@ from ._context import Context, RunShared, run_context
 from ._graph import Graph, Step, StepStatus, Workflow
 from ._journal import Journal
 from ._lease import DEFAULT_LEASE_TTL, Lease
-from ._result import StepResults, StepTable, WorkflowProgress, WorkflowResult
-from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore
+from ._result import (
+    RunningSteps,
+    StepResults,
+    StepTable,
+    WorkflowProgress,
+    WorkflowResult,
+    progress_snapshot,
+)
+from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore, step_record
 
 __all__ = ("run_workflow",)
 
@@ -65,6 +79,7 @@ _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
+_fromtimestamp = datetime.fromtimestamp
 
 
 def _error_text(exc: BaseException | None) -> str | None:
@@ -138,8 +153,9 @@ async def run_workflow(
 
     With a ``store``, the run is durable: each step's record (status, attempts, value) and the
     state set with ``ctx.set`` are written, in one transaction, before any step after it
-    starts. Running again with the same ``store`` and ``run_id`` resumes: SUCCEEDED and SKIPPED
-    steps do not run again and their values come back into ``ctx.results`` (with the type of
+    starts; the records of every step that ended since the last write share the next one.
+    Running again with the same ``store`` and ``run_id`` resumes: SUCCEEDED and SKIPPED steps
+    do not run again and their values come back into ``ctx.results`` (with the type of
     the step function's return annotation, or of the stored type when it can be imported) and
     their state into the context; every other step runs. A done step defined with a
     ``fingerprint`` that differs from the one stored with it runs again
@@ -280,6 +296,11 @@ class Run:
         self.stored: list[StoredValue | None] = [None] * n
         self.remaining = [len(p) for p in graph.preds]
         self.running: dict[int, None] = {}  # steps in flight, tracked for progress reports
+        # What the last report's ``running`` reads (the live ``running`` until frozen), and
+        # the report, while it lives: see _running_changes().
+        self.names = RunningSteps(self.running, steps)
+        self.reported: weakref.ref[WorkflowProgress] | None = None
+        self.total = n
         self.completion: list[int] = []  # SUCCEEDED steps in order of completion
         self.next_seq = 0
         # Counters.
@@ -295,6 +316,8 @@ class Run:
         self.tg: anyio.abc.TaskGroup | None = None
         self.wake = anyio.Event()
         self.poked = False
+        self.flush = anyio.Event()  # wakes _write_behind: records wait for a write
+        self.flush_poked = False
         # Time.
         self.now: Callable[[], float] = anyio.current_time
         self.t0 = 0.0
@@ -355,7 +378,7 @@ class Run:
         self.ready.extend(
             i for i, n in enumerate(self.remaining) if n == 0 and self.status[i] is None
         )
-        self._report()
+        self._report(self.now())
         try:
             if self.ready:
                 async with anyio.create_task_group() as tg:
@@ -363,6 +386,8 @@ class Run:
                     if self.aborted:  # the lease was lost already
                         tg.cancel_scope.cancel()
                     tg.start_soon(self._supervise)
+                    if journal is not None:
+                        tg.start_soon(self._write_behind)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._wrap_up(exc)
@@ -450,6 +475,8 @@ class Run:
         self.in_flight += 1
         self.active += 1
         if self.on_progress is not None:
+            if self.reported is not None:
+                self._running_changes()
             self.running[i] = None
         return i
 
@@ -491,7 +518,8 @@ class Run:
                 self._poke()  # another worker may start once this one waits
             step = steps[i]
             if reporting:
-                self._report()
+                started = now()
+                self._report(started)
             ctx = context(shared, step.name)
             try:
                 if self.aborted:
@@ -499,7 +527,8 @@ class Run:
                     await anyio.sleep_forever()
                 if bare[i]:
                     self.attempts[i] = 1
-                    self.started[i] = now()
+                    # Reported as it starts: the report's reading of the clock is its start.
+                    self.started[i] = started if reporting else now()
                     value = await step.fn(ctx)
                 else:
                     value = await self._attempts(i, step, ctx)
@@ -531,17 +560,26 @@ class Run:
             self.status[i] = status
             self.in_flight -= 1
             if reporting:
+                if self.reported is not None:
+                    self._running_changes()
                 del self.running[i]
             if step.exclusive:
                 self.exclusive_running = False
             if journal is None:
-                self._complete(i)
+                self._complete(i, finished)
             else:
                 if status is _FAILED and self.fail_fast and not step.options.optional:
                     # Start nothing more while the failure is written; _complete() then
                     # cancels the steps in flight.
                     self.aborted = True
-                await self._save(i)
+                journal.queue(i, self.record(i))
+                if not journal.writing:
+                    if self._can_claim():
+                        # More to run: run it, and let _write_behind write this record, with
+                        # those of the steps that end before it runs, in one transaction.
+                        self._flush_soon()
+                    else:
+                        await self._write()
             budget -= 1
             if not budget:
                 budget = _CHECKPOINT_EVERY
@@ -570,6 +608,8 @@ class Run:
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
         if self.on_progress is not None:
+            if self.reported is not None:
+                self._running_changes()
             del self.running[i]
         if self.steps[i].exclusive:
             self.exclusive_running = False
@@ -610,21 +650,40 @@ class Run:
         with anyio.fail_after(timeout):
             return await step.fn(ctx)
 
-    async def _save(self, i: int) -> None:
-        # Hand the step's record to the journal; the first step to end while no write is in
-        # progress writes, for itself and for the steps that end meanwhile.
+    async def _write(self) -> None:
+        # Be the journal's writer while records are queued: each write takes every record
+        # queued since the last; then the steps after the saved ones may start.
         journal = self.journal
         assert journal is not None
-        if not journal.add(i, self.record(i)):
+        if not journal.begin():
             return
         while saved := await journal.write():
             for j in saved:
-                self._complete(j)
+                self._complete(j, None)
         if journal.error is not None:
             self._abort()
 
-    def _complete(self, i: int) -> None:
+    def _flush_soon(self) -> None:
+        if not self.flush_poked:
+            self.flush_poked = True
+            self.flush.set()
+
+    async def _write_behind(self) -> None:
+        # With a store: writes the records of steps whose worker went on with another step,
+        # as soon as the workers let it run (a step waits, or a worker's checkpoint).
+        while True:
+            self.flush_poked = False
+            self.flush = anyio.Event()
+            if self.finished_all:
+                return
+            await self._write()
+            if self._can_claim():
+                self._poke()  # the steps after those it saved may start: no worker takes them
+            await self.flush.wait()
+
+    def _complete(self, i: int, now: float | None) -> None:
         # The step's end is final (and stored): release the steps after it, or fail the run.
+        # ``now`` is the time, when the caller just read it.
         self.active -= 1
         self.completed += 1
         status = self.status[i]
@@ -655,10 +714,11 @@ class Run:
                 if not remaining[s]:
                     ready.append(s)
         if self.on_progress is not None:
-            self._report()
+            self._report(self.now() if now is None else now)
         if not self.active and (self.aborted or not self.ready):
             self.finished_all = True
             self._poke()
+            self._flush_soon()
 
     # --- the end ------------------------------------------------------------------------------
     def _ok(self) -> bool:
@@ -714,15 +774,6 @@ class Run:
             self.status[i] = _COMPENSATED
 
     # --- what leaves the run ------------------------------------------------------------------
-    def _wall(self, t: float | None) -> datetime | None:
-        return None if t is None else datetime.fromtimestamp(self.wall0 + (t - self.t0), UTC)
-
-    def _duration(self, i: int) -> float | None:
-        started, finished = self.started[i], self.finished[i]
-        if started is None or finished is None:
-            return self.duration[i]
-        return finished - started
-
     def record(self, i: int) -> StepRecord:
         """Return the record of step ``i`` as the store keeps it.
 
@@ -732,38 +783,60 @@ class Run:
         Returns:
             Its record.
         """
+        # One per step of a durable run: no helper calls, each list read once.
         status = self.status[i]
         assert status is not None
-        keeps_value = status is _SUCCEEDED or status is _COMPENSATED
-        return StepRecord(
-            name=self.steps[i].name,
-            status=status,
-            attempts=self.attempts[i],
-            value=self.stored[i] if keeps_value else None,
-            error=_error_text(self.error[i]),
-            compensation_error=_error_text(self.comp_error[i]),
-            started_at=self._wall(self.started[i]),
-            finished_at=self._wall(self.finished[i]),
-            duration=self._duration(i),
-            seq=self.seq[i],
-            fingerprint=self.steps[i].fingerprint,
+        step = self.steps[i]
+        started, finished = self.started[i], self.finished[i]
+        error, comp_error = self.error[i], self.comp_error[i]
+        wall0, t0 = self.wall0, self.t0
+        return step_record(
+            step.name,
+            status,
+            self.attempts[i],
+            self.stored[i] if status is _SUCCEEDED or status is _COMPENSATED else None,
+            None if error is None else _error_text(error),
+            None if comp_error is None else _error_text(comp_error),
+            None if started is None else _fromtimestamp(wall0 + (started - t0), UTC),
+            None if finished is None else _fromtimestamp(wall0 + (finished - t0), UTC),
+            self.duration[i] if started is None or finished is None else finished - started,
+            self.seq[i],
+            step.fingerprint,
         )
 
-    def _report(self) -> None:
-        if self.on_progress is None:
+    def _report(self, now: float) -> None:
+        on_progress = self.on_progress
+        if on_progress is None:
             return
-        names = self.steps
-        self.on_progress(
-            WorkflowProgress(
-                total=len(names),
-                completed=self.completed,
-                succeeded=self.succeeded,
-                failed=self.failed,
-                skipped=self.skipped,
-                running=tuple(names[i].name for i in self.running),
-                elapsed=self.now() - self.t0,
-            )
+        if self.reported is not None:  # reports in a row (steps saved together) share a view
+            self._running_changes()
+        running = self.running
+        progress = progress_snapshot(
+            self.total,
+            self.completed,
+            self.succeeded,
+            self.failed,
+            self.skipped,
+            self.names if running else (),  # nothing running: it shares nothing with the run
+            now - self.t0,
         )
+        if running:
+            self.reported = weakref.ref(progress)
+        on_progress(progress)
+
+    def _running_changes(self) -> None:
+        # Called before a step joins or leaves ``running`` (and before a report that follows
+        # another with no change between), when the last report reads the live mapping
+        # (``reported``): if anyone still holds that report, its names are fixed now
+        # (O(steps in flight), as a tuple built for each report would cost every time), and
+        # the next report reads a new view. A report nobody kept costs nothing here.
+        reported = self.reported
+        if reported is None:
+            return
+        self.reported = None
+        if reported() is not None or not self.names.pending():
+            self.names.freeze()
+            self.names = RunningSteps(self.running, self.steps)
 
     def _result(self) -> WorkflowResult:
         table = StepTable(

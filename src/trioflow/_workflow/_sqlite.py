@@ -1,10 +1,14 @@
 """SQLiteStore: durable workflow runs in one SQLite file, the embedded default store.
 
-The stdlib ``sqlite3`` module is used from anyio worker threads (one connection per store,
-guarded by a lock), in WAL mode with ``synchronous=NORMAL``: a committed transaction survives
-the process being killed, and readers never block the writer. A busy timeout lets several
-processes share one file. The schema is versioned with ``PRAGMA user_version``; a file of an
-older version is migrated when it is opened.
+The stdlib ``sqlite3`` module is used through one connection per store, guarded by a lock, in
+WAL mode with ``synchronous=NORMAL``: a committed transaction survives the process being
+killed, and readers never block the writer. Reads, leases and large writes run on anyio worker
+threads; a small write is committed on the event loop's thread when nothing would make it wait
+(the connection is free and no other connection holds the write lock), since a commit without
+an fsync costs less than a thread's round trip. The log's checkpoints (which fsync) run on a
+worker thread, every few MB written. A busy timeout lets several processes share one file.
+The schema is versioned with ``PRAGMA user_version``; a file of an older version is migrated
+when it is opened.
 
 Every row read is checked (types, JSON shapes): a malformed row raises ``StoreError`` naming
 the file and the run, never another exception.
@@ -24,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, final
 
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._checks import check_number
@@ -126,6 +131,12 @@ _RUN_COLUMNS = (
 )
 # Room left in a row for everything but a step's value (SQLITE_LIMIT_LENGTH bounds rows too).
 _ROW_MARGIN = 4096
+# What a row costs besides its value (about), what may be committed on the event loop's
+# thread, and how much (counted so) is written between two checkpoints: the log then grows to
+# a few MB, as with SQLite's default checkpoint every 1000 pages.
+_ROW_BYTES = 256
+_INLINE_BYTES = 16 * 1024
+_CHECKPOINT_BYTES = 2 * 1024 * 1024
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -162,7 +173,7 @@ class SQLiteStore:
         ValueError: ``busy_timeout`` is negative, NaN, infinite or above 2000000 (23 days).
     """
 
-    __slots__ = ("_busy_ms", "_closed", "_conn", "_lock", "_path")
+    __slots__ = ("_busy_ms", "_closed", "_conn", "_lock", "_now_ok", "_path", "_unchecked")
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -173,6 +184,8 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._unchecked = 0  # bytes (about) written to the WAL since the last checkpoint
+        self._now_ok = False  # the file is in WAL mode: a commit does not fsync
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self._path)!r}>"
@@ -231,6 +244,9 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints (which fsync) run on a worker thread, never in a commit made on the
+            # event loop's thread: see save_steps.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._migrate(conn)
         except StoreError:
             conn.close()
@@ -247,12 +263,15 @@ class SQLiteStore:
         deadline = time.monotonic() + self._busy_ms / 1000
         while True:
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.005)
             else:
+                # Some file systems cannot hold a WAL; SQLite then keeps its rollback journal,
+                # whose commits fsync: those are never made on the event loop's thread.
+                self._now_ok = str(mode).lower() == "wal"
                 return
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -295,22 +314,67 @@ class SQLiteStore:
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._connect()
-            try:
-                return fn(conn)
-            except (sqlite3.Error, _Malformed, ValueTooLargeError) as exc:
-                if conn.in_transaction:
+            return self._run(conn, what, fn)
+
+    def _run(
+        self, conn: sqlite3.Connection, what: str, fn: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        # With the lock held: run fn, rolling back what it began, and say what failed.
+        try:
+            return fn(conn)
+        except (sqlite3.Error, _Malformed, ValueTooLargeError) as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, ValueTooLargeError):
+                raise
+            if isinstance(exc, _Malformed):
+                raise StoreError(
+                    f"workflow store {str(self._path)!r}: {what} (a malformed record): "
+                    f"run {exc.run_id!r}: {exc}"
+                ) from exc
+            raise self._error(what, exc) from exc
+        except BaseException:
+            # On the event loop's thread, a KeyboardInterrupt may land in the middle of a
+            # write: leave no transaction open behind it.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                if isinstance(exc, ValueTooLargeError):
-                    raise
-                if isinstance(exc, _Malformed):
-                    raise StoreError(
-                        f"workflow store {str(self._path)!r}: {what} (a malformed record): "
-                        f"run {exc.run_id!r}: {exc}"
-                    ) from exc
-                raise self._error(what, exc) from exc
+            raise
+
+    def _try_now(self, what: str, fn: Callable[[sqlite3.Connection], None]) -> bool:
+        # Run a small write on this thread if it cannot wait: the connection is free (no
+        # worker thread uses it) and no other connection holds the file's write lock (the
+        # busy timeout is 0 meanwhile, so BEGIN IMMEDIATE answers at once). False: nothing
+        # was written, write on a worker thread instead.
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if conn is None or not self._now_ok:
+                return False
+
+            def at_once(conn: sqlite3.Connection) -> None:
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    fn(conn)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+
+            try:
+                self._run(conn, what, at_once)
+            except StoreError as exc:
+                if _busy(exc.__cause__):
+                    return False
+                raise
+            return True
+        finally:
+            self._lock.release()
 
     async def _call(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(self._run_locked, what, fn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # --- the store protocol -----------------------------------------------------------------
     async def load_run(self, run_id: str) -> RunRecord | None:
@@ -507,7 +571,24 @@ class SQLiteStore:
             # take the latest of it and the steps' end times.
             conn.execute("COMMIT")
 
-        await self._call("cannot write", save)
+        # A small transaction (a step of a chain) is committed on this thread when nothing
+        # makes it wait: in WAL mode with synchronous=NORMAL a commit appends to the WAL file
+        # and does not fsync, a few tens of microseconds, where a worker thread's round trip
+        # costs several times that. Anything larger, or that would wait for a lock, goes to a
+        # worker thread, and so do the checkpoints that fsync (every few MB written).
+        size = sum(_ROW_BYTES + len(row[4] or "") for row in step_rows) + sum(
+            _ROW_BYTES + len(row[2]) for row in state_rows
+        )
+        await anyio.lowlevel.checkpoint()
+        if size > _INLINE_BYTES or not self._try_now("cannot write", save):
+            await self._call("cannot write", save)
+        self._unchecked += size
+        if self._unchecked >= _CHECKPOINT_BYTES:
+            self._unchecked = 0
+            # The records are committed: a checkpoint that fails does not undo that (the log
+            # only grows until the next one), so it does not fail the write.
+            with contextlib.suppress(StoreError):
+                await self._call("cannot checkpoint", self._checkpoint)
 
     async def finish_run(self, run_id: str, status: RunStatus, *, elapsed: float) -> None:
         """Record how a run ended, and how long this session of it ran.
@@ -609,6 +690,13 @@ class SQLiteStore:
             )
 
         await self._call("cannot release the run's lease", release)
+
+
+def _busy(exc: BaseException | None) -> bool:
+    # SQLITE_BUSY: another connection holds the write lock.
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
+    )
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:

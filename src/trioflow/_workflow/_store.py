@@ -12,7 +12,7 @@ other store (Redis, Postgres) that implements the same eight methods.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol, final, runtime_checkable
@@ -21,6 +21,7 @@ import anyio.lowlevel
 import attrs
 
 from .._status import Status
+from ._build import builder
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
 
@@ -31,6 +32,7 @@ __all__ = (
     "StepRecord",
     "StoredValue",
     "WorkflowStore",
+    "step_record",
 )
 
 
@@ -104,6 +106,14 @@ class StepRecord:
     duration: float | None = None
     seq: int | None = None
     fingerprint: str | None = None
+
+
+step_record: Callable[..., StepRecord] = builder(StepRecord)
+"""``step_record(name, status, attempts, value, error, compensation_error, started_at, ...)``.
+
+A :class:`StepRecord` from every field, in order, without the checks of its ``__init__`` (a
+run's hot path: one record per step).
+"""
 
 
 def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
