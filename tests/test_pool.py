@@ -174,7 +174,8 @@ async def test_an_object_whose_block_raised_is_closed_and_replaced() -> None:
         await anyio.sleep(0.1)
         tg.start_soon(user, False)
     assert got == [1, 2]  # the second caller did not get the broken object
-    assert factory.made[0].closed and not factory.made[1].closed
+    assert factory.made[0].closed
+    assert not factory.made[1].closed
     # made 0-1, used 1-2, closed 2-2.5, then the next one is made 2.5-3.5 and used 3.5-4.5
     assert anyio.current_time() == 4.5
     assert stats(pool) == (1, 1, 0, 0, 2, 1, 0)
@@ -369,9 +370,8 @@ async def test_a_failing_close_is_logged_and_the_object_still_counted_closed() -
 
     pool = Pool(make, max_size=1, close=close)
     with structlog.testing.capture_logs() as logs:
-        async with pool:
-            async with pool.acquire():
-                pass
+        async with pool, pool.acquire():
+            pass
     assert [entry["event"] for entry in logs] == ["trioflow.pool.close_failed"]
     assert stats(pool) == (0, 0, 0, 0, 1, 1, 0)
 

@@ -244,9 +244,10 @@ class TriggerRun(Generic[E]):
             call.done.set()
             if call in self._running:  # not if the overlap policy cancelled it (taken out)
                 self._running.remove(call)
-            group = self._group
-            if self._queue and group is not None and not group.cancel_scope.cancel_called:
-                self._launch(self._queue.popleft(), None)
+        # Here only when the call ended by itself: a cancelled run starts nothing new.
+        group = self._group
+        if self._queue and group is not None and not group.cancel_scope.cancel_called:
+            self._launch(self._queue.popleft(), None)
 
     def _fail(self, exc: Exception, event: E) -> None:
         self._failed += 1

@@ -157,7 +157,9 @@ class _CronIterator:
             self._times = _cronsim().CronSim(self._expression, self._wall_now())
         due: datetime = next(self._times)
         while True:
-            left = (due - self._wall_now()).total_seconds()
+            # Timestamps, not datetime subtraction: two datetimes of one zone subtract as
+            # wall-clock times, an hour off across a daylight-saving change.
+            left = due.timestamp() - self._wall_now().timestamp()
             if left <= 0:
                 break
             await anyio.sleep(min(left, _WALL_CLOCK_LOOK))
