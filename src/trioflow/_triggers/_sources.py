@@ -180,10 +180,10 @@ def cron(
         async for when in trioflow.cron("0 3 * * mon-fri", timezone="Europe/Paris"):
             await nightly_report(when)
 
-    The next matching time is computed with ``cronsim`` in ``timezone`` (daylight saving
-    included: a time that does not exist that day is skipped, one that exists twice fires
-    once), then waited for on the event loop, re-reading the wall clock at least once a
-    minute. Each event is the (aware) datetime it was due, in ``timezone``. A time that passed
+    The next matching time is computed with ``cronsim`` in ``timezone``, then waited for on
+    the event loop, re-reading the wall clock at least once a minute. Daylight-saving changes
+    follow cron's rules: a time the spring change skips fires when the clock jumps over it,
+    and a daily time the autumn change repeats fires once. Each event is the (aware) datetime it was due, in ``timezone``. A time that passed
     while the consumer was busy is delivered at once, not skipped. The ``cron`` extra brings
     cronsim: ``pip install 'trioflow[cron]'``.
 
