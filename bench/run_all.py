@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).parent
-SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "imports"]
+SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "pools", "imports"]
 
 
 def main() -> None:

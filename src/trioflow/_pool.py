@@ -535,7 +535,11 @@ class _Lease(Generic[T]):
         obj = self._obj
         del self._obj
         if exc_type is None and not pool._closed:
-            pool._give_back(obj, pool._now())
+            if pool._max_idle is None and not pool._waiters:  # the fast path: back to idle
+                pool._held -= 1
+                pool._idle.append((obj, 0.0))
+                return
+            pool._give_back(obj, current_time())
             return
         await pool._retire(obj)
         pool._free()

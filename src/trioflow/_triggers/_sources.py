@@ -183,9 +183,9 @@ def cron(
     The next matching time is computed with ``cronsim`` in ``timezone``, then waited for on
     the event loop, re-reading the wall clock at least once a minute. Daylight-saving changes
     follow cron's rules: a time the spring change skips fires when the clock jumps over it,
-    and a daily time the autumn change repeats fires once. Each event is the (aware) datetime it was due, in ``timezone``. A time that passed
-    while the consumer was busy is delivered at once, not skipped. The ``cron`` extra brings
-    cronsim: ``pip install 'trioflow[cron]'``.
+    and a daily time the autumn change repeats fires once. Each event is the (aware) datetime
+    it was due, in ``timezone``. A time that passed while the consumer was busy is delivered
+    at once, not skipped. The ``cron`` extra brings cronsim: ``pip install 'trioflow[cron]'``.
 
     Args:
         expression: Five fields: minute, hour, day of month, month, day of week (names such
