@@ -13,7 +13,7 @@ nox.options.error_on_external_run = True
 ROOT = pathlib.Path(__file__).parent
 TEST_DEPS = ["pytest>=8.3", "pytest-trio>=0.8", "hypothesis>=6.100", "jsonschema>=4.20"]
 # Every extra is installed for the tests: the integrations' tests run, never skipped.
-EXTRAS = ".[cli,mcp,redis,dask,otel]"
+EXTRAS = ".[cli,mcp,redis,dask,otel,cron]"
 
 
 @nox.session

@@ -13,7 +13,17 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).parent
-SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "limits", "mcp", "dask", "imports"]
+SCRIPTS = [
+    "executor",
+    "workflow",
+    "resilience",
+    "lifecycle",
+    "limits",
+    "pools",
+    "mcp",
+    "dask",
+    "imports",
+]
 
 
 def main() -> None:

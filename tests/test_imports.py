@@ -36,6 +36,7 @@ GROUND = {
         "_structure",
         "_backend",
         "_limits",
+        "_pool",
         "_retry",
         "_options",
         "_status",
@@ -44,7 +45,7 @@ GROUND = {
         "testing",
     )
 }
-ENGINES = ("_batch", "_workflow", "_resilience")
+ENGINES = ("_batch", "_workflow", "_resilience", "_triggers")
 # What cli may import besides its own modules: the public API and a few ground helpers.
 CLI_MAY_IMPORT = {
     PACKAGE,

@@ -29,6 +29,7 @@ from ._deprecate import module_getattr as _module_getattr
 from ._errors import CircuitOpenError as CircuitOpenError
 from ._errors import ConfigError as ConfigError
 from ._errors import InvalidTransitionError as InvalidTransitionError
+from ._errors import PoolClosedError as PoolClosedError
 from ._errors import ResourceExhaustedError as ResourceExhaustedError
 from ._errors import RunLeasedError as RunLeasedError
 from ._errors import StoreError as StoreError
@@ -48,6 +49,8 @@ from ._limits import ResourceManager as ResourceManager
 from ._limits import ResourceManagerStatistics as ResourceManagerStatistics
 from ._limits import Slot as Slot
 from ._options import WorkOptions as WorkOptions
+from ._pool import ObjectPoolStatistics as ObjectPoolStatistics
+from ._pool import Pool as Pool
 from ._resilience._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
 from ._resilience._adaptive import AdaptiveConcurrencyStatistics as AdaptiveConcurrencyStatistics
 from ._resilience._breaker import CircuitBreaker as CircuitBreaker
@@ -64,6 +67,12 @@ from ._resilience._ratelimit import TokenBucket as TokenBucket
 from ._resilience._ratelimit import TokenBucketStatistics as TokenBucketStatistics
 from ._resilience._resilient import resilient as resilient
 from ._retry import RetryPolicy as RetryPolicy
+from ._triggers._run_on import TriggerRun as TriggerRun
+from ._triggers._run_on import TriggerRunStatistics as TriggerRunStatistics
+from ._triggers._run_on import run_on as run_on
+from ._triggers._sources import cron as cron
+from ._triggers._sources import every as every
+from ._triggers._sources import file_changes as file_changes
 from ._workflow._context import Context as Context
 from ._workflow._graph import Step as Step
 from ._workflow._graph import Workflow as Workflow
@@ -92,6 +101,7 @@ __all__ = (
     "CircuitOpenError",
     "ConfigError",
     "InvalidTransitionError",
+    "PoolClosedError",
     "ResourceExhaustedError",
     "RunLeasedError",
     "StoreError",
@@ -112,6 +122,9 @@ __all__ = (
     "HealthSource",
     "RetryPolicy",
     "WorkOptions",
+    # pools of objects
+    "Pool",
+    "ObjectPoolStatistics",
     # batches
     "run_batch",
     "amap",
@@ -156,6 +169,13 @@ __all__ = (
     "RetryPolicies",
     "load_of",
     "resilient",
+    # event triggers
+    "every",
+    "cron",
+    "file_changes",
+    "run_on",
+    "TriggerRun",
+    "TriggerRunStatistics",
     # the request layer
     "lifecycle",
 )

@@ -31,6 +31,14 @@ class ResourceExhaustedError(TrioflowError):
     """
 
 
+class PoolClosedError(TrioflowError, anyio.ClosedResourceError):
+    """A :class:`~trioflow.Pool` was closed: it hands out no more objects.
+
+    Raised by ``pool.acquire()`` once the pool is closed, and to every task that was waiting
+    for an object when it closed. It is also an ``anyio.ClosedResourceError``.
+    """
+
+
 class CircuitOpenError(TrioflowError):
     """A circuit breaker is open and refused the call without running it.
 

@@ -1,0 +1,1 @@
+"""Event triggers: sources of events (ticks, cron times, file changes) and ``run_on``."""
