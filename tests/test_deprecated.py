@@ -37,7 +37,7 @@ def test_a_renamed_name_is_the_new_object_with_a_warning(old: str, new: str) -> 
     assert obj is getattr(trioflow, new)
 
 
-@pytest.mark.parametrize("name", trioflow.lifecycle.__all__)
+@pytest.mark.parametrize("name", trioflow._MOVED)
 def test_a_moved_lifecycle_name_is_the_new_object_with_a_warning(name: str) -> None:
     with pytest.warns(DeprecationWarning, match=rf"use trioflow\.lifecycle\.{name} instead$"):
         obj = getattr(trioflow, name)
