@@ -58,6 +58,17 @@ CLI_MAY_IMPORT = {
 }
 
 
+# Integrations (faces on optional extras): the public API, the ground and cli, and their own
+# modules; nothing else imports them.
+INTEGRATIONS = ("redis",)
+INTEGRATION_MAY_IMPORT = {PACKAGE, f"{PACKAGE}.lifecycle", f"{PACKAGE}.cli"} | GROUND
+
+
+def _integration(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in INTEGRATIONS else None
+
+
 def _module_name(path: pathlib.Path) -> str:
     parts = [PACKAGE, *path.relative_to(ROOT).with_suffix("").parts]
     if parts[-1] == "__init__":
@@ -227,6 +238,11 @@ def _is_public_lifecycle(module: str) -> bool:
 def _violation(source: str, target: str) -> str | None:
     """Why ``source`` may not import ``target``, or None when it may."""
     here, there = _floor(source), _floor(target)
+    mine, theirs = _integration(source), _integration(target)
+    if theirs is not None and theirs != mine:
+        return "an integration is imported from outside it"
+    if mine is not None and theirs is None and target not in INTEGRATION_MAY_IMPORT:
+        return "an integration imports beyond the public API and the ground"
     if here == "ground":
         if there in (*ENGINES, "_lifecycle", "cli") or _is_public_lifecycle(target):
             return "ground imports a higher floor"
@@ -255,6 +271,10 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}._lifecycle._pipeline", f"{p}._resilience._breaker") is None
     assert _violation(f"{p}.cli._app", f"{p}.lifecycle") is None
     assert _violation(f"{p}.cli._app", f"{p}._checks") is None
+    assert _violation(f"{p}.redis._requests", f"{p}._lifecycle._requests") is not None
+    assert _violation(f"{p}._lifecycle._coordinator", f"{p}.redis._requests") is not None
+    assert _violation(f"{p}.redis._requests", f"{p}.lifecycle") is None
+    assert _violation(f"{p}.redis._requests", f"{p}._checks") is None
 
 
 def test_floors_only_point_down() -> None:

@@ -294,6 +294,15 @@ def test_wrong_types_are_type_errors(tmp_path: Path) -> None:
     assert not isinstance(object(), RequestStore)
 
 
+def test_import_trioflow_loads_no_redis_client() -> None:
+    code = (
+        "import sys, trioflow, trioflow.lifecycle; "
+        "print(sorted(m for m in sys.modules if m.startswith(('coredis', 'trioflow.redis'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # --- SQLite ---------------------------------------------------------------------------------
 async def test_sqlite_records_survive_reopening_the_file(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "requests.db"
