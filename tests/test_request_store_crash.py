@@ -8,26 +8,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import coredis
 import pytest
 
 from _lifecycle_stages import SEVEN_STAGES
+from request_store_child import open_store
 from trioflow.lifecycle import (
     ErrorCategory,
     Pipeline,
     Request,
     RequestState,
-    RequestStore,
     Router,
-    SQLiteRequestStore,
     Stage,
     open_coordinator,
 )
-from trioflow.redis._requests import RedisRequestStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
@@ -59,16 +54,6 @@ def wait_for_ready(child: subprocess.Popen[bytes], timeout: float = 60) -> bool:
             return False
         seen += chunk
     return True
-
-
-@asynccontextmanager
-async def open_store(kind: str, where: str) -> AsyncIterator[RequestStore]:
-    if kind == "sqlite":
-        async with SQLiteRequestStore(where) as store:
-            yield store
-    else:
-        async with coredis.Redis.from_url(where, decode_responses=True) as client:
-            yield RedisRequestStore(client)
 
 
 async def retry(request: Request) -> str:

@@ -31,7 +31,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, TypeVar, final, runtime_checkable
 
 import anyio
@@ -541,30 +540,23 @@ class SQLiteRequestStore:
     async def __aenter__(self) -> SQLiteRequestStore:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the database connection (on a worker thread); the store cannot be used after."""
-        await anyio.to_thread.run_sync(self.close)
+        """Close the database connection (on a worker thread); the store cannot be used after.
 
-    def close(self) -> None:
-        """Close the database connection now, blocking; the store cannot be used after."""
-        with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        Closing twice is fine.
+        """
 
-    def __del__(self) -> None:
-        conn = getattr(self, "_conn", None)
-        if conn is not None:
-            conn.close()
+        def close() -> None:
+            with self._lock:
+                self._closed = True
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
+
+        await anyio.to_thread.run_sync(close)
 
     # --- plumbing -----------------------------------------------------------------------------
     def _fail(self, what: str, exc: BaseException) -> StoreError:
