@@ -62,6 +62,7 @@ INTERRUPTED = "interrupted"
 _FINISHED = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELLED})
 _UNFINISHED = tuple(state for state in RequestState if state not in _FINISHED)
 _REASON_LIMIT = 1000  # characters of an error's text kept as a reason
+_PRUNE_EVERY = 1.0  # seconds between deletions of what expired
 
 
 @final
@@ -228,12 +229,13 @@ class MemoryRequestStore:
         ValueError: ``ttl`` is not > 0, or is NaN or infinite.
     """
 
-    __slots__ = ("_owners", "_records", "_ttl")
+    __slots__ = ("_owners", "_pruned", "_records", "_ttl")
 
     def __init__(self, *, ttl: float = 3600.0) -> None:
         self._ttl = _check_ttl(ttl)
         self._records: dict[str, RequestRecord] = {}
         self._owners: dict[str, float] = {}  # token -> expiry (time.time())
+        self._pruned = 0.0
 
     def __repr__(self) -> str:
         return f"<MemoryRequestStore with {len(self._records)} requests>"
@@ -249,6 +251,9 @@ class MemoryRequestStore:
 
     def _prune(self) -> None:
         now = time.time()
+        if now - self._pruned < _PRUNE_EVERY:
+            return  # reads skip what expired meanwhile
+        self._pruned = now
         expired = [k for k, r in self._records.items() if not self._alive(r, now)]
         for key in expired:
             del self._records[key]
@@ -300,11 +305,13 @@ class MemoryRequestStore:
         """
         _check_filters(state, user_id)
         await anyio.lowlevel.checkpoint()
-        self._prune()
+        now = time.time()
         return _newest_first(
             r
             for r in self._records.values()
-            if (state is None or r.state is state) and (user_id is None or r.user_id == user_id)
+            if (state is None or r.state is state)
+            and (user_id is None or r.user_id == user_id)
+            and self._alive(r, now)
         )
 
     async def renew_owner(self, owner: RunOwner, ttl: float) -> None:
@@ -392,7 +399,6 @@ _COLUMNS = (
 )
 _SAVE = f"INSERT OR REPLACE INTO requests ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
-_PRUNE_EVERY = 1.0  # seconds between deletions of expired rows
 _MAX_BUSY_TIMEOUT = 2_000_000  # SQLite keeps it in a C int of milliseconds
 
 
@@ -793,7 +799,8 @@ class SQLiteRequestStore:
 
 
 # --- the coordinator's writer --------------------------------------------------------------
-_WINDOW = 0.005  # seconds of changes written in one batch
+_WINDOW = 0.005  # seconds of arrivals and ends written in one batch
+_PROGRESS_EVERY = 1.0  # seconds between writes of one request's progress (its transitions)
 _CLOSE_TIMEOUT = 10.0  # seconds a closing coordinator waits for its last writes
 _MAX_BACKOFF = 5.0
 _MAX_PENDING = 100_000  # finished records kept while the store fails; the oldest go first
@@ -801,13 +808,14 @@ _MAX_PENDING = 100_000  # finished records kept while the store fails; the oldes
 
 @final
 class _Pending:
-    __slots__ = ("arrived", "category", "created", "ended", "reason", "request")
+    __slots__ = ("arrived", "category", "created", "ended", "reason", "request", "written")
 
     def __init__(self, request: Request, now: float, arrived: float) -> None:
         self.request = request
         self.created = now  # wall clock
         self.arrived = arrived  # the event loop's clock
         self.ended = False
+        self.written = -math.inf  # when last written, on the event loop's clock
         self.category: ErrorCategory | None = None
         self.reason: str | None = None
 
@@ -840,7 +848,11 @@ class Recorder:
         self._log = logger
         self._ttl = DEFAULT_LEASE_TTL
         self._entries: dict[str, _Pending] = {}
+        # Arrivals and ends, written within _WINDOW; transitions, written once _PROGRESS_EVERY
+        # passed since the request was last written (so a long request costs a few writes,
+        # not one per transition).
         self._dirty: dict[str, _Pending] = {}
+        self._progress: dict[str, _Pending] = {}
         self._wake = anyio.Event()
         self._renewed = -math.inf
         self._failures = 0
@@ -857,7 +869,7 @@ class Recorder:
         """Note a transition of a request (a pipeline's ``on_transition`` observer)."""
         entry = self._entries.get(request.id)
         if entry is not None:
-            self._dirty[request.id] = entry
+            self._progress[request.id] = entry
 
     def ended(self, request: Request, result: ProcessingResult | None) -> None:
         """Note the end of a request, with its result (None when none was made)."""
@@ -901,13 +913,31 @@ class Recorder:
             )
         return records
 
-    async def write(self) -> bool:
-        """Write what changed (registering the owner first when due); False if the store failed."""
+    def _take(self, now: float, everything: bool) -> dict[str, _Pending]:
+        taken, self._dirty = self._dirty, {}
+        progress = self._progress
+        if progress:
+            for key in taken:
+                progress.pop(key, None)
+            due = [
+                k for k, e in progress.items() if everything or now - e.written >= _PROGRESS_EVERY
+            ]
+            for key in due:
+                taken[key] = progress.pop(key)
+        return taken
+
+    async def write(self, *, everything: bool = False) -> bool:
+        """Write what is due (registering the owner first when due); False if the store failed.
+
+        Args:
+            everything: Write the progress of every request too, due or not.
+        """
         try:
-            if anyio.current_time() - self._renewed >= self._ttl / 3:
+            now = anyio.current_time()
+            if now - self._renewed >= self._ttl / 3:
                 await self.store.renew_owner(self.owner, self._ttl)
-                self._renewed = anyio.current_time()
-            taken, self._dirty = self._dirty, {}
+                self._renewed = now = anyio.current_time()
+            taken = self._take(now, everything)
             if self._wake.is_set():
                 self._wake = anyio.Event()
             records = self._snapshot(taken)
@@ -922,6 +952,7 @@ class Recorder:
             self._failed(exc)
             return False
         for key, entry in taken.items():
+            entry.written = now
             if entry.ended and key not in self._dirty:
                 del self._entries[key]
         if self._failures:
@@ -953,7 +984,7 @@ class Recorder:
         """Write changes in batches every few milliseconds, and keep the owner registered."""
         backoff = 0.0
         while True:
-            with anyio.move_on_after(self._ttl / 3):
+            with anyio.move_on_after(_PROGRESS_EVERY if self._progress else self._ttl / 3):
                 await self._wake.wait()
             if self._dirty:
                 await anyio.sleep(_WINDOW)  # let the changes of the next few ms join
@@ -966,8 +997,8 @@ class Recorder:
     async def close(self) -> None:
         """Write what is left and release the owner (shielded, for at most 10 seconds)."""
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            while self._dirty:
-                if not await self.write():
+            while self._dirty or self._progress:
+                if not await self.write(everything=True):
                     break
             else:
                 with contextlib.suppress(Exception):  # the registration expires by itself
@@ -976,7 +1007,7 @@ class Recorder:
         self._log.warning(
             "request store: records not written at close",
             store=repr(self.store),
-            unwritten=len(self._dirty),
+            unwritten=len(self._dirty.keys() | self._progress.keys()),
         )
 
     async def recover(self) -> tuple[RequestRecord, ...]:
