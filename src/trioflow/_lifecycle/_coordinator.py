@@ -615,7 +615,8 @@ async def open_coordinator(
         requests: A :class:`~trioflow.lifecycle.RequestStore` that records every request
             as it moves (see :meth:`Coordinator.recover`), e.g. a
             :class:`~trioflow.lifecycle.SQLiteRequestStore`; written off the requests' path,
-            in batches every few milliseconds, and never closed by the coordinator. A
+            in batches (arrivals and ends within 5 ms, progress at most once a second),
+            and never closed by the coordinator. A
             failing store never fails a request: it is reported once (a ``request store
             failed`` warning) and written again when it works.
 

@@ -8,10 +8,11 @@ default) or ``trioflow.redis.RedisRequestStore``. A finished request expires ``t
 after it ended.
 
 Writes are off the request's path: the coordinator's transitions only note which requests
-changed; one writer task in the coordinator's task group writes, every few milliseconds, the
-latest state of every request that changed, in one batch (a request that arrived and ended
-within one batch is written once). A store that fails never fails a request: the writer
-reports the failure once (structlog), keeps the records and tries again, with backoff.
+changed; one writer task in the coordinator's task group writes the latest state of the
+requests that changed, in batches: arrivals and ends within 5 ms, a request's progress at
+most once a second (a request that arrived and ended within one batch is written once). A
+store that fails never fails a request: the writer reports the failure once (structlog),
+keeps the records and tries again, with backoff.
 
 Each coordinator is an owner (a :class:`~trioflow.RunOwner`) registered in the store with a
 heartbeat. ``await coordinator.recover()`` marks FAILED (category ``internal``, reason
