@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -10,11 +11,13 @@ from typing import Any
 
 import anyio
 import attrs
+import coredis
 import hypothesis
 import hypothesis.strategies as st
 import pytest
 
 from _lifecycle_stages import SEVEN_STAGES
+from _redis_server import start_redis
 from trioflow import RunOwner, StoreError
 from trioflow.lifecycle import (
     ErrorCategory,
@@ -29,6 +32,7 @@ from trioflow.lifecycle import (
     Stage,
     open_coordinator,
 )
+from trioflow.redis._requests import RedisRequestStore
 
 pytestmark = pytest.mark.anyio
 
@@ -398,3 +402,41 @@ def expected(plan: list[str]) -> tuple[RequestState, tuple[str, ...]]:
         if outcome == "ok":
             completed.append(name)
     return S.COMPLETED, tuple(completed)
+
+
+# --- a real Redis that goes away mid-run ---------------------------------------------------
+# coredis leaves the streams of its failed reconnections to the garbage collector (see
+# test_request_store.py); they are collected here, under this filter.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function MemoryObject:pytest.PytestUnraisableExceptionWarning"
+)
+@pytest.mark.real_time
+async def test_requests_go_on_while_redis_is_down_and_are_written_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    log = Log()
+    router = Router(lambda r: "q", {"q": pipeline()})
+    with start_redis(tmp_path) as server:
+        client = coredis.Redis.from_url(
+            server.url, decode_responses=True, connect_timeout=1, stream_timeout=1
+        )
+        async with client:
+            store = RedisRequestStore(client)
+            async with open_coordinator(router=router, requests=store, logger=log) as c:
+                assert (await c.process(Request(id="before"))).ok
+                await anyio.sleep(0.1)
+                server.stop()
+                with anyio.fail_after(20):
+                    for i in range(5):
+                        assert (await c.process(Request(id=f"down{i}"))).ok
+                    while not log.named("request store failed"):
+                        await anyio.sleep(0.05)
+                server.start()  # empty: what was written before is gone with it
+                with anyio.fail_after(30):
+                    while not log.named("request store recovered"):
+                        await anyio.sleep(0.05)
+            assert len(log.named("request store failed")) == 1
+            written = {r.request_id for r in await store.list(state=S.COMPLETED)}
+            assert {f"down{i}" for i in range(5)} <= written
+        del store, client
+        gc.collect()
