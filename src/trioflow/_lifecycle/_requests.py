@@ -1034,8 +1034,8 @@ async def open_recorder(store: RequestStore, logger: Any) -> AsyncIterator[Recor
     Yields:
         The recorder.
     """
+    # The writer registers the owner before its first write: opening never waits on the store.
     recorder = Recorder(store, logger)
-    await recorder.write()  # registers the owner; a failure is reported, not raised
     try:
         async with open_body_group() as tg:
             tg.start_soon(recorder.run, name="trioflow request store writer")
