@@ -88,7 +88,14 @@ def test_the_warning_points_at_the_caller() -> None:
 
 
 # Names new in trioflow.lifecycle since 0.1, which never were at the top level.
-_NEW_IN_LIFECYCLE = ("RequestStream",)
+# Names of trioflow.lifecycle that were never in trioflow (new in 0.2).
+_NEW_IN_LIFECYCLE = (
+    "RequestStream",
+    "RequestRecord",
+    "RequestStore",
+    "MemoryRequestStore",
+    "SQLiteRequestStore",
+)
 
 
 def test_the_moved_names_are_those_of_trioflow_lifecycle() -> None:

@@ -60,7 +60,7 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}.dask",  # imported only when a run is given --dask
 }
 # The integrations: faces built on the public API, ground helpers and, where needed, cli.
-INTEGRATIONS = ("mcp", "dask")
+INTEGRATIONS = ("mcp", "dask", "redis")
 # The modules outside an integration that may import it (on use, never at import time).
 IMPORTS_INTEGRATIONS = {
     f"{PACKAGE}.cli._serve",  # trioflow.mcp
@@ -290,6 +290,10 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}.dask._cluster", f"{p}.mcp") is not None
     assert _violation(f"{p}.dask._cluster", f"{p}._backend") is None
     assert _violation(f"{p}.cli._run", f"{p}.dask") is None
+    assert _violation(f"{p}.redis._requests", f"{p}._lifecycle._requests") is not None
+    assert _violation(f"{p}._lifecycle._coordinator", f"{p}.redis._requests") is not None
+    assert _violation(f"{p}.redis._requests", f"{p}.lifecycle") is None
+    assert _violation(f"{p}.redis._requests", f"{p}._checks") is None
 
 
 def test_floors_only_point_down() -> None:

@@ -125,7 +125,7 @@ class WorkflowShapeChangedError(TrioflowError):
 
 
 class StoreError(TrioflowError):
-    """A workflow store could not be read or written."""
+    """A workflow store or a request store could not be read or written."""
 
 
 class _Owner(Protocol):

@@ -38,6 +38,10 @@ from ._lifecycle._request import ProcessingResult as ProcessingResult
 from ._lifecycle._request import ProcessingStatus as ProcessingStatus
 from ._lifecycle._request import Request as Request
 from ._lifecycle._request import RequestState as RequestState
+from ._lifecycle._requests import MemoryRequestStore as MemoryRequestStore
+from ._lifecycle._requests import RequestRecord as RequestRecord
+from ._lifecycle._requests import RequestStore as RequestStore
+from ._lifecycle._requests import SQLiteRequestStore as SQLiteRequestStore
 from ._lifecycle._router import RequestKind as RequestKind
 from ._lifecycle._router import Router as Router
 from ._lifecycle._stream import RequestStream as RequestStream
@@ -82,6 +86,11 @@ __all__ = (
     "RateLimitsConfig",
     "RetryConfig",
     "load_config",
+    # request state, persisted
+    "RequestRecord",
+    "RequestStore",
+    "MemoryRequestStore",
+    "SQLiteRequestStore",
 )
 
 

@@ -48,6 +48,7 @@ from ._request import (
     RequestState,
     make_result,
 )
+from ._requests import Recorder, RequestRecord, RequestStore, open_recorder
 from ._router import Router
 from ._stream import ChunkSink, RequestStream
 from ._tools import Arguments, ToolRegistry, check_calls
@@ -133,6 +134,7 @@ class Coordinator:
         health: HealthSource | None,
         logger: Any,
         machine: StateMachine[RequestState] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._config = config
         self._router = router
@@ -156,6 +158,9 @@ class Coordinator:
         # Bound once: Pipeline.run checks its run options once per distinct objects.
         self._resolve_policy = self._policy
         self._observer = self._on_transition if self._debug else None
+        self._recorder = recorder
+        if recorder is not None:
+            self._observer = self._on_transition_recorded if self._debug else recorder.moved
         self._load = health if isinstance(health, HealthMonitor) else 0.0
         self._admission = Admission(config, health)
         self._active: dict[str, Ticket] = {}
@@ -236,6 +241,9 @@ class Coordinator:
         timeout = self._config.default_timeout if timeout is ... else check_timeout(timeout)
         entry = Ticket(request)
         self._active[request.id] = entry
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.arrived(request)
         admitted = False
         result: ProcessingResult | None = None
         admission = self._admission
@@ -262,6 +270,8 @@ class Coordinator:
                 slot.release()
             del self._active[request.id]
             self._record(request, result)
+            if recorder is not None:
+                recorder.ended(request, result)
 
     def _check(self, request: Request) -> None:
         if self._closed:
@@ -337,6 +347,11 @@ class Coordinator:
                 to_state=change.to_state.value,
                 at=change.at,
             )
+
+    def _on_transition_recorded(self, request: Request, change: StateChange[RequestState]) -> None:
+        assert self._recorder is not None
+        self._recorder.moved(request)
+        self._on_transition(request, change)
 
     def _record(self, request: Request, result: ProcessingResult | None) -> None:
         history = request.history
@@ -491,6 +506,34 @@ class Coordinator:
         )
         return done
 
+    # --- request state ----------------------------------------------------------------------
+    @property
+    def requests(self) -> RequestStore | None:
+        """The request store every request is recorded in (``requests=``), or None."""
+        return None if self._recorder is None else self._recorder.store
+
+    async def recover(self) -> tuple[RequestRecord, ...]:
+        """Find the requests that were in flight in a coordinator that died, and end them.
+
+        Every request of the store that is not finished and whose coordinator is gone (it
+        closed without writing the request's end, its registration expired, or, on this
+        host, its process died) is marked FAILED with category ``internal`` and reason
+        ``"interrupted"``, once, even when several processes recover at once. Call it when
+        the application starts, and retry what it returns (the records carry the id, user,
+        kind, source and the stages completed; keep the payloads yourself, by request id).
+
+        Returns:
+            The :class:`~trioflow.lifecycle.RequestRecord` of each request marked, newest
+            first.
+
+        Raises:
+            RuntimeError: The coordinator was opened without a request store.
+            StoreError: The store cannot be read or written.
+        """
+        if self._recorder is None:
+            raise RuntimeError("this coordinator was opened without a request store (requests=)")
+        return await self._recorder.recover()
+
     # --- tools ------------------------------------------------------------------------------
     def _tools(self) -> ToolRegistry:
         if self._registry is None:
@@ -629,6 +672,7 @@ async def open_coordinator(
     health: HealthSource | None = None,
     logger: Any = None,
     machine: StateMachine[RequestState] | None = None,
+    requests: RequestStore | None = None,
 ) -> AsyncIterator[Coordinator]:
     """Open a coordinator; its background tasks live exactly as long as the ``async with``.
 
@@ -654,12 +698,20 @@ async def open_coordinator(
         machine: The :class:`~trioflow.lifecycle.StateMachine` that moves every request
             (see :attr:`Coordinator.machine`); its table must allow every pipeline's path. By
             default the one machine the router's pipelines share, else a new one.
+        requests: A :class:`~trioflow.lifecycle.RequestStore` that records every request
+            as it moves (see :meth:`Coordinator.recover`), e.g. a
+            :class:`~trioflow.lifecycle.SQLiteRequestStore`; written off the requests' path,
+            in batches (arrivals and ends within 5 ms, progress at most once a second),
+            and never closed by the coordinator. A
+            failing store never fails a request: it is reported once (a ``request store
+            failed`` warning) and written again when it works.
 
     Yields:
         The :class:`Coordinator`.
 
     Raises:
-        TypeError: ``router``, ``registry``, ``health`` or ``machine`` has the wrong type.
+        TypeError: ``router``, ``registry``, ``health``, ``machine`` or ``requests`` has the
+            wrong type.
         ConfigError: ``config`` is a mapping or file that does not load.
     """
     if not isinstance(config, OrchestrationConfig):
@@ -672,6 +724,8 @@ async def open_coordinator(
         raise TypeError(f"health must be a health source (e.g. a HealthMonitor), got {health!r}")
     if machine is not None and not isinstance(machine, StateMachine):
         raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
+    if requests is not None and not isinstance(requests, RequestStore):
+        raise TypeError(f"requests must be a RequestStore or None, got {requests!r}")
     if logger is None:
         import structlog  # here, not at module level: it imports rich, pygments, ... (slow)
 
@@ -686,9 +740,12 @@ async def open_coordinator(
             )
         if isinstance(health, HealthMonitor) and not health.statistics().running:
             await stack.enter_async_context(health)
+        recorder = None
+        if requests is not None:  # left after the task group: the last writes follow the body
+            recorder = await stack.enter_async_context(open_recorder(requests, log))
         # The body's own exception comes out as itself, not in a group of one.
         tg = await stack.enter_async_context(open_body_group())
-        coordinator = Coordinator(config, router, registry, health, log, machine)
+        coordinator = Coordinator(config, router, registry, health, log, machine, recorder)
         if config.enable_metrics:
             tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")
         log.info(

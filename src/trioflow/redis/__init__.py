@@ -1,0 +1,1 @@
+"""trioflow on Redis: request state shared by processes (``RedisRequestStore``)."""
