@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from _helpers import ForwardingStore
+from _redis_server import STORE_KINDS, open_store
 from trioflow import (
     Context,
     MemoryStore,
@@ -42,14 +43,12 @@ OWNER_MESSAGE = (
 )
 
 
-@pytest.fixture(params=["memory", pytest.param("sqlite", marks=pytest.mark.real_time)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    sqlite = SQLiteStore(tmp_path / "state.db")
-    yield sqlite
-    sqlite.close()
+@pytest.fixture(params=STORE_KINDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: object
+) -> AsyncIterator[WorkflowStore]:
+    async with open_store(request, tmp_path / "state.db") as opened:
+        yield opened
 
 
 async def noop(ctx: Context) -> None:

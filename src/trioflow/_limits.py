@@ -107,7 +107,7 @@ def as_manager(limit: object) -> ResourceManager | None:
     Returns:
         A new manager around a :class:`Capacity`; None for anything else.
     """
-    if isinstance(limit, Capacity) and not isinstance(limit, ResourceManager):
+    if isinstance(limit, Capacity):
         return ResourceManager(limit=limit)
     return None
 

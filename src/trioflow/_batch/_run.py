@@ -125,8 +125,8 @@ async def amap(
     Args:
         fn: An async function of one argument (or a callable returning an awaitable).
         items: An iterable or async iterable of arguments, read lazily.
-        limit: The most calls in flight (an int >= 1, None, a ResourceManager or a Capacity), as for
-            :func:`run_batch`.
+        limit: The most calls in flight (an int >= 1, None, a ResourceManager or a
+            Capacity), as for :func:`run_batch`.
         timeout: Seconds each call may take; one past it fails with ``TimeoutError``. None
             or ``math.inf`` means no deadline.
 

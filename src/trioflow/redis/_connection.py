@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
@@ -98,6 +98,7 @@ class RedisConnection:
         "_group",
         "_releases",
         "_send_release",
+        "_sent",
         "_wakers",
         "client",
         "prefix",
@@ -121,6 +122,7 @@ class RedisConnection:
         send, receive = anyio.create_memory_object_stream[_Release](math.inf)
         self._send_release = send
         self._releases = receive
+        self._sent = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<RedisConnection {self.client.connection_pool.location} prefix={self.prefix!r}>"
@@ -157,7 +159,7 @@ class RedisConnection:
         except _FAILURES as exc:
             raise translate(what, exc) from exc
 
-    def start_soon(self, fn: Callable[[], Awaitable[Any]]) -> None:
+    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a background task in the connection's task group (ended with the block)."""
         self._group.start_soon(fn)
 
@@ -197,19 +199,18 @@ class RedisConnection:
             wake()
 
     async def _send_queued(self) -> None:
-        async for send in self._releases:
-            await send()
+        try:
+            async for send in self._releases:
+                await send()
+        finally:
+            self._sent.set()
 
     async def _flush(self) -> None:
-        # The block ends: send the writes still queued (bounded), then stop the sender.
+        # The block ends: the sender sends the writes still queued (within the timeout).
         self._send_release.close()
-        with anyio.move_on_after(self.timeout), anyio.CancelScope(shield=True):
-            while True:
-                try:
-                    send = self._releases.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    return
-                await send()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
+            await self._sent.wait()
+        self._releases.close()
 
     # -- factories --------------------------------------------------------------------------
 

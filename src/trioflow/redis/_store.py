@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, final
 
 import attrs
@@ -47,7 +47,7 @@ end
 return out
 """
 
-# KEYS: head, steps, state. ARGV: now, now (epoch seconds), number of steps, then
+# KEYS: head, steps, state. ARGV: now, now (epoch microseconds), number of steps, then
 # name/record pairs, then key/value pairs of state.
 _SAVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -58,7 +58,7 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[1], 'updated_t', ARGV[2])
 return 1
 """
 
-# KEYS: head. ARGV: now, now (epoch seconds), status, elapsed.
+# KEYS: head. ARGV: now, now (epoch microseconds), status, elapsed.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'updated_at', ARGV[1], 'updated_t', ARGV[2],
@@ -67,13 +67,13 @@ redis.call('HINCRBYFLOAT', KEYS[1], 'active', ARGV[4])
 return 1
 """
 
-# KEYS: head, runs list, run counter. ARGV: run id, now, now (epoch seconds), workflow,
+# KEYS: head, runs list, run counter. ARGV: run id, now, now (epoch microseconds), workflow,
 # fingerprint, shape. A session that died without finish_run counts up to its last write.
 _BEGIN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local h = redis.call('HMGET', KEYS[1], 'session_t', 'updated_t')
   if h[1] and h[1] ~= '' then
-    local gap = tonumber(h[2]) - tonumber(h[1])
+    local gap = (tonumber(h[2]) - tonumber(h[1])) / 1000000
     if gap > 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'active', string.format('%.17g', gap)) end
   end
   redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[2], 'updated_t', ARGV[3],
@@ -163,10 +163,16 @@ def _run_owner(text: str) -> RunOwner:
 _MALFORMED = (ValueError, TypeError, KeyError, AttributeError)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _stamps(now: datetime) -> list[str]:
+    # The ISO text for records, and integer microseconds for the scripts' exact arithmetic.
+    return [now.isoformat(), str((now - _EPOCH) // timedelta(microseconds=1))]
+
+
 def _now() -> list[str]:
-    # The ISO text for records, and epoch seconds for the scripts' arithmetic.
-    now = datetime.now(UTC)
-    return [now.isoformat(), repr(now.timestamp())]
+    return _stamps(datetime.now(UTC))
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
