@@ -55,7 +55,10 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}._structure",
     f"{PACKAGE}._deprecate",
     f"{PACKAGE}._startup",  # the command's first moments, run before the package imports
+    f"{PACKAGE}.redis",  # only for ``--state redis://...``, imported then (the redis extra)
 }
+# The optional integrations: faces the core (ground, engines, composition) never imports.
+INTEGRATIONS = (f"{PACKAGE}.redis",)
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -227,6 +230,11 @@ def _is_public_lifecycle(module: str) -> bool:
 def _violation(source: str, target: str) -> str | None:
     """Why ``source`` may not import ``target``, or None when it may."""
     here, there = _floor(source), _floor(target)
+    integration = target.startswith(tuple(f"{name}." for name in INTEGRATIONS)) or (
+        target in INTEGRATIONS
+    )
+    if integration and here in ("ground", *ENGINES, "_lifecycle"):
+        return "the core imports an optional integration"
     if here == "ground":
         if there in (*ENGINES, "_lifecycle", "cli") or _is_public_lifecycle(target):
             return "ground imports a higher floor"
@@ -255,6 +263,9 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}._lifecycle._pipeline", f"{p}._resilience._breaker") is None
     assert _violation(f"{p}.cli._app", f"{p}.lifecycle") is None
     assert _violation(f"{p}.cli._app", f"{p}._checks") is None
+    assert _violation(f"{p}._limits", f"{p}.redis._capacity") is not None
+    assert _violation(f"{p}._lifecycle._admission", f"{p}.redis") is not None
+    assert _violation(f"{p}.redis._capacity", f"{p}._limits") is None
 
 
 def test_floors_only_point_down() -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 from ._capacity import RedisCapacity as RedisCapacity
 from ._capacity import RedisCapacityStatistics as RedisCapacityStatistics
 from ._connection import RedisConnection as RedisConnection
-from ._connection import RedisStateError as RedisStateError
 from ._connection import connect as connect
 from ._ratelimit import RedisKeyedRateLimiter as RedisKeyedRateLimiter
 from ._ratelimit import RedisKeyedRateLimiterStatistics as RedisKeyedRateLimiterStatistics
 from ._ratelimit import RedisTokenBucket as RedisTokenBucket
+from ._session import RedisStateError as RedisStateError
 from ._store import RedisStore as RedisStore
 
 __all__ = (

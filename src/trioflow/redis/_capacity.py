@@ -29,7 +29,7 @@ import attrs
 from coredis.commands.script import Script
 
 from .._checks import check_int, check_number
-from ._connection import RedisConnection, RedisStateError
+from ._session import RedisStateError, Session
 
 __all__ = ("RedisCapacity", "RedisCapacityStatistics")
 
@@ -196,7 +196,7 @@ class RedisCapacity:
         "lease",
     )
 
-    def __init__(self, redis: RedisConnection, name: str, *, total: int, lease: float) -> None:
+    def __init__(self, redis: Session, name: str, *, total: int, lease: float) -> None:
         self._total = check_int(total, "total", minimum=1)
         self.lease = check_number(lease, "lease", minimum=0, strict=True, maximum=86400 * 365)
         self._lease_ms = max(1, round(self.lease * 1000))

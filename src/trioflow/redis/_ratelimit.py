@@ -28,7 +28,7 @@ from coredis.commands.script import Script
 
 from .. import TokenBucketStatistics
 from .._checks import check_name, check_number
-from ._connection import RedisConnection, RedisStateError
+from ._session import RedisStateError, Session
 
 __all__ = ("RedisKeyedRateLimiter", "RedisKeyedRateLimiterStatistics", "RedisTokenBucket")
 
@@ -98,7 +98,7 @@ class _Bucket:
 
     __slots__ = ("burst", "key", "rate", "redis")
 
-    def __init__(self, redis: RedisConnection, key: str, rate: float, burst: float) -> None:
+    def __init__(self, redis: Session, key: str, rate: float, burst: float) -> None:
         self.redis = redis
         self.key = key
         self.rate = rate
@@ -161,7 +161,7 @@ class RedisTokenBucket:
 
     __slots__ = ("_acquired", "_bucket", "_name", "_rejected", "_tokens", "_waiting")
 
-    def __init__(self, redis: RedisConnection, name: str, *, rate: float, burst: float) -> None:
+    def __init__(self, redis: Session, name: str, *, rate: float, burst: float) -> None:
         check_name(name, "name")
         rate = _positive(rate, "rate")
         burst = _positive(burst, "burst")
@@ -355,7 +355,7 @@ class RedisKeyedRateLimiter:
 
     def __init__(
         self,
-        redis: RedisConnection,
+        redis: Session,
         name: str,
         *,
         rate: float,

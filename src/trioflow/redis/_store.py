@@ -22,7 +22,7 @@ import attrs
 from coredis.commands.script import Script
 
 from .. import RunOwner, RunRecord, RunStatus, StepRecord, StepStatus, StoredValue, StoreError
-from ._connection import RedisConnection, RedisStateError
+from ._session import RedisStateError, Session
 
 __all__ = ("RedisStore",)
 
@@ -247,7 +247,7 @@ class RedisStore:
 
     __slots__ = ("_redis",)
 
-    def __init__(self, redis: RedisConnection) -> None:
+    def __init__(self, redis: Session) -> None:
         self._redis = redis
 
     def __repr__(self) -> str:
