@@ -118,3 +118,22 @@ async def open_store(request: pytest.FixtureRequest, path: Path) -> AsyncIterato
         url: str = request.getfixturevalue("redis_url")
         async with trioflow.redis.connect(url) as redis:
             yield redis.store()
+
+
+def store_location(request: pytest.FixtureRequest, path: Path) -> str:
+    """Return where the store of kind ``request.param`` is: the SQLite file, or the Redis URL."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return str(path)
+
+
+@asynccontextmanager
+async def store_at(location: str) -> AsyncIterator[WorkflowStore]:
+    """Open the store at ``location``: a Redis URL, or the path of an SQLite file."""
+    if location.startswith("redis://"):
+        async with trioflow.redis.connect(location) as redis:
+            yield redis.store()
+    else:
+        async with SQLiteStore(location) as sqlite:
+            yield sqlite
