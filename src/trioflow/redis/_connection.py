@@ -17,7 +17,7 @@ import coredis
 from .._checks import check_name, check_number
 from ._capacity import RedisCapacity
 from ._ratelimit import RedisKeyedRateLimiter, RedisTokenBucket
-from ._session import Session
+from ._session import RedisStateError, Session, ping
 from ._store import RedisStore
 
 __all__ = ("RedisConnection", "connect")
@@ -73,8 +73,9 @@ class RedisConnection:
             A :class:`RedisTokenBucket`.
 
         Raises:
-            TypeError: ``name`` is not a string, or ``rate`` or ``burst`` is not a number.
-            ValueError: ``name`` is empty, or ``rate`` or ``burst`` is not > 0.
+            TypeError: ``name`` is not a non-empty string, or ``rate`` or ``burst`` is not a
+                number.
+            ValueError: ``rate`` or ``burst`` is not > 0.
         """
         return RedisTokenBucket(self._session, name, rate=rate, burst=burst)
 
@@ -99,8 +100,8 @@ class RedisConnection:
             A :class:`RedisKeyedRateLimiter`.
 
         Raises:
-            TypeError: An argument has the wrong type.
-            ValueError: ``name`` is empty, or a rate or burst is not > 0.
+            TypeError: An argument has the wrong type (``name`` must be a non-empty string).
+            ValueError: A rate or burst is not > 0.
         """
         return RedisKeyedRateLimiter(self._session, name, rate=rate, burst=burst, limits=limits)
 
@@ -118,8 +119,8 @@ class RedisConnection:
             A :class:`RedisCapacity`; one per name per connection (the same object again).
 
         Raises:
-            TypeError: An argument has the wrong type.
-            ValueError: ``name`` is empty, ``total`` is below 1, ``lease`` is not > 0, or
+            TypeError: An argument has the wrong type (``name`` must be a non-empty string).
+            ValueError: ``total`` is below 1, ``lease`` is not > 0, or
                 the name is already a capacity of this connection with another total or
                 lease.
         """
@@ -174,7 +175,8 @@ async def connect(
         The :class:`RedisConnection`.
 
     Raises:
-        TypeError: ``url`` or ``prefix`` is not a string, or ``timeout`` not a number.
+        TypeError: ``url`` is not a non-empty string, ``prefix`` not a string, or
+            ``timeout`` not a number.
         ValueError: ``url`` is not a Redis URL, or ``timeout`` is not > 0.
         RedisStateError: Redis cannot be reached (checked with a ``PING`` on entry).
     """
@@ -191,19 +193,47 @@ async def connect(
         connect_timeout=seconds,
         pool_timeout=seconds,
     )
-    async with client, anyio.create_task_group() as group:
-        session = Session(client, prefix=prefix, timeout=seconds, group=group)
-        await session.call("PING", lambda: client.ping())
-        # Subscribed before anything waits, so no wake-up is missed; coredis resubscribes
-        # after a dropped connection (waiters re-check on a timer meanwhile).
-        pubsub = client.pubsub(
-            channel_handlers={session.wake_channel: session.dispatch},
-            ignore_subscribe_messages=True,
-        )
-        async with pubsub:
-            group.start_soon(session.send_queued)
+    # coredis's pool, its Pub/Sub and this block's task group each wrap what passes through
+    # them in an ExceptionGroup; the caller's own exception (or the PING's) comes out as itself.
+    own: BaseException | None = None
+    try:
+        async with client:
             try:
-                yield RedisConnection(session)
-            finally:
-                await session.flush()
-                group.cancel_scope.cancel()
+                await ping(client, seconds)
+            except RedisStateError as exc:
+                own = exc
+                raise
+            async with anyio.create_task_group() as group:
+                session = Session(client, prefix=prefix, timeout=seconds, group=group)
+                try:
+                    # Subscribed before anything waits, so no wake-up is missed; coredis
+                    # resubscribes after a dropped connection (waiters re-check on a timer).
+                    pubsub = client.pubsub(
+                        channel_handlers={session.wake_channel: session.dispatch},
+                        ignore_subscribe_messages=True,
+                    )
+                    async with pubsub:
+                        group.start_soon(session.send_queued)
+                        try:
+                            yield RedisConnection(session)
+                        except BaseException as exc:
+                            own = exc
+                            raise
+                finally:
+                    await session.flush()
+                    group.cancel_scope.cancel()
+    except BaseExceptionGroup as failures:
+        if own is None or failures.split(lambda exc: _own_or_teardown(exc, own))[1] is not None:
+            raise
+    if own is not None:
+        raise own
+
+
+def _own_or_teardown(exc: BaseException, own: BaseException) -> bool:
+    # A cancelled block cancels coredis's connection tasks at the same time as its Pub/Sub,
+    # whose clean-up may then write to a closed connection: artefacts of the cancellation,
+    # which goes on as the body's own.
+    cancelled = anyio.get_cancelled_exc_class()
+    if exc is own:
+        return True
+    return isinstance(own, cancelled) and isinstance(exc, cancelled | anyio.ClosedResourceError)

@@ -155,8 +155,9 @@ class RedisTokenBucket:
         burst: The most tokens the bucket holds, a finite number > 0.
 
     Raises:
-        TypeError: ``name`` is not a string, or ``rate`` or ``burst`` is not a number.
-        ValueError: ``name`` is empty, or ``rate`` or ``burst`` is not a finite number > 0.
+        TypeError: ``name`` is not a non-empty string, or ``rate`` or ``burst`` is not a
+                number.
+        ValueError: ``rate`` or ``burst`` is not a finite number > 0.
     """
 
     __slots__ = ("_acquired", "_bucket", "_name", "_rejected", "_tokens", "_waiting")
@@ -338,8 +339,8 @@ class RedisKeyedRateLimiter:
         limits: ``{class: (rate, burst)}`` overrides per key class.
 
     Raises:
-        TypeError: An argument has the wrong type.
-        ValueError: ``name`` is empty, or a rate or burst is not a finite number > 0.
+        TypeError: An argument has the wrong type (``name`` must be a non-empty string).
+        ValueError: A rate or burst is not a finite number > 0.
     """
 
     __slots__ = (

@@ -29,7 +29,7 @@ import coredis.exceptions
 
 from .._errors import TrioflowError
 
-__all__ = ("RedisStateError", "Session", "translate")
+__all__ = ("RedisStateError", "Session", "ping", "translate")
 
 T = TypeVar("T")
 _Release = Callable[[], Awaitable[None]]
@@ -52,7 +52,13 @@ def translate(what: str, exc: Exception) -> RedisStateError:
         return exc
     if isinstance(exc, TimeoutError):
         reason = "no answer in time"
-    elif isinstance(exc, coredis.exceptions.ConnectionError | OSError):
+    elif isinstance(
+        exc,
+        coredis.exceptions.ConnectionError
+        | OSError
+        | anyio.ClosedResourceError
+        | anyio.BrokenResourceError,
+    ):
         reason = "connection failed"
     else:
         reason = "error reply"
@@ -61,7 +67,28 @@ def translate(what: str, exc: Exception) -> RedisStateError:
     return error
 
 
-_FAILURES = (coredis.exceptions.RedisError, TimeoutError, OSError)
+# coredis raises anyio's ClosedResourceError / BrokenResourceError for a command sent on a
+# connection that is being torn down.
+_FAILURES = (
+    coredis.exceptions.RedisError,
+    TimeoutError,
+    OSError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+)
+
+
+async def ping(client: coredis.Redis[str], timeout: float) -> None:  # noqa: ASYNC109
+    """Check that Redis answers, within ``timeout`` seconds.
+
+    Raises:
+        RedisStateError: It does not.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            await client.ping()
+    except _FAILURES as exc:
+        raise translate("PING", exc) from exc
 
 
 async def _logged(what: str, send: _Release) -> None:
@@ -87,6 +114,7 @@ class Session:
         "_releases",
         "_send_release",
         "_sent",
+        "_started",
         "_wakers",
         "client",
         "prefix",
@@ -110,6 +138,7 @@ class Session:
         self._send_release = send
         self._releases = receive
         self._sent = anyio.Event()
+        self._started = False
 
     def __repr__(self) -> str:
         return f"<Session {self.client.connection_pool.location} prefix={self.prefix!r}>"
@@ -193,6 +222,7 @@ class Session:
 
     async def send_queued(self) -> None:
         """Send the writes queued by :meth:`send_soon`, one after the other, until flushed."""
+        self._started = True
         try:
             async for send in self._releases:
                 await send()
@@ -203,6 +233,7 @@ class Session:
         """Close the queue of :meth:`send_soon` and wait (within the timeout) until it is sent."""
         # The block ends: the sender sends the writes still queued (within the timeout).
         self._send_release.close()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
-            await self._sent.wait()
+        if self._started:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
+                await self._sent.wait()
         self._releases.close()
