@@ -9,8 +9,13 @@ import pytest
 
 import trioflow
 import trioflow.lifecycle
+import trioflow.redis
 
-NAMESPACES = {"trioflow": trioflow, "trioflow.lifecycle": trioflow.lifecycle}
+NAMESPACES = {
+    "trioflow": trioflow,
+    "trioflow.lifecycle": trioflow.lifecycle,
+    "trioflow.redis": trioflow.redis,
+}
 
 
 def _names() -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from ._connection import connect as connect
 from ._ratelimit import RedisKeyedRateLimiter as RedisKeyedRateLimiter
 from ._ratelimit import RedisKeyedRateLimiterStatistics as RedisKeyedRateLimiterStatistics
 from ._ratelimit import RedisTokenBucket as RedisTokenBucket
+from ._ratelimit import RedisTokenBucketStatistics as RedisTokenBucketStatistics
 from ._session import RedisStateError as RedisStateError
 from ._store import RedisStore as RedisStore
 
@@ -29,6 +30,7 @@ __all__ = (
     "RedisConnection",
     "RedisStateError",
     "RedisTokenBucket",
+    "RedisTokenBucketStatistics",
     "RedisKeyedRateLimiter",
     "RedisKeyedRateLimiterStatistics",
     "RedisCapacity",

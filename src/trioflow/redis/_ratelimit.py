@@ -26,11 +26,15 @@ import anyio.lowlevel
 import attrs
 from coredis.commands.script import Script
 
-from .. import TokenBucketStatistics
 from .._checks import check_name, check_number
 from ._session import RedisStateError, Session
 
-__all__ = ("RedisKeyedRateLimiter", "RedisKeyedRateLimiterStatistics", "RedisTokenBucket")
+__all__ = (
+    "RedisKeyedRateLimiter",
+    "RedisKeyedRateLimiterStatistics",
+    "RedisTokenBucket",
+    "RedisTokenBucketStatistics",
+)
 
 # ARGV: rate, burst, n, mode ("try", "reserve", "refund", "peek"), due (for "refund").
 # Returns {granted 0/1, wait seconds, tokens left, due time}, numbers as strings (Lua numbers
@@ -130,6 +134,29 @@ class _Bucket:
                     await self.run(n, "refund", due)
                 raise
         return tokens
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RedisTokenBucketStatistics:
+    """A snapshot of a :class:`RedisTokenBucket` (the fields of ``TokenBucketStatistics``).
+
+    Attributes:
+        rate: Tokens added per second.
+        burst: The most tokens the bucket holds.
+        tokens: Tokens in the shared bucket as of this process's last round trip (negative
+            while reservations of waiters are due).
+        waiting: This process's tasks waiting in :meth:`RedisTokenBucket.acquire`.
+        acquired: This process's successful acquisitions.
+        rejected: This process's ``try_acquire`` calls that returned ``False``.
+    """
+
+    rate: float
+    burst: float
+    tokens: float
+    waiting: int
+    acquired: int
+    rejected: int
 
 
 @final
@@ -245,17 +272,17 @@ class RedisTokenBucket:
         _, _, self._tokens, _ = await self._bucket.run(1.0, "peek")
         return self._tokens
 
-    def statistics(self) -> TokenBucketStatistics:
+    def statistics(self) -> RedisTokenBucketStatistics:
         """Return a snapshot of this process's use of the bucket.
 
         ``tokens`` is what the last answer from Redis said (call :meth:`tokens` for the
         current figure); ``waiting``, ``acquired`` and ``rejected`` count this process's calls.
 
         Returns:
-            A frozen ``trioflow.TokenBucketStatistics``.
+            A frozen :class:`RedisTokenBucketStatistics`.
         """
         b = self._bucket
-        return TokenBucketStatistics(
+        return RedisTokenBucketStatistics(
             rate=b.rate,
             burst=b.burst,
             tokens=min(b.burst, self._tokens),
