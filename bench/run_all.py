@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).parent
-SCRIPTS = ["executor", "workflow", "resilience", "lifecycle"]
+SCRIPTS = ["executor", "workflow", "resilience", "lifecycle", "redis"]
 
 
 def main() -> None:
