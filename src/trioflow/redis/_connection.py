@@ -8,10 +8,11 @@ process, on any machine, that uses the same Redis database, key prefix and name.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import final
 
 import anyio
+import anyio.abc
 import coredis
 
 from .._checks import check_name, check_number
@@ -85,7 +86,8 @@ class RedisConnection:
         *,
         rate: float,
         burst: float,
-        limits: Mapping[str, tuple[float, float]] | None = None,
+        limits: Mapping[Hashable, tuple[float, float]] | None = None,
+        classify: Callable[[Hashable], Hashable] | None = None,
     ) -> RedisKeyedRateLimiter:
         """Return the keyed rate limiter ``name``: one shared token bucket per key.
 
@@ -95,6 +97,7 @@ class RedisConnection:
             burst: Default bucket capacity per key, a finite number > 0.
             limits: ``{class: (rate, burst)}`` overrides per key class (the second element
                 of a tuple key, as for ``trioflow.KeyedRateLimiter``).
+            classify: Maps a key to its class, instead of that default.
 
         Returns:
             A :class:`RedisKeyedRateLimiter`.
@@ -103,7 +106,9 @@ class RedisConnection:
             TypeError: An argument has the wrong type (``name`` must be a non-empty string).
             ValueError: A rate or burst is not > 0.
         """
-        return RedisKeyedRateLimiter(self._session, name, rate=rate, burst=burst, limits=limits)
+        return RedisKeyedRateLimiter(
+            self._session, name, rate=rate, burst=burst, limits=limits, classify=classify
+        )
 
     def capacity(self, name: str, *, total: int, lease: float = 10.0) -> RedisCapacity:
         """Return the capacity ``name``: at most ``total`` slots held at once, by all processes.
@@ -206,19 +211,14 @@ async def connect(
             async with anyio.create_task_group() as group:
                 session = Session(client, prefix=prefix, timeout=seconds, group=group)
                 try:
-                    # Subscribed before anything waits, so no wake-up is missed; coredis
-                    # resubscribes after a dropped connection (waiters re-check on a timer).
-                    pubsub = client.pubsub(
-                        channel_handlers={session.wake_channel: session.dispatch},
-                        ignore_subscribe_messages=True,
-                    )
-                    async with pubsub:
-                        group.start_soon(session.send_queued)
-                        try:
-                            yield RedisConnection(session)
-                        except BaseException as exc:
-                            own = exc
-                            raise
+                    # Subscribed before anything waits, so no wake-up is missed.
+                    await group.start(_listen, client, session)
+                    group.start_soon(session.send_queued)
+                    try:
+                        yield RedisConnection(session)
+                    except BaseException as exc:
+                        own = exc
+                        raise
                 finally:
                     await session.flush()
                     group.cancel_scope.cancel()
@@ -227,6 +227,26 @@ async def connect(
             raise
     if own is not None:
         raise own
+
+
+async def _listen(
+    client: coredis.Redis[str],
+    session: Session,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    # The wake-up subscription, in a task of its own that the block's end cancels: coredis
+    # resubscribes after a dropped connection (with a backoff, waiters re-check on a timer
+    # meanwhile), and a cancel scope of ours ends it even in the middle of that.
+    pubsub = client.pubsub(
+        channel_handlers={session.wake_channel: session.dispatch}, ignore_subscribe_messages=True
+    )
+    try:
+        async with pubsub:
+            task_status.started()
+            await anyio.sleep_forever()
+    except* anyio.ClosedResourceError:
+        pass  # cancelled, its clean-up wrote to a connection already closed
 
 
 def _own_or_teardown(exc: BaseException, own: BaseException) -> bool:

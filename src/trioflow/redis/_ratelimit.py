@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, final
 
 import anyio
@@ -26,6 +26,7 @@ import anyio.lowlevel
 import attrs
 from coredis.commands.script import Script
 
+from .. import KeyedRateLimiter
 from .._checks import check_name, check_number
 from ._session import RedisStateError, Session
 
@@ -319,29 +320,6 @@ class RedisKeyedRateLimiterStatistics:
     rejected: int
 
 
-def _default_classify(key: Hashable) -> Hashable:
-    if isinstance(key, tuple) and len(key) >= 2:
-        second: Hashable = key[1]
-        return second
-    return None
-
-
-def _check_limits(limits: object) -> dict[Hashable, tuple[float, float]]:
-    if limits is None:
-        return {}
-    if not isinstance(limits, Mapping):
-        raise TypeError(f"limits must be a mapping of class -> (rate, burst), got {limits!r}")
-    checked: dict[Hashable, tuple[float, float]] = {}
-    for name, pair in limits.items():
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"limits[{name!r}] must be a (rate, burst) pair, got {pair!r}")
-        checked[name] = (
-            _positive(pair[0], f"limits[{name!r}] rate"),
-            _positive(pair[1], f"limits[{name!r}] burst"),
-        )
-    return checked
-
-
 @final
 class RedisKeyedRateLimiter:
     """One shared token bucket per key, e.g. per user or per ``(user, kind)``, in Redis.
@@ -364,22 +342,14 @@ class RedisKeyedRateLimiter:
         rate: Default tokens per second per key, a finite number > 0.
         burst: Default bucket capacity per key, a finite number > 0.
         limits: ``{class: (rate, burst)}`` overrides per key class.
+        classify: Maps a key to its class, as for ``trioflow.KeyedRateLimiter``.
 
     Raises:
         TypeError: An argument has the wrong type (``name`` must be a non-empty string).
         ValueError: A rate or burst is not a finite number > 0.
     """
 
-    __slots__ = (
-        "_acquired",
-        "_burst",
-        "_limits",
-        "_name",
-        "_rate",
-        "_redis",
-        "_rejected",
-        "_waiting",
-    )
+    __slots__ = ("_acquired", "_classes", "_name", "_redis", "_rejected", "_waiting")
 
     def __init__(
         self,
@@ -388,12 +358,14 @@ class RedisKeyedRateLimiter:
         *,
         rate: float,
         burst: float,
-        limits: Mapping[str, tuple[float, float]] | None = None,
+        limits: Mapping[Hashable, tuple[float, float]] | None = None,
+        classify: Callable[[Hashable], Hashable] | None = None,
     ) -> None:
         check_name(name, "name")
-        self._rate = _positive(rate, "rate")
-        self._burst = _positive(burst, "burst")
-        self._limits = _check_limits(limits)
+        # The local limiter checks the limits and classifies keys, the same way; its own
+        # buckets are never used.
+        options: dict[str, Any] = {} if classify is None else {"classify": classify}
+        self._classes = KeyedRateLimiter[Hashable](rate, burst, limits=limits, **options)
         self._redis = redis
         self._name = name
         self._waiting = 0
@@ -401,7 +373,8 @@ class RedisKeyedRateLimiter:
         self._rejected = 0
 
     def __repr__(self) -> str:
-        return f"RedisKeyedRateLimiter({self._name!r}, rate={self._rate!r}, burst={self._burst!r})"
+        c = self._classes
+        return f"RedisKeyedRateLimiter({self._name!r}, rate={c.rate!r}, burst={c.burst!r})"
 
     @property
     def name(self) -> str:
@@ -417,11 +390,7 @@ class RedisKeyedRateLimiter:
         Returns:
             The class override from ``limits`` if the key's class has one, else the defaults.
         """
-        if self._limits:
-            found = self._limits.get(_default_classify(key))
-            if found is not None:
-                return found
-        return (self._rate, self._burst)
+        return self._classes.limits_for(key)
 
     def _bucket(self, key: Hashable, n: object) -> tuple[_Bucket, float]:
         text = _encode_key(key)

@@ -264,7 +264,7 @@ class RedisStore:
                 what, lambda: _SCRIPTS[script](keys=keys, args=args, client=redis.client)
             )
         except RedisStateError as exc:
-            raise StoreError(f"workflow store in redis: {what}: {exc}") from exc
+            raise StoreError(f"workflow store in redis: {exc}") from exc
 
     def _malformed(self, run_id: str, exc: Exception) -> StoreError:
         return StoreError(
