@@ -73,7 +73,7 @@ def server_time(url: str) -> float:
 
 
 def test_processes_share_one_bucket_exactly(redis_url: str) -> None:
-    seconds = 1.5
+    seconds = 1.0
     with children("bucket", redis_url, str(seconds)) as procs:
         start = server_time(redis_url)
         go(procs)
@@ -87,7 +87,7 @@ def test_processes_share_one_bucket_exactly(redis_url: str) -> None:
 
 
 def test_processes_never_exceed_one_capacity(redis_url: str) -> None:
-    with children("capacity", redis_url, "30") as procs:
+    with children("capacity", redis_url, "12") as procs:
         go(procs)
         most = [int(out.split()[1]) for out in outputs(procs)]
     assert max(most) == 2  # two at once, over the three processes, and never more

@@ -73,7 +73,9 @@ class Capacity(Protocol):
     processes (``trioflow.redis``'s ``redis.capacity(...)``). trioflow takes one wherever it
     takes a limit: ``run_batch(limit=cap)``, ``run_workflow(..., limit=cap)``, and as the
     general limit or a named pool of a :class:`ResourceManager`
-    (``ResourceManager(limit=8, pools={"llm": cap})``).
+    (``ResourceManager(limit=8, pools={"llm": cap})``). A slot that takes a token of a capacity
+    which can only tell by a round trip always takes the slow path, so the manager counts it
+    in ``throttled``.
     """
 
     @property
