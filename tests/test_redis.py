@@ -6,6 +6,7 @@ its own that it stops and starts); they run on trio and on asyncio, in real time
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -415,3 +416,39 @@ def test_a_restarted_server_gives_clear_errors_then_works_again(backend: str) ->
         "StoreError: workflow store in redis: redis list runs: connection failed",
         "restarted: acquired True, slot held 1, runs ()",
     ]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    total=st.integers(1, 3),
+    tasks=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.002, 0.01]), st.sampled_from([None, 0.0, 0.003])),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_holders_never_exceed_the_total_and_cancelled_ones_leave_nothing(
+    redis_server: RedisServer, total: int, tasks: list[tuple[float, float | None]]
+) -> None:
+    # Each task holds a slot for a while, or is cancelled (while waiting, or while holding)
+    # after a while: never more than the total hold at once, and at the end nothing is held
+    # or queued in Redis.
+    async def main() -> None:
+        prefix = f"p{os.urandom(4).hex()}:"
+        async with trioflow.redis.connect(redis_server.url, prefix=prefix) as redis:
+            cap = redis.capacity("c", total=total, lease=5)
+            gauge = Gauge()
+
+            async def task(hold: float, cancel_after: float | None) -> None:
+                with anyio.move_on_after(math.inf if cancel_after is None else cancel_after):
+                    async with cap:
+                        await gauge.hold(hold)
+
+            async with anyio.create_task_group() as tg:
+                for hold, cancel_after in tasks:
+                    tg.start_soon(task, hold, cancel_after)
+            assert gauge.most <= total
+            stats = await cap.statistics()
+            assert (stats.borrowed, stats.waiting, stats.held, stats.waiting_here) == (0, 0, 0, 0)
+
+    anyio.run(main)

@@ -120,12 +120,11 @@ class _Bucket:
     async def acquire(self, n: float) -> float:
         """Reserve ``n`` tokens and sleep until they are due; return the tokens left.
 
-        The round trip is shielded (bounded by the connection's timeout), so that its answer is
-        known; a cancellation during the sleep gives the reservation back.
+        The round trip is shielded (see ``Session.call``), so that its answer is known; a
+        cancellation during the sleep gives the reservation back.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
-        with anyio.CancelScope(shield=True):
-            _, wait, tokens, due = await self.run(n, "reserve")
+        _, wait, tokens, due = await self.run(n, "reserve")
         if wait > 0:
             try:
                 await anyio.sleep(wait)

@@ -158,6 +158,12 @@ class Session:
     async def call(self, what: str, command: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis command, raising :class:`RedisStateError` when it fails.
 
+        The round trip is shielded from cancellation, and bounded by the timeout: a command
+        sent runs on the server anyway, so its caller always learns what it did (a token
+        taken, a slot granted) and can undo it; and coredis is never interrupted while it opens
+        a connection (which would leave that connection half made). A cancellation arriving
+        meanwhile takes effect at the caller's next checkpoint.
+
         Args:
             what: What the command does, for the error message.
             command: Makes the coredis request (called once; coredis retries a dropped
@@ -170,10 +176,11 @@ class Session:
             RedisStateError: Redis could not be reached, timed out, or refused the command.
         """
         try:
-            with anyio.fail_after(self.timeout):
-                return await command()
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout):
+                reply = await command()
         except _FAILURES as exc:
             raise translate(what, exc) from exc
+        return reply
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a background task in the connection's task group (ended with the block)."""
