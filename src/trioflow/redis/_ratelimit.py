@@ -101,19 +101,20 @@ def _positive(value: object, name: str) -> float:
 class _Bucket:
     """One bucket's key and limits, and the script calls on it (shared by the two classes)."""
 
-    __slots__ = ("burst", "key", "rate", "redis")
+    __slots__ = ("burst", "keys", "limits", "rate", "redis")
 
     def __init__(self, redis: Session, key: str, rate: float, burst: float) -> None:
         self.redis = redis
-        self.key = key
+        self.keys = (key,)
         self.rate = rate
         self.burst = burst
+        self.limits = (repr(rate), repr(burst))  # the script's first arguments, made once
 
     async def run(self, n: float, mode: str, due: float = 0.0) -> tuple[bool, float, float, float]:
-        args = (repr(self.rate), repr(self.burst), repr(n), mode, repr(due))
+        args = (*self.limits, repr(n), mode, repr(due))
+        client = self.redis.client
         reply: Any = await self.redis.call(
-            "token bucket script",
-            lambda: _SCRIPT(keys=(self.key,), args=args, client=self.redis.client),
+            "token bucket script", lambda: _SCRIPT(keys=self.keys, args=args, client=client)
         )
         return bool(reply[0]), float(reply[1]), float(reply[2]), float(reply[3])
 
