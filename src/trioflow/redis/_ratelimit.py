@@ -53,9 +53,11 @@ local tau = burst / rate
 local granted = 0
 local wait = 0
 local due = now
+local changed = false
 if mode == 'refund' then
   if now < tonumber(ARGV[5]) then
     tat = math.max(now, tat - n / rate)
+    changed = true
   end
 elseif mode ~= 'peek' then
   local after = tat + n / rate
@@ -64,19 +66,23 @@ elseif mode ~= 'peek' then
     tat = after
     granted = 1
     due = now
+    changed = true
   else
     wait = due - now
     if mode == 'reserve' then
       tat = after
       granted = 1
+      changed = true
     end
   end
 end
-local ttl = math.ceil((tat - now) * 1000)
-if ttl > 0 then
-  redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', ttl)
-else
-  redis.call('DEL', KEYS[1])
+if changed then
+  local ttl = math.ceil((tat - now) * 1000)
+  if ttl > 0 then
+    redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', ttl)
+  else
+    redis.call('DEL', KEYS[1])
+  end
 end
 return {granted, string.format('%.17g', wait), string.format('%.17g', (tau - (tat - now)) * rate),
   string.format('%.17g', due)}
