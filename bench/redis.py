@@ -14,6 +14,13 @@ The Redis figures include the loopback network stack; there is no peer library t
 with on trio (redis-py's asyncio client and ``limits`` do not run on trio).
 
 Usage: ``python bench/redis.py`` (or ``nox -s bench``); needs ``redis-server`` on the PATH.
+
+Last figures (2026-12-01, ``BENCH_REPEATS=5``, a 2-core machine shared with other work, so
+the loopback round trip itself is 230-290 us and noisy): ``try_acquire`` 1.47x one round trip
+on trio, 1.70x on asyncio (the bucket script's own work on the server: an ``EVALSHA`` of the
+script costs the same as ``try_acquire``); ``async with cap:`` 1.47x / 1.66x two round trips;
+step completions per second 994 (Redis) against 2,536 (SQLite) on trio, 973 against 2,723 on
+asyncio.
 """
 
 from __future__ import annotations
