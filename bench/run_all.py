@@ -22,6 +22,7 @@ SCRIPTS = [
     "pools",
     "mcp",
     "dask",
+    "redis",
     "imports",
 ]
 

@@ -10,11 +10,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import attrs
+import pytest
+
+import trioflow.redis
+from trioflow import MemoryStore, SQLiteStore, WorkflowStore
 
 
 def free_port() -> int:
@@ -92,3 +96,44 @@ def start_redis(directory: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# The workflow stores the store contract tests run against (Redis: on the session's server).
+STORE_KINDS = (
+    "memory",
+    pytest.param("sqlite", marks=pytest.mark.real_time),
+    pytest.param("redis", marks=pytest.mark.real_time),
+)
+
+
+@asynccontextmanager
+async def open_store(request: pytest.FixtureRequest, path: Path) -> AsyncIterator[WorkflowStore]:
+    """Open the store of kind ``request.param``: in memory, an SQLite file at ``path``, Redis."""
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        async with SQLiteStore(path) as sqlite:
+            yield sqlite
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        async with trioflow.redis.connect(url) as redis:
+            yield redis.store()
+
+
+def store_location(request: pytest.FixtureRequest, path: Path) -> str:
+    """Return where the store of kind ``request.param`` is: the SQLite file, or the Redis URL."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return str(path)
+
+
+@asynccontextmanager
+async def store_at(location: str) -> AsyncIterator[WorkflowStore]:
+    """Open the store at ``location``: a Redis URL, or the path of an SQLite file."""
+    if location.startswith("redis://"):
+        async with trioflow.redis.connect(location) as redis:
+            yield redis.store()
+    else:
+        async with SQLiteStore(location) as sqlite:
+            yield sqlite

@@ -36,12 +36,12 @@ _TIMEOUT = r"timeout must be a number of seconds >= 0 or None \(no deadline\)"
         (
             {"limit": 2.0},
             TypeError,
-            "limit must be an int >= 1, a ResourceManager or None, got 2.0",
+            "limit must be an int >= 1, a ResourceManager, a Capacity or None, got 2.0",
         ),
         (
             {"limit": True},
             TypeError,
-            "limit must be an int >= 1, a ResourceManager or None, got True",
+            "limit must be an int >= 1, a ResourceManager, a Capacity or None, got True",
         ),
         ({"timeout": -1}, ValueError, rf"{_TIMEOUT}, got -1 \(int\)"),
         ({"timeout": math.nan}, ValueError, rf"{_TIMEOUT}, got nan \(float\)"),

@@ -58,13 +58,14 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}._startup",  # the command's first moments, run before the package imports
     f"{PACKAGE}.mcp",  # `trioflow serve` and `trioflow call` (cli._serve, imported on use)
     f"{PACKAGE}.dask",  # imported only when a run is given --dask
+    f"{PACKAGE}.redis",  # only for ``--state redis://...``, imported then (the redis extra)
 }
 # The integrations: faces built on the public API, ground helpers and, where needed, cli.
 INTEGRATIONS = ("mcp", "dask", "redis")
 # The modules outside an integration that may import it (on use, never at import time).
 IMPORTS_INTEGRATIONS = {
     f"{PACKAGE}.cli._serve",  # trioflow.mcp
-    f"{PACKAGE}.cli._run",  # trioflow.dask, given --dask
+    f"{PACKAGE}.cli._run",  # trioflow.dask, given --dask; trioflow.redis, --state redis://
     f"{PACKAGE}.cli._remote",  # trioflow.dask: the steps it runs on the workers
 }
 
@@ -294,6 +295,10 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}._lifecycle._coordinator", f"{p}.redis._requests") is not None
     assert _violation(f"{p}.redis._requests", f"{p}.lifecycle") is None
     assert _violation(f"{p}.redis._requests", f"{p}._checks") is None
+    assert _violation(f"{p}._limits", f"{p}.redis._capacity") is not None
+    assert _violation(f"{p}._lifecycle._admission", f"{p}.redis") is not None
+    assert _violation(f"{p}.redis._capacity", f"{p}._limits") is None
+    assert _violation(f"{p}.cli._run", f"{p}.redis") is None
 
 
 def test_floors_only_point_down() -> None:

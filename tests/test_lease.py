@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from _helpers import ForwardingStore
+from _redis_server import STORE_KINDS, open_store, store_at, store_location
 from trioflow import (
     Context,
     MemoryStore,
@@ -42,14 +43,12 @@ OWNER_MESSAGE = (
 )
 
 
-@pytest.fixture(params=["memory", pytest.param("sqlite", marks=pytest.mark.real_time)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    sqlite = SQLiteStore(tmp_path / "state.db")
-    yield sqlite
-    sqlite.close()
+@pytest.fixture(params=STORE_KINDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: object
+) -> AsyncIterator[WorkflowStore]:
+    async with open_store(request, tmp_path / "state.db") as opened:
+        yield opened
 
 
 async def noop(ctx: Context) -> None:
@@ -278,8 +277,13 @@ def child(*args: str) -> subprocess.Popen[str]:
     )
 
 
-async def load(path: Path, run_id: str) -> RunRecord:
-    async with SQLiteStore(path) as store:
+@pytest.fixture(params=["sqlite", "redis"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_location(request, tmp_path / "state.db")
+
+
+async def load(path: str, run_id: str) -> RunRecord:
+    async with store_at(path) as store:
         record = await store.load_run(run_id)
     assert record is not None
     return record
@@ -287,9 +291,9 @@ async def load(path: Path, run_id: str) -> RunRecord:
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_a_second_process_is_refused_the_run_naming_its_owner(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, location: str
 ) -> None:
-    store, markers = tmp_path / "state.db", tmp_path / "markers"
+    store, markers = location, tmp_path / "markers"
     markers.mkdir()
     with child("lease", str(store), "r", str(markers), backend) as first:
         assert first.stdout is not None
@@ -323,9 +327,9 @@ def test_a_second_process_is_refused_the_run_naming_its_owner(
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_a_killed_owner_leaves_its_run_interrupted_at_once_and_resumable(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, location: str
 ) -> None:
-    store, markers = tmp_path / "state.db", tmp_path / "markers"
+    store, markers = location, tmp_path / "markers"
     markers.mkdir()
     with child("lease", str(store), "r", str(markers), backend) as first:
         assert first.stdout is not None
@@ -337,7 +341,7 @@ def test_a_killed_owner_leaves_its_run_interrupted_at_once_and_resumable(
     assert first.returncode == -signal.SIGKILL
 
     async def listed() -> RunRecord:
-        async with SQLiteStore(store) as shared:
+        async with store_at(store) as shared:
             [record] = await shared.list_runs()
         return record
 

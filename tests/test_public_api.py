@@ -11,12 +11,14 @@ import pytest
 import trioflow
 import trioflow.lifecycle
 import trioflow.mcp
+import trioflow.redis
 
 NAMESPACES = {
     "trioflow": trioflow,
     "trioflow.lifecycle": trioflow.lifecycle,
     "trioflow.mcp": trioflow.mcp,
     "trioflow.dask": importlib.import_module("trioflow.dask"),
+    "trioflow.redis": trioflow.redis,
 }
 
 

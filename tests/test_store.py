@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -15,6 +15,7 @@ import attrs
 import pytest
 
 from _helpers import ForwardingStore
+from _redis_server import STORE_KINDS, open_store
 from trioflow import (
     Context,
     MemoryStore,
@@ -56,14 +57,12 @@ class Color(enum.Enum):
     GREEN = "green"
 
 
-@pytest.fixture(params=["memory", pytest.param("sqlite", marks=pytest.mark.real_time)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    sqlite = SQLiteStore(tmp_path / "deep" / "dir" / "state.db")
-    yield sqlite
-    sqlite.close()
+@pytest.fixture(params=STORE_KINDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: object
+) -> AsyncIterator[WorkflowStore]:
+    async with open_store(request, tmp_path / "deep" / "dir" / "state.db") as opened:
+        yield opened
 
 
 class Counter:

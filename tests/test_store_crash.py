@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from trioflow import RunStatus, SQLiteStore, StepStatus
+from _redis_server import store_at, store_location
+from trioflow import RunStatus, StepStatus
 
 CHILD = Path(__file__).with_name("workflow_child.py")
 
@@ -29,8 +30,13 @@ def runs(markers: Path) -> dict[str, int]:
     return {p.name: len(p.read_text().splitlines()) for p in sorted(markers.iterdir())}
 
 
-async def load(path: Path, run_id: str) -> dict[str, StepStatus]:
-    async with SQLiteStore(path) as store:
+@pytest.fixture(params=["sqlite", "redis"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_location(request, tmp_path / "state" / "runs.db")
+
+
+async def load(path: str, run_id: str) -> dict[str, StepStatus]:
+    async with store_at(path) as store:
         record = await store.load_run(run_id)
     assert record is not None
     return {name: step.status for name, step in record.steps.items()}
@@ -38,9 +44,9 @@ async def load(path: Path, run_id: str) -> dict[str, StepStatus]:
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_a_killed_run_resumes_without_rerunning_finished_steps(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, location: str
 ) -> None:
-    store, markers = tmp_path / "state" / "runs.db", tmp_path / "markers"
+    store, markers = location, tmp_path / "markers"
     markers.mkdir()
     with child("crash", str(store), "run-1", str(markers), backend, "hang") as first:
         assert first.stdout is not None
@@ -70,8 +76,8 @@ def test_a_killed_run_resumes_without_rerunning_finished_steps(
     assert set(anyio.run(load, store, "run-1").values()) == {StepStatus.SUCCEEDED}
 
 
-def test_two_processes_share_one_store(tmp_path: Path) -> None:
-    store = tmp_path / "shared.db"
+def test_two_processes_share_one_store(location: str) -> None:
+    store = location
     children = [
         child("many", str(store), "left", "300", "trio"),
         child("many", str(store), "right", "300", "asyncio"),
@@ -98,7 +104,7 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
         assert out == "ok=True\n"
 
     async def check() -> None:
-        async with SQLiteStore(store) as shared:
+        async with store_at(store) as shared:
             listed = await shared.list_runs()
         assert sorted(r.run_id for r in listed) == ["left", "right"]
         for record in listed:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _redis_server import STORE_KINDS, open_store
 from trioflow import (
     Context,
     MemoryStore,
@@ -31,18 +32,17 @@ from trioflow import (
     WorkflowStore,
     run_workflow,
 )
+from trioflow.redis._store import _stamps
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", pytest.param("sqlite", marks=pytest.mark.real_time)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    sqlite = SQLiteStore(tmp_path / "state.db")
-    yield sqlite
-    sqlite.close()
+@pytest.fixture(params=STORE_KINDS)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: object
+) -> AsyncIterator[WorkflowStore]:
+    async with open_store(request, tmp_path / "state.db") as opened:
+        yield opened
 
 
 async def noop(ctx: Context) -> None:
@@ -76,6 +76,7 @@ class Clock:
         self.now = datetime.now(UTC)  # steps' own times are real: never in its future
         monkeypatch.setattr("trioflow._workflow._store._now", lambda: self.now)
         monkeypatch.setattr("trioflow._workflow._sqlite._now", lambda: self.now.isoformat())
+        monkeypatch.setattr("trioflow.redis._store._now", lambda: _stamps(self.now))
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)

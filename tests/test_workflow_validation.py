@@ -217,7 +217,11 @@ def test_bad_names() -> None:
     [
         (0, ValueError, "limit must be an int >= 1, got 0"),
         (-3, ValueError, "limit must be an int >= 1, got -3"),
-        (True, TypeError, "limit must be an int >= 1, a ResourceManager or None, got True"),
+        (
+            True,
+            TypeError,
+            "limit must be an int >= 1, a ResourceManager, a Capacity or None, got True",
+        ),
         (2.5, TypeError, "got 2.5"),
     ],
 )

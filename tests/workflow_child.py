@@ -6,6 +6,8 @@ Usage::
     python workflow_child.py many STORE RUN_ID STEPS BACKEND
     python workflow_child.py lease STORE RUN_ID MARKERS BACKEND
 
+``STORE`` is the path of an SQLite file, or a Redis URL (``redis://127.0.0.1:PORT/0``).
+
 ``crash``: a workflow whose every step appends a line to ``MARKERS/<step>`` (so the number of
 lines is the number of times it ran). In ``hang`` mode step ``c`` prints ``started c`` and waits
 forever (the parent kills the process); in ``finish`` mode it returns and the run finishes.
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import anyio
 
-from trioflow import Context, RunLeasedError, SQLiteStore, Workflow, run_workflow
+from _redis_server import store_at
+from trioflow import Context, RunLeasedError, Workflow, run_workflow
 
 
 def crash(store_path: str, run_id: str, markers: Path, backend: str, mode: str) -> int:
@@ -55,7 +58,7 @@ def crash(store_path: str, run_id: str, markers: Path, backend: str, mode: str) 
     wf.step("e", step("e"), after="d")
 
     async def main() -> int:
-        async with SQLiteStore(store_path) as store:
+        async with store_at(store_path) as store:
             result = await run_workflow(wf, store=store, run_id=run_id)
         restored = sorted(name for name, r in result.steps.items() if r.restored)
         state = sorted(result.context.state)
@@ -76,7 +79,7 @@ def many(store_path: str, run_id: str, steps: int, backend: str) -> int:
         wf.step(f"s{i}", instant, after="root")
 
     async def main() -> int:
-        async with SQLiteStore(store_path) as store:
+        async with store_at(store_path) as store:
             await store.list_runs()  # opens the file (and creates the schema) first
             print("ready", flush=True)
             await anyio.to_thread.run_sync(sys.stdin.readline)
@@ -98,7 +101,7 @@ def lease(store_path: str, run_id: str, markers: Path, backend: str) -> int:
     wf = Workflow("lease").step("wait", wait)
 
     async def main() -> int:
-        async with SQLiteStore(store_path) as store:
+        async with store_at(store_path) as store:
             try:
                 result = await run_workflow(wf, store=store, run_id=run_id)
             except RunLeasedError as exc:

@@ -42,6 +42,7 @@ from ._errors import UnstorableValueError as UnstorableValueError
 from ._errors import ValueTooLargeError as ValueTooLargeError
 from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._errors import WorkflowShapeChangedError as WorkflowShapeChangedError
+from ._limits import Capacity as Capacity
 from ._limits import HealthSource as HealthSource
 from ._limits import KeyedPoolStatistics as KeyedPoolStatistics
 from ._limits import PoolStatistics as PoolStatistics
@@ -119,6 +120,7 @@ __all__ = (
     "PoolStatistics",
     "KeyedPoolStatistics",
     "Slot",
+    "Capacity",
     "HealthSource",
     "RetryPolicy",
     "WorkOptions",

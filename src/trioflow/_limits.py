@@ -10,6 +10,11 @@ pools sorted by name, then the general limit, then named pools sorted by name), 
 asking for overlapping pools in different orders can never deadlock, and a task waiting for its
 own key's token holds no shared one. Limits are resized through ``total_tokens``, never by
 replacing a limiter, so no waiter is ever lost.
+
+The general limit or a named pool may also be a :class:`Capacity` made elsewhere (such as a
+capacity shared by several processes through Redis, ``trioflow.redis``): the manager then takes
+and gives back its tokens through that object, in the same order, and never resizes it (its
+waiters are served in the order that object serves them, not by priority).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ._checks import check_async_callable, check_int, check_number
 from ._errors import ResourceExhaustedError
 
 __all__ = (
+    "Capacity",
     "HealthSource",
     "KeyedPoolStatistics",
     "PoolStatistics",
@@ -60,6 +66,55 @@ class HealthSource(Protocol):
     async def wait_healthy(self) -> None:
         """Wait until :attr:`healthy` is true; return at once if it already is."""
         ...
+
+
+@runtime_checkable
+class Capacity(Protocol):
+    """A capacity limiter whose tokens are held on behalf of a borrower, made elsewhere.
+
+    anyio's ``CapacityLimiter`` has this shape, and so has a capacity shared by several
+    processes (``trioflow.redis``'s ``redis.capacity(...)``). trioflow takes one wherever it
+    takes a limit: ``run_batch(limit=cap)``, ``run_workflow(..., limit=cap)``, and as the
+    general limit or a named pool of a :class:`ResourceManager`
+    (``ResourceManager(limit=8, pools={"llm": cap})``). A slot that takes a token of a capacity
+    which can only tell by a round trip always takes the slow path, so the manager counts it
+    in ``throttled``.
+    """
+
+    @property
+    def total_tokens(self) -> float:
+        """The most tokens held at once."""
+        ...
+
+    def acquire_on_behalf_of_nowait(self, borrower: object) -> None:
+        """Take a token for ``borrower`` now, or raise ``anyio.WouldBlock``.
+
+        A capacity that cannot know without waiting (one kept in another process) always
+        raises ``anyio.WouldBlock``; trioflow then calls :meth:`acquire_on_behalf_of`.
+        """
+        ...
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take a token for ``borrower``, waiting until one is free; cancelled, take none."""
+        ...
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give back ``borrower``'s token (synchronously; a shared one may send it later)."""
+        ...
+
+
+def as_manager(limit: object) -> ResourceManager | None:
+    """Return a :class:`ResourceManager` whose general limit is ``limit`` if it is a Capacity.
+
+    Args:
+        limit: What a caller passed as a limit.
+
+    Returns:
+        A new manager around a :class:`Capacity`; None for anything else.
+    """
+    if isinstance(limit, Capacity):
+        return ResourceManager(limit=limit)
+    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +205,12 @@ def _check_size(what: str, value: object) -> int:
     return check_int(value, what, minimum=1)
 
 
+def _check_limit(what: str, value: object) -> int | Capacity:
+    if isinstance(value, Capacity):
+        return value
+    return _check_size(what, value)
+
+
 @final
 class _Pool:
     """The mutable state of one named pool (or of the general limit)."""
@@ -161,16 +222,24 @@ class _Pool:
         "failed",
         "limiter",
         "name",
+        "shared",
         "size",
         "throttled",
         "total_duration",
         "waiting",
     )
 
-    def __init__(self, name: str, size: int, aging: float | None = None) -> None:
+    def __init__(self, name: str, size: int | Capacity, aging: float | None = None) -> None:
         self.name = name
-        self.size = size
-        self.limiter = PriorityLimiter(size, aging=aging)
+        self.limiter: Any
+        if isinstance(size, int):
+            self.size = size
+            self.limiter = PriorityLimiter(size, aging=aging)
+            self.shared = False
+        else:  # a Capacity made elsewhere: used as it is, never resized here
+            self.size = int(size.total_tokens)
+            self.limiter = size
+            self.shared = True
         self.counts = self  # where a slot holding this limiter is counted
         self.executing = 0
         self.waiting = 0
@@ -262,21 +331,22 @@ class _KeyedPool:
         )
 
 
-def _sizes(what: str, given: object) -> dict[str, int]:
-    """Check a mapping of pool name to size (``pools=`` or ``keyed=``)."""
+def _sizes(what: str, given: object, *, shared: bool = False) -> dict[str, Any]:
+    """Check a mapping of pool name to size (``pools=`` or ``keyed=``; a Capacity if shared)."""
     if given is None:
         return {}
     if not isinstance(given, Mapping):
         raise TypeError(
             f"{what} must be a mapping of pool name to size, got {type(given).__name__}"
         )
-    sizes: dict[str, int] = {}
+    sizes: dict[str, Any] = {}
     for name, size in given.items():
         if not isinstance(name, str):
             raise TypeError(f"pool names must be strings, got {name!r}")
         if not name:
             raise ValueError("pool names must be non-empty strings, got ''")
-        sizes[name] = _check_size(f"{what}[{name!r}]", size)
+        check = _check_limit if shared else _check_size
+        sizes[name] = check(f"{what}[{name!r}]", size)
     return sizes
 
 
@@ -450,6 +520,14 @@ class Slot:
             while self._acquired < len(chain):
                 link = chain[self._acquired]
                 try:
+                    if isinstance(link, _Pool) and link.shared:  # known only by a round trip
+                        link.waiting += 1
+                        try:
+                            await link.limiter.acquire_on_behalf_of(self)
+                        finally:
+                            link.waiting -= 1
+                        self._acquired += 1
+                        continue
                     link.limiter.acquire_on_behalf_of_nowait(self)
                 except _WouldBlock:
                     counts = link.counts
@@ -555,8 +633,10 @@ class ResourceManager:
     A ``ResourceManager`` is used from one event loop (it is not thread-safe).
 
     Args:
-        limit: The general limit: most slots running at once, an int >= 1.
-        pools: Named pools and their sizes, e.g. ``{"llm": 5, "tool": 10}``.
+        limit: The general limit: most slots running at once, an int >= 1, or a
+            :class:`Capacity` made elsewhere (e.g. one shared by several processes).
+        pools: Named pools and their sizes, e.g. ``{"llm": 5, "tool": 10}``; a size may be a
+            :class:`Capacity` instead (``{"llm": redis.capacity("llm", total=20)}``).
         keyed: Keyed pools and their size per key, e.g. ``{"user": 10}``: a slot naming
             ``keys={"user": "alice"}`` holds one of alice's 10 tokens. Names are shared with
             ``pools``: a name is either a pool or a keyed pool.
@@ -594,18 +674,21 @@ class ResourceManager:
 
     def __init__(
         self,
-        limit: int = 8,
-        pools: Mapping[str, int] | None = None,
+        limit: int | Capacity = 8,
+        pools: Mapping[str, int | Capacity] | None = None,
         *,
         keyed: Mapping[str, int] | None = None,
         health: HealthSource | None = None,
         when_unhealthy: Literal["wait", "fail"] = "wait",
         aging: float | None = None,
     ) -> None:
-        _check_size("limit", limit)
+        checked = _check_limit("limit", limit)
         if aging is not None:
             aging = check_number(aging, "aging", minimum=0, strict=True)
-        named = {name: _Pool(name, size, aging) for name, size in _sizes("pools", pools).items()}
+        named = {
+            name: _Pool(name, size, aging)
+            for name, size in _sizes("pools", pools, shared=True).items()
+        }
         keyed_pools = {
             name: _KeyedPool(name, size, aging) for name, size in _sizes("keyed", keyed).items()
         }
@@ -619,7 +702,7 @@ class ResourceManager:
                 "health must have a 'healthy' property and an async 'wait_healthy()' method, "
                 f"got {type(health).__name__}"
             )
-        self._general = _Pool("", limit, aging)
+        self._general = _Pool("", checked, aging)
         self._pools = named
         self._keyed = keyed_pools
         self._health = health
@@ -645,7 +728,8 @@ class ResourceManager:
 
         Raises:
             TypeError: On setting a value that is not an int.
-            ValueError: On setting a value below 1.
+            ValueError: On setting a value below 1, or when the limit is a :class:`Capacity`
+                made elsewhere.
         """
         return self._general.size
 
@@ -693,7 +777,8 @@ class ResourceManager:
 
         Raises:
             TypeError: ``size`` is not an int.
-            ValueError: There is no pool of that name, or ``size`` is below 1.
+            ValueError: There is no pool of that name, ``size`` is below 1, or the pool is a
+                :class:`Capacity` made elsewhere.
         """
         keyed = self._keyed.get(name) if isinstance(name, str) else None
         if keyed is not None:
@@ -704,7 +789,11 @@ class ResourceManager:
 
     @staticmethod
     def _resize(pool: _Pool, size: int) -> None:
+        if pool.shared:
+            what = f"pool {pool.name!r}" if pool.name else "the general limit"
+            raise ValueError(f"{what} is a Capacity made elsewhere: resize it where it is made")
         # Resize the one limiter in place: replacing it would strand its waiters.
+        assert isinstance(pool.limiter, PriorityLimiter)
         pool.limiter.total_tokens = size
         pool.size = size
 

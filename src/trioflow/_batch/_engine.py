@@ -55,7 +55,7 @@ from .._checks import (
     is_awaitable,
     not_awaitable,
 )
-from .._limits import ResourceManager
+from .._limits import ResourceManager, as_manager
 from .._retry import RetryPolicy
 from ._handoff import Handoff
 from ._outcomes import (
@@ -94,8 +94,13 @@ def kind(value: object) -> str:
 def _check_limit(limit: object) -> int | ResourceManager | None:
     if limit is None or isinstance(limit, ResourceManager):
         return limit
+    manager = as_manager(limit)  # a Capacity (e.g. shared by processes): a manager around it
+    if manager is not None:
+        return manager
     if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int >= 1, a ResourceManager or None, got {kind(limit)}")
+        raise TypeError(
+            f"limit must be an int >= 1, a ResourceManager, a Capacity or None, got {kind(limit)}"
+        )
     return check_int(limit, "limit", minimum=1)
 
 

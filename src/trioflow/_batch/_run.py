@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, 
 from typing import Any, TypeVar
 
 from .._checks import check_async_callable
-from .._limits import ResourceManager
+from .._limits import Capacity, ResourceManager
 from .._retry import RetryPolicy
 from ._engine import Batch, Operation, Operations, check_operations, validate
 from ._outcomes import BatchResult, Progress
@@ -26,7 +26,7 @@ R = TypeVar("R")
 async def run_batch(
     operations: Operations[T],
     *,
-    limit: int | ResourceManager | None = None,
+    limit: int | ResourceManager | Capacity | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - per operation, not for this call
     fail_fast: bool = False,
     retry: RetryPolicy | None = None,
@@ -52,7 +52,9 @@ async def run_batch(
             not plain ``def`` functions: wrap blocking code with :func:`~trioflow.in_thread`).
         limit: The most operations in flight: an int >= 1; None for no limit (every operation
             starts as soon as it is read); or a :class:`~trioflow.ResourceManager`, whose slots
-            several batches then share (each operation holds one slot while it runs).
+            several batches then share (each operation holds one slot while it runs); or a
+            :class:`~trioflow.Capacity` (such as one shared by several processes), whose
+            tokens the operations hold the same way.
         timeout: Seconds each operation may take; one past it is cancelled and recorded as
             failed with the builtin ``TimeoutError``. With ``retry``, the timeout applies to
             each attempt, and ``TimeoutError`` is retried if the policy says so. None or
@@ -111,7 +113,7 @@ async def amap(
     fn: Callable[[T], Awaitable[R]],
     items: Iterable[T] | AsyncIterable[T],
     *,
-    limit: int | ResourceManager | None = None,
+    limit: int | ResourceManager | Capacity | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - per operation, not for this call
 ) -> list[R]:
     """Call ``fn`` on every item concurrently; return the results in the items' order.
@@ -123,8 +125,8 @@ async def amap(
     Args:
         fn: An async function of one argument (or a callable returning an awaitable).
         items: An iterable or async iterable of arguments, read lazily.
-        limit: The most calls in flight (an int >= 1, None or a ResourceManager), as for
-            :func:`run_batch`.
+        limit: The most calls in flight (an int >= 1, None, a ResourceManager or a
+            Capacity), as for :func:`run_batch`.
         timeout: Seconds each call may take; one past it fails with ``TimeoutError``. None
             or ``math.inf`` means no deadline.
 

@@ -52,7 +52,7 @@ import anyio.lowlevel
 from .._backend import current_clock
 from .._checks import check_bool, check_int, check_number, describe
 from .._errors import UnstorableValueError, ValueTooLargeError, WorkflowDefinitionError
-from .._limits import ResourceManager
+from .._limits import Capacity, ResourceManager, as_manager
 from ._codec import decode_value, encode_value, return_hint
 from ._context import Context, RunShared, run_context
 from ._graph import Graph, Step, StepStatus, Workflow
@@ -94,9 +94,13 @@ def _check_limit(limit: object) -> tuple[int, ResourceManager | None]:
         return sys.maxsize, None
     if isinstance(limit, ResourceManager):
         return sys.maxsize, limit
+    manager = as_manager(limit)  # a Capacity (e.g. shared by processes): a manager around it
+    if manager is not None:
+        return sys.maxsize, manager
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise TypeError(
-            f"limit must be an int >= 1, a ResourceManager or None, got {describe(limit)}"
+            "limit must be an int >= 1, a ResourceManager, a Capacity or None, got "
+            f"{describe(limit)}"
         )
     return check_int(limit, "limit", minimum=1), None
 
@@ -125,7 +129,7 @@ async def run_workflow(
     workflow: Workflow,
     *,
     context: Mapping[str, Any] | None = None,
-    limit: int | ResourceManager | None = None,
+    limit: int | ResourceManager | Capacity | None = None,
     fail_fast: bool = True,
     store: WorkflowStore | None = None,
     run_id: str | None = None,
@@ -172,7 +176,8 @@ async def run_workflow(
         workflow: The workflow to run.
         context: Initial shared state (``ctx.get``); state restored from a store wins.
         limit: Most steps in flight at once (an int >= 1), or a :class:`ResourceManager` whose
-            slots the steps take (needed for steps with ``pools``), or None for no limit.
+            slots the steps take (needed for steps with ``pools``), or a :class:`Capacity`
+            (such as one shared by several processes), or None for no limit.
         fail_fast: Stop the run at the first failure (see above).
         store: A :class:`WorkflowStore` (``SQLiteStore``, ``MemoryStore``) to make the run
             durable and resumable.

@@ -41,6 +41,7 @@ from ._run import (
     describe_store_error,
     log_dir,
     run_file,
+    state_location,
     step_command,
     summary_from_record,
 )
@@ -102,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument(
         "--state",
         metavar="PATH",
-        type=Path,
+        type=state_location,
         default=DEFAULT_STATE,
-        help=f"the state file of runs (default: {DEFAULT_STATE})",
+        help=f"the state file of runs, or redis://HOST:PORT/DB (default: {DEFAULT_STATE})",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -263,7 +264,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _open_state(args: argparse.Namespace) -> trioflow.SQLiteStore | None:
-    path: Path = args.state
+    path: Path | str = args.state
+    if isinstance(path, str):
+        raise UsageError(f"runs and show read a state file; --state {path} is a Redis URL")
     if not path.exists():
         return None
     return trioflow.SQLiteStore(path)

@@ -69,7 +69,8 @@ class RunOptions:
 
     Attributes:
         file: The workflow file as given on the command line.
-        state: The state file.
+        state: The state file, or a Redis URL (``redis://HOST:PORT/DB``) whose database keeps
+            the runs, shared by every machine that uses it.
         resume: The id of the run to resume, or None for a new run.
         max_parallel: Overrides the file's ``max_parallel``.
         keep_going: Let independent steps go on after a failure.
@@ -80,7 +81,7 @@ class RunOptions:
     """
 
     file: str
-    state: Path = DEFAULT_STATE
+    state: Path | str = DEFAULT_STATE
     resume: str | None = None
     max_parallel: int | None = None
     keep_going: bool = False
@@ -126,17 +127,66 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def log_dir(state: Path, run_id: str) -> Path:
-    """Return the directory of a run's step logs: ``logs/RUN_ID`` beside the state file.
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def state_location(text: str) -> Path | str:
+    """Read ``--state``: a Redis URL stays a string, anything else is a file path.
 
     Args:
-        state: The state file.
+        text: The option's value.
+
+    Returns:
+        The URL, or the path.
+    """
+    return text if text.startswith(_REDIS_SCHEMES) else Path(text)
+
+
+def log_dir(state: Path | str, run_id: str) -> Path:
+    """Return the directory of a run's step logs: ``logs/RUN_ID`` beside the state file.
+
+    With the state in Redis, the logs stay on this machine, beside the default state file.
+
+    Args:
+        state: The state file, or a Redis URL.
         run_id: The run's id.
 
     Returns:
         The directory (it may not exist yet).
     """
-    return state.parent / "logs" / run_id
+    path = DEFAULT_STATE if isinstance(state, str) else state
+    return path.parent / "logs" / run_id
+
+
+@contextlib.asynccontextmanager
+async def open_store(state: Path | str) -> AsyncIterator[trioflow.WorkflowStore]:
+    """Open the store of ``--state``: an ``SQLiteStore``, or a Redis store for a URL.
+
+    Args:
+        state: The state file, or a Redis URL.
+
+    Yields:
+        The store.
+
+    Raises:
+        UsageError: The Redis extra is not installed, or Redis cannot be reached.
+    """
+    if not isinstance(state, str):
+        async with trioflow.SQLiteStore(state) as store:
+            yield store
+        return
+    try:
+        from trioflow import redis as shared  # the optional extra, imported only for a URL
+    except ImportError as exc:
+        raise UsageError(
+            f"--state {state} needs the redis extra: pip install 'trioflow[redis]' ({exc})"
+        ) from None
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            redis = await stack.enter_async_context(shared.connect(state))
+        except (shared.RedisStateError, ValueError) as exc:
+            raise UsageError(f"cannot use the state {state!r}: {exc}") from None
+        yield redis.store()
 
 
 def resume_command(options: RunOptions, run_id: str) -> str:
@@ -470,7 +520,7 @@ def summary_from_record(
     )
 
 
-def describe_store_error(state: Path, exc: BaseException) -> str:
+def describe_store_error(state: Path | str, exc: BaseException) -> str:
     """Explain a state file that cannot be used.
 
     Args:
@@ -639,7 +689,7 @@ async def execute_file(
     result: trioflow.WorkflowResult | None = None
     never_stored = False
     async with (
-        trioflow.SQLiteStore(options.state) as store,
+        open_store(options.state) as store,
         open_guard(options.grace) as guard,
         _open_remote(spec, options) as remote,
     ):
