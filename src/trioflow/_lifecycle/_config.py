@@ -377,6 +377,9 @@ class OrchestrationConfig:
         default_timeout: The time a request may take from admission to its terminal state, a
             duration > 0, or ``None`` (or infinity) for no limit.
         enable_metrics: Whether the coordinator logs its statistics periodically.
+        background_limit: The most background tasks
+            (:meth:`~trioflow.lifecycle.Coordinator.start_background`) running at once, an int
+            >= 1; more wait for a place.
         metrics_interval: How often to log them, a duration > 0.
         pools: Named pools and their sizes, for stages that name them.
         retry: The default retry policy, used by stages of operation ``"default"``.
@@ -408,6 +411,7 @@ class OrchestrationConfig:
         converter=no_deadline,
     )
     enable_metrics: bool = field(True, check=boolean)
+    background_limit: int = field(20, check=count_at_least(1))
     metrics_interval: float = field(
         60.0, check=number_at_least(0, strict=True), duration="required"
     )

@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import EllipsisType, MappingProxyType
 from typing import Any, final
 
@@ -31,7 +31,7 @@ from .._backend import current_clock as clock
 from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
-from .._checks import check_int, check_timeout
+from .._checks import check_async_callable, check_int, check_timeout
 from .._limits import HealthSource, PoolStatistics, ResourceManager
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
@@ -86,6 +86,11 @@ class CoordinatorStatistics:
         failures: Failed requests by :class:`~trioflow.lifecycle.ErrorCategory`.
         state_times: Mean seconds a finished request spent in each state it went through.
         pools: The pools' statistics, by pool name.
+        background_running: Background tasks running (:meth:`Coordinator.start_background`).
+        background_waiting: Background tasks waiting for a place (``background_limit``).
+        background_completed: Background tasks that returned.
+        background_failed: Background tasks that raised (each logged as it failed);
+            cancelled ones count as neither.
     """
 
     uptime: float
@@ -104,6 +109,10 @@ class CoordinatorStatistics:
     failures: Mapping[ErrorCategory, int]
     state_times: Mapping[RequestState, float]
     pools: Mapping[str, PoolStatistics]
+    background_running: int = 0
+    background_waiting: int = 0
+    background_completed: int = 0
+    background_failed: int = 0
 
 
 def _debug_enabled(logger: Any) -> bool:
@@ -172,6 +181,10 @@ class Coordinator:
         self._total_time = 0.0
         self._state_time = dict.fromkeys(RequestState, 0.0)
         self._state_visits = dict.fromkeys(RequestState, 0)
+        # Background tasks: run in the coordinator's task group (set by open_coordinator).
+        self._group: anyio.abc.TaskGroup | None = None
+        self._background_places = anyio.CapacityLimiter(config.background_limit)
+        self._background = dict.fromkeys(("running", "waiting", "completed", "failed"), 0)
 
     def __repr__(self) -> str:
         return f"Coordinator(kinds={list(self._router.kinds)}, in_flight={self._running})"
@@ -645,7 +658,68 @@ class Coordinator:
                 }
             ),
             pools=self._resources.statistics().pools,
+            background_running=self._background["running"],
+            background_waiting=self._background["waiting"],
+            background_completed=self._background["completed"],
+            background_failed=self._background["failed"],
         )
+
+    def start_background(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None
+    ) -> None:
+        """Start ``fn(*args)`` as a background task of the coordinator; return at once.
+
+        The task runs in the coordinator's task group, at most ``background_limit`` of them
+        at once (the configuration's; more wait for a place, first come, first served). It
+        is cancelled when the coordinator closes. A failure is logged (a ``background task
+        failed`` error, with the exception) and counted in :meth:`statistics`, never lost and
+        never raised into the coordinator; a cancellation is neither a failure nor a
+        completion.
+
+        Example::
+
+            coordinator.start_background(refresh_cache, "users", name="refresh users")
+
+        Args:
+            fn: An async function.
+            *args: Its positional arguments.
+            name: What the log and the task are called; ``fn``'s name by default.
+
+        Raises:
+            TypeError: ``fn`` is not an async callable (refused before anything starts).
+            RuntimeError: The coordinator is closed.
+        """
+        check_async_callable(fn, "fn")
+        if self._closed or self._group is None:
+            raise RuntimeError("the coordinator is closed: it starts no background task")
+        label = name if name is not None else getattr(fn, "__qualname__", repr(fn))
+        self._background["waiting"] += 1
+        self._group.start_soon(self._run_background, fn, args, label, name=label)
+
+    async def _run_background(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], label: str
+    ) -> None:
+        counts = self._background
+        try:
+            await self._background_places.acquire()
+        finally:
+            counts["waiting"] -= 1
+        counts["running"] += 1
+        try:
+            await fn(*args)
+        except Exception as exc:
+            counts["failed"] += 1
+            self._log.error(
+                "background task failed",
+                task=label,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+        else:
+            counts["completed"] += 1
+        finally:
+            counts["running"] -= 1
+            self._background_places.release()
 
     async def _report_metrics(self) -> None:
         interval = self._config.metrics_interval
@@ -746,6 +820,7 @@ async def open_coordinator(
         # The body's own exception comes out as itself, not in a group of one.
         tg = await stack.enter_async_context(open_body_group())
         coordinator = Coordinator(config, router, registry, health, log, machine, recorder)
+        coordinator._group = tg
         if config.enable_metrics:
             tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")
         log.info(
