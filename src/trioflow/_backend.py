@@ -66,6 +66,7 @@ class Backend:
         "checkpoint",
         "checkpoint_if_cancelled",
         "clock",
+        "event",
         "move_on_after",
         "open_group",
         "open_workers",
@@ -82,7 +83,9 @@ class Backend:
         cancel_scope: Callable[[], AbstractContextManager[CancelScope]],
         sleep_until: Callable[[float], Awaitable[None]],  # a time read from ``clock``
         open_workers: Callable[[], AbstractAsyncContextManager[TaskGroup]],
+        event: Callable[[], Any],  # an event with set() and await wait(): trio's own on trio
     ) -> None:
+        self.event = event
         self.open_group = open_group
         self.open_workers = open_workers
         self.move_on_after = move_on_after
@@ -287,6 +290,7 @@ def current_backend() -> Backend:
             trio.CancelScope,
             sleep_until,
             _trio_group,
+            trio.Event,
         )
     timer = anyio.current_time
     with contextlib.suppress(RuntimeError):
@@ -306,6 +310,7 @@ def current_backend() -> Backend:
         anyio.CancelScope,
         anyio.sleep_until,  # the loop's time, which ``timer`` reads too
         _asyncio_group,
+        anyio.Event,
     )
 
 

@@ -120,7 +120,8 @@ async def _as_completed(
     buffer = _AS_COMPLETED_BUFFER
     if isinstance(checked_limit, int):
         buffer = min(checked_limit, buffer)
-    handoff = Handoff[Outcome[T]](buffer)
+    backend = current_backend()
+    handoff = Handoff[Outcome[T]](buffer, backend.event)
     batch = Batch(
         operations,
         limit=checked_limit,
@@ -130,7 +131,6 @@ async def _as_completed(
         on_progress=None,
         send=handoff,
     )
-    backend = current_backend()
     stream = _OutcomeStream(handoff, backend.checkpoint_if_cancelled)
 
     async def drive() -> None:

@@ -68,6 +68,7 @@ from ._outcomes import (
     OutcomeStatus,
     Progress,
     make_outcome,
+    make_progress,
     make_result,
 )
 
@@ -479,6 +480,7 @@ class Batch:
         clock = self._clock
         fail_fast = self._fail_fast
         report = self._on_progress
+        progress = make_progress
         send = self._send  # as_completed: each outcome goes to the consumer, nothing is kept
         timeout = self._timeout
         deadlines = self._deadlines
@@ -553,16 +555,19 @@ class Batch:
                     try:
                         # The operation has just checkpointed: skip send()'s own checkpoint
                         # unless the consumer is behind and this worker has to wait anyway.
-                        try:
-                            send.send_nowait(outcome)
-                        except anyio.WouldBlock:
-                            await send.send(outcome)
+                        if not send.offer(outcome):
+                            await send.wait_for_room(outcome)
                     except anyio.BrokenResourceError:  # the consumer is gone
                         self._stop()
                         return False
                 elif report is not None:
+                    # _report(), inlined: this runs once per operation.
                     self._running -= 1
-                    if not self._report():
+                    self._completed = completed = self._completed + 1
+                    try:
+                        report(progress(self._total, completed, self._failed, self._running))
+                    except Exception as exc:
+                        self._abort(exc, "raised by on_progress")
                         return False
                 if error is not None:
                     error = None
@@ -585,12 +590,7 @@ class Batch:
         self._completed += 1
         try:
             self._on_progress(
-                Progress(
-                    total=self._total,
-                    completed=self._completed,
-                    failed=self._failed,
-                    running=self._running,
-                )
+                make_progress(self._total, self._completed, self._failed, self._running)
             )
         except Exception as exc:
             self._abort(exc, "raised by on_progress")
@@ -876,10 +876,8 @@ class Batch:
             try:
                 # The operation has just run (and checkpointed): skip send()'s extra
                 # checkpoint unless the channel is full and this task has to wait anyway.
-                try:
-                    send.send_nowait(outcome)
-                except anyio.WouldBlock:
-                    await send.send(outcome)
+                if not send.offer(outcome):
+                    await send.wait_for_room(outcome)
             except anyio.BrokenResourceError:  # the consumer is gone: nobody wants the rest
                 self._stop()
             return
@@ -889,12 +887,7 @@ class Batch:
         if error is not None or attempts != 1:
             self._extra[index] = (status, error, attempts)
         if self._on_progress is not None:
-            progress = Progress(
-                total=self._total,
-                completed=self._completed,
-                failed=self._failed,
-                running=self._running,
-            )
+            progress = make_progress(self._total, self._completed, self._failed, self._running)
             try:
                 self._on_progress(progress)
             except Exception as exc:

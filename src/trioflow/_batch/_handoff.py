@@ -16,7 +16,8 @@ streams do), so a producer waits at most once per item.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, TypeVar, final
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar, final
 
 import anyio
 
@@ -25,23 +26,61 @@ __all__ = ("Handoff",)
 T = TypeVar("T")
 
 
+class _Event(Protocol):
+    def set(self) -> object: ...
+    def wait(self) -> Awaitable[object]: ...
+
+
 @final
 class Handoff(Generic[T]):
     """A bounded first-in, first-out queue from any number of tasks to one consumer task."""
 
-    __slots__ = ("_buffer", "_capacity", "_closed", "_consumer", "_gone", "_producers")
+    __slots__ = (
+        "_buffer",
+        "_capacity",
+        "_closed",
+        "_consumer",
+        "_event",
+        "_gone",
+        "_producers",
+    )
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, event: Callable[[], _Event] = anyio.Event) -> None:
+        """Make an empty queue of ``capacity`` items; ``event`` makes the events waiters use.
+
+        The batch engine passes the running loop's own event (``trio.Event`` on trio), which
+        is cheaper to make and wait on than anyio's wrapper around it.
+        """
         self._buffer: deque[T] = deque()
         self._capacity = capacity
-        self._consumer: anyio.Event | None = None  # set when an item comes or the end does
+        self._event = event
+        self._consumer: _Event | None = None  # set when an item comes or the end does
         # Producers waiting for room, in arrival order, with their items; each event is set
         # once its item is in the queue.
-        self._producers: dict[anyio.Event, T] = {}
+        self._producers: dict[_Event, T] = {}
         self._closed = False  # the producers are done
         self._gone = False  # the consumer has left
 
     # -- the producers' side ------------------------------------------------------------------
+
+    def offer(self, item: T) -> bool:
+        """Queue ``item`` now if there is room; return whether it was queued.
+
+        The engine's fast path: no exception to raise and catch when the queue is full.
+
+        Raises:
+            anyio.BrokenResourceError: The consumer has left.
+        """
+        if self._gone:
+            raise anyio.BrokenResourceError
+        if len(self._buffer) >= self._capacity:
+            return False
+        self._buffer.append(item)
+        consumer = self._consumer
+        if consumer is not None:
+            self._consumer = None
+            consumer.set()
+        return True
 
     def send_nowait(self, item: T) -> None:
         """Queue ``item`` now.
@@ -50,15 +89,8 @@ class Handoff(Generic[T]):
             anyio.WouldBlock: The queue is full.
             anyio.BrokenResourceError: The consumer has left.
         """
-        if self._gone:
-            raise anyio.BrokenResourceError
-        if len(self._buffer) >= self._capacity:
+        if not self.offer(item):
             raise anyio.WouldBlock
-        self._buffer.append(item)
-        consumer = self._consumer
-        if consumer is not None:
-            self._consumer = None
-            consumer.set()
 
     async def send(self, item: T) -> None:
         """Queue ``item``, waiting for room.
@@ -69,13 +101,16 @@ class Handoff(Generic[T]):
         Raises:
             anyio.BrokenResourceError: The consumer has left.
         """
-        try:
-            self.send_nowait(item)
-        except anyio.WouldBlock:
-            pass
-        else:
-            return
-        room = anyio.Event()
+        if not self.offer(item):
+            await self.wait_for_room(item)
+
+    async def wait_for_room(self, item: T) -> None:
+        """Wait in line until the consumer moves ``item`` into the queue (after ``offer``).
+
+        Raises:
+            anyio.BrokenResourceError: The consumer has left.
+        """
+        room = self._event()
         self._producers[room] = item
         try:
             await room.wait()
@@ -126,7 +161,7 @@ class Handoff(Generic[T]):
                 return self.receive_nowait()
             except anyio.WouldBlock:
                 pass
-            self._consumer = arrived = anyio.Event()
+            self._consumer = arrived = self._event()
             await arrived.wait()
 
     def leave(self) -> None:
