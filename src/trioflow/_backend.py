@@ -17,10 +17,12 @@ async context manager whose body is the user's code.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import TracebackType
 from typing import Any, Protocol, final
 
 import anyio
@@ -33,6 +35,8 @@ __all__ = (
     "TaskGroup",
     "current_backend",
     "current_clock",
+    "OwnScope",
+    "cancel_scope",
     "current_time",
     "loop_caller",
     "open_body_group",
@@ -48,6 +52,19 @@ class CancelScope(Protocol):
     def cancel_called(self) -> bool: ...
 
     def cancel(self) -> None: ...
+
+
+class OwnScope(CancelScope, Protocol):
+    """A cancel scope to enter once with ``with``: trio's or anyio's."""
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
 
 
 class TaskGroup(Protocol):
@@ -206,6 +223,22 @@ def current_clock() -> Callable[[], float]:
         return asyncio.get_running_loop().time
     except RuntimeError:
         raise RuntimeError("no trio or asyncio event loop is running in this thread") from None
+
+
+def cancel_scope(deadline: float = math.inf) -> OwnScope:
+    """Return a new cancel scope of the running loop: trio's own on trio, else anyio's.
+
+    On trio an anyio ``CancelScope`` wraps a trio one; code that opens a scope per call (a
+    pipeline run) takes trio's directly, which costs about a third less.
+
+    Args:
+        deadline: When the scope cancels itself, on the loop's clock (never by default).
+    """
+    trio = _running_trio()
+    if trio is not None:
+        scope: OwnScope = trio.CancelScope(deadline=deadline)
+        return scope
+    return anyio.CancelScope(deadline=deadline)
 
 
 def current_time() -> float:

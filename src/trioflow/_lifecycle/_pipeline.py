@@ -31,6 +31,7 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
+from .._backend import OwnScope, cancel_scope
 from .._backend import current_clock as clock
 from .._checks import (
     NotAwaitableError,
@@ -339,7 +340,7 @@ class Pipeline:
     _degraded: int
     _failed: int
     _cancelled: int
-    _scopes: dict[int, anyio.CancelScope]
+    _scopes: dict[int, OwnScope]
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
@@ -371,7 +372,7 @@ class Pipeline:
         self._other_machine = None
         self._counters = {stage.name: _StageCounters() for stage in stages}
         self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
-        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._scopes: dict[int, OwnScope] = {}
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
@@ -584,7 +585,7 @@ class Pipeline:
         now_fn = clock()
         started = now_fn()
         # One cancel scope per run serves both the run's timeout and cancel(request).
-        scope = anyio.CancelScope(deadline=math.inf if timeout is None else started + timeout)
+        scope = cancel_scope(math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
         degraded: dict[str, BaseException] = {}
         sink = _SINK.set(on_chunk)

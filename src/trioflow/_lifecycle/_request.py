@@ -16,7 +16,7 @@ from typing import Any, final
 
 import attrs
 
-from .._backend import current_clock as clock
+from .._backend import current_time
 from .._checks import check_int, check_name, validator
 from .._errors import (
     CircuitOpenError,
@@ -114,7 +114,7 @@ REQUEST_TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = _request_t
 
 def _now() -> float:
     try:
-        return clock()()
+        return current_time()
     except RuntimeError:  # no event loop is running
         raise RuntimeError(
             "Request() must be created inside a running event loop (created_at is read from "
@@ -178,18 +178,42 @@ class Request:
     """
 
     payload: Any = None
-    id: str = attrs.field(factory=_new_id, kw_only=True, validator=_check_text)
-    user_id: str = attrs.field(default="anonymous", kw_only=True, validator=_check_text)
-    source: str = attrs.field(default="other", kw_only=True, validator=_check_text)
-    kind: str | None = attrs.field(default=None, kw_only=True, validator=_check_kind)
-    priority: int = attrs.field(default=0, kw_only=True, validator=_check_priority)
-    state: RequestState = attrs.field(
-        default=RequestState.RECEIVED, kw_only=True, validator=_check_state
-    )
+    id: str = attrs.field(factory=_new_id, kw_only=True)
+    user_id: str = attrs.field(default="anonymous", kw_only=True)
+    source: str = attrs.field(default="other", kw_only=True)
+    kind: str | None = attrs.field(default=None, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True)
+    state: RequestState = attrs.field(default=RequestState.RECEIVED, kw_only=True)
     history: list[StateChange[RequestState]] = attrs.field(factory=list, kw_only=True)
     created_at: float = attrs.field(factory=_now, kw_only=True)
     results: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
     timings: dict[str, float] = attrs.field(factory=dict, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        # One cheap test of the usual case (a request is made per call a server answers);
+        # the field checks run, in field order, only when it fails, to name what is wrong.
+        if (
+            type(self.id) is not str
+            or type(self.user_id) is not str
+            or type(self.source) is not str
+            or not (self.id and self.user_id and self.source)
+            or (self.kind is not None and not (isinstance(self.kind, str) and self.kind))
+            or type(self.priority) is not int
+            or type(self.state) is not RequestState
+        ):
+            self._check_fields()
+
+    def _check_fields(self) -> None:
+        fields = attrs.fields(Request)
+        for attribute, check in (
+            (fields.id, _check_text),
+            (fields.user_id, _check_text),
+            (fields.source, _check_text),
+            (fields.kind, _check_kind),
+            (fields.priority, _check_priority),
+            (fields.state, _check_state),
+        ):
+            check(self, attribute, getattr(self, attribute.name))
 
 
 class ProcessingStatus(Status):
