@@ -112,3 +112,29 @@ async def test_a_waiting_producer_is_told_when_the_consumer_leaves() -> None:
     assert told == ["broken"]
     with pytest.raises(anyio.BrokenResourceError):
         handoff.send_nowait("late")
+
+
+async def test_offer_queues_while_there_is_room_and_says_so() -> None:
+    handoff = Handoff[int](2)
+    assert handoff.offer(1)
+    assert handoff.offer(2)
+    assert not handoff.offer(3)  # full: nothing queued, nothing raised
+    assert [handoff.receive_nowait(), handoff.receive_nowait()] == [1, 2]
+    handoff.leave()
+    with pytest.raises(anyio.BrokenResourceError):
+        handoff.offer(4)
+
+
+async def test_a_producer_waiting_for_room_on_the_loops_own_event_gets_its_item_moved_in() -> None:
+    from trioflow._backend import current_backend
+
+    handoff = Handoff[int](1, current_backend().event)
+    assert handoff.offer(1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(handoff.wait_for_room, 2)
+        await anyio.sleep(1)
+        assert handoff.receive_nowait() == 1  # and moves the waiting item in
+        assert handoff.receive_nowait() == 2
+    handoff.close()
+    with pytest.raises(anyio.EndOfStream):
+        await handoff.receive()
