@@ -655,8 +655,8 @@ class LimitChanged:
     new: int
 
 
-#: What a :class:`ResourceManager` listener receives.
 ResourceManagerEvent = SlotReleased | LimitChanged
+"""What a :class:`ResourceManager` listener receives: a :class:`SlotReleased` or a :class:`LimitChanged`."""
 
 
 @final

@@ -133,8 +133,8 @@ class AlertCleared:
     at: float
 
 
-#: What a :class:`~trioflow.lifecycle.Coordinator` listener receives.
 CoordinatorEvent = RequestFinished | AdmissionRefused | Alert | AlertCleared
+"""What a :class:`~trioflow.lifecycle.Coordinator` listener receives (its ``kind`` tells which)."""
 
 
 @final
