@@ -1,4 +1,4 @@
-"""Alerts of a coordinator: queue depth, failure ratio over a sliding window, health; in virtual time."""
+"""Coordinator alerts: queue depth, failure ratio over a sliding window, health; virtual time."""
 
 from __future__ import annotations
 
@@ -60,11 +60,7 @@ def _capture() -> tuple[LogCapture, Any]:
 
 
 def _alerts(events: Sequence[CoordinatorEvent]) -> list[tuple[str, str, float, float]]:
-    return [
-        (e.kind, e.name, e.value, e.at)
-        for e in events
-        if isinstance(e, Alert | AlertCleared)
-    ]
+    return [(e.kind, e.name, e.value, e.at) for e in events if isinstance(e, Alert | AlertCleared)]
 
 
 def _config(**alerts: Any) -> dict[str, Any]:
@@ -91,8 +87,10 @@ async def test_queue_depth_fires_once_when_reached_and_clears_at_clear_at() -> N
     # Admitted one by one every 10 s: the depth is 3 at 10, 2 at 20, 1 at 30 (cleared).
     assert _alerts(events) == [("alert", "queue_depth", 3, 0), ("cleared", "queue_depth", 1, 30)]
     alert, cleared = (e for e in events if isinstance(e, Alert | AlertCleared))
-    assert isinstance(alert, Alert) and alert.threshold == 3
-    assert isinstance(cleared, AlertCleared) and (cleared.threshold, cleared.clear_at) == (3, 1)
+    assert isinstance(alert, Alert)
+    assert alert.threshold == 3
+    assert isinstance(cleared, AlertCleared)
+    assert (cleared.threshold, cleared.clear_at) == (3, 1)
     found = [(e["event"], e["log_level"], e["alert"]) for e in logs.entries if "alert" in e]
     assert found == [("alert", "warning", "queue_depth"), ("alert cleared", "info", "queue_depth")]
 
@@ -265,7 +263,8 @@ def test_alerts_load_from_toml(tmp_path: pathlib.Path) -> None:
     assert alerts.failure_ratio == FailureRatioAlertConfig(
         threshold=0.2, window=300, min_requests=50
     )
-    assert alerts.health is not None and alerts.health.unhealthy_for == 30
+    assert alerts.health is not None
+    assert alerts.health.unhealthy_for == 30
     assert OrchestrationConfig().alerts == AlertsConfig()  # no alert unless given
 
 
@@ -315,7 +314,8 @@ def test_hysteresis_alternates_and_fires_only_beyond_its_levels(
         event = level.update(value, at)
         if event is not None:
             fired.append(event)
-            assert event.at == at and event.value == value
+            assert event.at == at
+            assert event.value == value
         if value >= threshold:
             assert level.active  # never above the threshold without an alert out
         elif value <= clear_at:

@@ -61,9 +61,9 @@ def _positional_arity(fn: Callable[..., object]) -> int | None:
     for parameter in signature.parameters.values():
         if parameter.kind is parameter.VAR_POSITIONAL:
             return None
-        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
-            if parameter.default is parameter.empty:
-                required += 1
+        positional = parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        if positional and parameter.default is parameter.empty:
+            required += 1
     return required
 
 

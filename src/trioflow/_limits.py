@@ -656,7 +656,8 @@ class LimitChanged:
 
 
 ResourceManagerEvent = SlotReleased | LimitChanged
-"""What a :class:`ResourceManager` listener receives: a :class:`SlotReleased` or a :class:`LimitChanged`."""
+"""What a :class:`ResourceManager` listener receives: a :class:`SlotReleased` or a
+:class:`LimitChanged`."""
 
 
 @final

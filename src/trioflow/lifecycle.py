@@ -22,8 +22,8 @@ from ._lifecycle._config import AlertsConfig as AlertsConfig
 from ._lifecycle._config import FailureRatioAlertConfig as FailureRatioAlertConfig
 from ._lifecycle._config import HealthAlertConfig as HealthAlertConfig
 from ._lifecycle._config import HealthConfig as HealthConfig
-from ._lifecycle._config import QueueDepthAlertConfig as QueueDepthAlertConfig
 from ._lifecycle._config import OrchestrationConfig as OrchestrationConfig
+from ._lifecycle._config import QueueDepthAlertConfig as QueueDepthAlertConfig
 from ._lifecycle._config import RateLimitConfig as RateLimitConfig
 from ._lifecycle._config import RateLimitsConfig as RateLimitsConfig
 from ._lifecycle._config import RetryConfig as RetryConfig

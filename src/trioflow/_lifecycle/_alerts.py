@@ -325,7 +325,9 @@ class Alerts:
                     if now - since >= unhealthy_for:
                         alerted = True
                         self._report(
-                            Alert(name="health", value=now - since, threshold=unhealthy_for, at=now)
+                            Alert(
+                                name="health", value=now - since, threshold=unhealthy_for, at=now
+                            )
                         )
                     else:
                         due = since + unhealthy_for - now
