@@ -68,8 +68,13 @@ def _positional_arity(fn: Callable[..., object]) -> int | None:
 
 
 @final
-class Listeners(Generic[E]):
+class Listeners(list[list[Callable[[E], object]]], Generic[E]):
     """The listeners of one component, and how events reach them.
+
+    A list (of one-item lists, one per registration, so that the same function added twice is
+    two listeners and each ``remove()`` takes away its own), so that a hot path's ``if
+    listeners:`` is the interpreter's own truth test of a list, not a Python ``__bool__``
+    call. Components only :meth:`add` and :meth:`emit`.
 
     Args:
         component: What the log calls the component (``"ResourceManager"``, ...).
@@ -77,20 +82,15 @@ class Listeners(Generic[E]):
             ``structlog.get_logger("trioflow")``, made on the first failure.
     """
 
-    __slots__ = ("_component", "_entries", "_logger")
+    __slots__ = ("_component", "_logger")
 
     def __init__(self, component: str, logger: Any = None) -> None:
+        super().__init__()
         self._component = component
         self._logger = logger
-        # One list per registration, so the same function added twice is two listeners, and
-        # each remove() takes away its own.
-        self._entries: list[list[Callable[[E], object]]] = []
 
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+    def __repr__(self) -> str:
+        return f"<Listeners of {self._component}: {len(self)}>"
 
     def add(
         self,
@@ -127,7 +127,7 @@ class Listeners(Generic[E]):
                 )
                 fn = adapt(fn)
         entry = [fn]
-        entries = self._entries
+        entries = self
         entries.append(entry)
 
         def remove() -> None:
@@ -144,7 +144,7 @@ class Listeners(Generic[E]):
         Args:
             event: The event, a frozen value with a ``kind``.
         """
-        for (fn,) in tuple(self._entries):
+        for (fn,) in tuple(self):
             try:
                 fn(event)
             except Exception as exc:

@@ -52,6 +52,7 @@ Ts = TypeVarTuple("Ts")
 _WouldBlock = anyio.WouldBlock
 _CHAIN_CACHE_SIZE = 256
 _SPARE_LIMITERS = 64  # idle per-key limiters kept for reuse, per keyed pool
+_NO_KEY_MAP: Mapping[str, Hashable] = MappingProxyType({})  # the keys of a slot without any
 
 
 @runtime_checkable
@@ -608,8 +609,8 @@ class Slot:
         if listeners:
             listeners.emit(
                 SlotReleased(
-                    pools=tuple(pool.name for pool in pools),
-                    keys={entry.pool.name: entry.key for entry in keys},
+                    pools=tuple([pool.name for pool in pools]) if pools else (),
+                    keys={entry.pool.name: entry.key for entry in keys} if keys else _NO_KEY_MAP,
                     duration=duration,
                     ok=not failed,
                 )
@@ -633,7 +634,7 @@ class SlotReleased:
 
     kind: Literal["released"] = "released"
     pools: tuple[str, ...] = ()
-    keys: Mapping[str, Hashable] = attrs.field(factory=dict)
+    keys: Mapping[str, Hashable] = _NO_KEY_MAP
     duration: float
     ok: bool
 
