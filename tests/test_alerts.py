@@ -219,6 +219,12 @@ async def test_a_health_source_without_transitions_is_looked_at_every_interval()
     assert _alerts(events) == [("alert", "health", 0, 4), ("cleared", "health", 0, 8)]
 
 
+async def test_a_health_alert_without_a_health_source_is_refused_before_anything_runs() -> None:
+    with pytest.raises(ValueError, match="config.alerts.health needs a health source"):
+        async with open_coordinator(_config(health={}), router=_router()):
+            pytest.fail("opened")  # pragma: no cover
+
+
 # --- a listener that raises --------------------------------------------------------------------
 
 

@@ -405,7 +405,8 @@ class FailureRatioAlertConfig:
     """Alert when too many requests fail over a sliding window of time.
 
     The ratio is ``failed / (succeeded + degraded + failed)`` over the requests that ended in
-    the last ``window`` seconds (cancelled ones are left out); it counts only once the window
+    the last ``window`` seconds (those refused at admission count as failed, cancelled ones are
+    left out); it counts only once the window
     holds at least ``min_requests`` of them. Fires (a ``"failure_ratio"`` alert) when the
     ratio reaches ``threshold``; clears when it is back at or below ``clear_at``. Evaluated
     each time a request ends.

@@ -846,6 +846,8 @@ async def open_coordinator(
     Raises:
         TypeError: ``router``, ``registry``, ``health``, ``machine`` or ``requests`` has the
             wrong type.
+        ValueError: ``config.alerts.health`` is set, but there is no health source (neither
+            ``health`` nor ``config.health.enabled``).
         ConfigError: ``config`` is a mapping or file that does not load.
     """
     if not isinstance(config, OrchestrationConfig):
@@ -860,6 +862,10 @@ async def open_coordinator(
         raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
     if requests is not None and not isinstance(requests, RequestStore):
         raise TypeError(f"requests must be a RequestStore or None, got {requests!r}")
+    if config.alerts.health is not None and health is None and not config.health.enabled:
+        raise ValueError(
+            "config.alerts.health needs a health source: pass health= or enable config.health"
+        )
     if logger is None:
         import structlog  # here, not at module level: it imports rich, pygments, ... (slow)
 
