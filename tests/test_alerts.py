@@ -220,7 +220,7 @@ async def test_a_health_source_without_transitions_is_looked_at_every_interval()
 
 
 async def test_a_health_alert_without_a_health_source_is_refused_before_anything_runs() -> None:
-    with pytest.raises(ValueError, match="config.alerts.health needs a health source"):
+    with pytest.raises(ValueError, match=r"config\.alerts\.health needs a health source"):
         async with open_coordinator(_config(health={}), router=_router()):
             pytest.fail("opened")  # pragma: no cover
 
