@@ -15,7 +15,7 @@ from structlog.testing import LogCapture
 
 from _lifecycle_stages import SEVEN_STAGES
 from trioflow import ConfigError, HealthMonitor
-from trioflow._lifecycle._alerts import Threshold
+from trioflow._lifecycle._alerts import Threshold, FailureWindow
 from trioflow.lifecycle import (
     Alert,
     AlertCleared,
@@ -334,3 +334,22 @@ def test_hysteresis_alternates_and_fires_only_beyond_its_levels(
     assert all(e.value >= threshold for e in fired if e.kind == "alert")
     assert all(e.value <= clear_at for e in fired if e.kind == "cleared")
     assert level.active == (bool(fired) and fired[-1].kind == "alert")
+
+
+@given(
+    window=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    minimum=st.integers(1, 5),
+    ends=st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0, 4.0]), st.booleans())),
+)
+def test_the_failure_window_agrees_with_counting_from_scratch(
+    window: float, minimum: int, ends: list[tuple[float, bool]]
+) -> None:
+    failures = FailureWindow(window, minimum)
+    now = 0.0
+    history: list[tuple[float, bool]] = []
+    for step, failed in ends:
+        now += step
+        history.append((now, failed))
+        inside = [f for at, f in history if at > now - window]  # the window is (now - w, now]
+        expected = sum(inside) / len(inside) if len(inside) >= minimum else None
+        assert failures.ratio(now, failed) == expected

@@ -37,6 +37,7 @@ __all__ = (
     "AlertName",
     "Alerts",
     "CoordinatorEvent",
+    "FailureWindow",
     "RequestFinished",
     "Threshold",
 )
@@ -185,7 +186,7 @@ class Threshold:
 
 
 @final
-class _FailureWindow:
+class FailureWindow:
     """Requests that ended in the last ``window`` seconds: (end time, failed), oldest first."""
 
     __slots__ = ("ended", "failures", "minimum", "window")
@@ -232,10 +233,10 @@ class Alerts:
             None if queue is None else Threshold("queue_depth", queue.threshold, queue.clear_level)
         )
         self._failures: Threshold | None = None
-        self._window: _FailureWindow | None = None
+        self._window: FailureWindow | None = None
         if failures is not None:
             self._failures = Threshold("failure_ratio", failures.threshold, failures.clear_level)
-            self._window = _FailureWindow(failures.window, failures.min_requests)
+            self._window = FailureWindow(failures.window, failures.min_requests)
         self._health = health
 
     @property
