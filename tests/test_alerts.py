@@ -15,7 +15,7 @@ from structlog.testing import LogCapture
 
 from _lifecycle_stages import SEVEN_STAGES
 from trioflow import ConfigError, HealthMonitor
-from trioflow._lifecycle._alerts import Threshold, FailureWindow
+from trioflow._lifecycle._alerts import FailureWindow, Threshold
 from trioflow.lifecycle import (
     Alert,
     AlertCleared,
