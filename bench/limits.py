@@ -4,7 +4,9 @@ Every row runs N times ``async with <limit>: await noop()`` in one task, so no s
 the fast path every call of a service pays. Floors: the bare call, and anyio's
 ``CapacityLimiter`` (what the manager's limiters replaced; it serves waiters first come, first
 served only). Rows: ``rm.slot()``, ``rm.slot(priority=5)`` (the goal: at most 1.1x the plain
-slot), ``rm.slot(priority=5)`` on a manager with ``aging``, and a slot with a keyed pool.
+slot), ``rm.slot(priority=5)`` on a manager with ``aging``, a slot with a keyed pool, and a
+plain slot on a manager with one listener (``rm.add_listener(fn)``: each slot that ends builds a
+``SlotReleased`` event and calls ``fn``; with none the cost is one truth test).
 
 Usage: ``python bench/limits.py`` (or ``nox -s bench``); ``BENCH_REPEATS`` sets the repetitions
 per case (default 5), each in a fresh process.
@@ -53,9 +55,14 @@ def anyio_limiter(n: int, backend: str) -> int:
 
 
 @bench.case
-def slot(n: int, backend: str, priority: int, aging: float | None, keyed: bool) -> int:
+def slot(
+    n: int, backend: str, priority: int, aging: float | None, keyed: bool, listeners: int = 0
+) -> int:
     async def main() -> None:
         rm = trioflow.ResourceManager(8, keyed={"user": 2}, aging=aging)
+        seen: list[trioflow.ResourceManagerEvent] = []
+        for _ in range(listeners):
+            rm.add_listener(lambda event: seen.append(event) if len(seen) < 1 else None)
         keys = {"user": "alice"} if keyed else None
         for _ in range(n):
             async with rm.slot(keys=keys, priority=priority):
@@ -92,11 +99,24 @@ def plan(run: Callable[..., Row]) -> None:
             keyed=True,
             **common,
         )
+        heard = run(
+            "slot",
+            label="rm.slot(), one listener",
+            priority=0,
+            aging=None,
+            keyed=False,
+            listeners=1,
+            **common,
+        )
         ratio = ranked.cpu_us / plain.cpu_us
         verdict = "met" if ratio <= GOAL else "MISSED"
         checks.append(
             f"- {backend}: slot(priority=5)/slot() = {ranked.cpu_us:.2f}/{plain.cpu_us:.2f} us "
             f"CPU = {ratio:.2f}x (goal <= {GOAL}x): {verdict}"
+        )
+        checks.append(
+            f"- {backend}: one listener costs {heard.cpu_us - plain.cpu_us:.2f} us CPU per slot "
+            f"({heard.cpu_us:.2f} vs {plain.cpu_us:.2f} us, {heard.cpu_us / plain.cpu_us:.2f}x)"
         )
     bench.checks = checks  # type: ignore[attr-defined]
 

@@ -88,7 +88,7 @@ async def test_a_success_resets_the_consecutive_count() -> None:
 async def test_half_opens_after_reset_timeout_and_closes_on_success() -> None:
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5)
     seen: list[tuple[CircuitState, CircuitState, float]] = []
-    breaker.add_listener(lambda old, new: seen.append((old, new, anyio.current_time())))
+    breaker.add_listener(lambda e: seen.append((e.old, e.new, anyio.current_time())))
     await fail_times(breaker, 1)
     await anyio.sleep(4.5)
     with pytest.raises(CircuitOpenError):
@@ -246,7 +246,7 @@ async def test_exit_without_enter_is_an_error() -> None:
 async def test_listeners_can_be_removed_and_reset_closes() -> None:
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=10)
     seen: list[CircuitState] = []
-    remove = breaker.add_listener(lambda old, new: seen.append(new))
+    remove = breaker.add_listener(lambda e: seen.append(e.new))
     await fail_times(breaker, 1)
     breaker.reset()
     remove()
@@ -444,7 +444,7 @@ class BreakerMachine(RuleBasedStateMachine):
             clock=self.clock,
         )
         self.seen: list[tuple[CircuitState, CircuitState]] = []
-        self.breaker.add_listener(lambda old, new: self.seen.append((old, new)))
+        self.breaker.add_listener(lambda e: self.seen.append((e.old, e.new)))
         self.model = Model(threshold, reset_timeout, max_trials)
 
     @rule(dt=st.sampled_from([0.5, 1.0, 2.5, 10.0]))

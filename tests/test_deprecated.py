@@ -95,6 +95,15 @@ _NEW_IN_LIFECYCLE = (
     "RequestStore",
     "MemoryRequestStore",
     "SQLiteRequestStore",
+    "CoordinatorEvent",
+    "RequestFinished",
+    "AdmissionRefused",
+    "Alert",
+    "AlertCleared",
+    "AlertsConfig",
+    "QueueDepthAlertConfig",
+    "FailureRatioAlertConfig",
+    "HealthAlertConfig",
 )
 
 

@@ -41,6 +41,7 @@ GROUND = {
         "_options",
         "_status",
         "_deprecate",
+        "_events",
         "_startup",
         "testing",
     )

@@ -16,6 +16,7 @@ from trioflow import (
     PoolStatistics,
     ResourceExhaustedError,
     ResourceManager,
+    ResourceManagerEvent,
     ResourceManagerStatistics,
 )
 from trioflow.testing import virtual_time_backends
@@ -346,8 +347,8 @@ async def test_other_base_exceptions_release_and_are_not_counted() -> None:
         pass
 
     rm = ResourceManager(limit=1, pools={"a": 1})
-    seen: list[tuple[float, bool]] = []
-    rm.add_listener(lambda d, ok: seen.append((d, ok)))
+    seen: list[ResourceManagerEvent] = []
+    rm.add_listener(seen.append)
     with pytest.raises(Stop):
         async with rm.slot("a"):
             raise Stop
@@ -472,7 +473,9 @@ async def test_unhealthy_fails_fast_when_asked() -> None:
 async def test_listener_sees_duration_and_success_but_not_cancellation() -> None:
     rm = ResourceManager(limit=2)
     seen: list[tuple[float, bool]] = []
-    unsubscribe = rm.add_listener(lambda d, ok: seen.append((d, ok)))
+    unsubscribe = rm.add_listener(
+        lambda e: seen.append((e.duration, e.ok)) if e.kind == "released" else None
+    )
 
     async def fail_after_one() -> None:
         await anyio.sleep(1)
@@ -548,7 +551,7 @@ def test_bad_resizes_are_rejected_and_change_nothing() -> None:
         rm.set_pool_size("gpu", 1)
     with pytest.raises(ValueError, match="unknown pool 'gpu'"):
         rm.pool_size("gpu")
-    with pytest.raises(TypeError, match="listener must be callable"):
+    with pytest.raises(TypeError, match="fn must be callable, got 3"):
         rm.add_listener(3)  # type: ignore[arg-type]
     assert (rm.limit, rm.pool_size("llm")) == (2, 3)
 

@@ -45,11 +45,15 @@ from ._errors import WorkflowShapeChangedError as WorkflowShapeChangedError
 from ._limits import Capacity as Capacity
 from ._limits import HealthSource as HealthSource
 from ._limits import KeyedPoolStatistics as KeyedPoolStatistics
+from ._limits import LimitChanged as LimitChanged
 from ._limits import PoolStatistics as PoolStatistics
 from ._limits import ResourceManager as ResourceManager
+from ._limits import ResourceManagerEvent as ResourceManagerEvent
 from ._limits import ResourceManagerStatistics as ResourceManagerStatistics
 from ._limits import Slot as Slot
+from ._limits import SlotReleased as SlotReleased
 from ._options import WorkOptions as WorkOptions
+from ._pool import ObjectPoolEvent as ObjectPoolEvent
 from ._pool import ObjectPoolStatistics as ObjectPoolStatistics
 from ._pool import Pool as Pool
 from ._resilience._adaptive import AdaptiveConcurrency as AdaptiveConcurrency
@@ -57,6 +61,8 @@ from ._resilience._adaptive import AdaptiveConcurrencyStatistics as AdaptiveConc
 from ._resilience._breaker import CircuitBreaker as CircuitBreaker
 from ._resilience._breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
 from ._resilience._breaker import CircuitState as CircuitState
+from ._resilience._breaker import CircuitStateChanged as CircuitStateChanged
+from ._resilience._health import HealthChanged as HealthChanged
 from ._resilience._health import HealthMonitor as HealthMonitor
 from ._resilience._health import HealthMonitorStatistics as HealthMonitorStatistics
 from ._resilience._hedge import hedge as hedge
@@ -120,6 +126,9 @@ __all__ = (
     "PoolStatistics",
     "KeyedPoolStatistics",
     "Slot",
+    "SlotReleased",
+    "LimitChanged",
+    "ResourceManagerEvent",
     "Capacity",
     "HealthSource",
     "RetryPolicy",
@@ -127,6 +136,7 @@ __all__ = (
     # pools of objects
     "Pool",
     "ObjectPoolStatistics",
+    "ObjectPoolEvent",
     # batches
     "run_batch",
     "amap",
@@ -163,9 +173,11 @@ __all__ = (
     "CircuitBreaker",
     "CircuitBreakerStatistics",
     "CircuitState",
+    "CircuitStateChanged",
     "hedge",
     "HealthMonitor",
     "HealthMonitorStatistics",
+    "HealthChanged",
     "AdaptiveConcurrency",
     "AdaptiveConcurrencyStatistics",
     "RetryPolicies",

@@ -31,15 +31,19 @@ from ._backend import current_time
 from ._capacity import PriorityLimiter
 from ._checks import check_async_callable, check_int, check_number
 from ._errors import ResourceExhaustedError
+from ._events import Listeners
 
 __all__ = (
     "Capacity",
     "HealthSource",
     "KeyedPoolStatistics",
+    "LimitChanged",
     "PoolStatistics",
     "ResourceManager",
+    "ResourceManagerEvent",
     "ResourceManagerStatistics",
     "Slot",
+    "SlotReleased",
 )
 
 T = TypeVar("T")
@@ -48,6 +52,7 @@ Ts = TypeVarTuple("Ts")
 _WouldBlock = anyio.WouldBlock
 _CHAIN_CACHE_SIZE = 256
 _SPARE_LIMITERS = 64  # idle per-key limiters kept for reuse, per keyed pool
+_NO_KEY_MAP: Mapping[str, Hashable] = MappingProxyType({})  # the keys of a slot without any
 
 
 @runtime_checkable
@@ -455,10 +460,6 @@ class Slot:
 
         Args:
             error: What the work raised, or None when it returned.
-
-        Raises:
-            Exception: Whatever a listener of the manager raised (the tokens are given back
-                first).
         """
         self._exit(error)
 
@@ -604,9 +605,60 @@ class Slot:
             counts.total_duration += duration
             if failed:
                 counts.failed += 1
-        if manager._listeners:
-            for listener in tuple(manager._listeners):
-                listener(duration, not failed)
+        listeners = manager._listeners
+        if listeners:
+            listeners.emit(
+                SlotReleased(
+                    pools=tuple([pool.name for pool in pools]) if pools else (),
+                    keys={entry.pool.name: entry.key for entry in keys} if keys else _NO_KEY_MAP,
+                    duration=duration,
+                    ok=not failed,
+                )
+            )
+
+
+# --- events --------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class SlotReleased:
+    """A slot (or ``run()``) of a :class:`ResourceManager` ended: its work returned or failed.
+
+    Work that was cancelled is not reported: it neither succeeded nor failed.
+
+    Attributes:
+        kind: Always ``"released"``.
+        pools: The names of the named pools the slot held a token of, sorted.
+        keys: The keyed pools the slot held a key's token of, as ``{pool name: key}``.
+        duration: Seconds the work held its tokens, on the running backend's clock.
+        ok: Whether the work returned (False: it raised an ``Exception``).
+    """
+
+    kind: Literal["released"] = "released"
+    pools: tuple[str, ...] = ()
+    keys: Mapping[str, Hashable] = _NO_KEY_MAP
+    duration: float
+    ok: bool
+
+
+@attrs.frozen(kw_only=True)
+class LimitChanged:
+    """The general limit or a pool's size of a :class:`ResourceManager` was changed.
+
+    Attributes:
+        kind: Always ``"limit_changed"``.
+        pool: The pool's name, or None for the general limit.
+        old: The size before.
+        new: The size now.
+    """
+
+    kind: Literal["limit_changed"] = "limit_changed"
+    pool: str | None
+    old: int
+    new: int
+
+
+ResourceManagerEvent = SlotReleased | LimitChanged
+"""What a :class:`ResourceManager` listener receives: a :class:`SlotReleased` or a
+:class:`LimitChanged`."""
 
 
 @final
@@ -669,7 +721,7 @@ class ResourceManager:
     _when_unhealthy: Literal["wait", "fail"]
     _waiting: int
     _throttled: int
-    _listeners: list[Callable[[float, bool], None]]
+    _listeners: Listeners[ResourceManagerEvent]
     _chains: dict[tuple[str, ...], tuple[_Pool, ...]]
 
     def __init__(
@@ -709,7 +761,7 @@ class ResourceManager:
         self._when_unhealthy = when_unhealthy
         self._waiting = 0
         self._throttled = 0
-        self._listeners = []
+        self._listeners = Listeners("ResourceManager")
         self._chains = {(): ()}
 
     def __repr__(self) -> str:
@@ -782,20 +834,25 @@ class ResourceManager:
         """
         keyed = self._keyed.get(name) if isinstance(name, str) else None
         if keyed is not None:
+            old = keyed.counts.size
             keyed.resize(_check_size(f"size of keyed pool {name!r}", size))
+            if self._listeners and size != old:
+                self._listeners.emit(LimitChanged(pool=name, old=old, new=size))
             return
         pool = self._pool(name)
         self._resize(pool, _check_size(f"size of pool {name!r}", size))
 
-    @staticmethod
-    def _resize(pool: _Pool, size: int) -> None:
+    def _resize(self, pool: _Pool, size: int) -> None:
         if pool.shared:
             what = f"pool {pool.name!r}" if pool.name else "the general limit"
             raise ValueError(f"{what} is a Capacity made elsewhere: resize it where it is made")
         # Resize the one limiter in place: replacing it would strand its waiters.
         assert isinstance(pool.limiter, PriorityLimiter)
+        old = pool.size
         pool.limiter.total_tokens = size
         pool.size = size
+        if self._listeners and size != old:
+            self._listeners.emit(LimitChanged(pool=pool.name or None, old=old, new=size))
 
     def _pool(self, name: str) -> _Pool:
         try:
@@ -926,28 +983,42 @@ class ResourceManager:
             keyed={name: pool.snapshot() for name, pool in self._keyed.items()},
         )
 
-    def add_listener(self, fn: Callable[[float, bool], None]) -> Callable[[], None]:
-        """Call ``fn(duration, succeeded)`` after every slot or run completes.
+    def add_listener(self, fn: Callable[[ResourceManagerEvent], object]) -> Callable[[], None]:
+        """Call ``fn(event)`` after every slot or run ends, and when a limit changes.
 
-        ``duration`` is in seconds on the running backend's clock. Cancelled work is not
-        reported. The listener runs in the task that used the slot, after its tokens are given
-        back; an exception it raises propagates to that task.
+        ``fn`` receives a :class:`SlotReleased` when work that held a slot returned or failed
+        (cancelled work is not reported), after its tokens are given back and in the task that
+        used the slot, and a :class:`LimitChanged` when :attr:`limit` or a pool's size is
+        changed. A listener that raises is logged and changes nothing else.
+
+        Example::
+
+            def on_event(event: trioflow.ResourceManagerEvent) -> None:
+                if event.kind == "released" and not event.ok:
+                    failures.append(event.duration)
+
+            remove = rm.add_listener(on_event)
+
+        A listener of trioflow 0.1, ``fn(duration, succeeded)``, still works (with a
+        :class:`DeprecationWarning`) and sees only the released slots.
 
         Args:
-            fn: A synchronous callable taking the duration and whether the work succeeded.
+            fn: A synchronous callable taking one event.
 
         Returns:
-            A function that unsubscribes ``fn`` (calling it again does nothing).
+            A function that removes ``fn`` (calling it again does nothing).
 
         Raises:
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"listener must be callable, got {fn!r}")
-        self._listeners.append(fn)
+        return self._listeners.add(fn, legacy=(2, "(duration, succeeded)", _released_only))
 
-        def unsubscribe() -> None:
-            if fn in self._listeners:
-                self._listeners.remove(fn)
 
-        return unsubscribe
+def _released_only(fn: Callable[..., object]) -> Callable[[ResourceManagerEvent], object]:
+    """Adapt a 0.1 listener, ``fn(duration, succeeded)``, to events."""
+
+    def listener(event: ResourceManagerEvent) -> None:
+        if event.kind == "released":
+            fn(event.duration, event.ok)
+
+    return listener

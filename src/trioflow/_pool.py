@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Generic, TypeVar, final
+from typing import Any, Generic, Literal, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -35,8 +35,9 @@ import attrs
 from ._backend import checkpoint_if_cancelled, current_time, open_body_group
 from ._checks import check_async_callable, check_int, check_number, describe
 from ._errors import PoolClosedError
+from ._events import Listeners
 
-__all__ = ("ObjectPoolStatistics", "Pool")
+__all__ = ("ObjectPoolEvent", "ObjectPoolStatistics", "Pool")
 
 T = TypeVar("T")
 
@@ -68,6 +69,32 @@ class ObjectPoolStatistics:
     created: int
     closed: int
     failed_checks: int
+
+
+#: Why the pool closed an object.
+CloseReason = Literal["broken", "idle", "check_failed", "pool_closed"]
+
+
+@attrs.frozen(kw_only=True)
+class ObjectPoolEvent:
+    """Something happened to a :class:`Pool` or one of its objects.
+
+    Attributes:
+        kind: ``"created"`` (the factory made an object), ``"check_failed"`` (``check``
+            returned false or raised), ``"closed"`` (the pool closed an object) or
+            ``"pool_closed"`` (the pool itself was closed; once).
+        reason: For ``"closed"``, why: ``"broken"`` (its block raised, or it was cancelled
+            while being checked), ``"idle"`` (idle for ``max_idle``), ``"check_failed"`` or
+            ``"pool_closed"``; None for the other kinds.
+        size: Objects that exist after the event.
+        error: For ``"check_failed"``, the exception ``check`` raised (None when it returned
+            false); None for the other kinds.
+    """
+
+    kind: Literal["created", "check_failed", "closed", "pool_closed"]
+    reason: CloseReason | None = None
+    size: int
+    error: BaseException | None = None
 
 
 @final
@@ -153,6 +180,7 @@ class Pool(Generic[T]):
         "_failed_checks",
         "_held",
         "_idle",
+        "_listeners",
         "_max_idle",
         "_max_size",
         "_min_size",
@@ -196,6 +224,7 @@ class Pool(Generic[T]):
         self._stack: AsyncExitStack | None = None
         self._wake: anyio.Event | None = None
         self._reaper_asleep = False
+        self._listeners: Listeners[ObjectPoolEvent] = Listeners("Pool")
 
     def __repr__(self) -> str:
         return f"Pool(max_size={self._max_size}, size={self._size}, idle={len(self._idle)})"
@@ -226,6 +255,40 @@ class Pool(Generic[T]):
             Exception: (on entering) Whatever the factory raised.
         """
         return _Lease(self)
+
+    def add_listener(self, fn: Callable[[ObjectPoolEvent], object]) -> Callable[[], None]:
+        """Call ``fn(event)`` with an :class:`ObjectPoolEvent` as objects come and go.
+
+        Events come when the factory makes an object, a health check fails, the pool closes an
+        object (with the reason) and when the pool itself closes. Handing out and giving back
+        an object are not events (they are the pool's hot path; see :meth:`statistics`).
+        Listeners run synchronously in the task that caused the event; one that raises is
+        logged and changes nothing else.
+
+        Example::
+
+            remove = pool.add_listener(lambda e: print(e.kind, e.reason, e.size))
+
+        Args:
+            fn: A synchronous callable taking one event.
+
+        Returns:
+            A function that removes the listener (idempotent).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        return self._listeners.add(fn)
+
+    def _emit(
+        self,
+        kind: Literal["created", "check_failed", "closed", "pool_closed"],
+        reason: CloseReason | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self._listeners.emit(
+            ObjectPoolEvent(kind=kind, reason=reason, size=self._size, error=error)
+        )
 
     def statistics(self) -> ObjectPoolStatistics:
         """Return a snapshot of the pool's objects, waiters and counters.
@@ -292,7 +355,7 @@ class Pool(Generic[T]):
         stack, self._stack = self._stack, None
         try:
             if stack is not None:
-                self._closed = True  # the reaper stops at its next look
+                self._mark_closed()  # the reaper stops at its next look
                 if self._wake is not None:
                     self._wake.set()
                 await stack.__aexit__(exc_type, exc, tb)
@@ -306,7 +369,7 @@ class Pool(Generic[T]):
         when its block ends, and one being made when the factory returns it. Closing twice is
         harmless.
         """
-        self._closed = True
+        self._mark_closed()
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
@@ -316,12 +379,17 @@ class Pool(Generic[T]):
         idle = self._idle
         while idle:
             obj, _ = idle.pop()
-            await self._retire(obj)
+            await self._retire(obj, "pool_closed")
         if self._wake is not None:
             self._wake.set()
         await anyio.lowlevel.checkpoint()
 
     # --- the inside -----------------------------------------------------------------------
+
+    def _mark_closed(self) -> None:
+        if not self._closed and self._listeners:
+            self._emit("pool_closed")
+        self._closed = True
 
     def _now(self) -> float:
         return 0.0 if self._max_idle is None else current_time()
@@ -331,15 +399,19 @@ class Pool(Generic[T]):
         obj: T = await self._factory()
         self._size += 1
         self._created += 1
+        if self._listeners:
+            self._emit("created")
         if self._closed:
-            await self._retire(obj)
+            await self._retire(obj, "pool_closed")
             raise PoolClosedError("the pool was closed while this object was being made")
         return obj
 
-    async def _retire(self, obj: T) -> None:
+    async def _retire(self, obj: T, reason: CloseReason) -> None:
         """Close an object (shielded); the caller still holds its reservation."""
         self._size -= 1
         self._closed_count += 1
+        if self._listeners:
+            self._emit("closed", reason)
         close = self._close
         if close is None:
             return
@@ -397,7 +469,7 @@ class Pool(Generic[T]):
         if entry is None:
             self._free()
         elif self._closed:
-            await self._retire(entry[0])
+            await self._retire(entry[0], "pool_closed")
             self._free()
         else:
             self._give_back(*entry)
@@ -437,7 +509,7 @@ class Pool(Generic[T]):
             and current_time() - since >= max_idle
             and self._size > self._min_size
         ):
-            await self._retire(obj)
+            await self._retire(obj, "idle")
             return False
         check = self._check
         if check is None:
@@ -452,22 +524,26 @@ class Pool(Generic[T]):
         except Exception as exc:
             self._failed_checks += 1
             _log_failure("trioflow.pool.check_failed", exc, object=repr(obj))
-            await self._retire(obj)
+            if self._listeners:
+                self._emit("check_failed", error=exc)
+            await self._retire(obj, "check_failed")
             return False
         except BaseException:  # cancelled while checking: the object's state is unknown
-            await self._retire(obj)
+            await self._retire(obj, "broken")
             raise
         if healthy:
             return True
         self._failed_checks += 1
-        await self._retire(obj)
+        if self._listeners:
+            self._emit("check_failed")
+        await self._retire(obj, "check_failed")
         return False
 
     async def _undo_held(self, obj: T, since: float) -> None:
         # Cancelled before the object was handed out: back to idle, the reservation kept
         # (the caller's except gives it up).
         if self._closed:
-            await self._retire(obj)
+            await self._retire(obj, "pool_closed")
         else:
             self._idle.append((obj, since))
 
@@ -494,7 +570,7 @@ class Pool(Generic[T]):
             ):
                 obj, _ = idle.popleft()
                 self._held += 1
-                await self._retire(obj)
+                await self._retire(obj, "idle")
                 self._free()
 
 
@@ -541,5 +617,5 @@ class _Lease(Generic[T]):
                 return
             pool._give_back(obj, current_time())
             return
-        await pool._retire(obj)
+        await pool._retire(obj, "broken" if exc_type is not None else "pool_closed")
         pool._free()

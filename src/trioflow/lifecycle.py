@@ -13,8 +13,17 @@ from __future__ import annotations
 
 import contextlib
 
+from ._lifecycle._alerts import AdmissionRefused as AdmissionRefused
+from ._lifecycle._alerts import Alert as Alert
+from ._lifecycle._alerts import AlertCleared as AlertCleared
+from ._lifecycle._alerts import CoordinatorEvent as CoordinatorEvent
+from ._lifecycle._alerts import RequestFinished as RequestFinished
+from ._lifecycle._config import AlertsConfig as AlertsConfig
+from ._lifecycle._config import FailureRatioAlertConfig as FailureRatioAlertConfig
+from ._lifecycle._config import HealthAlertConfig as HealthAlertConfig
 from ._lifecycle._config import HealthConfig as HealthConfig
 from ._lifecycle._config import OrchestrationConfig as OrchestrationConfig
+from ._lifecycle._config import QueueDepthAlertConfig as QueueDepthAlertConfig
 from ._lifecycle._config import RateLimitConfig as RateLimitConfig
 from ._lifecycle._config import RateLimitsConfig as RateLimitsConfig
 from ._lifecycle._config import RetryConfig as RetryConfig
@@ -91,6 +100,16 @@ __all__ = (
     "RequestStore",
     "MemoryRequestStore",
     "SQLiteRequestStore",
+    # coordinator events and alerts
+    "CoordinatorEvent",
+    "RequestFinished",
+    "AdmissionRefused",
+    "Alert",
+    "AlertCleared",
+    "AlertsConfig",
+    "QueueDepthAlertConfig",
+    "FailureRatioAlertConfig",
+    "HealthAlertConfig",
 )
 
 

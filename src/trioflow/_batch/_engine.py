@@ -188,9 +188,8 @@ class Batch:
 
     Each worker catches every ``Exception`` of its operations and records it, so the task
     group only ever sees cancellation. Problems that are not an operation's failure (the input
-    iterator raising, a non-callable operation, ``on_progress`` or a ResourceManager listener
-    raising) abort the batch: they
-    are stored, the batch is cancelled, and ``run()`` re-raises the first one after every task
+    iterator raising, a non-callable operation, ``on_progress`` raising) abort the batch:
+    they are stored, the batch is cancelled, and ``run()`` re-raises the first one after every task
     has ended, as itself rather than wrapped in a group.
     """
 
@@ -793,11 +792,7 @@ class Batch:
             except BaseException as exc:  # cancelled: counted neither way, no listener called
                 slot.release(exc)
                 raise
-            try:
-                slot.release(error)
-            except Exception as exc:  # one of the manager's listeners raised
-                self._abort(exc, "raised by a ResourceManager listener")
-                return
+            slot.release(error)  # a listener that raises is logged by the manager
 
     def _start(self, index: int, op: Operation[Any]) -> Awaitable[Any]:
         """Call an operation; abort the batch if what it returns cannot be awaited.

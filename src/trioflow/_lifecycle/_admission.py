@@ -82,6 +82,8 @@ class Admission:
         self._wait_when_limited = limits.when_limited == "wait"
         self.waiting = 0
         self.throttled = 0
+        # Called with the new queue depth each time it changes (the coordinator's alerts).
+        self.on_depth: Callable[[int], None] | None = None
 
     @property
     def users(self) -> int:
@@ -134,6 +136,8 @@ class Admission:
                 )
             self.waiting += 1
             waiting = True
+            if self.on_depth is not None:
+                self.on_depth(self.waiting)
 
         try:
             with anyio.CancelScope(deadline=deadline) as scope:
@@ -159,6 +163,8 @@ class Admission:
         finally:
             if waiting:
                 self.waiting -= 1
+                if self.on_depth is not None:
+                    self.on_depth(self.waiting)
 
     async def _rate_limit(self, request: Request, must_wait: Callable[[], None]) -> None:
         checks = (

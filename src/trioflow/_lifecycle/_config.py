@@ -43,14 +43,18 @@ from .._checked import (
     percent,
     validate,
 )
-from .._checks import check_int, no_deadline, problem
+from .._checks import check_int, check_number, no_deadline, problem
 from .._deprecate import warn_renamed
 from .._errors import ConfigError
 from .._retry import RetryPolicy
 from .._structure import describe, join_path, problems_of
 
 __all__ = (
+    "AlertsConfig",
+    "FailureRatioAlertConfig",
+    "HealthAlertConfig",
     "HealthConfig",
+    "QueueDepthAlertConfig",
     "OrchestrationConfig",
     "RateLimitConfig",
     "RateLimitsConfig",
@@ -346,6 +350,151 @@ class HealthConfig:
         validate(self)
 
 
+# --- alerts ---------------------------------------------------------------------------------
+# An alert fires when its value reaches the threshold and clears when the value is back at or
+# below clear_at; by default clear_at is this fraction of the threshold, so a value hovering at
+# the threshold does not make the alert flap.
+CLEAR_FRACTION = 0.8
+
+
+def _ratio(value: Any) -> str | None:
+    return problem(check_number, value, minimum=0, maximum=1, strict=True)
+
+
+def _fraction(value: Any) -> str | None:
+    return problem(check_number, value, minimum=0, maximum=1)
+
+
+def _clear_below(threshold: float, clear_at: float | None) -> Problems:
+    if clear_at is not None and clear_at >= threshold:
+        return [("clear_at", f"must be < threshold ({threshold:g}), got {clear_at:g}")]
+    return []
+
+
+@attrs.frozen(kw_only=True)
+class QueueDepthAlertConfig:
+    """Alert when too many requests wait for admission.
+
+    Fires (a ``"queue_depth"`` alert) when the requests waiting for admission reach
+    ``threshold``; clears when they are back at or below ``clear_at``. Evaluated each time
+    the queue depth changes.
+
+    Args:
+        threshold: Waiting requests that fire the alert, an int >= 1.
+        clear_at: Waiting requests at or below which it clears, a number >= 0 below
+            ``threshold``; by default ``0.8 * threshold``.
+
+    Raises:
+        ConfigError: Listing every field out of range, or ``clear_at >= threshold``.
+    """
+
+    threshold: int = field(check=count_at_least(1))
+    clear_at: float | None = field(None, check=optional(number_at_least(0)))
+
+    def __attrs_post_init__(self) -> None:
+        validate(self, lambda: _clear_below(self.threshold, self.clear_at))
+
+    @property
+    def clear_level(self) -> float:
+        """``clear_at``, or its default ``0.8 * threshold``."""
+        return self.threshold * CLEAR_FRACTION if self.clear_at is None else self.clear_at
+
+
+@attrs.frozen(kw_only=True)
+class FailureRatioAlertConfig:
+    """Alert when too many requests fail over a sliding window of time.
+
+    The ratio is ``failed / (succeeded + degraded + failed)`` over the requests that ended in
+    the last ``window`` seconds (those refused at admission count as failed, cancelled ones are
+    left out); it counts only once the window
+    holds at least ``min_requests`` of them. Fires (a ``"failure_ratio"`` alert) when the
+    ratio reaches ``threshold``; clears when it is back at or below ``clear_at``. Evaluated
+    each time a request ends.
+
+    Args:
+        threshold: The ratio that fires the alert, in (0, 1].
+        clear_at: The ratio at or below which it clears, in [0, 1] and below ``threshold``;
+            by default ``0.8 * threshold``.
+        window: Seconds of requests the ratio is taken over, a duration > 0.
+        min_requests: Requests the window must hold before the ratio counts, an int >= 1.
+
+    Raises:
+        ConfigError: Listing every field out of range, or ``clear_at >= threshold``.
+    """
+
+    threshold: float = field(check=_ratio)
+    clear_at: float | None = field(None, check=optional(_fraction))
+    window: float = field(60.0, check=number_at_least(0, strict=True), duration="required")
+    min_requests: int = field(10, check=count_at_least(1))
+
+    def __attrs_post_init__(self) -> None:
+        validate(self, lambda: _clear_below(self.threshold, self.clear_at))
+
+    @property
+    def clear_level(self) -> float:
+        """``clear_at``, or its default ``0.8 * threshold``."""
+        return self.threshold * CLEAR_FRACTION if self.clear_at is None else self.clear_at
+
+
+@attrs.frozen(kw_only=True)
+class HealthAlertConfig:
+    """Alert when the health source reports unhealthy (for long enough).
+
+    Fires (a ``"health"`` alert) once the health source has been unhealthy for
+    ``unhealthy_for`` seconds without a break, and clears when it is healthy again. A
+    :class:`~trioflow.HealthMonitor` tells the coordinator when it flips; another health
+    source is looked at every ``interval`` seconds.
+
+    Args:
+        unhealthy_for: Seconds of being unhealthy before the alert fires, a duration >= 0
+            (0: at once).
+        interval: How often a health source that is not a ``HealthMonitor`` is looked at, a
+            duration > 0.
+
+    Raises:
+        ConfigError: Listing every field out of range.
+    """
+
+    unhealthy_for: float = field(0.0, check=number_at_least(0), duration="required")
+    interval: float = field(1.0, check=number_at_least(0, strict=True), duration="required")
+
+    def __attrs_post_init__(self) -> None:
+        validate(self)
+
+
+@attrs.frozen(kw_only=True)
+class AlertsConfig:
+    """The coordinator's alerts; each is off unless given.
+
+    Each alert fires one ``alert`` event (a :class:`~trioflow.lifecycle.Alert`) when crossed
+    and one ``cleared`` event (:class:`~trioflow.lifecycle.AlertCleared`) when back below,
+    delivered to :meth:`Coordinator.add_listener
+    <trioflow.lifecycle.Coordinator.add_listener>` and logged (a structlog ``alert`` warning,
+    an ``alert cleared`` info).
+
+    Args:
+        queue_depth: Requests waiting for admission, or None.
+        failure_ratio: Failed requests over a sliding window, or None.
+        health: The health source unhealthy, or None.
+
+    Raises:
+        ConfigError: Listing every field out of range.
+    """
+
+    queue_depth: QueueDepthAlertConfig | None = field(  # noqa: RUF009
+        None, check=instance_of(QueueDepthAlertConfig, optional=True)
+    )
+    failure_ratio: FailureRatioAlertConfig | None = field(  # noqa: RUF009
+        None, check=instance_of(FailureRatioAlertConfig, optional=True)
+    )
+    health: HealthAlertConfig | None = field(  # noqa: RUF009
+        None, check=instance_of(HealthAlertConfig, optional=True)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        validate(self)
+
+
 _RETRY = instance_of(RetryConfig)
 _RATE_LIMITS = instance_of(RateLimitsConfig)
 _HEALTH = instance_of(HealthConfig)
@@ -389,6 +538,7 @@ class OrchestrationConfig:
         health: Backpressure from system health.
         optional_stages: Names of stages whose failure is recorded and skipped (the request
             ends DEGRADED) instead of failing the request.
+        alerts: Thresholds on queue depth, failure ratio and health that fire alerts.
 
     Every count (``max_concurrency``, ``per_user_limit``, ``max_queue_depth``, pool sizes,
     ``attempts``, ``burst``) is at most ``sys.maxsize``: limiters and retry policies compute
@@ -433,6 +583,7 @@ class OrchestrationConfig:
     rate_limits: RateLimitsConfig = field(check=_RATE_LIMITS, factory=RateLimitsConfig)  # noqa: RUF009
     health: HealthConfig = field(check=_HEALTH, factory=HealthConfig)  # noqa: RUF009
     optional_stages: tuple[str, ...] = field((), check=names, converter=_tuple)
+    alerts: AlertsConfig = field(check=instance_of(AlertsConfig), factory=AlertsConfig)  # noqa: RUF009
 
     def __attrs_post_init__(self) -> None:
         validate(self)
@@ -453,6 +604,10 @@ _CONFIG_CLASSES = (
     RateLimitConfig,
     RateLimitsConfig,
     HealthConfig,
+    QueueDepthAlertConfig,
+    FailureRatioAlertConfig,
+    HealthAlertConfig,
+    AlertsConfig,
     OrchestrationConfig,
 )
 # Resolved now: trioflow sets the classes' __module__ to "trioflow" once imported, and the string

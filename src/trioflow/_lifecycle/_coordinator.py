@@ -32,11 +32,13 @@ from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._checks import check_async_callable, check_int, check_timeout
+from .._events import Listeners
 from .._limits import HealthSource, PoolStatistics, ResourceManager
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from ._admission import Admission, CancelRequested, Ticket
+from ._alerts import AdmissionRefused, Alerts, CoordinatorEvent, RequestFinished
 from ._config import OrchestrationConfig, load_config
 from ._machine import StateChange, StateMachine
 from ._request import (
@@ -185,6 +187,11 @@ class Coordinator:
         self._group: anyio.abc.TaskGroup | None = None
         self._background_places = anyio.CapacityLimiter(config.background_limit)
         self._background = dict.fromkeys(("running", "waiting", "completed", "failed"), 0)
+        # Listeners and alerts (add_listener, config.alerts).
+        self._listeners: Listeners[CoordinatorEvent] = Listeners("Coordinator", logger)
+        self._alerts = Alerts(config.alerts, self._listeners.emit, logger)
+        if self._alerts.watches_queue:
+            self._admission.on_depth = self._alerts.queue_depth
 
     def __repr__(self) -> str:
         return f"Coordinator(kinds={list(self._router.kinds)}, in_flight={self._running})"
@@ -272,6 +279,15 @@ class Coordinator:
                     await admission.wait(request, slot, deadline, entry)
             except BaseException as exc:
                 result = await self._refused(request, exc)
+                if self._listeners and not isinstance(exc, CancelRequested):
+                    self._listeners.emit(
+                        AdmissionRefused(
+                            request_id=request.id,
+                            user_id=request.user_id,
+                            category=result.category,
+                            reason=str(exc),
+                        )
+                    )
                 return result
             admitted = True
             self._running += 1
@@ -391,6 +407,50 @@ class Coordinator:
                 status=status.value,
                 duration=now - request.created_at,
             )
+        if status is not ProcessingStatus.CANCELLED and self._alerts.watches_failures:
+            self._alerts.request_ended(now, status is ProcessingStatus.FAILED)
+        if self._listeners:
+            self._listeners.emit(
+                RequestFinished(
+                    request_id=request.id,
+                    user_id=request.user_id,
+                    request_kind=request.kind,
+                    status=status,
+                    state=state,
+                    category=result.category if result is not None else None,
+                    duration=now - request.created_at,
+                )
+            )
+
+    # --- listeners --------------------------------------------------------------------------
+    def add_listener(self, fn: Callable[[CoordinatorEvent], object]) -> Callable[[], None]:
+        """Call ``fn(event)`` as requests end, are refused, and alerts fire and clear.
+
+        ``fn`` receives a :class:`~trioflow.lifecycle.RequestFinished` for every request that
+        reaches its terminal state, an :class:`~trioflow.lifecycle.AdmissionRefused` (before
+        that) for one refused at admission, and the :class:`~trioflow.lifecycle.Alert` and
+        :class:`~trioflow.lifecycle.AlertCleared` events of ``config.alerts``. Listeners run
+        synchronously in the task that caused the event; one that raises is logged (with the
+        coordinator's logger) and changes nothing else.
+
+        Example::
+
+            def page(event: CoordinatorEvent) -> None:
+                if event.kind == "alert":
+                    pager.send(f"{event.name} at {event.value} (threshold {event.threshold})")
+
+            remove = coordinator.add_listener(page)
+
+        Args:
+            fn: A synchronous callable taking one event.
+
+        Returns:
+            A function that removes the listener (idempotent).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        return self._listeners.add(fn)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a request being processed; its ``process()`` returns a CANCELLED result.
@@ -786,6 +846,8 @@ async def open_coordinator(
     Raises:
         TypeError: ``router``, ``registry``, ``health``, ``machine`` or ``requests`` has the
             wrong type.
+        ValueError: ``config.alerts.health`` is set, but there is no health source (neither
+            ``health`` nor ``config.health.enabled``).
         ConfigError: ``config`` is a mapping or file that does not load.
     """
     if not isinstance(config, OrchestrationConfig):
@@ -800,6 +862,10 @@ async def open_coordinator(
         raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
     if requests is not None and not isinstance(requests, RequestStore):
         raise TypeError(f"requests must be a RequestStore or None, got {requests!r}")
+    if config.alerts.health is not None and health is None and not config.health.enabled:
+        raise ValueError(
+            "config.alerts.health needs a health source: pass health= or enable config.health"
+        )
     if logger is None:
         import structlog  # here, not at module level: it imports rich, pygments, ... (slow)
 
@@ -823,6 +889,8 @@ async def open_coordinator(
         coordinator._group = tg
         if config.enable_metrics:
             tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")
+        if health is not None and coordinator._alerts.watches_health:
+            tg.start_soon(coordinator._alerts.watch_health, health, name="trioflow health alert")
         log.info(
             "coordinator opened",
             max_concurrency=config.max_concurrency,

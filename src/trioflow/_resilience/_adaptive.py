@@ -32,7 +32,7 @@ import anyio
 import attrs
 
 from .._checks import check_fraction, check_int, check_number
-from .._limits import HealthSource, ResourceManager
+from .._limits import HealthSource, ResourceManager, ResourceManagerEvent
 
 __all__ = ("AdaptiveConcurrency", "AdaptiveConcurrencyStatistics")
 
@@ -212,7 +212,10 @@ class AdaptiveConcurrency:
         self._latency_sum = 0.0
         self._fastest = math.inf
 
-    def _observe(self, duration: float, succeeded: bool) -> None:
+    def _observe(self, event: ResourceManagerEvent) -> None:
+        if event.kind != "released":
+            return  # a limit changed: this controller's own change, or someone else's
+        duration, succeeded = event.duration, event.ok
         now = anyio.current_time()
         if now - duration < self._changed_at - _EPSILON:
             self._ignored += 1

@@ -16,7 +16,7 @@ import contextvars
 import enum
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import ParamSpec, TypeVar, TypeVarTuple, final
+from typing import Literal, ParamSpec, TypeVar, TypeVarTuple, final
 
 import anyio
 import attrs
@@ -31,8 +31,15 @@ from .._checks import (
     validator,
 )
 from .._errors import CircuitOpenError
+from .._events import Listeners
 
-__all__ = ("CircuitBreaker", "CircuitBreakerStatistics", "CircuitState", "protect")
+__all__ = (
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
+    "CircuitState",
+    "CircuitStateChanged",
+    "protect",
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -134,6 +141,32 @@ _TICKETS: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar(
 )
 
 
+@attrs.frozen(kw_only=True)
+class CircuitStateChanged:
+    """A :class:`CircuitBreaker` moved from one state to another.
+
+    Attributes:
+        kind: Always ``"state_changed"``.
+        old: The state before.
+        new: The state now.
+        at: When, on the breaker's clock.
+    """
+
+    kind: Literal["state_changed"] = "state_changed"
+    old: CircuitState
+    new: CircuitState
+    at: float
+
+
+def _old_and_new(fn: Callable[..., object]) -> Callable[[CircuitStateChanged], object]:
+    """Adapt a 0.1 listener, ``fn(old_state, new_state)``, to events."""
+
+    def listener(event: CircuitStateChanged) -> object:
+        return fn(event.old, event.new)
+
+    return listener
+
+
 @final
 @attrs.define(eq=False, repr=False, on_setattr=attrs.setters.NO_OP)
 class CircuitBreaker:
@@ -196,8 +229,8 @@ class CircuitBreaker:
     _consecutive_failures: int = attrs.field(default=0, init=False)
     _retry_at: float = attrs.field(default=0.0, init=False)
     _trials: int = attrs.field(default=0, init=False)
-    _listeners: list[Callable[[CircuitState, CircuitState], object]] = attrs.field(
-        factory=list, init=False
+    _listeners: Listeners[CircuitStateChanged] = attrs.field(
+        factory=lambda: Listeners("CircuitBreaker"), init=False
     )
     _calls: int = attrs.field(default=0, init=False)
     _successes: int = attrs.field(default=0, init=False)
@@ -228,16 +261,21 @@ class CircuitBreaker:
             self._transition(CircuitState.HALF_OPEN)
         return self._state
 
-    def add_listener(
-        self, fn: Callable[[CircuitState, CircuitState], object]
-    ) -> Callable[[], None]:
-        """Call ``fn(old_state, new_state)`` on every state change.
+    def add_listener(self, fn: Callable[[CircuitStateChanged], object]) -> Callable[[], None]:
+        """Call ``fn(event)`` with a :class:`CircuitStateChanged` on every state change.
 
-        Listeners run synchronously, right after the change, in the task that caused it. They
-        must not raise: an exception propagates to that task's call.
+        Listeners run synchronously, right after the change, in the task that caused it. A
+        listener that raises is logged and changes nothing else.
+
+        Example::
+
+            remove = breaker.add_listener(lambda e: print(f"{e.old.value} -> {e.new.value}"))
+
+        A listener of trioflow 0.1, ``fn(old_state, new_state)``, still works (with a
+        :class:`DeprecationWarning`).
 
         Args:
-            fn: The listener.
+            fn: A synchronous callable taking one event.
 
         Returns:
             A function that removes the listener (idempotent).
@@ -245,15 +283,7 @@ class CircuitBreaker:
         Raises:
             TypeError: If ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        self._listeners.append(fn)
-
-        def remove() -> None:
-            if fn in self._listeners:
-                self._listeners.remove(fn)
-
-        return remove
+        return self._listeners.add(fn, legacy=(2, "(old_state, new_state)", _old_and_new))
 
     def reset(self) -> None:
         """Close the circuit now and forget the failures counted so far."""
@@ -271,8 +301,8 @@ class CircuitBreaker:
         elif new is CircuitState.OPEN:
             self._opened += 1
             self._retry_at = self._clock() + self._reset_timeout
-        for listener in tuple(self._listeners):
-            listener(old, new)
+        if self._listeners:
+            self._listeners.emit(CircuitStateChanged(old=old, new=new, at=self._clock()))
 
     def _admit(self) -> int:
         """Let a call through and return its generation, or raise CircuitOpenError."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self, final
+from typing import Literal, Self, final
 
 import anyio
 import anyio.abc
@@ -25,8 +25,9 @@ import attrs
 
 from .._backend import open_body_group
 from .._checks import check_int, check_number, check_percent, validator
+from .._events import Listeners
 
-__all__ = ("HealthMonitor", "HealthMonitorStatistics")
+__all__ = ("HealthChanged", "HealthMonitor", "HealthMonitorStatistics")
 
 Sampler = Callable[[], tuple[float, float]]
 
@@ -87,6 +88,24 @@ class HealthMonitorStatistics:
     unhealthy_samples: int
     transitions: int
     sampled_at: float | None
+
+
+@attrs.frozen(kw_only=True)
+class HealthChanged:
+    """A :class:`HealthMonitor` turned unhealthy, or healthy again.
+
+    Attributes:
+        kind: ``"unhealthy"`` or ``"healthy"``.
+        cpu_percent: CPU use at the sample that flipped the state (None when the monitor
+            stopped, which reports healthy).
+        memory_percent: Memory use at that sample (None when the monitor stopped).
+        at: When (``anyio.current_time()``).
+    """
+
+    kind: Literal["healthy", "unhealthy"]
+    cpu_percent: float | None
+    memory_percent: float | None
+    at: float
 
 
 @final
@@ -154,6 +173,9 @@ class HealthMonitor:
     _unhealthy_samples: int = attrs.field(default=0, init=False)
     _transitions: int = attrs.field(default=0, init=False)
     _stack: contextlib.AsyncExitStack | None = attrs.field(default=None, init=False)
+    _listeners: Listeners[HealthChanged] = attrs.field(
+        factory=lambda: Listeners("HealthMonitor"), init=False
+    )
 
     def __repr__(self) -> str:
         return (
@@ -209,12 +231,46 @@ class HealthMonitor:
             self._transitions += 1
             self._set_unhealthy(unhealthy)
 
-    def _set_unhealthy(self, unhealthy: bool) -> None:
+    def _set_unhealthy(self, unhealthy: bool, *, stopped: bool = False) -> None:
         self._unhealthy = unhealthy
         if unhealthy:
             self._recovered = anyio.Event()
         elif self._recovered is not None:
             self._recovered.set()
+        if self._listeners:
+            self._listeners.emit(
+                HealthChanged(
+                    kind="unhealthy" if unhealthy else "healthy",
+                    cpu_percent=None if stopped else self._cpu,
+                    memory_percent=None if stopped else self._memory,
+                    at=anyio.current_time(),
+                )
+            )
+
+    def add_listener(self, fn: Callable[[HealthChanged], object]) -> Callable[[], None]:
+        """Call ``fn(event)`` with a :class:`HealthChanged` each time the health flips.
+
+        An event comes when the monitor turns unhealthy (``kind="unhealthy"``) and when it
+        turns healthy again (``"healthy"``), after the hysteresis of
+        ``consecutive_samples``; also ``"healthy"`` when it stops while unhealthy (outside
+        its block it reports healthy). The first sample of a run reports only a change from
+        healthy. Listeners run in the sampling task; one that raises is logged and changes
+        nothing else.
+
+        Example::
+
+            remove = monitor.add_listener(lambda e: print(e.kind, e.cpu_percent))
+
+        Args:
+            fn: A synchronous callable taking one event.
+
+        Returns:
+            A function that removes the listener (idempotent).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        return self._listeners.add(fn)
 
     async def _sample_forever(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -246,7 +302,7 @@ class HealthMonitor:
         self._stack = None
         self._streak = -1
         if self._unhealthy:
-            self._set_unhealthy(False)
+            self._set_unhealthy(False, stopped=True)
 
     async def __aexit__(
         self,
