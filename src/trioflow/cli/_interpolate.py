@@ -6,8 +6,9 @@ One syntax, parsed once and checked before anything runs:
   the variable is unset or empty. The default is plain text: it may not hold ``$``, ``{`` or
   ``}`` (nesting is not supported).
 * ``${matrix.KEY}`` is the value of ``KEY`` in the step's matrix combination.
-* ``$$`` is a literal ``$``. A ``$`` before anything else (``$HOME``, ``$1``) is left as it is,
-  for the shell.
+* ``$$`` is a literal ``$``, and ``$${NAME}`` (or ``$${NAME:-default}``) the literal text
+  ``${NAME}``: the shell's own ``${HOME}``. A ``$`` before anything else (``$HOME``, ``$1``) is left as it is, for the
+  shell.
 * ``{python}``, ``{run_id}``, ``{step}`` and ``{logs}`` are the placeholders of a run; any other
   ``{identifier}`` is an error (write ``{{identifier}}`` for the literal text ``{identifier}``).
   Braces around anything that is not an identifier (``awk '{print $1}'``, ``{a,b}``, ``{}``)
@@ -29,7 +30,7 @@ PLACEHOLDERS: Final = ("python", "run_id", "step", "logs")
 
 _VARIABLE: Final = re.compile(r"(?:matrix\.)?[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOKEN: Final = re.compile(
-    r"\$\$|\$\{|\{\{(?P<escaped>[A-Za-z_][A-Za-z0-9_]*)\}\}|\{(?P<placeholder>[A-Za-z_][A-Za-z0-9_]*)\}"
+    r"\$\$(?P<literal>\{[A-Za-z_][A-Za-z0-9_]*(?::-[^${}]*)?\})?|\$\{|\{\{(?P<escaped>[A-Za-z_][A-Za-z0-9_]*)\}\}|\{(?P<placeholder>[A-Za-z_][A-Za-z0-9_]*)\}"
 )
 
 
@@ -150,8 +151,8 @@ def parse_template(text: str) -> Template:
         literal.append(text[position : match.start()])
         token = match.group()
         position = match.end()
-        if token == "$$":
-            literal.append("$")
+        if token.startswith("$$"):
+            literal.append("$" + (match["literal"] or ""))
         elif match["escaped"] is not None:
             literal.append("{" + match["escaped"] + "}")
         elif match["placeholder"] is not None:
@@ -206,7 +207,7 @@ def escape(text: str) -> str:
         text: Any text.
 
     Returns:
-        The text with ``$`` doubled and every ``{identifier}`` braced twice.
+        The text with ``$`` doubled and every ``{identifier}`` not after a ``$`` braced twice.
     """
     doubled = text.replace("$", "$$")
-    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", r"{{\1}}", doubled)
+    return re.sub(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}", r"{{\1}}", doubled)
