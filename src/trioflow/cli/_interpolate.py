@@ -7,8 +7,8 @@ One syntax, parsed once and checked before anything runs:
   ``}`` (nesting is not supported).
 * ``${matrix.KEY}`` is the value of ``KEY`` in the step's matrix combination.
 * ``$$`` is a literal ``$``, and ``$${NAME}`` (or ``$${NAME:-default}``) the literal text
-  ``${NAME}``: the shell's own ``${HOME}``. A ``$`` before anything else (``$HOME``, ``$1``) is left as it is, for the
-  shell.
+  ``${NAME}``: the shell's own ``${HOME}``. A ``$`` before anything else (``$HOME``, ``$1``)
+  is left as it is, for the shell.
 * ``{python}``, ``{run_id}``, ``{step}`` and ``{logs}`` are the placeholders of a run; any other
   ``{identifier}`` is an error (write ``{{identifier}}`` for the literal text ``{identifier}``).
   Braces around anything that is not an identifier (``awk '{print $1}'``, ``{a,b}``, ``{}``)
