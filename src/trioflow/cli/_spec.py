@@ -522,7 +522,11 @@ class _Checker:
                     self.fail(f"steps.{step.name}.after", "a step cannot come after itself")
         steps: dict[str, StepSpec] = {}
         for group, step in written.items():
-            after = tuple(dict.fromkeys(m for a in step.after for m in groups.get(a, (a,))))
+            after = tuple(
+                dict.fromkeys(
+                    m for a in step.after for m in groups.get(a, (a,)) if m not in groups[group]
+                )
+            )
             if groups[group] == (group,):
                 steps[group] = attrs.evolve(step, after=after, group=group)
                 continue
