@@ -20,7 +20,8 @@ shell = "mkdir -p out"
 [steps.test]
 matrix = { python = ["3.11", "3.12"], shard = ["1/3", "2/3", "3/3"] }
 after = ["setup"]
-shell = "echo ${matrix.python} ${matrix.shard} {step} > out/test-${matrix.python}-$(echo ${matrix.shard} | tr / -)"
+shell = "echo ${matrix.python} ${matrix.shard} {step} \
+> out/test-${matrix.python}-$(echo ${matrix.shard} | tr / -)"
 
 [steps.report]
 shell = "ls out | wc -l > report.txt"
