@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -51,10 +53,12 @@ class _Lines:
         self.seen: list[str] = []
         assert process.stdout is not None
         stream = process.stdout
-        self.thread = threading.Thread(
-            target=lambda: [self.lines.put(line) for line in stream], daemon=True
-        )
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line)
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -68,9 +72,9 @@ class _Lines:
                 return
 
 
-def _wait_until(condition: object, timeout: float = 30.0) -> None:
+def _wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
 
@@ -151,3 +155,11 @@ def test_watch_reruns_what_a_change_affects_restarts_a_run_and_exits_130(project
         assert process.stdout is not None
         lines.thread.join(timeout=10)
         process.stdout.close()
+
+
+def test_watchfiles_is_imported_only_by_the_watch_command() -> None:
+    code = (
+        "import sys, trioflow, trioflow.cli, trioflow.cli._app; "
+        "assert 'watchfiles' not in sys.modules, 'watchfiles imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -18,6 +18,7 @@ One syntax, parsed once and checked before anything runs:
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import shlex
 from collections.abc import Callable, Iterator
@@ -127,6 +128,7 @@ class Template:
         return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)  # a run renders each field of each step again and again
 def parse_template(text: str) -> Template:
     """Parse a field's text.
 

@@ -334,8 +334,7 @@ def _resolve(
 ) -> tuple[ResolvedStep | None, list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     where = f"steps.{step.group or step.name}"
-    variables = dict(environ)
-    declared: dict[str, str] = {}
+    declared: dict[str, str] = {}  # over the process environment, which is not copied
 
     def lookup(name: str) -> str | None:
         if name.startswith("matrix."):
@@ -344,7 +343,7 @@ def _resolve(
                 return step.matrix[key]
             keys = ", ".join(step.matrix) or "none: the step has no matrix"
             raise InterpolationError(f"${{{name}}}: no such matrix key (the keys are {keys})")
-        return variables.get(name)
+        return declared[name] if name in declared else environ.get(name)
 
     def render(text: str, location: str, quote: bool = False) -> str:
         try:
@@ -355,7 +354,7 @@ def _resolve(
 
     for table, prefix in ((spec.env, "env"), (step.env, f"{where}.env")):
         for key, value in table.items():
-            variables[key] = declared[key] = render(value, f"{prefix}.{key}")
+            declared[key] = render(value, f"{prefix}.{key}")
     if isinstance(step.command, str):
         command: tuple[str, ...] | str = render(step.command, f"{where}.shell", quote_placeholders)
     else:
