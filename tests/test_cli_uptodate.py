@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,35 @@ sources = ["src/*.txt"]
     assert (
         unknown.stderr == "trioflow: error: wf.toml: unknown step 'dcos'; did you mean 'docs'?\n"
     )
+
+
+def test_the_live_view_and_the_summary_say_up_to_date() -> None:
+    import io
+
+    from trioflow.cli._render import LiveReporter, RunSummary, StepRow, print_summary, rich_console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    console = rich_console(out)
+    assert console is not None
+    reporter = LiveReporter(console)
+    reporter.run_started(run_id="r1", workflow="ci", total=1, resumed=0)
+    reporter.step_finished("build", "up_to_date", detail="", elapsed=0.0)
+    reporter.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # without the colours
+    assert "up to date build\n" in text
+    assert "1/1 steps" in text
+    summary = RunSummary(
+        run_id="r1",
+        workflow="ci",
+        status="succeeded",
+        duration=0.1,
+        steps=(StepRow(name="build", status="up_to_date"),),
+    )
+    plain = io.StringIO()
+    print_summary(summary, plain)
+    assert plain.getvalue().splitlines()[1].split("  ")[:2] == ["build", "up to date"]
+    assert summary.to_json()["steps"][0]["status"] == "up_to_date"

@@ -142,9 +142,12 @@ class _Watcher:
             tg.cancel_scope.cancel()
         print_summary(outcome.summary, self.stream)
         unfinished = {row.name for row in outcome.summary.steps if row.status not in _DONE}
+        # A step that succeeded ran with the key it stored: a change made before it started
+        # is in that key, one made later is not.
+        succeeded = [n for n in self.sourced if n in spec.steps and n not in unfinished]
         async with open_store(self.options.state) as store:
             try:
-                self.keys.update(await last_keys(store, spec.name, self.sourced))
+                self.keys.update(await last_keys(store, spec.name, succeeded))
             except trioflow.StoreError as exc:
                 raise UsageError(describe_store_error(self.options.state, exc)) from None
         if affected:
