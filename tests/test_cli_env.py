@@ -269,3 +269,15 @@ def test_an_unknown_variable_exits_2_before_anything_runs(project: Path) -> None
     )
     assert not (project / "ran.txt").exists()
     assert not (project / ".trioflow").exists()
+
+
+def test_a_resume_sees_a_changed_env_table_as_a_changed_step() -> None:
+    from trioflow.cli._run import step_fingerprint
+
+    plain = parse_spec('[steps.a]\nrun = ["x"]\n', path="wf.toml")
+    with_env = parse_spec('[env]\nA = "1"\n[steps.a]\nrun = ["x"]\n', path="wf.toml")
+    changed = parse_spec('[env]\nA = "2"\n[steps.a]\nrun = ["x"]\n', path="wf.toml")
+    step = plain.steps["a"]
+    assert step_fingerprint(step, plain.env) == step_fingerprint(step)  # as before [env]
+    fingerprints = {step_fingerprint(step, s.env) for s in (plain, with_env, changed)}
+    assert len(fingerprints) == 3

@@ -278,7 +278,7 @@ def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
     )
 
 
-def step_fingerprint(step: StepSpec) -> str:
+def step_fingerprint(step: StepSpec, workflow_env: Mapping[str, str] | None = None) -> str:
     """Return a digest of what a step does: its command, its environment and its directory.
 
     A resumed run runs a step that succeeded earlier again when this changed since. Timeouts,
@@ -287,18 +287,20 @@ def step_fingerprint(step: StepSpec) -> str:
 
     Args:
         step: The step of the workflow file.
+        workflow_env: The file's ``[env]`` table (as written), part of every step's
+            environment; a file without one has the digest it had before ``[env]`` existed.
 
     Returns:
         A hex digest.
     """
-    definition = json.dumps(
-        [
-            list(step.command) if not step.is_shell else step.command,
-            sorted(step.env.items()),
-            step.cwd,
-        ],
-        separators=(",", ":"),
-    )
+    parts: list[object] = [
+        list(step.command) if not step.is_shell else step.command,
+        sorted(step.env.items()),
+        step.cwd,
+    ]
+    if workflow_env:
+        parts.append(list(workflow_env.items()))  # in order: a value sees the ones before it
+    definition = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(definition.encode()).hexdigest()[:32]
 
 
@@ -418,7 +420,7 @@ class _Runner:
                 retry=_retry_policy(step),
                 pools=step.pools,
                 optional=step.continue_on_error,
-                fingerprint=step_fingerprint(step),
+                fingerprint=step_fingerprint(step, self.spec.env),
             )
         return wf
 
