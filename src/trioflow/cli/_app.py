@@ -189,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-parallel", metavar="N", type=_positive_int, help="run at most N steps at once"
     )
     watch.add_argument(
-        "--grace", metavar="SECONDS", type=_seconds, default=5.0, help=argparse.SUPPRESS
+        "--grace",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="how long a stopped step's processes get to exit before they are killed (default: 5)",
     )
     watch.set_defaults(handler=_watch)
 
