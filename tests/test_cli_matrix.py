@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from test_cli import json_out, project, statuses, trioflow, write
 from trioflow.cli._graph import mermaid, plan, plan_json
@@ -163,3 +166,27 @@ def test_a_2x3_matrix_and_a_step_after_all_of_it(project: Path) -> None:
         "  test[python=3.12,shard=3/3]: echo 3.12 3/3 'test[python=3.12,shard=3/3]' "
         "> out/test-3.12-$(echo 3/3 | tr / -)",
     ]
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True),
+        st.lists(
+            st.integers(-5, 5) | st.from_regex(r"[a-z0-9./]{1,4}", fullmatch=True),
+            min_size=1,
+            max_size=3,
+            unique_by=str,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_combinations_are_the_product_in_order(matrix: dict[str, list[int | str]]) -> None:
+    found, problems = combinations(matrix, "m")
+    assert problems == []
+    assert len(found) == math.prod(len(v) for v in matrix.values())
+    assert all(list(c) == list(matrix) for c in found)  # keys in the order written
+    names = [step_name("t", c) for c in found]
+    assert len(set(names)) == len(names)
+    assert found[0] == {k: str(v[0]) for k, v in matrix.items()}
+    assert found[-1] == {k: str(v[-1]) for k, v in matrix.items()}
