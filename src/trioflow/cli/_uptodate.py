@@ -13,13 +13,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import trioflow
 
-_CHUNK: Final = 1 << 20
 _VALUE_KEY: Final = "up_to_date_key"
 _VALUE_FLAG: Final = "up_to_date"
 
@@ -37,13 +37,14 @@ def matched_files(directory: Path, patterns: Iterable[str]) -> list[Path]:
     Returns:
         The matched files, each once, as absolute paths, in sorted order.
     """
-    found: set[Path] = set()
+    root = str(directory)
+    found: set[str] = set()
     for pattern in patterns:
-        for match in glob.glob(pattern, root_dir=directory, recursive=True):
-            path = directory / match
-            if path.is_file():
-                found.add(path)
-    return sorted(found)
+        for match in glob.glob(pattern, root_dir=root, recursive=True):
+            path = os.path.join(root, match)
+            if os.path.isfile(path):
+                found.add(os.path.normpath(path))
+    return [Path(path) for path in sorted(found)]
 
 
 def sources_digest(directory: Path, patterns: Sequence[str]) -> str:
@@ -60,17 +61,16 @@ def sources_digest(directory: Path, patterns: Sequence[str]) -> str:
         A hex digest.
     """
     digest = hashlib.sha256()
+    prefix = os.path.join(str(directory), "")
     for path in matched_files(directory, patterns):
-        name = path.relative_to(directory) if path.is_relative_to(directory) else path
+        name = str(path).removeprefix(prefix)  # relative when inside the directory
         digest.update(f"{name}\0".encode())
-        file_digest = hashlib.sha256()
         try:
-            with path.open("rb") as file:
-                while chunk := file.read(_CHUNK):
-                    file_digest.update(chunk)
+            with open(path, "rb") as file:
+                content = hashlib.file_digest(file, "sha256").digest()  # streams, in C
         except OSError as exc:  # gone or unreadable meanwhile: a different input
-            file_digest.update(f"unreadable: {exc.strerror}".encode())
-        digest.update(file_digest.digest())
+            content = f"unreadable: {exc.strerror}".encode()
+        digest.update(content)
     return digest.hexdigest()
 
 
