@@ -190,3 +190,17 @@ def test_combinations_are_the_product_in_order(matrix: dict[str, list[int | str]
     assert len(set(names)) == len(names)
     assert found[0] == {k: str(v[0]) for k, v in matrix.items()}
     assert found[-1] == {k: str(v[-1]) for k, v in matrix.items()}
+
+
+def test_the_python_project_example_uses_env_sources_and_a_matrix() -> None:
+    from trioflow.cli._spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "examples" / "python_project.toml")
+    shards = ["test[shard=1]", "test[shard=2]", "test[shard=3]"]
+    assert spec.groups == {"test": tuple(shards)}
+    assert spec.steps["build"].after == ("lint", "types", *shards)
+    assert spec.steps["build"].generates == ("dist/*.whl",)
+    resolved = spec.resolve(spec.steps["test[shard=2]"], placeholders=lambda name: name)
+    assert resolved.command == ("pytest", "-q", "--splits", "3", "--group", "2")
+    assert resolved.env["PATH"].startswith(".venv-ci/bin:")
+    assert spec.waves() == [["venv"], ["install"], ["lint", "types", *shards], ["build"]]
