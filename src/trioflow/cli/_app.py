@@ -46,7 +46,7 @@ from ._run import (
     summary_from_record,
 )
 from ._serve import add_commands as add_serve_commands
-from ._spec import SpecError, StepSpec, load_spec
+from ._spec import SpecError, StepSpec, WorkflowSpec, load_spec
 from ._steps import describe_command
 
 _DESCRIPTION = """\
@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(logs/RUN_ID/STEP.log).",
     )
     run.add_argument("file", metavar="FILE", help="the workflow file (TOML)")
+    _add_target_arguments(run)
+    run.add_argument(
+        "--force",
+        metavar="STEP",
+        nargs="?",
+        action="append",
+        const="",
+        help="run steps even when they are up to date: every step, or the STEP given "
+        "(repeat for more)",
+    )
     run.add_argument(
         "--resume",
         metavar="RUN_ID",
@@ -158,6 +168,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
+    watch = commands.add_parser(
+        "watch",
+        parents=[state],
+        help="run a workflow file, then again on every change to the steps' sources",
+        description="Run the steps (all, or the STEPs given and what they come after), then "
+        "watch their sources: on a change, run again the steps whose sources changed and "
+        "what comes after them; a change during a run restarts them. Ctrl-C exits.",
+    )
+    watch.add_argument("file", metavar="FILE", help="the workflow file (TOML)")
+    _add_target_arguments(watch)
+    watch.add_argument(
+        "--debounce",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.3,
+        help="wait until the files are quiet this long before running (default: 0.3)",
+    )
+    watch.add_argument(
+        "--max-parallel", metavar="N", type=_positive_int, help="run at most N steps at once"
+    )
+    watch.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="how long a stopped step's processes get to exit before they are killed (default: 5)",
+    )
+    watch.set_defaults(handler=_watch)
+
     runs = commands.add_parser("runs", parents=[state, as_json], help="list past runs")
     runs.set_defaults(handler=_runs)
 
@@ -180,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("args", nargs=argparse.REMAINDER)
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "steps",
+        metavar="STEP",
+        nargs="*",
+        help="run only these steps (or matrices) and the steps they come after",
+    )
+    parser.add_argument(
+        "--only",
+        action="store_true",
+        help="run the STEPs given alone, not the steps they come after",
+    )
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -223,11 +276,26 @@ def _limit(args: argparse.Namespace, spec_limit: int | None) -> int:
     return limit
 
 
+def _targets(args: argparse.Namespace) -> WorkflowSpec:
+    if args.only and not args.steps:
+        raise UsageError("--only needs the names of the steps to run")
+    return load_spec(args.file).select(args.steps, only=args.only)
+
+
 def _run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.file)
+    from ._run import up_to_date_steps
+
+    spec = _targets(args)
+    forced = args.force or []
+    force = frozenset(spec.step_names([n for n in forced if n]))
     if args.dry_run:
+        fresh = set()
+        if "" not in forced:
+            fresh = anyio.run(up_to_date_steps, spec, args.state, backend="trio") - force
         if args.json:
-            print_json(plan_json(spec, max_parallel=_limit(args, spec.max_parallel)))
+            print_json(
+                plan_json(spec, max_parallel=_limit(args, spec.max_parallel), up_to_date=fresh)
+            )
         else:
             logs = log_dir(args.state, "RUN_ID")
 
@@ -235,7 +303,8 @@ def _run(args: argparse.Namespace) -> int:
                 command = step_command(spec, step, run_id="RUN_ID", logs=logs)[0]
                 return describe_command(command)
 
-            print(plan(spec, max_parallel=_limit(args, spec.max_parallel), show=show), end="")
+            limit = _limit(args, spec.max_parallel)
+            print(plan(spec, max_parallel=limit, show=show, up_to_date=fresh), end="")
         return EXIT_OK
     options = RunOptions(
         file=args.file,
@@ -246,6 +315,10 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         grace=args.grace,
         dask=args.dask,
+        targets=tuple(args.steps),
+        only=args.only,
+        force=force,
+        force_all="" in forced,
     )
     progress = sys.stderr if args.json else sys.stdout
     reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))
@@ -380,6 +453,21 @@ def _graph(args: argparse.Namespace) -> int:
     spec = load_spec(args.file)
     print(dot(spec) if args.dot else mermaid(spec), end="")
     return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from ._watch import WatchOptions, watch_file
+
+    spec = _targets(args)
+    options = WatchOptions(
+        file=args.file,
+        state=args.state,
+        max_parallel=args.max_parallel,
+        grace=args.grace,
+        debounce=args.debounce,
+    )
+    status: int = anyio.run(watch_file, spec, options, sys.stdout, backend="trio")
+    return status
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ._spec import StepSpec, WorkflowSpec
@@ -87,13 +87,20 @@ def dot(spec: WorkflowSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan(spec: WorkflowSpec, *, max_parallel: int, show: Callable[[StepSpec], str]) -> str:
+def plan(
+    spec: WorkflowSpec,
+    *,
+    max_parallel: int,
+    show: Callable[[StepSpec], str],
+    up_to_date: Collection[str] = (),
+) -> str:
     """Return the dry-run plan: the waves of steps that would run together, with commands.
 
     Args:
         spec: The workflow.
         max_parallel: The limit the run would use.
         show: Returns a step's command as it would run.
+        up_to_date: The steps that would be skipped as up to date (marked so).
 
     Returns:
         The text, ending with a newline.
@@ -107,7 +114,8 @@ def plan(spec: WorkflowSpec, *, max_parallel: int, show: Callable[[StepSpec], st
         lines.append(f"wave {number}: {', '.join(wave)}")
         for name in wave:
             step = spec.steps[name]
-            lines.append(f"  {name}: {show(step)}")
+            fresh = " (up to date)" if name in up_to_date else ""
+            lines.append(f"  {name}{fresh}: {show(step)}")
             options = _notes(step)
             if step.timeout is not None:
                 options.append(f"timeout {step.timeout:g}s")
@@ -120,12 +128,15 @@ def plan(spec: WorkflowSpec, *, max_parallel: int, show: Callable[[StepSpec], st
     return "\n".join(lines) + "\n"
 
 
-def plan_json(spec: WorkflowSpec, *, max_parallel: int) -> dict[str, Any]:
+def plan_json(
+    spec: WorkflowSpec, *, max_parallel: int, up_to_date: Collection[str] = ()
+) -> dict[str, Any]:
     """Return the dry-run plan as JSON-ready data.
 
     Args:
         spec: The workflow.
         max_parallel: The limit the run would use.
+        up_to_date: The steps that would be skipped as up to date.
 
     Returns:
         ``{"workflow", "max_parallel", "waves": [[step names]], "steps": {name: {...}}}``.
@@ -145,6 +156,10 @@ def plan_json(spec: WorkflowSpec, *, max_parallel: int) -> dict[str, Any]:
                 "exclusive": step.exclusive,
                 "continue_on_error": step.continue_on_error,
                 "pools": list(step.pools),
+                "sources": list(step.sources),
+                "generates": list(step.generates),
+                "matrix": dict(step.matrix),
+                "up_to_date": name in up_to_date,
             }
             for name, step in spec.steps.items()
         },

@@ -33,7 +33,10 @@ _STYLES: Final = {
     "running": "cyan",
     "compensated": "magenta",
     "pending": "dim",
+    "up_to_date": "green",
 }
+_WORDS: Final = {"retrying": "attempt failed", "up_to_date": "up to date"}
+_UNTIMED: Final = ("skipped", "up_to_date")  # nothing ran: no time to show
 
 
 @final
@@ -180,8 +183,8 @@ class PlainReporter:
 
     def step_finished(self, name: str, status: str, *, detail: str, elapsed: float) -> None:
         """Print how an attempt ended."""
-        took = f" ({format_seconds(elapsed)})" if status != "skipped" else ""
-        word = "attempt failed" if status == "retrying" else status
+        took = f" ({format_seconds(elapsed)})" if status not in _UNTIMED else ""
+        word = _WORDS.get(status, status)
         self._line(f"{name}: {word}{': ' + detail if detail else ''}{took}")
 
     def message(self, text: str) -> None:
@@ -276,12 +279,12 @@ class LiveReporter:
 
         with self._lock:
             self._running.pop(name, None)
-            if status in ("succeeded", "failed", "skipped"):
+            if status in ("succeeded", "failed", *_UNTIMED):
                 self._done += 1
         style = _STYLES.get(status, "yellow" if status == "retrying" else "")
-        took = f" [dim]({format_seconds(elapsed)})[/]" if status != "skipped" else ""
+        took = f" [dim]({format_seconds(elapsed)})[/]" if status not in _UNTIMED else ""
         extra = f": {escape(detail)}" if detail else ""
-        word = "attempt failed" if status == "retrying" else status
+        word = _WORDS.get(status, status)
         # Redraw first: printing above the live view draws its last rendering again, which
         # would still show this step running until the next timed refresh.
         self._live.refresh()
@@ -424,9 +427,10 @@ def _print_tail(
 def _status_text(row: StepRow) -> str:
     if row.status == "failed" and row.continue_on_error:
         return "failed (ignored)"
+    status = _WORDS.get(row.status, row.status)
     if row.restored:
-        return f"{row.status} (earlier)"
-    return row.status
+        return f"{status} (earlier)"
+    return status
 
 
 def _footer(summary: RunSummary) -> list[str]:

@@ -21,9 +21,10 @@ import shutil
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Final, final
+from typing import Any, Final, final
 
 import anyio
 import attrs
@@ -33,15 +34,22 @@ import trioflow
 from ._guard import ProcessGuard, open_guard
 from ._remote import RemoteSteps
 from ._render import Reporter, RunSummary, StepRow
-from ._spec import StepSpec, WorkflowSpec
+from ._spec import ResolvedStep, StepSpec, WorkflowSpec
 from ._steps import (
     GRACE_PERIOD,
     CommandFailed,
     GracePeriods,
     describe_command,
-    expand,
     placeholders,
     run_command,
+)
+from ._uptodate import (
+    all_generated,
+    last_keys,
+    sources_digest,
+    step_key,
+    success_value,
+    was_up_to_date,
 )
 
 DEFAULT_STATE: Final = Path(".trioflow/state.db")
@@ -78,6 +86,10 @@ class RunOptions:
         grace: Seconds a stopped command gets before it is killed.
         dask: The address of the Dask scheduler whose workers run the ``where = "dask"``
             steps, or None to run them here.
+        targets: The step (or matrix) names given on the command line; none: every step.
+        only: Run the targets alone, not the steps they come after.
+        force: Run these steps even when they are up to date.
+        force_all: Run every step even when it is up to date.
     """
 
     file: str
@@ -88,6 +100,10 @@ class RunOptions:
     verbose: bool = False
     grace: float = GRACE_PERIOD
     dask: str | None = None
+    targets: tuple[str, ...] = ()
+    only: bool = False
+    force: frozenset[str] = frozenset()
+    force_all: bool = False
 
 
 @final
@@ -158,6 +174,22 @@ def log_dir(state: Path | str, run_id: str) -> Path:
     return path.parent / "logs" / run_id
 
 
+def log_file(logs: Path, step: str) -> Path:
+    """Return a step's log file in a run's log directory: ``STEP.log``.
+
+    A matrix step's name can hold a ``/`` (``test[shard=1/3]``); such characters are
+    percent-encoded (``test[shard=1%2F3].log``) so that every log is a file of the directory.
+
+    Args:
+        logs: The run's log directory.
+        step: The step's name.
+
+    Returns:
+        The log file's path.
+    """
+    return logs / (urllib.parse.quote(step, safe="[]=,.-_+@") + ".log")
+
+
 @contextlib.asynccontextmanager
 async def open_store(state: Path | str) -> AsyncIterator[trioflow.WorkflowStore]:
     """Open the store of ``--state``: an ``SQLiteStore``, or a Redis store for a URL.
@@ -199,7 +231,9 @@ def resume_command(options: RunOptions, run_id: str) -> str:
     Returns:
         E.g. ``trioflow run build.toml --resume 20240601-141503-3fa2``.
     """
-    words = [*program(), "run", options.file, "--resume", run_id]
+    words = [*program(), "run", options.file, *options.targets, "--resume", run_id]
+    if options.only:
+        words.append("--only")
     if options.state != DEFAULT_STATE:
         words += ["--state", str(options.state)]
     if options.dask is not None:
@@ -244,7 +278,7 @@ def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
     )
 
 
-def step_fingerprint(step: StepSpec) -> str:
+def step_fingerprint(step: StepSpec, workflow_env: Mapping[str, str] | None = None) -> str:
     """Return a digest of what a step does: its command, its environment and its directory.
 
     A resumed run runs a step that succeeded earlier again when this changed since. Timeouts,
@@ -253,25 +287,31 @@ def step_fingerprint(step: StepSpec) -> str:
 
     Args:
         step: The step of the workflow file.
+        workflow_env: The file's ``[env]`` table (as written), part of every step's
+            environment; a file without one has the digest it had before ``[env]`` existed.
 
     Returns:
         A hex digest.
     """
-    definition = json.dumps(
-        [
-            list(step.command) if not step.is_shell else step.command,
-            sorted(step.env.items()),
-            step.cwd,
-        ],
-        separators=(",", ":"),
-    )
+    parts: list[object] = [
+        list(step.command) if not step.is_shell else step.command,
+        sorted(step.env.items()),
+        step.cwd,
+    ]
+    if workflow_env:
+        parts.append(list(workflow_env.items()))  # in order: a value sees the ones before it
+    definition = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(definition.encode()).hexdigest()[:32]
 
 
 def step_command(
     spec: WorkflowSpec, step: StepSpec, *, run_id: str, logs: Path
 ) -> tuple[tuple[str, ...] | str, Path, dict[str, str]]:
-    """Return a step's command, working directory and environment, placeholders expanded.
+    """Return a step's command, working directory and environment, everything interpolated.
+
+    Relative entries of ``PATH`` (``.venv/bin``) are made absolute against the step's
+    working directory: a program is found there whatever directory trioflow was started in,
+    and a ``cd`` inside a shell line does not lose it.
 
     Args:
         spec: The workflow file.
@@ -284,17 +324,69 @@ def step_command(
         file's directory, or ``cwd`` relative to it) and its complete environment.
     """
     values = placeholders(run_id=run_id, step=step.name, logs=logs)
-    if isinstance(step.command, str):
-        command: tuple[str, ...] | str = expand(step.command, values, quote=True)
-    else:
-        command = tuple(expand(arg, values) for arg in step.command)
-    cwd = spec.directory
-    if step.cwd is not None:
-        cwd = cwd / expand(step.cwd, values)
+    resolved = spec.resolve(step, placeholders=values.__getitem__)
     env = dict(os.environ)
-    env.update({key: expand(value, values) for key, value in step.env.items()})
+    env.update(resolved.env)
+    if "PATH" in resolved.env:
+        env["PATH"] = os.pathsep.join(
+            str(resolved.cwd / entry) if entry and not os.path.isabs(entry) else entry
+            for entry in env["PATH"].split(os.pathsep)
+        )
     env.update(TRIOFLOW_RUN_ID=run_id, TRIOFLOW_STEP=step.name, TRIOFLOW_LOG_DIR=values["logs"])
-    return command, cwd, env
+    return resolved.command, resolved.cwd, env
+
+
+def _key_fields(spec: WorkflowSpec, step: StepSpec) -> ResolvedStep:
+    """The step's fields as its up-to-date key sees them: the run's own placeholders as written."""
+    values = {"python": sys.executable, "step": step.name}
+    return spec.resolve(step, placeholders=lambda name: values.get(name, "{" + name + "}"))
+
+
+def current_key(spec: WorkflowSpec, step: StepSpec) -> tuple[str, bool]:
+    """Return a step's up-to-date key as its files are now, and whether its outputs exist.
+
+    Reads every file its ``sources`` match: call it in a worker thread.
+
+    Args:
+        spec: The workflow file.
+        step: A step with ``sources``.
+
+    Returns:
+        The key, and whether every ``generates`` pattern matches something.
+    """
+    fields = _key_fields(spec, step)
+    digest = sources_digest(fields.cwd, fields.sources)
+    key = step_key(fields.command, fields.env, fields.cwd, digest)
+    return key, all_generated(fields.cwd, fields.generates)
+
+
+async def up_to_date_steps(spec: WorkflowSpec, state: Path | str) -> set[str]:
+    """Return the steps a run would skip as up to date, as the files are now (``--dry-run``).
+
+    Args:
+        spec: The workflow file.
+        state: The state file, or a Redis URL.
+
+    Returns:
+        The names of the steps whose key equals that of their last success.
+
+    Raises:
+        UsageError: The state cannot be used.
+    """
+    sourced = [n for n, s in spec.steps.items() if s.sources]
+    if not sourced or (isinstance(state, Path) and not await anyio.Path(state).exists()):
+        return set()
+    async with open_store(state) as store:
+        try:
+            previous = await last_keys(store, spec.name, sourced)
+        except trioflow.StoreError as exc:
+            raise UsageError(describe_store_error(state, exc)) from None
+    fresh = set()
+    for name in previous:
+        key, generated = await anyio.to_thread.run_sync(current_key, spec, spec.steps[name])
+        if generated and key == previous[name]:
+            fresh.add(name)
+    return fresh
 
 
 @final
@@ -314,6 +406,7 @@ class _Runner:
         self.grace_periods = GracePeriods()
         self.guard: ProcessGuard | None = None  # stops the steps if trioflow dies
         self.remote: RemoteSteps | None = None  # runs the where = "dask" steps
+        self.previous_keys: dict[str, str] = {}  # of each step's last success
 
     def workflow(self) -> trioflow.Workflow:
         wf = trioflow.Workflow(self.spec.name)
@@ -327,7 +420,7 @@ class _Runner:
                 retry=_retry_policy(step),
                 pools=step.pools,
                 optional=step.continue_on_error,
-                fingerprint=step_fingerprint(step),
+                fingerprint=step_fingerprint(step, self.spec.env),
             )
         return wf
 
@@ -336,7 +429,15 @@ class _Runner:
         return step_command(self.spec, step, run_id=self.run_id, logs=self.logs)
 
     def log_path(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
+        return log_file(self.logs, name)
+
+    async def _up_to_date(self, step: StepSpec) -> tuple[str | None, bool]:
+        """The step's key (None without sources), and whether it is up to date."""
+        if not step.sources:
+            return None, False
+        key, generated = await anyio.to_thread.run_sync(current_key, self.spec, step)
+        forced = self.options.force_all or step.name in self.options.force
+        return key, not forced and generated and self.previous_keys.get(step.name) == key
 
     def _condition(self, step: StepSpec) -> Callable[[trioflow.Context], bool]:
         condition = step.when
@@ -356,10 +457,17 @@ class _Runner:
 
         return when
 
-    def _step_function(self, step: StepSpec) -> Callable[[trioflow.Context], Awaitable[None]]:
+    def _step_function(self, step: StepSpec) -> Callable[[trioflow.Context], Awaitable[Any]]:
         policy = _retry_policy(step)  # each delay computed when needed: retries may be many
 
-        async def run_step(ctx: trioflow.Context) -> None:
+        async def run_step(ctx: trioflow.Context) -> Any:
+            # The key is taken before the command runs: a source it changes meanwhile makes
+            # the next run run it again.
+            key, fresh = await self._up_to_date(step)
+            if key is not None and fresh:
+                self.statuses[step.name] = "succeeded"
+                self.reporter.step_finished(step.name, "up_to_date", detail="", elapsed=0.0)
+                return success_value(key, up_to_date=True)
             attempt = self.attempts[step.name] = self.attempts.get(step.name, 0) + 1
             command, cwd, env = self.command(step)
             self.reporter.step_started(
@@ -400,6 +508,7 @@ class _Runner:
             self.reporter.step_finished(
                 step.name, "succeeded", detail="", elapsed=time.monotonic() - started
             )
+            return None if key is None else success_value(key, up_to_date=False)
 
         return run_step
 
@@ -433,13 +542,15 @@ def summary_from_result(
     rows = []
     for name, step in spec.steps.items():
         outcome = result.steps[name]
-        log = logs / f"{name}.log"
+        log = log_file(logs, name)
+        status = _row_status(str(outcome.status), outcome.value)
+        ran = outcome.attempts and status != "up_to_date"
         rows.append(
             StepRow(
                 name=name,
-                status=str(outcome.status),
-                attempts=outcome.attempts,
-                duration=outcome.duration if outcome.attempts else None,
+                status=status,
+                attempts=outcome.attempts if ran else 0,
+                duration=outcome.duration if ran else None,
                 error=_error_text(outcome.error),
                 log=log if log.exists() else None,
                 continue_on_error=step.continue_on_error,
@@ -454,6 +565,11 @@ def summary_from_result(
         steps=tuple(rows),
         log_dir=logs if logs.exists() else None,
     )
+
+
+def _row_status(status: str, value: object) -> str:
+    """A step skipped as up to date succeeded for the workflow; the summary says which."""
+    return "up_to_date" if status == "succeeded" and was_up_to_date(value) else status
 
 
 def _nothing_ran(spec: WorkflowSpec, run_id: str, duration: float) -> RunSummary:
@@ -496,13 +612,16 @@ def summary_from_record(
     rows = []
     for name in record.shape:
         stored = record.steps.get(name)
-        log = logs / f"{name}.log"
+        log = log_file(logs, name)
+        value = None if stored is None or stored.value is None else stored.value.data()
+        status = "not_run" if stored is None else _row_status(str(stored.status), value)
+        ran = stored is not None and stored.attempts and status != "up_to_date"
         rows.append(
             StepRow(
                 name=name,
-                status="not_run" if stored is None else str(stored.status),
-                attempts=0 if stored is None else stored.attempts,
-                duration=None if stored is None or not stored.attempts else stored.duration,
+                status=status,
+                attempts=stored.attempts if stored is not None and ran else 0,
+                duration=stored.duration if stored is not None and ran else None,
                 error=None if stored is None else _error_text(stored.error),
                 log=log if log.exists() else None,
                 continue_on_error=bool(continue_on_error and continue_on_error.get(name)),
@@ -718,6 +837,11 @@ async def execute_file(
                 runner.statuses[name] = str(stored.status)
         elif record is not None:  # pragma: no cover - ids carry 16 random bits and the time
             raise UsageError(f"run id {run_id!r} is already taken; try again")
+        sourced = [n for n, s in spec.steps.items() if s.sources and n not in runner.statuses]
+        try:
+            runner.previous_keys = await last_keys(store, spec.name, sourced)
+        except trioflow.StoreError as exc:
+            raise UsageError(describe_store_error(options.state, exc)) from None
         resumed = len(runner.statuses)
         reporter.run_started(
             run_id=run_id, workflow=spec.name, total=len(spec.steps), resumed=resumed

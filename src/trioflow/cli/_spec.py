@@ -1,8 +1,10 @@
 """The workflow file format: parse a TOML file and validate it before anything runs.
 
-A file has one ``[workflow]`` table (``name``, ``max_parallel``, ``pools``) and one
-``[steps.NAME]`` table per step. Every problem is reported with its location (the table path,
-e.g. ``steps.build.timeout``) and all problems of a file are reported at once.
+A file has one ``[workflow]`` table (``name``, ``max_parallel``, ``pools``), an optional
+``[env]`` table of variables for every step, and one ``[steps.NAME]`` table per step (a step
+with a ``matrix`` becomes one step per combination). Every problem is reported with its
+location (the table path, e.g. ``steps.build.timeout``) and all problems of a file are reported
+at once, interpolation included: a ``${NAME}`` without a value is found before anything runs.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import difflib
 import graphlib
 import math
+import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -22,6 +25,8 @@ import trioflow
 
 from .._checks import check_int, check_number, problem
 from ._condition import Condition, ConditionSyntaxError, parse_condition
+from ._interpolate import InterpolationError, parse_template
+from ._matrix import combinations, step_name
 
 _STEP_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*\Z")
 _TOML_WHERE: Final = re.compile(r" \(at line (?P<line>\d+), column (?P<column>\d+)\)\Z")
@@ -43,6 +48,9 @@ _STEP_KEYS: Final = (
     "continue_on_error",
     "pools",
     "where",
+    "sources",
+    "generates",
+    "matrix",
 )
 WHERE: Final = ("local", "dask")
 """Where a step's command may run: on this machine, or on a worker of ``--dask``'s cluster."""
@@ -92,6 +100,12 @@ class StepSpec:
         pools: Named pools the step takes one token from while it runs.
         where: ``"local"``, or ``"dask"`` to run on a worker of the cluster given with
             ``trioflow run --dask ADDRESS`` (locally without it).
+        sources: Glob patterns of the files whose content decides whether the step is up to
+            date (relative to its working directory); empty: the step always runs.
+        generates: Glob patterns of what the step makes; each must match something for the
+            step to be up to date.
+        matrix: This step's values of its ``matrix`` (key -> value), empty for a plain step.
+        group: The name written in the file (``test`` for ``test[python=3.12]``).
     """
 
     name: str
@@ -108,6 +122,10 @@ class StepSpec:
     continue_on_error: bool = False
     pools: tuple[str, ...] = ()
     where: str = "local"
+    sources: tuple[str, ...] = ()
+    generates: tuple[str, ...] = ()
+    matrix: Mapping[str, str] = attrs.field(factory=dict)
+    group: str = ""
 
     @property
     def is_shell(self) -> bool:
@@ -125,7 +143,9 @@ class WorkflowSpec:
         name: The workflow's name (default: the file name without ``.toml``).
         max_parallel: At most this many steps at once, or None for the default.
         pools: Sizes of the named pools.
-        steps: The steps, in file order.
+        steps: The steps, in file order (a matrix's steps in the place of the step written).
+        env: The ``[env]`` table as written (values not yet interpolated), in file order.
+        groups: Each name written in the file -> the names of its steps (one, or a matrix's).
     """
 
     path: Path
@@ -133,6 +153,8 @@ class WorkflowSpec:
     max_parallel: int | None
     pools: Mapping[str, int]
     steps: Mapping[str, StepSpec]
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -170,6 +192,184 @@ class WorkflowSpec:
                 seen.add(current)
                 todo.extend(self.steps[current].after)
         return seen
+
+    def descendants(self, names: Collection[str]) -> set[str]:
+        """Every step that comes after one of ``names``, directly or not (``names`` excluded).
+
+        Args:
+            names: Step names.
+
+        Returns:
+            The names of the steps that depend on them.
+        """
+        found: set[str] = set()
+        frontier = set(names)
+        while frontier:
+            frontier = {
+                n
+                for n, s in self.steps.items()
+                if n not in found and n not in names and frontier.intersection(s.after)
+            }
+            found |= frontier
+        return found
+
+    def step_names(self, names: Sequence[str], *, what: str = "step") -> list[str]:
+        """Turn names from the command line into step names: a matrix's name means its steps.
+
+        Args:
+            names: Names as given (``test``, ``test[python=3.12]``, ``lint``).
+            what: How messages call them.
+
+        Returns:
+            The step names, in the order of the file, each once.
+
+        Raises:
+            SpecError: A name is neither a step nor a matrix; the message suggests the closest.
+        """
+        chosen: set[str] = set()
+        problems = []
+        for name in names:
+            if name in self.steps:
+                chosen.add(name)
+            elif name in self.groups:
+                chosen.update(self.groups[name])
+            else:
+                known = [*self.groups, *(n for n in self.steps if n not in self.groups)]
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(("", f"unknown {what} {name!r}{hint}"))
+        if problems:
+            raise SpecError(str(self.path), problems)
+        return [n for n in self.steps if n in chosen]
+
+    def select(self, names: Sequence[str], *, only: bool = False) -> WorkflowSpec:
+        """Keep the named steps and, unless ``only``, every step they come after.
+
+        Args:
+            names: Step or matrix names (none: every step).
+            only: Keep the named steps alone; what they come after is treated as done.
+
+        Returns:
+            The workflow with those steps.
+
+        Raises:
+            SpecError: A name is unknown.
+        """
+        if not names:
+            return self
+        chosen = set(self.step_names(names))
+        if not only:
+            for name in list(chosen):
+                chosen |= self.ancestors(name)
+        steps = {
+            n: attrs.evolve(s, after=tuple(a for a in s.after if a in chosen))
+            for n, s in self.steps.items()
+            if n in chosen
+        }
+        groups = {g: tuple(m for m in ms if m in chosen) for g, ms in self.groups.items()}
+        groups = {g: members for g, members in groups.items() if members}
+        return attrs.evolve(self, steps=steps, groups=groups)
+
+    def resolve(
+        self,
+        step: StepSpec,
+        *,
+        placeholders: Callable[[str], str],
+        environ: Mapping[str, str] | None = None,
+        quote_placeholders: bool = True,
+    ) -> ResolvedStep:
+        """Interpolate a step's fields: its command, environment, directory and globs.
+
+        The process environment, then ``[env]``, then the step's ``env`` are applied in the
+        order written; each value sees the variables set before it (so
+        ``PATH = "bin:${PATH}"`` extends the ``PATH`` so far). The command, ``cwd``, ``sources``
+        and ``generates`` see them all, and ``${matrix.KEY}``.
+
+        Args:
+            step: One of the workflow's steps.
+            placeholders: The value of ``{python}``, ``{run_id}``, ``{step}`` and ``{logs}``.
+            environ: The process environment (default: ``os.environ``).
+            quote_placeholders: In a ``shell`` line, quote each substituted value.
+
+        Returns:
+            The resolved step.
+
+        Raises:
+            SpecError: A variable has no value (not raised for a file that loaded: it was
+                checked with the same environment).
+        """
+        environ = os.environ if environ is None else environ
+        resolved, problems = _resolve(self, step, placeholders, environ, quote_placeholders)
+        if resolved is None:
+            raise SpecError(str(self.path), problems)
+        return resolved
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ResolvedStep:
+    """A step's fields with every ``${NAME}``, ``${matrix.KEY}`` and placeholder replaced.
+
+    Attributes:
+        command: The argument list or shell line.
+        cwd: The absolute working directory.
+        env: The variables the file sets for the step (``[env]`` then the step's ``env``).
+        sources: The ``sources`` patterns.
+        generates: The ``generates`` patterns.
+    """
+
+    command: tuple[str, ...] | str
+    cwd: Path
+    env: Mapping[str, str]
+    sources: tuple[str, ...]
+    generates: tuple[str, ...]
+
+
+def _resolve(
+    spec: WorkflowSpec,
+    step: StepSpec,
+    placeholders: Callable[[str], str],
+    environ: Mapping[str, str],
+    quote_placeholders: bool,
+) -> tuple[ResolvedStep | None, list[tuple[str, str]]]:
+    problems: list[tuple[str, str]] = []
+    where = f"steps.{step.group or step.name}"
+    declared: dict[str, str] = {}  # over the process environment, which is not copied
+
+    def lookup(name: str) -> str | None:
+        if name.startswith("matrix."):
+            key = name.removeprefix("matrix.")
+            if key in step.matrix:
+                return step.matrix[key]
+            keys = ", ".join(step.matrix) or "none: the step has no matrix"
+            raise InterpolationError(f"${{{name}}}: no such matrix key (the keys are {keys})")
+        return declared[name] if name in declared else environ.get(name)
+
+    def render(text: str, location: str, quote: bool = False) -> str:
+        try:
+            return parse_template(text).render(lookup, placeholders, quote=quote)
+        except InterpolationError as exc:
+            problems.append((location, str(exc)))
+            return text
+
+    for table, prefix in ((spec.env, "env"), (step.env, f"{where}.env")):
+        for key, value in table.items():
+            declared[key] = render(value, f"{prefix}.{key}")
+    if isinstance(step.command, str):
+        command: tuple[str, ...] | str = render(step.command, f"{where}.shell", quote_placeholders)
+    else:
+        command = tuple(render(a, f"{where}.run[{i}]") for i, a in enumerate(step.command))
+    cwd = spec.directory
+    if step.cwd is not None:
+        cwd = cwd / render(step.cwd, f"{where}.cwd")
+    sources = tuple(render(g, f"{where}.sources[{i}]") for i, g in enumerate(step.sources))
+    generates = tuple(render(g, f"{where}.generates[{i}]") for i, g in enumerate(step.generates))
+    if problems:
+        return None, problems
+    resolved = ResolvedStep(
+        command=command, cwd=cwd, env=declared, sources=sources, generates=generates
+    )
+    return resolved, []
 
 
 def load_spec(path: Path | str) -> WorkflowSpec:
@@ -267,7 +467,7 @@ class _Checker:
         return ()
 
     def workflow(self, data: Mapping[str, Any], path: Path) -> WorkflowSpec | None:
-        self.unknown_keys(data, ("workflow", "steps"), "(top level)")
+        self.unknown_keys(data, ("workflow", "env", "steps"), "(top level)")
         head = data.get("workflow", {})
         if not isinstance(head, dict):
             self.fail("workflow", f"expected a table, got {_describe(head)}")
@@ -284,6 +484,7 @@ class _Checker:
             )
             max_parallel = None
         pools = self.pools(head.get("pools", {}))
+        env = self.env_table(data.get("env", {}), "env")
 
         raw_steps = data.get("steps")
         if raw_steps is None:
@@ -295,21 +496,45 @@ class _Checker:
         if not raw_steps:
             self.fail("steps", "no steps: add at least one [steps.NAME] table")
             return None
-        steps: dict[str, StepSpec] = {}
-        for step_name, table in raw_steps.items():
-            step = self.step(step_name, table, pools)
-            if step is not None:
-                steps[step_name] = step
+        written: dict[str, StepSpec] = {}
+        groups: dict[str, tuple[str, ...]] = {}
+        for written_name, table in raw_steps.items():
+            step = self.step(written_name, table, pools)
+            groups[written_name] = (written_name,)
+            if step is None:
+                continue
+            written[written_name] = step
+            if isinstance(table, dict) and "matrix" in table:
+                found, problems = combinations(table["matrix"], f"steps.{written_name}.matrix")
+                self.problems.extend(problems)
+                groups[written_name] = tuple(step_name(written_name, c) for c in found)
+        known = set(raw_steps) | {m for members in groups.values() for m in members}
         # The graph is checked even when some steps have problems, so that every problem of
         # the file is reported at once (a step with a problem still exists for `after`).
-        for step in steps.values():
+        for step in written.values():
             for dependency in step.after:
-                if dependency not in raw_steps:
+                if dependency not in known:
                     close = difflib.get_close_matches(dependency, list(raw_steps), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     self.fail(f"steps.{step.name}.after", f"unknown step {dependency!r}{hint}")
-                elif dependency == step.name:
+                elif dependency == step.name or dependency in groups[step.name]:
                     self.fail(f"steps.{step.name}.after", "a step cannot come after itself")
+        steps: dict[str, StepSpec] = {}
+        for group, step in written.items():
+            after = tuple(
+                dict.fromkeys(
+                    m for a in step.after for m in groups.get(a, (a,)) if m not in groups[group]
+                )
+            )
+            if groups[group] == (group,):
+                steps[group] = attrs.evolve(step, after=after, group=group)
+                continue
+            for combination, member in zip(
+                combinations(raw_steps[group]["matrix"], "")[0], groups[group], strict=True
+            ):
+                steps[member] = attrs.evolve(
+                    step, name=member, after=after, matrix=combination, group=group
+                )
         graph = {n: tuple(a for a in s.after if a in steps and a != n) for n, s in steps.items()}
         try:
             graphlib.TopologicalSorter(graph).prepare()
@@ -319,9 +544,21 @@ class _Checker:
         if self.problems:
             return None
         spec = WorkflowSpec(
-            path=path, name=name, max_parallel=max_parallel, pools=pools, steps=steps
+            path=path,
+            name=name,
+            max_parallel=max_parallel,
+            pools=pools,
+            steps=steps,
+            env=env,
+            groups={g: m for g, m in groups.items() if m != (g,)},
         )
+        seen: set[tuple[str, str]] = set()
         for step in steps.values():
+            # Checked with the environment the run will have: this process's.
+            for problem_found in _resolve(spec, step, lambda name: name, os.environ, False)[1]:
+                if problem_found not in seen:  # once per matrix, not once per combination
+                    seen.add(problem_found)
+                    self.fail(*problem_found)
             if step.when is not None:
                 missing = sorted(step.when.steps - spec.ancestors(step.name))
                 for other in missing:
@@ -423,21 +660,16 @@ class _Checker:
                 except ConditionSyntaxError as exc:
                     self.fail(f"{where}.when", str(exc))
 
-        env = table.get("env", {})
-        if not isinstance(env, dict):
-            self.fail(f"{where}.env", f"expected a table of strings, got {_describe(env)}")
-            env = {}
-        for key, value in env.items():
-            if not key or "=" in key or "\0" in key:
-                self.fail(
-                    f"{where}.env",
-                    "an environment variable name must be non-empty, without '=' or NUL, "
-                    f"got {key!r}",
-                )
-            elif not isinstance(value, str):
-                self.fail(f"{where}.env.{key}", f"expected a string, got {_describe(value)}")
-            else:
-                self.no_nul(value, f"{where}.env.{key}")
+        env = self.env_table(table.get("env", {}), f"{where}.env")
+        globs = {
+            key: self.names_list(table.get(key, []), f"{where}.{key}", "glob patterns")
+            for key in ("sources", "generates")
+        }
+        for key, patterns in globs.items():
+            for index, pattern in enumerate(patterns):
+                if not pattern:
+                    self.fail(f"{where}.{key}[{index}]", "expected a non-empty glob pattern")
+                self.no_nul(pattern, f"{where}.{key}[{index}]")
 
         cwd = table.get("cwd")
         if cwd is not None and (not isinstance(cwd, str) or not cwd):
@@ -483,7 +715,28 @@ class _Checker:
             continue_on_error=flags["continue_on_error"],
             pools=tuple(dict.fromkeys(step_pools)),
             where=runs_on,
+            sources=globs["sources"],
+            generates=globs["generates"],
         )
+
+    def env_table(self, env: object, where: str) -> dict[str, str]:
+        if not isinstance(env, dict):
+            self.fail(where, f"expected a table of strings, got {_describe(env)}")
+            return {}
+        good: dict[str, str] = {}
+        for key, value in env.items():
+            if not key or "=" in key or "\0" in key:
+                self.fail(
+                    where,
+                    "an environment variable name must be non-empty, without '=' or NUL, "
+                    f"got {key!r}",
+                )
+            elif not isinstance(value, str):
+                self.fail(f"{where}.{key}", f"expected a string, got {_describe(value)}")
+            else:
+                self.no_nul(value, f"{where}.{key}")
+                good[key] = value
+        return good
 
     def no_nul(self, text: str, where: str) -> None:
         # The operating system ends a string at a NUL: it cannot reach a command intact.
