@@ -27,6 +27,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from .. import _telemetry
 from .._backend import current_clock as clock
 from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
@@ -252,6 +253,40 @@ class Coordinator:
         """
         self._check(request)
         timeout = self._config.default_timeout if timeout is ... else check_timeout(timeout)
+        telemetry = _telemetry.current
+        if telemetry is not None:  # the one branch telemetry costs a request while it is off
+            return await self._traced(telemetry, request, timeout, on_chunk)
+        return await self._process(request, timeout, on_chunk)
+
+    async def _traced(
+        self,
+        telemetry: _telemetry.Instrumentation,
+        request: Request,
+        timeout: float | None,  # noqa: ASYNC109 - the request's budget
+        on_chunk: ChunkSink | None,
+    ) -> ProcessingResult:
+        """Process a request in a ``trioflow.request`` span; record its end in the metrics."""
+        kind = request.kind or "default"
+        attributes = {"trioflow.request.id": request.id, "pipeline.name": kind}
+        if telemetry.include_user:
+            attributes["enduser.id"] = request.user_id
+        with telemetry.span("trioflow.request", attributes) as span:
+            result = await self._process(request, timeout, on_chunk)
+            category = None if result.category is None else result.category.value
+            span.set({"trioflow.request.state": request.state.value})
+            if category is not None:
+                span.set({"trioflow.request.error_category": category})
+            if result.status is ProcessingStatus.FAILED:
+                span.fail(f"request failed ({category})")
+            telemetry.request_ended(kind, request.state.value, category, result.duration)
+        return result
+
+    async def _process(
+        self,
+        request: Request,
+        timeout: float | None,  # noqa: ASYNC109 - the request's budget
+        on_chunk: ChunkSink | None,
+    ) -> ProcessingResult:
         entry = Ticket(request)
         self._active[request.id] = entry
         recorder = self._recorder

@@ -31,6 +31,7 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
+from .. import _telemetry
 from .._backend import current_clock as clock
 from .._checks import (
     NotAwaitableError,
@@ -654,6 +655,7 @@ class Pipeline:
         counters = self._counters
         simple = self._simple
         value: Any = None
+        telemetry = _telemetry.current  # a span per stage while it is on
         for index, stage in enumerate(self._stages):
             if request.state is not stage.state:
                 # Without hooks the transition needs no await, and happens at the time the
@@ -668,12 +670,21 @@ class Pipeline:
             counter = counters[stage.name]
             counter.runs += 1
             begun = now
+            span = (
+                _telemetry.NO_SPAN
+                if telemetry is None
+                else telemetry.span(
+                    "trioflow.stage",
+                    {"trioflow.stage.name": stage.name, "trioflow.stage.state": stage.state.value},
+                )
+            )
             try:
-                if simple[index]:
-                    value = await _call(stage, request)
-                else:
-                    policy = None if policies is None else policies[index]
-                    value = await _run_stage(stage, request, resources, policy)
+                with span:
+                    if simple[index]:
+                        value = await _call(stage, request)
+                    else:
+                        policy = None if policies is None else policies[index]
+                        value = await _run_stage(stage, request, resources, policy)
             except Exception as exc:
                 counter.failed += 1
                 if not (stage.optional or stage.name in optional) or isinstance(
