@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 import anyio
 import attrs
 
-from . import _telemetry
 from ._checks import (
     NotAwaitableError,
     Validator,
@@ -26,6 +25,7 @@ from ._checks import (
     not_awaitable,
     validator,
 )
+from ._telemetry import hooks
 
 if TYPE_CHECKING:
     import tenacity
@@ -264,7 +264,7 @@ class RetryPolicy:
         async def attempt() -> T:
             nonlocal tries
             tries += 1
-            telemetry = _telemetry.current
+            telemetry = hooks.current
             if telemetry is not None:  # a span event and a count per retry attempt
                 telemetry.retried(tries, failure)
             awaitable = fn(*args)

@@ -1,9 +1,9 @@
 """The engines' side of telemetry: the current instrumentation, or None when it is off.
 
-The engines read :data:`current` once per batch, workflow run, request or tool call, and do
+The engines read :data:`hooks` once per batch, workflow run, request or tool call, and do
 nothing more while it is None: no span, no metric object, no OpenTelemetry import. The
 instrumentation itself (spans and metrics through the OpenTelemetry API) lives in the public
-face :mod:`trioflow.telemetry`, which sets :data:`current` in ``enable()``; this module
+face :mod:`trioflow.telemetry`, which sets :data:`hooks` in ``enable()``; this module
 imports nothing of it, so the engines (a floor below) never do either.
 
 Two shapes, because the engines cannot import the face: :class:`Instrumentation`, what the
@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, final
 
-__all__ = ("NO_SPAN", "Attributes", "Instrumentation", "Span", "current", "set_current")
+__all__ = ("NO_SPAN", "Attributes", "Instrumentation", "Span", "hooks", "set_current")
 
 # An OpenTelemetry attribute value (what the engines pass: no sequences).
 Attributes = Mapping[str, str | int | float | bool]
@@ -113,11 +113,22 @@ class _NoSpan:
 
 NO_SPAN: Span = _NoSpan()
 
+
+@final
+class _Hooks:
+    """Where the engines find the instrumentation: ``hooks.current``, None while it is off."""
+
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current: Instrumentation | None = None
+
+
 # The instrumentation in force; None until trioflow.telemetry.enable() (and after disable()).
-current: Instrumentation | None = None
+# A holder rather than a module global: the engines import it by name and read its attribute.
+hooks = _Hooks()
 
 
 def set_current(instrumentation: Instrumentation | None) -> None:
     """Install (or, with None, remove) the instrumentation the engines call."""
-    global current
-    current = instrumentation
+    hooks.current = instrumentation

@@ -27,15 +27,21 @@ import os
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TextIO, final
 
 import anyio
 
-from . import _telemetry
+from . import (
+    CircuitBreaker,
+    CircuitState,
+    KeyedRateLimiter,
+    PoolStatistics,
+    ResourceManager,
+    ResourceManagerStatistics,
+    TokenBucket,
+    _telemetry,
+)
 from ._checks import check_bool, check_name, describe
-from ._limits import PoolStatistics, ResourceManager, ResourceManagerStatistics
-from ._resilience._breaker import CircuitBreaker, CircuitState
-from ._resilience._ratelimit import KeyedRateLimiter, TokenBucket
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -442,11 +448,11 @@ def disable() -> None:
 
 def enabled() -> bool:
     """Return whether :func:`enable` is in force."""
-    return _telemetry.current is not None
+    return _telemetry.hooks.current is not None
 
 
 @contextlib.contextmanager
-def tracing_from_environment() -> Iterator[SDKTracerProvider]:
+def tracing_from_environment(*, console: TextIO | None = None) -> Iterator[SDKTracerProvider]:
     """Export trioflow's spans as the standard ``OTEL_*`` environment variables say.
 
     Makes an SDK ``TracerProvider`` (its resource from ``OTEL_SERVICE_NAME`` and
@@ -454,6 +460,10 @@ def tracing_from_environment() -> Iterator[SDKTracerProvider]:
     ``OTEL_TRACES_EXPORTER`` (``otlp`` by default, ``console``, ``none``, or any installed
     exporter), enables trioflow's telemetry with it, and on exit disables it and shuts the
     provider down, which flushes the spans. ``trioflow run --trace`` runs in this.
+
+    Args:
+        console: Where the ``console`` exporter writes (None: its default, standard output;
+            ``trioflow run --trace`` gives it standard error, beside its progress lines).
 
     Yields:
         The tracer provider.
@@ -482,7 +492,8 @@ def tracing_from_environment() -> Iterator[SDKTracerProvider]:
                 f"installed{hint}; OTEL_TRACES_EXPORTER=console prints the spans instead"
             )
         exporter: Any = next(iter(found)).load()
-        provider.add_span_processor(BatchSpanProcessor(exporter()))
+        made = exporter() if name != "console" or console is None else exporter(out=console)
+        provider.add_span_processor(BatchSpanProcessor(made))
     enable(provider)
     try:
         yield provider

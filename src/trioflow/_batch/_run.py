@@ -11,10 +11,10 @@ import functools
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from .. import _telemetry
 from .._checks import check_async_callable
 from .._limits import Capacity, ResourceManager
 from .._retry import RetryPolicy
+from .._telemetry import Instrumentation, hooks
 from ._engine import Batch, Operation, Operations, check_operations, validate
 from ._outcomes import BatchResult, Progress
 
@@ -99,7 +99,7 @@ async def run_batch(
         retry=retry,
         on_progress=on_progress,
     )
-    telemetry = _telemetry.current
+    telemetry = hooks.current
     if telemetry is not None:  # the one branch telemetry costs a batch while it is off
         return await _traced_batch(telemetry, operations, checked_limit, make)
     batch = make(operations)
@@ -111,7 +111,7 @@ async def run_batch(
 
 
 async def _traced_batch(
-    telemetry: _telemetry.Instrumentation,
+    telemetry: Instrumentation,
     operations: Operations[T],
     limit: int | ResourceManager | None,
     make: Callable[[Operations[T]], Batch],

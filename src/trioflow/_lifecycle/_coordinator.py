@@ -27,7 +27,6 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from .. import _telemetry
 from .._backend import current_clock as clock
 from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
@@ -37,6 +36,7 @@ from .._limits import HealthSource, PoolStatistics, ResourceManager
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
+from .._telemetry import Instrumentation, hooks
 from ._admission import Admission, CancelRequested, Ticket
 from ._config import OrchestrationConfig, load_config
 from ._machine import StateChange, StateMachine
@@ -253,14 +253,14 @@ class Coordinator:
         """
         self._check(request)
         timeout = self._config.default_timeout if timeout is ... else check_timeout(timeout)
-        telemetry = _telemetry.current
+        telemetry = hooks.current
         if telemetry is not None:  # the one branch telemetry costs a request while it is off
             return await self._traced(telemetry, request, timeout, on_chunk)
         return await self._process(request, timeout, on_chunk)
 
     async def _traced(
         self,
-        telemetry: _telemetry.Instrumentation,
+        telemetry: Instrumentation,
         request: Request,
         timeout: float | None,  # noqa: ASYNC109 - the request's budget
         on_chunk: ChunkSink | None,

@@ -31,7 +31,6 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
-from .. import _telemetry
 from .._backend import current_clock as clock
 from .._checks import (
     NotAwaitableError,
@@ -48,6 +47,7 @@ from .._limits import ResourceManager
 from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
+from .._telemetry import NO_SPAN, hooks
 from ._machine import StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
@@ -655,7 +655,7 @@ class Pipeline:
         counters = self._counters
         simple = self._simple
         value: Any = None
-        telemetry = _telemetry.current  # a span per stage while it is on
+        telemetry = hooks.current  # a span per stage while it is on
         for index, stage in enumerate(self._stages):
             if request.state is not stage.state:
                 # Without hooks the transition needs no await, and happens at the time the
@@ -671,7 +671,7 @@ class Pipeline:
             counter.runs += 1
             begun = now
             span = (
-                _telemetry.NO_SPAN
+                NO_SPAN
                 if telemetry is None
                 else telemetry.span(
                     "trioflow.stage",

@@ -49,11 +49,11 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .. import _telemetry
 from .._backend import current_clock
 from .._checks import check_bool, check_int, check_number, describe
 from .._errors import UnstorableValueError, ValueTooLargeError, WorkflowDefinitionError
 from .._limits import Capacity, ResourceManager, as_manager
+from .._telemetry import Instrumentation, hooks
 from ._codec import decode_value, encode_value, return_hint
 from ._context import Context, RunShared, run_context
 from ._graph import Graph, Step, StepStatus, Workflow
@@ -234,7 +234,7 @@ async def run_workflow(
         state=context,
         lease_ttl=lease_ttl,
     )
-    telemetry = _telemetry.current
+    telemetry = hooks.current
     if telemetry is not None:  # the one branch telemetry costs a run while it is off
         return await _traced_run(telemetry, run)
     return await run.run()
@@ -243,7 +243,7 @@ async def run_workflow(
 # --- telemetry: the run's span (trioflow.telemetry.enable); each step's is in Run._attempts ---
 
 
-async def _traced_run(telemetry: _telemetry.Instrumentation, run: Run) -> WorkflowResult:
+async def _traced_run(telemetry: Instrumentation, run: Run) -> WorkflowResult:
     """Run the workflow in a ``trioflow.workflow`` span; count its steps' outcomes."""
     attributes = {"trioflow.workflow.name": run.name, "trioflow.run.id": run.run_id}
     with telemetry.span("trioflow.workflow", attributes) as span:
@@ -301,7 +301,7 @@ class Run:
         self.exclusive = [step.exclusive for step in steps]
         # ...whether its function is all there is to it (no condition, retry, timeout, slot)...
         self.bare = [
-            _telemetry.current is None  # a traced step opens its span in _attempts
+            hooks.current is None  # a traced step opens its span in _attempts
             and manager is None
             and step.when is None
             and step.options.retry is None
@@ -641,7 +641,7 @@ class Run:
             self.exclusive_running = False
 
     async def _attempts(self, i: int, step: Step, ctx: Context) -> Any:
-        telemetry = _telemetry.current
+        telemetry = hooks.current
         if telemetry is None:
             return await self._step(i, step, ctx)
         attributes = {"trioflow.step.name": step.name, "trioflow.run.id": self.run_id}

@@ -28,7 +28,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
 import trioflow
-from trioflow import _telemetry
+from trioflow._telemetry import hooks
 from trioflow.lifecycle import (
     Coordinator,
     ErrorCategory,
@@ -316,7 +316,7 @@ class _Service:
         progress: Progress,
     ) -> types.CallToolResult:
         """Make one call a request of the coordinator; answer its tool result."""
-        telemetry = _telemetry.current
+        telemetry = hooks.current
         if telemetry is None:
             return await self._call(connection, user, source, name, arguments, progress)
         # A span per tool call, named and tagged as OpenTelemetry's MCP conventions say.
