@@ -47,6 +47,9 @@ class Span(Protocol):
     def fail(self, description: str) -> None:
         """Mark the span failed (status ERROR) although its block did not raise."""
 
+    def cancelled(self) -> None:
+        """Mark the span cancelled although its block did not raise (a request's cancel())."""
+
 
 class Instrumentation(Protocol):
     """What the engines call when telemetry is on (implemented by ``trioflow.telemetry``)."""
@@ -108,6 +111,9 @@ class _NoSpan:
         pass
 
     def fail(self, description: str) -> None:
+        pass
+
+    def cancelled(self) -> None:
         pass
 
 

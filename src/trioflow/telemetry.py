@@ -70,13 +70,14 @@ def _cancelled(exc: BaseException) -> bool:
 class _Span:
     """A span that is current while its ``with`` block runs, and ends in the same task."""
 
-    __slots__ = ("_api", "_failure", "_span", "_token")
+    __slots__ = ("_api", "_cancelled", "_failure", "_span", "_token")
 
     def __init__(self, api: _Api, span: OtelSpan) -> None:
         self._api = api
         self._span = span
         self._token: object = None
         self._failure: str | None = None
+        self._cancelled = False
 
     def __enter__(self) -> _Span:
         api = self._api
@@ -93,7 +94,9 @@ class _Span:
         api = self._api
         try:
             if exc is None:
-                if self._failure is None:
+                if self._cancelled:
+                    span.set_attribute(_OUTCOME, "cancelled")
+                elif self._failure is None:
                     span.set_attribute(_OUTCOME, "succeeded")
                 else:
                     span.set_attribute(_OUTCOME, "failed")
@@ -114,6 +117,9 @@ class _Span:
 
     def fail(self, description: str) -> None:
         self._failure = description
+
+    def cancelled(self) -> None:
+        self._cancelled = True
 
 
 @final

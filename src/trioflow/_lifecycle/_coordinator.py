@@ -266,19 +266,30 @@ class Coordinator:
         on_chunk: ChunkSink | None,
     ) -> ProcessingResult:
         """Process a request in a ``trioflow.request`` span; record its end in the metrics."""
-        kind = request.kind or "default"
-        attributes = {"trioflow.request.id": request.id, "pipeline.name": kind}
+        attributes = {"trioflow.request.id": request.id}
         if telemetry.include_user:
             attributes["enduser.id"] = request.user_id
         with telemetry.span("trioflow.request", attributes) as span:
-            result = await self._process(request, timeout, on_chunk)
-            category = None if result.category is None else result.category.value
-            span.set({"trioflow.request.state": request.state.value})
-            if category is not None:
-                span.set({"trioflow.request.error_category": category})
+            result: ProcessingResult | None = None
+            try:
+                result = await self._process(request, timeout, on_chunk)
+            finally:  # cancelled from outside too: the request ended CANCELLED all the same
+                kind = request.kind or "default"  # known once the router classified it
+                state = request.state.value
+                span.set({"pipeline.name": kind, "trioflow.request.state": state})
+                category = None
+                if result is None:
+                    duration = anyio.current_time() - request.created_at
+                else:
+                    duration = result.duration
+                    if result.category is not None:
+                        category = result.category.value
+                        span.set({"trioflow.request.error_category": category})
+                telemetry.request_ended(kind, state, category, duration)
             if result.status is ProcessingStatus.FAILED:
                 span.fail(f"request failed ({category})")
-            telemetry.request_ended(kind, request.state.value, category, result.duration)
+            elif result.status is ProcessingStatus.CANCELLED:
+                span.cancelled()
         return result
 
     async def _process(
