@@ -239,6 +239,20 @@ async def test_traced_operations_keep_the_input_checks(traced: Telemetry) -> Non
     assert totals == [2, 2]
 
 
+async def test_a_generator_input_is_traced_lazily(traced: Telemetry) -> None:
+    taken: list[int] = []
+
+    def operations() -> Iterator[Callable[[], Awaitable[int]]]:
+        for i in range(3):
+            taken.append(i)
+            yield ok
+
+    result = await trioflow.run_batch(operations(), limit=1, fail_fast=True)
+    assert (result.succeeded, taken) == (3, [0, 1, 2])
+    indexes = [(s.attributes or {})["trioflow.operation.index"] for s in traced.spans()[:-1]]
+    assert indexes == [0, 1, 2]
+
+
 async def test_an_async_input_is_traced_too(traced: Telemetry) -> None:
     async def operations() -> Any:
         for _ in range(3):

@@ -23,9 +23,18 @@ import collections
 import contextlib
 import functools
 import importlib.metadata
+import itertools
 import os
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+    Sized,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO, final
 
@@ -161,12 +170,12 @@ class _TracedOperations:
 
     __slots__ = ("_instrumentation", "_operations")
 
-    def __init__(self, instrumentation: _Instrumentation, operations: Iterable[Any]) -> None:
+    def __init__(self, instrumentation: _Instrumentation, operations: Any) -> None:
         self._instrumentation = instrumentation
         self._operations = operations
 
     def __len__(self) -> int:
-        return len(self._operations)  # type: ignore[arg-type]
+        return len(self._operations)
 
     def __iter__(self) -> Iterator[Any]:
         wrap = self._instrumentation.wrap
@@ -228,7 +237,9 @@ class _Instrumentation:
     def traced(self, operations: Any) -> Any:
         if isinstance(operations, AsyncIterable):
             return self._traced_async(operations)
-        return _TracedOperations(self, operations)
+        if isinstance(operations, Sized):  # the engine reads the total from len()
+            return _TracedOperations(self, operations)
+        return map(self.wrap, itertools.count(), operations)
 
     async def _traced_async(self, operations: AsyncIterable[Any]) -> AsyncIterator[Any]:
         index = 0
