@@ -173,6 +173,22 @@ async def test_after_disable_nothing_is_recorded(telemetry: Telemetry) -> None:
     assert telemetry.points("trioflow.batch.operations") == []
 
 
+async def test_enabling_again_reuses_the_instruments(telemetry: Telemetry) -> None:
+    manager = trioflow.ResourceManager(limit=2)
+    trioflow.telemetry.observe(manager, name="m")
+    await trioflow.run_batch([ok], limit=manager)
+    trioflow.telemetry.enable(
+        telemetry.tracer_provider, telemetry.meter_provider, trace_operations=True
+    )
+    await trioflow.run_batch([ok], limit=manager)
+    assert telemetry.values("trioflow.batch.operations", "trioflow.outcome") == {"succeeded": 2}
+    # One observation per observed object, not one per enable().
+    assert telemetry.values("trioflow.limiter.executed", "strategy.name") == {"m": 2}
+    assert len(telemetry.points("trioflow.limiter.executed")) == 1
+    trioflow.telemetry.disable()
+    assert telemetry.points("trioflow.limiter.executed") == []
+
+
 def test_enable_checks_its_arguments() -> None:
     with pytest.raises(TypeError, match="tracer_provider must be an OpenTelemetry TracerProvider"):
         trioflow.telemetry.enable("tracer")  # type: ignore[arg-type]

@@ -184,41 +184,53 @@ class _TracedOperations:
 
 
 @final
-class _Instrumentation:
-    """The instrumentation :func:`enable` installs: a tracer, a meter and its instruments."""
+class _Instruments:
+    """The instruments of one meter provider, made once: enabling again reuses them."""
 
-    def __init__(
-        self, tracer: Tracer, meter: Meter, *, trace_operations: bool, include_user: bool
-    ) -> None:
-        self.trace_operations = trace_operations
-        self._include_user = include_user
-        self._tracer = tracer
-        self._api = _Api()
-        self._operations = meter.create_counter(
+    def __init__(self, meter: Meter) -> None:
+        self.operations = meter.create_counter(
             "trioflow.batch.operations", unit="{operation}", description="Operations by outcome"
         )
-        self._operation_duration = meter.create_histogram(
+        self.operation_duration = meter.create_histogram(
             "trioflow.batch.operation.duration", unit="s", description="Operation durations"
         )
-        self._batch_duration = meter.create_histogram(
+        self.batch_duration = meter.create_histogram(
             "trioflow.batch.duration", unit="s", description="Batch durations"
         )
-        self._retries = meter.create_counter(
+        self.retries = meter.create_counter(
             "trioflow.retry.attempts", unit="{attempt}", description="Retry attempts"
         )
-        self._requests = meter.create_counter(
+        self.requests = meter.create_counter(
             "trioflow.requests", unit="{request}", description="Requests by terminal state"
         )
-        self._request_duration = meter.create_histogram(
+        self.request_duration = meter.create_histogram(
             "trioflow.request.duration", unit="s", description="Request durations"
         )
-        self._steps = meter.create_counter(
+        self.steps = meter.create_counter(
             "trioflow.workflow.steps", unit="{step}", description="Workflow steps by status"
         )
         for name, unit, description, counter in _OBSERVED:
             create = meter.create_observable_counter if counter else meter.create_observable_gauge
             callback = functools.partial(_observe, name)
             create(name, callbacks=[callback], unit=unit, description=description)
+
+
+# By meter provider (weakly: a provider a test drops takes its instruments with it).
+_instruments: weakref.WeakKeyDictionary[object, _Instruments] = weakref.WeakKeyDictionary()
+
+
+@final
+class _Instrumentation:
+    """The instrumentation :func:`enable` installs: a tracer, and a meter's instruments."""
+
+    def __init__(
+        self, tracer: Tracer, metrics: _Instruments, *, trace_operations: bool, include_user: bool
+    ) -> None:
+        self.trace_operations = trace_operations
+        self._include_user = include_user
+        self._tracer = tracer
+        self._api = _Api()
+        self._metrics = metrics
 
     @property
     def include_user(self) -> bool:
@@ -267,7 +279,7 @@ class _Instrumentation:
         )
         if failed:
             span.fail(f"{failed} operations failed")
-        add = self._operations.add
+        add = self._metrics.operations.add
         for outcome, count in (
             ("succeeded", succeeded),
             ("failed", failed),
@@ -275,8 +287,8 @@ class _Instrumentation:
         ):
             if count:
                 add(count, {_OUTCOME: outcome})
-        self._batch_duration.record(duration)
-        record = self._operation_duration.record
+        self._metrics.batch_duration.record(duration)
+        record = self._metrics.operation_duration.record
         for each in durations:
             record(each)
 
@@ -285,12 +297,12 @@ class _Instrumentation:
         self._api.current_span().add_event(
             "trioflow.retry", {"trioflow.retry.attempt": attempt, "exception.type": kind}
         )
-        self._retries.add(
+        self._metrics.retries.add(
             1, {"event.name": "OnRetry", "strategy.name": "retry", "exception.type": kind}
         )
 
     def steps_ended(self, workflow: str, statuses: Iterable[str]) -> None:
-        add = self._steps.add
+        add = self._metrics.steps.add
         for status, count in collections.Counter(statuses).items():
             add(count, {"trioflow.workflow.name": workflow, "trioflow.step.status": status})
 
@@ -298,10 +310,10 @@ class _Instrumentation:
         self, pipeline: str, state: str, category: str | None, duration: float
     ) -> None:
         attributes = {"pipeline.name": pipeline, "trioflow.request.state": state}
-        self._request_duration.record(duration, attributes)
+        self._metrics.request_duration.record(duration, attributes)
         if category is not None:
             attributes["error.category"] = category
-        self._requests.add(1, attributes)
+        self._metrics.requests.add(1, attributes)
 
 
 # --- observed statistics ---------------------------------------------------------------------
@@ -364,6 +376,8 @@ def _readings(obj: object, name: str) -> Iterator[tuple[str, float, dict[str, st
 def _observe(instrument: str, options: CallbackOptions) -> Iterator[Observation]:
     from opentelemetry.metrics import Observation
 
+    if _telemetry.hooks.current is None:  # disabled: nothing new to report
+        return
     for obj, name in list(_observed.items()):
         for metric, value, attributes in _readings(obj, name):
             if metric == instrument:
@@ -445,10 +459,13 @@ def enable(
     from . import __version__
 
     tracer = trace.get_tracer("trioflow", __version__, tracer_provider=tracer_provider)
-    meter = metrics.get_meter("trioflow", __version__, meter_provider=meter_provider)
+    provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
+    made = _instruments.get(provider)
+    if made is None:
+        made = _instruments[provider] = _Instruments(provider.get_meter("trioflow", __version__))
     _telemetry.set_current(
         _Instrumentation(
-            tracer, meter, trace_operations=trace_operations, include_user=include_user
+            tracer, made, trace_operations=trace_operations, include_user=include_user
         )
     )
 
@@ -458,7 +475,8 @@ def disable() -> None:
 
     Spans already open end as usual. Meant for tests and for turning telemetry off at run
     time; the instruments already made stay with their meter provider (OpenTelemetry has no
-    way to remove them) and report nothing new.
+    way to remove them) and report nothing new, observed statistics included. Enabling again
+    with the same meter provider reuses them.
     """
     _telemetry.set_current(None)
 
