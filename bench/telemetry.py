@@ -17,6 +17,8 @@ Rows of each group:
 * ``on, no-op API``: ``enable()`` with OpenTelemetry's default (no-op) global providers;
 * ``on, SDK``: ``enable()`` with an SDK ``TracerProvider`` (no exporter: spans are made,
   timed and dropped) and an SDK ``MeterProvider`` with an in-memory reader;
+* ``on, SDK, operation_durations=False``: the same without the per-operation histogram
+  (batch group only);
 * ``on, SDK, trace_operations``: a span per operation too (batch group only, at 10,000
   operations: a span costs tens of microseconds).
 
@@ -84,6 +86,7 @@ def _enable(mode: str) -> None:
         TracerProvider(),
         MeterProvider(metric_readers=[InMemoryMetricReader()]),
         trace_operations=mode == "sdk+operations",
+        operation_durations=mode != "sdk-durations",
     )
 
 
@@ -233,6 +236,7 @@ def plan(run: Callable[..., Row]) -> None:
             ("off", "telemetry off"),
             ("noop", "on, no-op API"),
             ("sdk", "on, SDK"),
+            ("sdk-durations", "on, SDK, operation_durations=False"),
         ):
             rows[mode] = run("batch", n=N, limit=LIMIT, mode=mode, group=group, label=label)
         rows["sdk+operations"] = run(

@@ -349,6 +349,16 @@ async def test_batch_metrics_equal_the_result(telemetry: Telemetry) -> None:
     assert (batches.count, batches.sum) == (1, pytest.approx(result.duration))
 
 
+async def test_operation_durations_can_be_left_out() -> None:
+    recorded = Telemetry(operation_durations=False)
+    try:
+        await trioflow.run_batch([ok, ok], limit=2)
+        assert recorded.points("trioflow.batch.operation.duration") == []
+        assert [p.count for p in recorded.points("trioflow.batch.duration")] == [1]
+    finally:
+        recorded.close()
+
+
 @pytest.mark.parametrize("backend", range(2), ids=["trio", "asyncio"])
 @settings(max_examples=25)
 @given(
