@@ -709,3 +709,20 @@ def _json_objects(text: str) -> Iterator[str]:
             if line == "}":
                 yield "\n".join(lines)
                 lines = []
+
+
+async def test_a_workflow_cancelled_from_outside_ends_its_spans_cancelled(
+    telemetry: Telemetry,
+) -> None:
+    async def slow(ctx: trioflow.Context) -> int:
+        await anyio.sleep(10)
+        return 1
+
+    workflow = trioflow.Workflow("w")
+    workflow.step("slow", slow)
+    with anyio.move_on_after(1):
+        await trioflow.run_workflow(workflow)
+    spans = telemetry.spans()
+    assert [s.name for s in spans] == ["trioflow.step", "trioflow.workflow"]
+    assert [(s.attributes or {})["trioflow.outcome"] for s in spans] == ["cancelled"] * 2
+    assert [s.status.status_code for s in spans] == [StatusCode.UNSET] * 2

@@ -79,14 +79,14 @@ def _cancelled(exc: BaseException) -> bool:
 class _Span:
     """A span that is current while its ``with`` block runs, and ends in the same task."""
 
-    __slots__ = ("_api", "_cancelled", "_failure", "_span", "_token")
+    __slots__ = ("_api", "_failure", "_span", "_token", "_was_cancelled")
 
     def __init__(self, api: _Api, span: OtelSpan) -> None:
         self._api = api
         self._span = span
         self._token: object = None
         self._failure: str | None = None
-        self._cancelled = False
+        self._was_cancelled = False
 
     def __enter__(self) -> _Span:
         api = self._api
@@ -103,7 +103,7 @@ class _Span:
         api = self._api
         try:
             if exc is None:
-                if self._cancelled:
+                if self._was_cancelled:
                     span.set_attribute(_OUTCOME, "cancelled")
                 elif self._failure is None:
                     span.set_attribute(_OUTCOME, "succeeded")
@@ -128,7 +128,7 @@ class _Span:
         self._failure = description
 
     def cancelled(self) -> None:
-        self._cancelled = True
+        self._was_cancelled = True
 
 
 @final
