@@ -1,15 +1,14 @@
 """The engines' side of telemetry: the current instrumentation, or None when it is off.
 
-The engines read :data:`hooks` once per batch, workflow run, request or tool call, and do
+The engines read ``hooks.current`` once per batch, workflow run, request or tool call, and do
 nothing more while it is None: no span, no metric object, no OpenTelemetry import. The
 instrumentation itself (spans and metrics through the OpenTelemetry API) lives in the public
-face :mod:`trioflow.telemetry`, which sets :data:`hooks` in ``enable()``; this module
+face :mod:`trioflow.telemetry`, which sets it in ``enable()``; this module
 imports nothing of it, so the engines (a floor below) never do either.
 
 Two shapes, because the engines cannot import the face: :class:`Instrumentation`, what the
-engines call, and :class:`Span`, the context manager its ``span()`` returns. The face has the
-one real implementation; :data:`NO_SPAN` is the other, for code that opens a span only when
-telemetry is on and would otherwise branch twice.
+engines call, and :class:`Span`, the context manager its ``span()`` returns; the face has
+their implementation.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, final
 
-__all__ = ("NO_SPAN", "Attributes", "Instrumentation", "Span", "hooks", "set_current")
+__all__ = ("Attributes", "Instrumentation", "Span", "hooks", "set_current")
 
 # An OpenTelemetry attribute value (what the engines pass: no sequences).
 Attributes = Mapping[str, str | int | float | bool]
@@ -88,36 +87,6 @@ class Instrumentation(Protocol):
     @property
     def include_user(self) -> bool:
         """Whether request spans carry the user id (personal data: off by default)."""
-
-
-@final
-class _NoSpan:
-    """A span that is not there: entering and setting it cost a call and nothing more."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> _NoSpan:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def set(self, attributes: Attributes) -> None:
-        pass
-
-    def fail(self, description: str) -> None:
-        pass
-
-    def cancelled(self) -> None:
-        pass
-
-
-NO_SPAN: Span = _NoSpan()
 
 
 @final

@@ -47,7 +47,7 @@ from .._limits import ResourceManager
 from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
-from .._telemetry import NO_SPAN, hooks
+from .._telemetry import Instrumentation, hooks
 from ._machine import StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
@@ -293,6 +293,19 @@ async def _run_stage(
     if policy is None:
         return await _once(stage, request, resources)
     return await policy.call(_once, stage, request, resources)
+
+
+async def _traced_stage(
+    telemetry: Instrumentation,
+    stage: Stage,
+    request: Request,
+    resources: ResourceManager | None,
+    policy: RetryPolicy | None,
+) -> Any:
+    # A stage in a span of its own (trioflow.telemetry.enable), retry events included.
+    attributes = {"trioflow.stage.name": stage.name, "trioflow.stage.state": stage.state.value}
+    with telemetry.span("trioflow.stage", attributes):
+        return await _run_stage(stage, request, resources, policy)
 
 
 @final
@@ -670,21 +683,15 @@ class Pipeline:
             counter = counters[stage.name]
             counter.runs += 1
             begun = now
-            span = (
-                NO_SPAN
-                if telemetry is None
-                else telemetry.span(
-                    "trioflow.stage",
-                    {"trioflow.stage.name": stage.name, "trioflow.stage.state": stage.state.value},
-                )
-            )
             try:
-                with span:
-                    if simple[index]:
-                        value = await _call(stage, request)
-                    else:
-                        policy = None if policies is None else policies[index]
+                if simple[index] and telemetry is None:
+                    value = await _call(stage, request)
+                else:
+                    policy = None if policies is None else policies[index]
+                    if telemetry is None:
                         value = await _run_stage(stage, request, resources, policy)
+                    else:
+                        value = await _traced_stage(telemetry, stage, request, resources, policy)
             except Exception as exc:
                 counter.failed += 1
                 if not (stage.optional or stage.name in optional) or isinstance(
