@@ -23,6 +23,7 @@ SCRIPTS = [
     "mcp",
     "dask",
     "redis",
+    "telemetry",
     "imports",
     "cli_projects",
 ]

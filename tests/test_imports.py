@@ -43,6 +43,7 @@ GROUND = {
         "_deprecate",
         "_events",
         "_startup",
+        "_telemetry",  # the engines' hooks; no OpenTelemetry import (trioflow.telemetry has it)
         "testing",
     )
 }
@@ -60,13 +61,15 @@ CLI_MAY_IMPORT = {
     f"{PACKAGE}.mcp",  # `trioflow serve` and `trioflow call` (cli._serve, imported on use)
     f"{PACKAGE}.dask",  # imported only when a run is given --dask
     f"{PACKAGE}.redis",  # only for ``--state redis://...``, imported then (the redis extra)
+    f"{PACKAGE}.telemetry",  # only for ``run --trace``, imported then (the otel extra)
 }
 # The integrations: faces built on the public API, ground helpers and, where needed, cli.
-INTEGRATIONS = ("mcp", "dask", "redis")
+INTEGRATIONS = ("mcp", "dask", "redis", "telemetry")
 # The modules outside an integration that may import it (on use, never at import time).
 IMPORTS_INTEGRATIONS = {
     f"{PACKAGE}.cli._serve",  # trioflow.mcp
     f"{PACKAGE}.cli._run",  # trioflow.dask, given --dask; trioflow.redis, --state redis://
+    # and trioflow.telemetry, given --trace
     f"{PACKAGE}.cli._remote",  # trioflow.dask: the steps it runs on the workers
 }
 
@@ -300,6 +303,10 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}._lifecycle._admission", f"{p}.redis") is not None
     assert _violation(f"{p}.redis._capacity", f"{p}._limits") is None
     assert _violation(f"{p}.cli._run", f"{p}.redis") is None
+    assert _violation(f"{p}._batch._run", f"{p}._telemetry") is None
+    assert _violation(f"{p}._batch._run", f"{p}.telemetry") is not None
+    assert _violation(f"{p}.telemetry", f"{p}._resilience._breaker") is not None
+    assert _violation(f"{p}.telemetry", f"{p}._telemetry") is None
 
 
 def test_floors_only_point_down() -> None:
@@ -364,7 +371,7 @@ def test_import_trioflow_loads_no_integration_library() -> None:
         import sys
         import trioflow, trioflow.lifecycle, trioflow.cli
         from trioflow.cli import _app
-        heavy = ("mcp", "mcp_types", "hypercorn", "starlette")
+        heavy = ("mcp", "mcp_types", "hypercorn", "starlette", "opentelemetry")
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
         assert not loaded, loaded
         print("ok")

@@ -19,6 +19,7 @@ NAMESPACES = {
     "trioflow.mcp": trioflow.mcp,
     "trioflow.dask": importlib.import_module("trioflow.dask"),
     "trioflow.redis": trioflow.redis,
+    "trioflow.telemetry": importlib.import_module("trioflow.telemetry"),
 }
 
 

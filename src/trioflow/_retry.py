@@ -25,6 +25,7 @@ from ._checks import (
     not_awaitable,
     validator,
 )
+from ._telemetry import hooks
 
 if TYPE_CHECKING:
     import tenacity
@@ -257,11 +258,15 @@ class RetryPolicy:
             if not self.should_retry(exc):
                 raise
             first_wait = self._wait_after(1, exc)
+            failure: BaseException | None = exc  # the last failure, for telemetry
         tries = 1
 
         async def attempt() -> T:
             nonlocal tries
             tries += 1
+            telemetry = hooks.current
+            if telemetry is not None:  # a span event and a count per retry attempt
+                telemetry.retried(tries, failure)
             awaitable = fn(*args)
             if not is_awaitable(awaitable):
                 raise not_awaitable("fn", awaitable)
@@ -274,7 +279,9 @@ class RetryPolicy:
         from tenacity.asyncio import AsyncRetrying
 
         def retry(state: tenacity.RetryCallState) -> bool:
+            nonlocal failure
             outcome = state.outcome
+            failure = None if outcome is None else outcome.exception()
             if outcome is not None and isinstance(outcome.exception(), NotAwaitableError):
                 return False
             return self._retry(state)

@@ -37,6 +37,7 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
+    Sequence,
     Sized,
 )
 from contextlib import AbstractContextManager
@@ -370,6 +371,10 @@ class Batch:
         except Exception as exc:
             exc.add_note("raised by on_progress")
             raise
+
+    def durations(self) -> Sequence[float]:
+        """Each operation's duration, in input order (none in stream mode)."""
+        return self._durations
 
     def result(self, duration: float) -> BatchResult[Any]:
         return make_result(self._values, self._durations, self._extra, duration=duration)

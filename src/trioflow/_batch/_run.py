@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from .._checks import check_async_callable
 from .._limits import Capacity, ResourceManager
 from .._retry import RetryPolicy
+from .._telemetry import Instrumentation, hooks
 from ._engine import Batch, Operation, Operations, check_operations, validate
 from ._outcomes import BatchResult, Progress
 
@@ -90,16 +91,48 @@ async def run_batch(
     checked_limit, checked_timeout = validate(
         operations, limit, timeout, fail_fast, retry, on_progress
     )
-    batch = Batch(
-        operations,
+    make = functools.partial(
+        Batch,
         limit=checked_limit,
         timeout=checked_timeout,
         fail_fast=fail_fast,
         retry=retry,
         on_progress=on_progress,
     )
+    telemetry = hooks.current
+    if telemetry is not None:  # the one branch telemetry costs a batch while it is off
+        return await _traced_batch(telemetry, operations, checked_limit, make)
+    batch = make(operations)
     duration = await batch.run()
     return batch.result(duration)
+
+
+# --- telemetry: the batch's span (trioflow.telemetry.enable) --------------------------------
+
+
+async def _traced_batch(
+    telemetry: Instrumentation,
+    operations: Operations[T],
+    limit: int | ResourceManager | None,
+    make: Callable[[Operations[T]], Batch],
+) -> BatchResult[T]:
+    """Run the batch in a ``trioflow.batch`` span; its counts are recorded as it ends."""
+    most = limit.limit if isinstance(limit, ResourceManager) else limit
+    attributes = {} if most is None else {"trioflow.batch.limit": most}
+    with telemetry.span("trioflow.batch", attributes) as span:
+        if telemetry.trace_operations:
+            operations = telemetry.traced(operations)
+        batch = make(operations)
+        result: BatchResult[T] = batch.result(await batch.run())
+        telemetry.batch_ended(
+            span,
+            succeeded=result.succeeded,
+            failed=result.failed,
+            cancelled=result.cancelled,
+            duration=result.duration,
+            durations=batch.durations(),
+        )
+    return result
 
 
 async def _bind(

@@ -37,6 +37,7 @@ from .._limits import HealthSource, PoolStatistics, ResourceManager
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
+from .._telemetry import Instrumentation, hooks
 from ._admission import Admission, CancelRequested, Ticket
 from ._alerts import AdmissionRefused, Alerts, CoordinatorEvent, RequestFinished
 from ._config import OrchestrationConfig, load_config
@@ -259,6 +260,51 @@ class Coordinator:
         """
         self._check(request)
         timeout = self._config.default_timeout if timeout is ... else check_timeout(timeout)
+        telemetry = hooks.current
+        if telemetry is not None:  # the one branch telemetry costs a request while it is off
+            return await self._traced(telemetry, request, timeout, on_chunk)
+        return await self._process(request, timeout, on_chunk)
+
+    async def _traced(
+        self,
+        telemetry: Instrumentation,
+        request: Request,
+        timeout: float | None,  # noqa: ASYNC109 - the request's budget
+        on_chunk: ChunkSink | None,
+    ) -> ProcessingResult:
+        """Process a request in a ``trioflow.request`` span; record its end in the metrics."""
+        attributes = {"trioflow.request.id": request.id}
+        if telemetry.include_user:
+            attributes["enduser.id"] = request.user_id
+        with telemetry.span("trioflow.request", attributes) as span:
+            result: ProcessingResult | None = None
+            try:
+                result = await self._process(request, timeout, on_chunk)
+            finally:  # cancelled from outside too: the request ended CANCELLED all the same
+                kind = request.kind or "default"  # known once the router classified it
+                state = request.state.value
+                span.set({"pipeline.name": kind, "trioflow.request.state": state})
+                category = None
+                if result is None:
+                    duration = anyio.current_time() - request.created_at
+                else:
+                    duration = result.duration
+                    if result.category is not None:
+                        category = result.category.value
+                        span.set({"trioflow.request.error_category": category})
+                telemetry.request_ended(kind, state, category, duration)
+            if result.status is ProcessingStatus.FAILED:
+                span.fail(f"request failed ({category})")
+            elif result.status is ProcessingStatus.CANCELLED:
+                span.cancelled()
+        return result
+
+    async def _process(
+        self,
+        request: Request,
+        timeout: float | None,  # noqa: ASYNC109 - the request's budget
+        on_chunk: ChunkSink | None,
+    ) -> ProcessingResult:
         entry = Ticket(request)
         self._active[request.id] = entry
         recorder = self._recorder

@@ -48,6 +48,7 @@ from .._limits import ResourceManager
 from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
+from .._telemetry import Instrumentation, hooks
 from ._machine import StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
@@ -293,6 +294,19 @@ async def _run_stage(
     if policy is None:
         return await _once(stage, request, resources)
     return await policy.call(_once, stage, request, resources)
+
+
+async def _traced_stage(
+    telemetry: Instrumentation,
+    stage: Stage,
+    request: Request,
+    resources: ResourceManager | None,
+    policy: RetryPolicy | None,
+) -> Any:
+    # A stage in a span of its own (trioflow.telemetry.enable), retry events included.
+    attributes = {"trioflow.stage.name": stage.name, "trioflow.stage.state": stage.state.value}
+    with telemetry.span("trioflow.stage", attributes):
+        return await _run_stage(stage, request, resources, policy)
 
 
 @final
@@ -655,6 +669,7 @@ class Pipeline:
         counters = self._counters
         simple = self._simple
         value: Any = None
+        telemetry = hooks.current  # a span per stage while it is on
         for index, stage in enumerate(self._stages):
             if request.state is not stage.state:
                 # Without hooks the transition needs no await, and happens at the time the
@@ -670,11 +685,14 @@ class Pipeline:
             counter.runs += 1
             begun = now
             try:
-                if simple[index]:
+                if simple[index] and telemetry is None:
                     value = await _call(stage, request)
                 else:
                     policy = None if policies is None else policies[index]
-                    value = await _run_stage(stage, request, resources, policy)
+                    if telemetry is None:
+                        value = await _run_stage(stage, request, resources, policy)
+                    else:
+                        value = await _traced_stage(telemetry, stage, request, resources, policy)
             except Exception as exc:
                 counter.failed += 1
                 if not (stage.optional or stage.name in optional) or isinstance(

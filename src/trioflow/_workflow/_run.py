@@ -53,6 +53,7 @@ from .._backend import current_clock
 from .._checks import check_bool, check_int, check_number, describe
 from .._errors import UnstorableValueError, ValueTooLargeError, WorkflowDefinitionError
 from .._limits import Capacity, ResourceManager, as_manager
+from .._telemetry import Instrumentation, hooks
 from ._codec import decode_value, encode_value, return_hint
 from ._context import Context, RunShared, run_context
 from ._graph import Graph, Step, StepStatus, Workflow
@@ -233,7 +234,26 @@ async def run_workflow(
         state=context,
         lease_ttl=lease_ttl,
     )
+    telemetry = hooks.current
+    if telemetry is not None:  # the one branch telemetry costs a run while it is off
+        return await _traced_run(telemetry, run)
     return await run.run()
+
+
+# --- telemetry: the run's span (trioflow.telemetry.enable); each step's is in Run._attempts ---
+
+
+async def _traced_run(telemetry: Instrumentation, run: Run) -> WorkflowResult:
+    """Run the workflow in a ``trioflow.workflow`` span; count its steps' outcomes."""
+    attributes = {"trioflow.workflow.name": run.name, "trioflow.run.id": run.run_id}
+    with telemetry.span("trioflow.workflow", attributes) as span:
+        result = await run.run()
+        ran = [step for step in result.steps.values() if not step.restored]
+        telemetry.steps_ended(result.workflow, [step.status.value for step in ran])
+        span.set({"trioflow.workflow.ok": result.ok, "trioflow.workflow.steps": len(ran)})
+        if not result.ok:
+            span.fail(f"steps failed: {', '.join(sorted(result.errors))}")
+    return result
 
 
 @final
@@ -281,7 +301,8 @@ class Run:
         self.exclusive = [step.exclusive for step in steps]
         # ...whether its function is all there is to it (no condition, retry, timeout, slot)...
         self.bare = [
-            manager is None
+            hooks.current is None  # a traced step opens its span in _attempts
+            and manager is None
             and step.when is None
             and step.options.retry is None
             and step.options.timeout is None
@@ -620,6 +641,28 @@ class Run:
             self.exclusive_running = False
 
     async def _attempts(self, i: int, step: Step, ctx: Context) -> Any:
+        telemetry = hooks.current
+        if telemetry is None:
+            return await self._step(i, step, ctx)
+        attributes = {"trioflow.step.name": step.name, "trioflow.run.id": self.run_id}
+        with telemetry.span("trioflow.step", attributes) as span:
+            status = StepStatus.CANCELLED
+            try:
+                value = await self._step(i, step, ctx)
+                status = StepStatus.SKIPPED if value is _SKIP else StepStatus.SUCCEEDED
+            except Exception:
+                status = StepStatus.FAILED
+                raise
+            finally:
+                span.set(
+                    {
+                        "trioflow.step.status": status.value,
+                        "trioflow.step.attempts": self.attempts[i],
+                    }
+                )
+        return value
+
+    async def _step(self, i: int, step: Step, ctx: Context) -> Any:
         # What a step is besides its function: its condition, its retries, and per attempt its
         # resource slot (released while it waits to retry) and its timeout.
         when = step.when

@@ -44,6 +44,7 @@ from ._run import (
     state_location,
     step_command,
     summary_from_record,
+    tracing,
 )
 from ._serve import add_commands as add_serve_commands
 from ._spec import SpecError, StepSpec, WorkflowSpec, load_spec
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help='run the steps marked where = "dask" on the workers of the Dask scheduler at '
         "ADDRESS (tcp://host:8786); they need the same files at the same paths",
+    )
+    run.add_argument(
+        "--trace",
+        action="store_true",
+        help="export the run's spans with OpenTelemetry, as the OTEL_* environment variables "
+        "say (OTEL_TRACES_EXPORTER: otlp by default, or console); needs opentelemetry-sdk",
     )
     run.set_defaults(handler=_run)
 
@@ -322,7 +329,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     progress = sys.stderr if args.json else sys.stdout
     reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))
-    outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
+    with tracing(args.trace):
+        outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
     if args.json:
         print_json(outcome.to_json())
         return outcome.exit_status

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -892,3 +892,25 @@ async def execute_file(
     resumable = status != EXIT_OK and not never_stored
     hint = resume_command(options, run_id) if resumable else None
     return RunOutcome(summary=summary, exit_status=status, resume_command=hint)
+
+
+# --- run --trace ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tracing(enabled: bool) -> Iterator[None]:
+    """``run --trace``: export the run's spans as the ``OTEL_*`` environment variables say.
+
+    Raises:
+        UsageError: The OpenTelemetry SDK, or the exporter ``OTEL_TRACES_EXPORTER`` names,
+            is not installed.
+    """
+    with contextlib.ExitStack() as stack:
+        if enabled:
+            try:
+                from .. import telemetry  # the otel extra: imported only for --trace
+
+                stack.enter_context(telemetry.tracing_from_environment(console=sys.stderr))
+            except ModuleNotFoundError as exc:
+                raise UsageError(f"--trace: {exc}") from None
+        yield

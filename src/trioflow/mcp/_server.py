@@ -28,6 +28,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
 import trioflow
+from trioflow._telemetry import hooks
 from trioflow.lifecycle import (
     Coordinator,
     ErrorCategory,
@@ -315,6 +316,26 @@ class _Service:
         progress: Progress,
     ) -> types.CallToolResult:
         """Make one call a request of the coordinator; answer its tool result."""
+        telemetry = hooks.current
+        if telemetry is None:
+            return await self._call(connection, user, source, name, arguments, progress)
+        # A span per tool call, named and tagged as OpenTelemetry's MCP conventions say.
+        attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": name}
+        with telemetry.span(f"tools/call {name}", attributes) as span:
+            result = await self._call(connection, user, source, name, arguments, progress)
+            if result.is_error:
+                span.fail("the tool call failed")
+        return result
+
+    async def _call(
+        self,
+        connection: _Connection,
+        user: str,
+        source: str,
+        name: str,
+        arguments: Mapping[str, Any],
+        progress: Progress,
+    ) -> types.CallToolResult:
         try:
             request, wrap, on_chunk = self._request(connection, user, name, arguments, progress)
             request.source = source
