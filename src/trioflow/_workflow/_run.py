@@ -194,9 +194,10 @@ async def run_workflow(
             ``steps``, ``limit``) and a ``workflow completed`` one (``ok``, how many steps
             ended ``succeeded``, ``failed``, ``cancelled``, ``skipped``, ``not_run`` and
             ``compensated``, the names in ``failed_steps``, the ``duration``); or ``workflow
-            cancelled`` / ``workflow aborted`` (``error_type``) when the call raises. A stdlib :class:`logging.Logger`
-            or any structlog logger, at info level (asked once per run). Steps are not logged
-            one by one (``on_progress`` sees them). None (the default) writes nothing.
+            cancelled`` / ``workflow aborted`` (``error_type``) when the call raises. A
+            stdlib :class:`logging.Logger` or any structlog logger, at info level (asked once
+            per run). Steps are not logged one by one (``on_progress`` sees them). None (the
+            default) writes nothing.
 
     Returns:
         The run's :class:`WorkflowResult`.
