@@ -86,7 +86,7 @@ def _filter_check(instance: object, attribute: attrs.Attribute[Any], value: obje
 def _check_on_retry(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
-    if not callable(value) or inspect.iscoroutinefunction(inspect.unwrap(value)):  # type: ignore[arg-type]
+    if not callable(value) or inspect.iscoroutinefunction(inspect.unwrap(value)):
         raise TypeError(
             "on_retry must be a plain (not async) callable taking a RetryEvent, or None, "
             f"got {describe(value)}"
