@@ -31,7 +31,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Failing:
-    """An async callable that fails ``times`` times (with ``retry_after`` if given), then returns."""
+    """An async callable that fails ``times`` times (with ``retry_after`` if given), then works."""
 
     def __init__(self, times: int, *, retry_after: float | None = None) -> None:
         self.times = times
@@ -146,7 +146,8 @@ async def test_the_log_has_the_fields_and_never_the_arguments() -> None:
         }
         for n, delay in ((1, 1.0), (2, 3.0))
     ]
-    assert "hunter2" not in repr(logs) and "s3cr3t" not in repr(logs)
+    assert "hunter2" not in repr(logs)
+    assert "s3cr3t" not in repr(logs)
 
 
 async def test_log_retries_false_keeps_the_hook_only() -> None:
@@ -210,7 +211,8 @@ def test_adapted_policies_keep_the_hook() -> None:
     hook = Recorder()
     policies = RetryPolicies({"llm": RetryPolicy(attempts=4, on_retry=hook, log_retries=False)})
     adapted = policies.get("llm", load=0.5, priority="high")
-    assert adapted.on_retry is hook and adapted.log_retries is False
+    assert adapted.on_retry is hook
+    assert adapted.log_retries is False
 
 
 # --- every engine's retries go through the hook ---------------------------------------------
@@ -239,7 +241,8 @@ async def test_workflow_step_retries_reach_the_hook() -> None:
 
     wf.step("a", step, retry=fast(hook))
     result = await run_workflow(wf)
-    assert result.ok and result.steps["a"].attempts == 2
+    assert result.ok
+    assert result.steps["a"].attempts == 2
     assert hook.pairs() == [(1, 1.0)]
 
 
@@ -303,4 +306,6 @@ def test_the_sequence_is_the_planned_delays(
     assert hook.pairs() == [(n, policy.delay(n)) for n in range(1, retried + 1)]
     assert len(fn.tries) == retried + 1
     # Each try starts exactly its planned delay after the failure the hook was told about.
-    assert fn.tries[1:] == pytest.approx([t + e.delay for t, e in zip(hook.times, hook.events)])
+    assert fn.tries[1:] == pytest.approx(
+        [t + e.delay for t, e in zip(hook.times, hook.events, strict=True)]
+    )

@@ -503,7 +503,8 @@ class CircuitBreaker:
         window.add(now, True)
         ok, bad = window.counts(now)
         calls = ok + bad
-        assert self._minimum_throughput is not None and self._failure_ratio is not None
+        assert self._minimum_throughput is not None
+        assert self._failure_ratio is not None
         return calls >= self._minimum_throughput and bad / calls >= self._failure_ratio
 
     async def __aenter__(self) -> None:
