@@ -129,20 +129,26 @@ class _Window:
     ``sampling_duration``, and the ring never holds more than ten pairs of counts.
     """
 
-    __slots__ = ("bad", "ids", "ok", "width")
+    __slots__ = ("bad", "end", "ids", "ok", "slot", "start", "width")
 
     def __init__(self, sampling_duration: float) -> None:
         self.width = sampling_duration / _BUCKETS
         self.ids: list[int | None] = [None] * _BUCKETS
         self.ok = [0] * _BUCKETS
         self.bad = [0] * _BUCKETS
+        # The bucket the last call landed in, and its time span: most calls land there too.
+        self.slot = 0
+        self.start = self.end = -math.inf
 
     def add(self, now: float, failed: bool) -> None:
-        bucket = math.floor(now / self.width)
-        slot = bucket % _BUCKETS
-        if self.ids[slot] != bucket:  # a bucket that left the window: start it afresh
-            self.ids[slot] = bucket
-            self.ok[slot] = self.bad[slot] = 0
+        slot = self.slot
+        if not self.start <= now < self.end:
+            bucket = math.floor(now / self.width)
+            self.slot = slot = bucket % _BUCKETS
+            self.start, self.end = bucket * self.width, (bucket + 1) * self.width
+            if self.ids[slot] != bucket:  # a bucket that left the window: start it afresh
+                self.ids[slot] = bucket
+                self.ok[slot] = self.bad[slot] = 0
         if failed:
             self.bad[slot] += 1
         else:
@@ -160,6 +166,7 @@ class _Window:
 
     def clear(self) -> None:
         self.ids = [None] * _BUCKETS
+        self.start = self.end = -math.inf
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:
@@ -537,6 +544,9 @@ class CircuitBreaker:
                 self._consecutive_failures = 0
             self._successes += 1
             return
+        if exc is None:
+            self._succeeded(ticket.generation)
+            return
         self._settle(ticket.generation, exc)
 
     async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
@@ -570,9 +580,12 @@ class CircuitBreaker:
 
     def _succeeded(self, generation: int) -> None:
         """``_settle(generation, None)``, with the common case (closed) first."""
-        if self._state is CircuitState.CLOSED and self._window is None:
+        if self._state is CircuitState.CLOSED:
             if generation == self._generation:
                 self._consecutive_failures = 0
+                window = self._window
+                if window is not None:
+                    window.add(self._clock(), False)
             self._successes += 1
         else:
             self._settle(generation, None)
