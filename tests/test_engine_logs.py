@@ -269,3 +269,30 @@ async def test_pipeline_run_logs_the_request() -> None:
     assert logs[1]["status"] == "failed"
     assert logs[1]["category"] == "internal"
     assert logs[1]["duration"] == 3.0
+
+
+async def test_a_logger_adapter_is_a_stdlib_logger(
+    stdlib: tuple[logging.Logger, Records],
+) -> None:
+    logger, handler = stdlib
+    adapter = logging.LoggerAdapter(logger, {"service": "api"})
+    await run_batch([op(1)], logger=adapter)
+    assert [r.getMessage() for r in handler.records] == [
+        "batch started total=1 limit=None",
+        "batch completed total=1 succeeded=1 failed=0 cancelled=0 limit=None duration=1",
+    ]
+
+
+def test_importing_trioflow_loads_neither_structlog_nor_tenacity() -> None:
+    # Both are imported on first use (a retry, a coordinator): see trioflow._logs.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trioflow, trioflow.lifecycle; "
+        "print(sorted(m for m in ('structlog', 'tenacity') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "[]"
