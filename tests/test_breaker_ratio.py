@@ -7,9 +7,11 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trioflow import CircuitBreaker, CircuitOpenError, CircuitState
-from trioflow._resilience._breaker import protect
+from trioflow._resilience._breaker import _Window, protect
 
 pytestmark = pytest.mark.anyio
 
@@ -234,3 +236,30 @@ def test_bad_ratio_arguments_are_rejected(
 ) -> None:
     with pytest.raises(error, match=message):
         CircuitBreaker(**kwargs)
+
+
+# --- the window against a list of every call ------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    duration=st.sampled_from([0.3, 1.0, 3.0, 7.0, 30.0]),
+    steps=st.lists(
+        st.tuples(st.floats(0, 5, allow_nan=False), st.booleans(), st.booleans()), max_size=60
+    ),
+)
+def test_the_window_counts_what_a_list_of_every_call_would(
+    duration: float, steps: list[tuple[float, bool, bool]]
+) -> None:
+    window = _Window(duration)
+    width = duration / 10
+    ended: list[tuple[float, bool]] = []
+    now = 0.0
+    for dt, record, failed in steps:
+        now += dt
+        if record:
+            window.add(now, failed)
+            ended.append((now, failed))
+        newest = math.floor(now / width)
+        live = [f for at, f in ended if newest - 10 < math.floor(at / width) <= newest]
+        assert window.counts(now) == (live.count(False), live.count(True))

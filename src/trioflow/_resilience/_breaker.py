@@ -129,23 +129,24 @@ class _Window:
     ``sampling_duration``, and the ring never holds more than ten pairs of counts.
     """
 
-    __slots__ = ("bad", "end", "ids", "ok", "slot", "start", "width")
+    __slots__ = ("bad", "bucket", "ids", "ok", "slot", "width")
 
     def __init__(self, sampling_duration: float) -> None:
         self.width = sampling_duration / _BUCKETS
         self.ids: list[int | None] = [None] * _BUCKETS
         self.ok = [0] * _BUCKETS
         self.bad = [0] * _BUCKETS
-        # The bucket the last call landed in, and its time span: most calls land there too.
+        # The bucket the last call landed in, and its slot: most calls land there too.
+        self.bucket: int | None = None
         self.slot = 0
-        self.start = self.end = -math.inf
 
     def add(self, now: float, failed: bool) -> None:
+        # Always the same rule as counts(), floor(now / width), so the edges are exact.
+        bucket = math.floor(now / self.width)
         slot = self.slot
-        if not self.start <= now < self.end:
-            bucket = math.floor(now / self.width)
+        if bucket != self.bucket:
+            self.bucket = bucket
             self.slot = slot = bucket % _BUCKETS
-            self.start, self.end = bucket * self.width, (bucket + 1) * self.width
             if self.ids[slot] != bucket:  # a bucket that left the window: start it afresh
                 self.ids[slot] = bucket
                 self.ok[slot] = self.bad[slot] = 0
@@ -166,7 +167,7 @@ class _Window:
 
     def clear(self) -> None:
         self.ids = [None] * _BUCKETS
-        self.start = self.end = -math.inf
+        self.bucket = None
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:
