@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, TypeVarTuple, final
 
-import anyio
 import attrs
 
+from .._backend import current_time
 from .._checks import (
     NotAwaitableError,
     check_async_callable,
@@ -181,7 +181,7 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
 
 def _clock_or_default(clock: Callable[[], float] | None) -> Callable[[], float]:
     if clock is None:
-        return anyio.current_time
+        return current_time  # anyio.current_time(), without anyio's dispatch on each read
     if not callable(clock):
         raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
     return clock
