@@ -3,10 +3,11 @@
 * Breaker: ``await breaker.call(fn)`` on a closed breaker, counting consecutive failures only
   and with the ratio mode (each call also lands in the sliding window's bucket); the floor is
   a bare ``await fn()``.
-* Batch logs: many small batches (10 no-op operations, limit 4) with ``logger=None`` (the
-  floor), a structlog filtering logger at WARNING and a stdlib logger at WARNING (both
-  disabled: the level is asked once per batch and nothing is built), and a structlog logger
-  at INFO writing to ``/dev/null`` (two events per batch). Figures are per batch.
+* Batch logs: many small batches (10 no-op operations, limit 4; and empty ones, where the
+  per-batch cost shows most) with ``logger=None`` (the floor), a structlog filtering logger
+  at WARNING and a stdlib logger at WARNING (both disabled: the level is asked once per batch
+  and nothing is built), and a structlog logger at INFO writing to ``/dev/null`` (two events
+  per batch). Figures are per batch.
 * Retry hooks: a call that fails once and succeeds at its second try (``initial_delay=0``),
   with no watcher (``log_retries=False``, the floor), with an ``on_retry`` hook that counts,
   with the ``retry scheduled`` event filtered out by structlog's level (WARNING), and with it
@@ -35,6 +36,7 @@ bench = Bench(__file__)
 
 N_CALLS = 200_000
 N_BATCHES = 5_000
+N_EMPTY = 20_000  # empty batches: the engine's fixed cost, where a per-batch check shows most
 N_RETRIES = 5_000
 
 
@@ -97,9 +99,9 @@ def breaker_ratio(n: int) -> int:
 # --- run_batch logs -----------------------------------------------------------------------
 
 
-def _batches(n: int, logger: Any) -> int:
+def _batches(n: int, logger: Any, size: int) -> int:
     async def main() -> None:
-        ops = [noop] * 10
+        ops = [noop] * size
         for _ in range(n):
             await trioflow.run_batch(ops, limit=4, logger=logger)
 
@@ -107,26 +109,30 @@ def _batches(n: int, logger: Any) -> int:
     return n
 
 
-@bench.case
-def batch_no_logger(n: int) -> int:
-    return _batches(n, None)
-
-
-@bench.case
-def batch_structlog_off(n: int) -> int:
-    return _batches(n, _configure_structlog(logging.WARNING))
-
-
-@bench.case
-def batch_stdlib_off(n: int) -> int:
+def _stdlib_off() -> logging.Logger:
     logger = logging.getLogger("bench")
     logger.setLevel(logging.WARNING)
-    return _batches(n, logger)
+    return logger
 
 
 @bench.case
-def batch_structlog_on(n: int) -> int:
-    return _batches(n, _configure_structlog(logging.INFO))
+def batch_no_logger(n: int, size: int) -> int:
+    return _batches(n, None, size)
+
+
+@bench.case
+def batch_structlog_off(n: int, size: int) -> int:
+    return _batches(n, _configure_structlog(logging.WARNING), size)
+
+
+@bench.case
+def batch_stdlib_off(n: int, size: int) -> int:
+    return _batches(n, _stdlib_off(), size)
+
+
+@bench.case
+def batch_structlog_on(n: int, size: int) -> int:
+    return _batches(n, _configure_structlog(logging.INFO), size)
 
 
 # --- retry hooks --------------------------------------------------------------------------
@@ -228,11 +234,15 @@ def plan(run: Callable[..., Row]) -> None:
     run("breaker_count", label="CircuitBreaker.call, consecutive count", group=group, n=N_CALLS)
     run("breaker_ratio", label="CircuitBreaker.call, ratio mode too", group=group, n=N_CALLS)
 
-    group = "run_batch logs: per batch of 10 (trio)"
-    run("batch_no_logger", label="logger=None", floor=True, group=group, n=N_BATCHES)
-    run("batch_structlog_off", label="structlog filtering, WARNING", group=group, n=N_BATCHES)
-    run("batch_stdlib_off", label="logging.Logger, WARNING", group=group, n=N_BATCHES)
-    run("batch_structlog_on", label="structlog, INFO (2 events)", group=group, n=N_BATCHES)
+    for size, n in ((10, N_BATCHES), (0, N_EMPTY)):
+        group = f"run_batch logs: per batch of {size} (trio)"
+        run("batch_no_logger", label="logger=None", floor=True, group=group, n=n, size=size)
+        for case, label in (
+            ("batch_structlog_off", "structlog filtering, WARNING"),
+            ("batch_stdlib_off", "logging.Logger, WARNING"),
+            ("batch_structlog_on", "structlog, INFO (2 events)"),
+        ):
+            run(case, label=label, group=group, n=n, size=size)
 
     group = "retry: per call failing once (trio)"
     run("retry_unwatched", label="log_retries=False", floor=True, group=group, n=N_RETRIES)
