@@ -17,6 +17,7 @@ SCRIPTS = [
     "executor",
     "workflow",
     "resilience",
+    "logs",
     "lifecycle",
     "limits",
     "pools",

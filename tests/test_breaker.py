@@ -365,15 +365,28 @@ class Call:
 
 @attrs.define
 class Model:
-    threshold: int
+    threshold: int | None
     reset_timeout: float
     max_trials: int
+    # The ratio mode: (failure_ratio, sampling_duration, minimum_throughput), or None.
+    ratio: tuple[float, float, int] | None = None
     state: CircuitState = CLOSED
     consecutive: int = 0
     retry_at: float = 0.0
     trials: int = 0
     epoch: int = 0
     transitions: list[tuple[CircuitState, CircuitState]] = attrs.Factory(list)
+    # Every call that ended while closed since the circuit last closed: (time, failed).
+    ended: list[tuple[float, bool]] = attrs.Factory(list)
+
+    def window(self, now: float) -> tuple[int, int]:
+        """(successes, failures) of the calls that ended in the ten buckets up to ``now``."""
+        if self.ratio is None or self.state is not CLOSED:
+            return 0, 0
+        width = self.ratio[1] / 10
+        newest = math.floor(now / width)
+        live = [failed for at, failed in self.ended if math.floor(at / width) > newest - 10]
+        return live.count(False), live.count(True)
 
     def move(self, new: CircuitState, now: float) -> None:
         self.transitions.append((self.state, new))
@@ -382,6 +395,7 @@ class Model:
         self.trials = 0
         if new is CLOSED:
             self.consecutive = 0
+            self.ended.clear()
         if new is OPEN:
             self.retry_at = now + self.reset_timeout
 
@@ -408,11 +422,18 @@ class Model:
             return
         good = how in ("success", "excluded")
         if self.state is CLOSED:
+            self.ended.append((now, not good))
             if good:
                 self.consecutive = 0
             else:
                 self.consecutive += 1
-                if self.consecutive >= self.threshold:
+                ok, bad = self.window(now)
+                by_ratio = (
+                    self.ratio is not None
+                    and ok + bad >= self.ratio[2]
+                    and bad / (ok + bad) >= self.ratio[0]
+                )
+                if by_ratio or (self.threshold is not None and self.consecutive >= self.threshold):
                     self.move(OPEN, now)
         elif self.state is HALF_OPEN:
             self.trials -= 1
@@ -431,21 +452,38 @@ class BreakerMachine(RuleBasedStateMachine):
         return self.now
 
     @initialize(
-        threshold=st.integers(1, 4),
+        threshold=st.integers(1, 4) | st.none(),
         reset_timeout=st.sampled_from([0.0, 1.0, 2.5, 10.0]),
         max_trials=st.integers(1, 3),
+        ratio=st.none()
+        | st.tuples(
+            st.sampled_from([0.25, 0.5, 2 / 3, 1.0]),
+            st.sampled_from([5.0, 10.0, 20.0]),
+            st.integers(1, 5),
+        ),
     )
-    def setup(self, threshold: int, reset_timeout: float, max_trials: int) -> None:
+    def setup(
+        self,
+        threshold: int | None,
+        reset_timeout: float,
+        max_trials: int,
+        ratio: tuple[float, float, int] | None,
+    ) -> None:
+        if ratio is None and threshold is None:
+            threshold = 3
+        names = ("failure_ratio", "sampling_duration", "minimum_throughput")
+        ratio_mode: dict[str, Any] = {} if ratio is None else dict(zip(names, ratio, strict=True))
         self.breaker = CircuitBreaker(
             threshold,
             reset_timeout,
             half_open_max_calls=max_trials,
             exclude=(BadRequest,),
             clock=self.clock,
+            **ratio_mode,
         )
         self.seen: list[tuple[CircuitState, CircuitState]] = []
         self.breaker.add_listener(lambda e: self.seen.append((e.old, e.new)))
-        self.model = Model(threshold, reset_timeout, max_trials)
+        self.model = Model(threshold, reset_timeout, max_trials, ratio)
 
     @rule(dt=st.sampled_from([0.5, 1.0, 2.5, 10.0]))
     def advance(self, dt: float) -> None:
@@ -494,6 +532,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model.observe(self.now)
         assert stats.state is self.model.state
         assert stats.consecutive_failures == self.model.consecutive
+        assert (stats.window_successes, stats.window_failures) == self.model.window(self.now)
         if stats.state is HALF_OPEN:
             assert stats.half_open_calls == self.model.trials
         if stats.state is OPEN:

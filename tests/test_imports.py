@@ -38,6 +38,7 @@ GROUND = {
         "_limits",
         "_pool",
         "_retry",
+        "_logs",
         "_options",
         "_status",
         "_deprecate",

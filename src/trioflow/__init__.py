@@ -73,6 +73,7 @@ from ._resilience._ratelimit import KeyedRateLimiterStatistics as KeyedRateLimit
 from ._resilience._ratelimit import TokenBucket as TokenBucket
 from ._resilience._ratelimit import TokenBucketStatistics as TokenBucketStatistics
 from ._resilience._resilient import resilient as resilient
+from ._retry import RetryEvent as RetryEvent
 from ._retry import RetryPolicy as RetryPolicy
 from ._triggers._run_on import TriggerRun as TriggerRun
 from ._triggers._run_on import TriggerRunStatistics as TriggerRunStatistics
@@ -132,6 +133,7 @@ __all__ = (
     "Capacity",
     "HealthSource",
     "RetryPolicy",
+    "RetryEvent",
     "WorkOptions",
     # pools of objects
     "Pool",

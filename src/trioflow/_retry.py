@@ -3,14 +3,19 @@
 A :class:`RetryPolicy` is a frozen value. ``await policy.call(fn, *args)`` runs ``fn`` up to
 ``attempts`` times, sleeping with :func:`anyio.sleep` between tries (so virtual clocks in tests
 apply), and re-raises the last exception itself. Cancellation is never retried.
+
+Before each wait the policy tells whoever watches: a ``retry scheduled`` structlog event and
+the policy's ``on_retry`` hook, both with one :class:`RetryEvent` worth of fields (never the
+call's arguments, which may hold secrets).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, final
 
 import anyio
 import attrs
@@ -19,8 +24,10 @@ from ._checks import (
     NotAwaitableError,
     Validator,
     check_async_callable,
+    check_bool,
     check_int,
     check_number,
+    describe,
     is_awaitable,
     not_awaitable,
     validator,
@@ -30,7 +37,7 @@ from ._telemetry import hooks
 if TYPE_CHECKING:
     import tenacity
 
-__all__ = ("RetryPolicy",)
+__all__ = ("RetryEvent", "RetryPolicy")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -75,6 +82,49 @@ def _filter_check(instance: object, attribute: attrs.Attribute[Any], value: obje
             "on must be an exception class, a tuple of exception classes or a predicate, "
             f"got {value!r}"
         )
+
+
+def _check_on_retry(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not callable(value) or inspect.iscoroutinefunction(inspect.unwrap(value)):
+        raise TypeError(
+            "on_retry must be a plain (not async) callable taking a RetryEvent, or None, "
+            f"got {describe(value)}"
+        )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RetryEvent:
+    """One retry about to happen: what :class:`RetryPolicy` hands its ``on_retry`` hook.
+
+    The same fields make the ``retry scheduled`` structlog event (with the error as
+    ``error_type`` and ``error``, its type name and message). The call's arguments are in
+    neither: they may hold secrets.
+
+    Attributes:
+        attempt: The try that just failed, from 1; the next try is ``attempt + 1``.
+        attempts: The policy's total tries (``RetryPolicy.attempts``).
+        delay: Seconds the policy waits now before the next try: the backoff plus jitter,
+            raised to the error's ``retry_after`` when it has one.
+        error: The exception that try raised.
+    """
+
+    attempt: int
+    attempts: int
+    delay: float
+    error: Exception
+
+
+def _log_fields(event: RetryEvent) -> dict[str, object]:
+    return {
+        "attempt": event.attempt,
+        "attempts": event.attempts,
+        "delay": event.delay,
+        "error_type": type(event.error).__qualname__,
+        "error": str(event.error),
+    }
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -122,6 +172,14 @@ class RetryPolicy:
         jitter: Random extra wait, uniformly up to this many seconds, >= 0 (0 means none).
         on: Which exceptions are retried: an exception class, a tuple of them, or a predicate
             taking the exception and returning whether to retry it.
+        on_retry: Called with a :class:`RetryEvent` before each wait, in the task that
+            retries, so keep it quick (count, report, record). A plain function: an
+            ``async def`` is refused. An exception it raises is logged (a ``retry hook
+            failed`` structlog error) and the retry goes on: watching never breaks the work.
+            A cancelled call is never retried, so cancellation never reaches it.
+        log_retries: Whether each retry is also logged as a ``retry scheduled`` structlog
+            event (on ``structlog.get_logger("trioflow")``, at info level) with the fields of
+            :class:`RetryEvent`; False for a caller that reports retries its own way.
 
     Raises:
         TypeError: A field has the wrong type.
@@ -136,6 +194,10 @@ class RetryPolicy:
     on: ExceptionFilter = attrs.field(
         default=(ConnectionError, TimeoutError), converter=_to_filter, validator=_filter_check
     )
+    on_retry: Callable[[RetryEvent], object] | None = attrs.field(
+        default=None, validator=_check_on_retry
+    )
+    log_retries: bool = attrs.field(default=True, validator=validator(check_bool))
 
     def _planned_delay(self, retry: int) -> float:
         """The wait before retry number ``retry`` (1-based), without jitter."""
@@ -213,6 +275,37 @@ class RetryPolicy:
         exc = outcome.exception() if outcome is not None else None
         return self._wait_after(state.attempt_number + 1, exc)
 
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        # tenacity's attempt 1 is our second try; its planned sleep is our wait.
+        outcome = state.outcome
+        action = state.next_action
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, Exception) and action is not None:
+            self._scheduled(state.attempt_number + 1, action.sleep, error)
+
+    def _scheduled(self, attempt: int, delay: float, error: Exception) -> None:
+        """Tell the log and the hook that try ``attempt`` failed and a wait of ``delay`` starts."""
+        event = RetryEvent(attempt=attempt, attempts=self.attempts, delay=delay, error=error)
+        log = None
+        if self.log_retries:
+            log = _logger()
+            log.info("retry scheduled", **_log_fields(event))
+        hook = self.on_retry
+        if hook is None:
+            return
+        try:
+            returned = hook(event)
+            if is_awaitable(returned):
+                close = getattr(returned, "close", None)
+                if close is not None:
+                    close()  # a coroutine never awaited would warn at garbage collection
+                raise TypeError(
+                    f"on_retry must be a plain function, but it returned {describe(returned)}"
+                )
+        except Exception as exc:
+            # A listener's failure is logged and does not break the retry (house rule).
+            (log or _logger()).error("retry hook failed", exc_info=exc, **_log_fields(event))
+
     def _retry(self, state: tenacity.RetryCallState) -> bool:
         outcome = state.outcome
         if outcome is None or not outcome.failed:
@@ -258,6 +351,7 @@ class RetryPolicy:
             if not self.should_retry(exc):
                 raise
             first_wait = self._wait_after(1, exc)
+            first_error = exc
             failure: BaseException | None = exc  # the last failure, for telemetry
         tries = 1
 
@@ -286,13 +380,17 @@ class RetryPolicy:
                 return False
             return self._retry(state)
 
+        watched = self.log_retries or self.on_retry is not None
         retrying = AsyncRetrying(
             sleep=anyio.sleep,
             stop=tenacity.stop_after_attempt(self.attempts - 1),
             wait=self._later_wait,
             retry=retry,
+            before_sleep=self._before_sleep if watched else None,
             reraise=True,
         )
+        if watched:
+            self._scheduled(1, first_wait, first_error)
         await anyio.sleep(first_wait)
         try:
             result: T = await retrying(attempt)
@@ -307,3 +405,10 @@ class RetryPolicy:
                 )
             raise
         return result
+
+
+def _logger() -> Any:
+    # structlog is imported at the first retry, not with trioflow: it is slow to import.
+    import structlog
+
+    return structlog.get_logger("trioflow")

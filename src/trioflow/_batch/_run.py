@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sized
 from typing import Any, TypeVar
+
+import anyio
 
 from .._checks import check_async_callable
 from .._limits import Capacity, ResourceManager
+from .._logs import EngineLog, check_logger, open_log
 from .._retry import RetryPolicy
 from .._telemetry import Instrumentation, hooks
 from ._engine import Batch, Operation, Operations, check_operations, validate
@@ -32,6 +35,7 @@ async def run_batch(
     fail_fast: bool = False,
     retry: RetryPolicy | None = None,
     on_progress: Callable[[Progress], object] | None = None,
+    logger: Any = None,
 ) -> BatchResult[T]:
     """Run many async operations with at most ``limit`` in flight; collect every outcome.
 
@@ -71,6 +75,13 @@ async def run_batch(
             or fails; after a ``fail_fast`` stop, once more when every operation has ended,
             with the cancelled ones counted (``Progress.cancelled``). It runs in the batch's
             task, so keep it quick.
+        logger: Where to write a ``batch started`` event (``total``, None for an input of
+            unknown length, and ``limit``) and a ``batch completed`` one (``total``,
+            ``succeeded``, ``failed``, ``cancelled``, ``limit``, ``duration``); or ``batch
+            cancelled`` / ``batch aborted`` (``error_type``, ``duration``) when the call
+            raises. A stdlib :class:`logging.Logger` or any structlog logger, at info level
+            (asked once per batch: nothing is built when it is off). None (the default)
+            writes nothing and costs nothing.
 
     Returns:
         A :class:`~trioflow.BatchResult` with every operation's outcome, in input order.
@@ -91,6 +102,7 @@ async def run_batch(
     checked_limit, checked_timeout = validate(
         operations, limit, timeout, fail_fast, retry, on_progress
     )
+    log = open_log(check_logger(logger))
     make = functools.partial(
         Batch,
         limit=checked_limit,
@@ -101,8 +113,10 @@ async def run_batch(
     )
     telemetry = hooks.current
     if telemetry is not None:  # the one branch telemetry costs a batch while it is off
-        return await _traced_batch(telemetry, operations, checked_limit, make)
+        return await _traced_batch(telemetry, log, operations, checked_limit, make)
     batch = make(operations)
+    if log is not None:
+        return await _run_logged(batch, log, operations, checked_limit)
     duration = await batch.run()
     return batch.result(duration)
 
@@ -112,6 +126,7 @@ async def run_batch(
 
 async def _traced_batch(
     telemetry: Instrumentation,
+    log: EngineLog | None,
     operations: Operations[T],
     limit: int | ResourceManager | None,
     make: Callable[[Operations[T]], Batch],
@@ -123,7 +138,11 @@ async def _traced_batch(
         if telemetry.trace_operations:
             operations = telemetry.traced(operations)
         batch = make(operations)
-        result: BatchResult[T] = batch.result(await batch.run())
+        result: BatchResult[T]
+        if log is not None:
+            result = await _run_logged(batch, log, operations, limit)
+        else:
+            result = batch.result(await batch.run())
         telemetry.batch_ended(
             span,
             succeeded=result.succeeded,
@@ -132,6 +151,37 @@ async def _traced_batch(
             duration=result.duration,
             durations=batch.durations(),
         )
+    return result
+
+
+async def _run_logged(
+    batch: Batch, log: EngineLog, operations: object, limit: int | ResourceManager | None
+) -> BatchResult[Any]:
+    """Run ``batch`` between its ``batch started`` and ``batch completed`` events."""
+    total = len(operations) if isinstance(operations, Sized) else None
+    slots = limit.statistics().limit if isinstance(limit, ResourceManager) else limit
+    log.info("batch started", total=total, limit=slots)
+    started = anyio.current_time()
+    try:
+        duration = await batch.run()
+    except BaseException as exc:
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        log.info(
+            "batch cancelled" if cancelled else "batch aborted",
+            error_type=type(exc).__qualname__,
+            duration=anyio.current_time() - started,
+        )
+        raise
+    result = batch.result(duration)
+    log.info(
+        "batch completed",
+        total=result.total,
+        succeeded=result.succeeded,
+        failed=result.failed,
+        cancelled=result.cancelled,
+        limit=slots,
+        duration=result.duration,
+    )
     return result
 
 

@@ -15,6 +15,7 @@ and the stage's value is the list of every chunk.
 from __future__ import annotations
 
 import contextvars
+import functools
 import math
 from collections.abc import (
     AsyncIterator,
@@ -45,6 +46,7 @@ from .._checks import (
 from .._deprecate import warn_renamed
 from .._errors import InvalidTransitionError
 from .._limits import ResourceManager
+from .._logs import EngineLog, check_logger, open_log
 from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
@@ -537,6 +539,7 @@ class Pipeline:
         on_transition: TransitionObserver | None = None,
         machine: StateMachine[RequestState] | None = None,
         on_chunk: ChunkSink | None = None,
+        logger: Any = None,
     ) -> ProcessingResult:
         """Run the request through every stage and end it in one terminal state.
 
@@ -566,6 +569,12 @@ class Pipeline:
             on_chunk: ``async on_chunk(chunk)``, awaited with each chunk of a streaming stage
                 as it is produced (a slow one holds the stage back); ``None``: the chunks are
                 only collected into the stage's value.
+            logger: Where to write a ``request started`` event (``request_id``, ``stages``)
+                and a ``request completed`` one (``request_id``, ``status``, ``state``,
+                ``category``, the ``degraded`` stages, ``duration``); or ``request cancelled``
+                / ``request aborted`` (``error_type``) when the call raises. A stdlib
+                :class:`logging.Logger` or any structlog logger, at info level (asked once
+                per run). None (the default) writes nothing.
 
         Returns:
             A :class:`~trioflow.lifecycle.ProcessingResult`: SUCCEEDED, DEGRADED, FAILED, or
@@ -594,6 +603,15 @@ class Pipeline:
         if key in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)
+        log = open_log(check_logger(logger))
+        if log is not None:
+            # The same run, without a logger, between its two events.
+            run = functools.partial(
+                self.run, request, resources=resources, retry=retry, timeout=timeout,
+                optional=optional, on_transition=on_transition, machine=machine,
+                on_chunk=on_chunk,
+            )  # fmt: skip
+            return await _run_logged(run, log, request.id, len(self._stages))
         policies = self._policies(request, retry)
         self._runs += 1
         now_fn = clock()
@@ -811,3 +829,32 @@ class Pipeline:
             cancelled=self._cancelled,
             stages=MappingProxyType(stages),
         )
+
+
+async def _run_logged(
+    run: Callable[[], Awaitable[ProcessingResult]], log: EngineLog, request_id: str, stages: int
+) -> ProcessingResult:
+    """Call ``run()`` between its ``request started`` and ``request completed`` events."""
+    log.info("request started", request_id=request_id, stages=stages)
+    started = anyio.current_time()
+    try:
+        result = await run()
+    except BaseException as exc:
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        log.info(
+            "request cancelled" if cancelled else "request aborted",
+            request_id=request_id,
+            error_type=type(exc).__qualname__,
+            duration=anyio.current_time() - started,
+        )
+        raise
+    log.info(
+        "request completed",
+        request_id=request_id,
+        status=result.status.value,
+        state=result.state.value,
+        category=None if result.category is None else result.category.value,
+        degraded=list(result.degraded),
+        duration=result.duration,
+    )
+    return result

@@ -6,6 +6,11 @@ until ``reset_timeout`` has passed. Then it is half-open: up to ``half_open_max_
 calls go through (others are refused); a trial that succeeds closes the circuit, one that
 fails opens it again for another ``reset_timeout``.
 
+With ``failure_ratio``, the breaker also opens when, over the last ``sampling_duration``
+seconds, at least ``minimum_throughput`` calls ended and that share of them failed (the
+advanced circuit breaker of Polly). The window is a ring of ten time buckets, so its memory
+stays constant however many calls go through.
+
 The open -> half-open step needs no background task: it happens at the first call (or read
 of :attr:`CircuitBreaker.state`) after ``reset_timeout``.
 """
@@ -14,13 +19,14 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import math
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Literal, ParamSpec, TypeVar, TypeVarTuple, final
+from typing import Any, Literal, ParamSpec, TypeVar, TypeVarTuple, final
 
-import anyio
 import attrs
 
+from .._backend import current_time
 from .._checks import (
     NotAwaitableError,
     check_async_callable,
@@ -50,6 +56,9 @@ _NEUTRAL = 0  # cancellation or another BaseException: the dependency said nothi
 _SUCCESS = 1  # returned, or raised an excluded exception: the dependency answered
 _FAILURE = 2
 
+# How many time buckets the sampling window of the ratio mode is cut into.
+_BUCKETS = 10
+
 
 class CircuitState(enum.Enum):
     """The state of a :class:`CircuitBreaker`."""
@@ -69,7 +78,8 @@ class CircuitBreakerStatistics:
     Attributes:
         state: The state now.
         consecutive_failures: Failures in a row while closed.
-        failure_threshold: Consecutive failures that open the circuit.
+        failure_threshold: Consecutive failures that open the circuit (None: only the
+            ratio opens it).
         reset_timeout: Seconds the circuit stays open before half-opening.
         half_open_calls: Trial calls in progress (half-open only).
         retry_at: While open, when it half-opens (``anyio.current_time()`` clock); else None.
@@ -78,11 +88,17 @@ class CircuitBreakerStatistics:
         failures: Calls that raised a counted exception.
         rejected: Calls refused with :class:`~trioflow.CircuitOpenError`.
         opened: How many times the circuit opened.
+        failure_ratio: The share of failures over the window that opens the circuit, or
+            None without the ratio mode.
+        sampling_duration: Seconds the window covers (None without the ratio mode).
+        minimum_throughput: Calls the window needs before the ratio counts (None without).
+        window_successes: Successes in the window now (0 without the ratio mode).
+        window_failures: Failures in the window now (0 without the ratio mode).
     """
 
     state: CircuitState
     consecutive_failures: int
-    failure_threshold: int
+    failure_threshold: int | None
     reset_timeout: float
     half_open_calls: int
     retry_at: float | None
@@ -91,10 +107,74 @@ class CircuitBreakerStatistics:
     failures: int
     rejected: int
     opened: int
+    failure_ratio: float | None = None
+    sampling_duration: float | None = None
+    minimum_throughput: int | None = None
+    window_successes: int = 0
+    window_failures: int = 0
 
 
 _threshold = validator(check_int, minimum=1)
 _timeout = validator(check_number, minimum=0)
+
+
+def _optional(check: Callable[..., object], **options: object) -> Callable[..., None]:
+    def run(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+        if value is not None:
+            check(value, attribute.alias, **options)
+
+    return run
+
+
+@final
+class _Window:
+    """The ratio mode's sliding window: successes and failures in a ring of time buckets.
+
+    Bucket ``k`` holds the calls that ended in ``[k * width, (k + 1) * width)``, with
+    ``width = sampling_duration / 10``; at time ``now`` the window is the ten buckets up to
+    the one ``now`` is in. So a call counts until the start of its bucket plus
+    ``sampling_duration``, and the ring never holds more than ten pairs of counts.
+    """
+
+    __slots__ = ("bad", "bucket", "ids", "ok", "slot", "width")
+
+    def __init__(self, sampling_duration: float) -> None:
+        self.width = sampling_duration / _BUCKETS
+        self.ids: list[int | None] = [None] * _BUCKETS
+        self.ok = [0] * _BUCKETS
+        self.bad = [0] * _BUCKETS
+        # The bucket the last call landed in, and its slot: most calls land there too.
+        self.bucket: int | None = None
+        self.slot = 0
+
+    def add(self, now: float, failed: bool) -> None:
+        # Always the same rule as counts(), floor(now / width), so the edges are exact.
+        bucket = math.floor(now / self.width)
+        slot = self.slot
+        if bucket != self.bucket:
+            self.bucket = bucket
+            self.slot = slot = bucket % _BUCKETS
+            if self.ids[slot] != bucket:  # a bucket that left the window: start it afresh
+                self.ids[slot] = bucket
+                self.ok[slot] = self.bad[slot] = 0
+        if failed:
+            self.bad[slot] += 1
+        else:
+            self.ok[slot] += 1
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """Return the (successes, failures) in the window at ``now``."""
+        newest = math.floor(now / self.width)
+        ok = bad = 0
+        for slot, bucket in enumerate(self.ids):
+            if bucket is not None and newest - _BUCKETS < bucket <= newest:
+                ok += self.ok[slot]
+                bad += self.bad[slot]
+        return ok, bad
+
+    def clear(self) -> None:
+        self.ids = [None] * _BUCKETS
+        self.bucket = None
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:
@@ -108,7 +188,7 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
 
 def _clock_or_default(clock: Callable[[], float] | None) -> Callable[[], float]:
     if clock is None:
-        return anyio.current_time
+        return current_time  # anyio.current_time(), without anyio's dispatch on each read
     if not callable(clock):
         raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
     return clock
@@ -196,21 +276,47 @@ class CircuitBreaker:
     Entering never waits and is not a checkpoint, so a closed breaker costs a few hundred
     nanoseconds per call.
 
+    **The ratio mode.** With ``failure_ratio``, each call that ends while the circuit is
+    closed (and was let through while closed) is also counted in a sliding window of
+    ``sampling_duration`` seconds, cut into ten buckets: a call counts from when it ends until
+    the start of its bucket plus ``sampling_duration``. At a failure, the circuit opens if the
+    window holds at least ``minimum_throughput`` calls and ``failures / calls >=
+    failure_ratio``. Either rule opens it: ``failure_threshold`` failures in a row, or the
+    ratio; give ``failure_threshold=None`` to open on the ratio alone. The window starts
+    empty each time the circuit closes. Half-open trials are judged as without the ratio
+    mode: one success closes the circuit, one failure opens it again::
+
+        breaker = CircuitBreaker(
+            failure_threshold=None, failure_ratio=0.5, sampling_duration=30,
+            minimum_throughput=10,
+        )
+
     Args:
-        failure_threshold: Consecutive failures that open the circuit, an int >= 1.
+        failure_threshold: Consecutive failures that open the circuit, an int >= 1; or None
+            (only with ``failure_ratio``) to open on the ratio alone.
         reset_timeout: Seconds the circuit stays open before half-opening, >= 0.
         half_open_max_calls: Trial calls let through at once while half-open, an int >= 1.
         exclude: Exception types that pass through without counting as failures.
         clock: The time source in seconds; defaults to ``anyio.current_time``.
+        failure_ratio: The share of failures in the window that opens the circuit, a number
+            in (0, 1]; None (the default) for no ratio mode.
+        sampling_duration: Seconds the window covers, > 0 (30 by default with
+            ``failure_ratio``).
+        minimum_throughput: Calls the window must hold before the ratio opens the circuit,
+            an int >= 1 (10 by default with ``failure_ratio``).
 
     Raises:
-        ValueError: If a threshold is below 1 or ``reset_timeout`` is negative or not finite.
+        ValueError: If a threshold is below 1 or ``reset_timeout`` is negative or not finite;
+            if ``failure_ratio`` is outside (0, 1], ``sampling_duration`` is not above 0 or
+            ``minimum_throughput`` below 1; if ``sampling_duration`` or
+            ``minimum_throughput`` is given without ``failure_ratio``, or
+            ``failure_threshold`` is None without it.
         TypeError: If ``exclude`` is not an exception type or a tuple of them, or a number
             has the wrong type (a threshold not an int, a timeout not a number).
     """
 
-    _failure_threshold: int = attrs.field(
-        alias="failure_threshold", default=5, validator=_threshold
+    _failure_threshold: int | None = attrs.field(
+        alias="failure_threshold", default=5, validator=_optional(check_int, minimum=1)
     )
     _reset_timeout: float = attrs.field(alias="reset_timeout", default=30.0, validator=_timeout)
     _half_open_max_calls: int = attrs.field(
@@ -222,6 +328,26 @@ class CircuitBreaker:
     _clock: Callable[[], float] = attrs.field(
         alias="clock", default=None, kw_only=True, converter=_clock_or_default
     )
+    _failure_ratio: float | None = attrs.field(
+        alias="failure_ratio",
+        default=None,
+        kw_only=True,
+        validator=_optional(check_number, minimum=0, maximum=1, strict=True),
+    )
+    _sampling_duration: float | None = attrs.field(
+        alias="sampling_duration",
+        default=None,
+        kw_only=True,
+        validator=_optional(check_number, minimum=0, strict=True),
+    )
+    _minimum_throughput: int | None = attrs.field(
+        alias="minimum_throughput",
+        default=None,
+        kw_only=True,
+        validator=_optional(check_int, minimum=1),
+    )
+    # The ratio mode's window; None without it.
+    _window: _Window | None = attrs.field(default=None, init=False)
     _state: CircuitState = attrs.field(default=CircuitState.CLOSED, init=False)
     # Bumped on every transition, so results of calls admitted in an earlier state are
     # recognised and ignored.
@@ -238,6 +364,26 @@ class CircuitBreaker:
     _rejected: int = attrs.field(default=0, init=False)
     _opened: int = attrs.field(default=0, init=False)
 
+    def __attrs_post_init__(self) -> None:
+        if self._failure_ratio is None:
+            for name in ("sampling_duration", "minimum_throughput"):
+                given = getattr(self, f"_{name}")
+                if given is not None:
+                    raise ValueError(
+                        f"{name} needs failure_ratio (the ratio mode), got {name}={given!r} "
+                        "without it"
+                    )
+            if self._failure_threshold is None:
+                raise ValueError(
+                    "failure_threshold must be an int >= 1 without failure_ratio, got None"
+                )
+            return
+        if self._sampling_duration is None:
+            self._sampling_duration = 30.0
+        if self._minimum_throughput is None:
+            self._minimum_throughput = 10
+        self._window = _Window(self._sampling_duration)
+
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker(failure_threshold={self._failure_threshold!r}, "
@@ -245,9 +391,14 @@ class CircuitBreaker:
         )
 
     @property
-    def failure_threshold(self) -> int:
-        """Consecutive failures that open the circuit."""
+    def failure_threshold(self) -> int | None:
+        """Consecutive failures that open the circuit (None: only the ratio opens it)."""
         return self._failure_threshold
+
+    @property
+    def failure_ratio(self) -> float | None:
+        """The share of failures over the window that opens the circuit, or None."""
+        return self._failure_ratio
 
     @property
     def reset_timeout(self) -> float:
@@ -290,6 +441,8 @@ class CircuitBreaker:
         if self._state is not CircuitState.CLOSED:
             self._transition(CircuitState.CLOSED)
         self._consecutive_failures = 0
+        if self._window is not None:
+            self._window.clear()
 
     def _transition(self, new: CircuitState) -> None:
         old = self._state
@@ -298,6 +451,8 @@ class CircuitBreaker:
         self._trials = 0
         if new is CircuitState.CLOSED:
             self._consecutive_failures = 0
+            if self._window is not None:
+                self._window.clear()
         elif new is CircuitState.OPEN:
             self._opened += 1
             self._retry_at = self._clock() + self._reset_timeout
@@ -361,9 +516,14 @@ class CircuitBreaker:
         if state is CircuitState.CLOSED:
             if outcome == _SUCCESS:
                 self._consecutive_failures = 0
+                if self._window is not None:
+                    self._window.add(self._clock(), False)
             elif outcome == _FAILURE:
                 self._consecutive_failures += 1
-                if self._consecutive_failures >= self._failure_threshold:
+                threshold = self._failure_threshold
+                if (
+                    threshold is not None and self._consecutive_failures >= threshold
+                ) or self._ratio_reached():
                     self._transition(CircuitState.OPEN)
         elif state is CircuitState.HALF_OPEN:
             self._trials -= 1
@@ -371,6 +531,19 @@ class CircuitBreaker:
                 self._transition(CircuitState.CLOSED)
             elif outcome == _FAILURE:
                 self._transition(CircuitState.OPEN)
+
+    def _ratio_reached(self) -> bool:
+        """Count a failure in the window; return whether the window's ratio opens the circuit."""
+        window = self._window
+        if window is None:
+            return False
+        now = self._clock()
+        window.add(now, True)
+        ok, bad = window.counts(now)
+        calls = ok + bad
+        assert self._minimum_throughput is not None
+        assert self._failure_ratio is not None
+        return calls >= self._minimum_throughput and bad / calls >= self._failure_ratio
 
     async def __aenter__(self) -> None:
         if self._state is CircuitState.CLOSED:  # _admit() inlined for the common case
@@ -397,10 +570,13 @@ class CircuitBreaker:
             if ticket is None or previous is None:
                 raise RuntimeError("CircuitBreaker exited without a matching enter in this task")
             previous.parent = ticket.parent
-        if exc is None and self._state is CircuitState.CLOSED:
+        if exc is None and self._state is CircuitState.CLOSED and self._window is None:
             if ticket.generation == self._generation:
                 self._consecutive_failures = 0
             self._successes += 1
+            return
+        if exc is None:
+            self._succeeded(ticket.generation)
             return
         self._settle(ticket.generation, exc)
 
@@ -438,6 +614,9 @@ class CircuitBreaker:
         if self._state is CircuitState.CLOSED:
             if generation == self._generation:
                 self._consecutive_failures = 0
+                window = self._window
+                if window is not None:
+                    window.add(self._clock(), False)
             self._successes += 1
         else:
             self._settle(generation, None)
@@ -461,7 +640,21 @@ class CircuitBreaker:
             failures=self._failures,
             rejected=self._rejected,
             opened=self._opened,
+            **self._window_statistics(),
         )
+
+    def _window_statistics(self) -> dict[str, Any]:
+        window = self._window
+        if window is None:
+            return {}
+        ok, bad = window.counts(self._clock()) if self._state is CircuitState.CLOSED else (0, 0)
+        return {
+            "failure_ratio": self._failure_ratio,
+            "sampling_duration": self._sampling_duration,
+            "minimum_throughput": self._minimum_throughput,
+            "window_successes": ok,
+            "window_failures": bad,
+        }
 
 
 def protect(breaker: CircuitBreaker, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -53,6 +53,7 @@ from .._backend import current_clock
 from .._checks import check_bool, check_int, check_number, describe
 from .._errors import UnstorableValueError, ValueTooLargeError, WorkflowDefinitionError
 from .._limits import Capacity, ResourceManager, as_manager
+from .._logs import EngineLog, check_logger, open_log
 from .._telemetry import Instrumentation, hooks
 from ._codec import decode_value, encode_value, return_hint
 from ._context import Context, RunShared, run_context
@@ -136,6 +137,7 @@ async def run_workflow(
     run_id: str | None = None,
     on_progress: Callable[[WorkflowProgress], object] | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
+    logger: Any = None,
 ) -> WorkflowResult:
     """Run a workflow: each step starts as soon as the steps it comes after are done.
 
@@ -189,6 +191,14 @@ async def run_workflow(
         lease_ttl: Seconds the run's lease lives unless renewed (wall-clock; used with a
             ``store`` only): how long another host waits before it may resume a run whose
             owner vanished.
+        logger: Where to write a ``workflow started`` event (``workflow``, ``run_id``,
+            ``steps``, ``limit``) and a ``workflow completed`` one (``ok``, how many steps
+            ended ``succeeded``, ``failed``, ``cancelled``, ``skipped``, ``not_run`` and
+            ``compensated``, the names in ``failed_steps``, the ``duration``); or ``workflow
+            cancelled`` / ``workflow aborted`` (``error_type``) when the call raises. A
+            stdlib :class:`logging.Logger` or any structlog logger, at info level (asked once
+            per run). Steps are not logged one by one (``on_progress`` sees them). None (the
+            default) writes nothing.
 
     Returns:
         The run's :class:`WorkflowResult`.
@@ -222,6 +232,7 @@ async def run_workflow(
         raise TypeError(f"on_progress must be callable or None, got {on_progress!r}")
     if lease_ttl != DEFAULT_LEASE_TTL:
         check_number(lease_ttl, "lease_ttl", minimum=0.1, maximum=_MAX_LEASE_TTL)
+    log = open_log(check_logger(logger))
     run = Run(
         workflow.name,
         graph,
@@ -235,25 +246,70 @@ async def run_workflow(
         lease_ttl=lease_ttl,
     )
     telemetry = hooks.current
-    if telemetry is not None:  # the one branch telemetry costs a run while it is off
-        return await _traced_run(telemetry, run)
-    return await run.run()
+    if telemetry is None and log is None:  # the one branch they cost a run while they are off
+        return await run.run()
+    slots = manager.statistics().limit if manager is not None else limit
+    if telemetry is not None:
+        return await _traced_run(telemetry, run, log, slots)
+    assert log is not None
+    return await _run_logged(run, log, slots)
 
 
 # --- telemetry: the run's span (trioflow.telemetry.enable); each step's is in Run._attempts ---
 
 
-async def _traced_run(telemetry: Instrumentation, run: Run) -> WorkflowResult:
+async def _traced_run(
+    telemetry: Instrumentation, run: Run, log: EngineLog | None, limit: object
+) -> WorkflowResult:
     """Run the workflow in a ``trioflow.workflow`` span; count its steps' outcomes."""
     attributes = {"trioflow.workflow.name": run.name, "trioflow.run.id": run.run_id}
     with telemetry.span("trioflow.workflow", attributes) as span:
-        result = await run.run()
+        result = await (run.run() if log is None else _run_logged(run, log, limit))
         ran = [step for step in result.steps.values() if not step.restored]
         telemetry.steps_ended(result.workflow, [step.status.value for step in ran])
         span.set({"trioflow.workflow.ok": result.ok, "trioflow.workflow.steps": len(ran)})
         if not result.ok:
             span.fail(f"steps failed: {', '.join(sorted(result.errors))}")
     return result
+
+
+async def _run_logged(run: Run, log: EngineLog, limit: object) -> WorkflowResult:
+    """Run ``run`` between its ``workflow started`` and ``workflow completed`` events."""
+    names = {"workflow": run.name, "run_id": run.run_id}
+    log.info("workflow started", **names, steps=len(run.steps), limit=limit)
+    started = anyio.current_time()
+    try:
+        result = await run.run()
+    except BaseException as exc:
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        log.info(
+            "workflow cancelled" if cancelled else "workflow aborted",
+            **names,
+            error_type=type(exc).__qualname__,
+            duration=anyio.current_time() - started,
+        )
+        raise
+    steps = result.steps.values()
+    log.info(
+        "workflow completed",
+        **names,
+        ok=result.ok,
+        **{status.value: result.count(status) for status in _LOGGED},
+        failed_steps=[step.name for step in steps if step.status is StepStatus.FAILED],
+        duration=result.duration,
+    )
+    return result
+
+
+# The step counts of a ``workflow completed`` event, in this order.
+_LOGGED = (
+    StepStatus.SUCCEEDED,
+    StepStatus.FAILED,
+    StepStatus.CANCELLED,
+    StepStatus.SKIPPED,
+    StepStatus.NOT_RUN,
+    StepStatus.COMPENSATED,
+)
 
 
 @final

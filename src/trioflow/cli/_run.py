@@ -275,6 +275,7 @@ def _retry_policy(step: StepSpec) -> trioflow.RetryPolicy | None:
         multiplier=step.backoff,
         max_delay=max(step.retry_delay, min(largest, 86400.0)),
         on=lambda exc: isinstance(exc, CommandFailed) and exc.retryable,
+        log_retries=False,  # the reporter says "attempt failed; retrying in ..." already
     )
 
 
