@@ -32,14 +32,16 @@ import trioflow
 
 from ._guard import ProcessGuard, open_guard
 from ._remote import RemoteSteps
-from ._render import Reporter, RunSummary, StepRow
+from ._render import IGNORED, Reporter, RunSummary, StepRow
 from ._spec import StepSpec, WorkflowSpec
 from ._steps import (
     GRACE_PERIOD,
     CommandFailed,
     GracePeriods,
+    attempt_output,
     describe_command,
     expand,
+    log_size,
     placeholders,
     run_command,
 )
@@ -78,6 +80,8 @@ class RunOptions:
         grace: Seconds a stopped command gets before it is killed.
         dask: The address of the Dask scheduler whose workers run the ``where = "dask"``
             steps, or None to run them here.
+        show_output: Print every step's output after each attempt (as ``show_output = true``
+            does for one step).
     """
 
     file: str
@@ -88,6 +92,7 @@ class RunOptions:
     verbose: bool = False
     grace: float = GRACE_PERIOD
     dask: str | None = None
+    show_output: bool = False
 
 
 @final
@@ -314,6 +319,27 @@ class _Runner:
         self.grace_periods = GracePeriods()
         self.guard: ProcessGuard | None = None  # stops the steps if trioflow dies
         self.remote: RemoteSteps | None = None  # runs the where = "dask" steps
+        # What the live view shows as waiting for a slot: steps the run admitted (the last
+        # progress report's `running`) whose command has not started.
+        self.admitted: tuple[str, ...] = ()
+        self.busy: set[str] = set()  # started, and not ended for good
+        self.waiting: list[str] = []
+
+    def progress(self, progress: trioflow.WorkflowProgress) -> None:
+        """Take the run's progress report (``run_workflow``'s ``on_progress``)."""
+        self.admitted = progress.running
+        self._report_waiting()
+
+    def _report_waiting(self) -> None:
+        waiting = [name for name in self.admitted if name not in self.busy]
+        if waiting != self.waiting:
+            self.waiting = waiting
+            self.reporter.steps_waiting(tuple(waiting))
+
+    async def _show_output(self, step: StepSpec, start: int) -> None:
+        if step.show_output or self.options.show_output:
+            lines = await anyio.to_thread.run_sync(attempt_output, self.log_path(step.name), start)
+            self.reporter.step_output(step.name, lines)
 
     def workflow(self) -> trioflow.Workflow:
         wf = trioflow.Workflow(self.spec.name)
@@ -362,9 +388,12 @@ class _Runner:
         async def run_step(ctx: trioflow.Context) -> None:
             attempt = self.attempts[step.name] = self.attempts.get(step.name, 0) + 1
             command, cwd, env = self.command(step)
+            self.busy.add(step.name)
+            self._report_waiting()
             self.reporter.step_started(
                 step.name, attempt=attempt, command=describe_command(command)
             )
+            start = log_size(self.log_path(step.name))
             started = time.monotonic()
             remote = self.remote if step.where == "dask" else None
             try:
@@ -381,6 +410,7 @@ class _Runner:
                 )
             except CommandFailed as exc:
                 elapsed = time.monotonic() - started
+                await self._show_output(step, start)
                 if exc.retryable and policy is not None and attempt < policy.attempts:
                     detail = f"{exc}; retrying in {policy.delay(attempt):g}s"
                     self.reporter.step_finished(
@@ -388,15 +418,20 @@ class _Runner:
                     )
                 else:
                     self.statuses[step.name] = "failed"
+                    self.busy.discard(step.name)
+                    status = IGNORED if step.continue_on_error else "failed"
                     self.reporter.step_finished(
-                        step.name, "failed", detail=str(exc), elapsed=elapsed
+                        step.name, status, detail=str(exc), elapsed=elapsed
                     )
                 raise
             except anyio.get_cancelled_exc_class():
                 elapsed = time.monotonic() - started
+                self.busy.discard(step.name)
                 self.reporter.step_finished(step.name, "cancelled", detail="", elapsed=elapsed)
                 raise
+            await self._show_output(step, start)
             self.statuses[step.name] = "succeeded"
+            self.busy.discard(step.name)
             self.reporter.step_finished(
                 step.name, "succeeded", detail="", elapsed=time.monotonic() - started
             )
@@ -733,6 +768,7 @@ async def execute_file(
                             fail_fast=not options.keep_going,
                             store=store,
                             run_id=run_id,
+                            on_progress=runner.progress,
                         )
                     except (
                         trioflow.WorkflowShapeChangedError,

@@ -43,6 +43,7 @@ _STEP_KEYS: Final = (
     "continue_on_error",
     "pools",
     "where",
+    "show_output",
 )
 WHERE: Final = ("local", "dask")
 """Where a step's command may run: on this machine, or on a worker of ``--dask``'s cluster."""
@@ -92,6 +93,8 @@ class StepSpec:
         pools: Named pools the step takes one token from while it runs.
         where: ``"local"``, or ``"dask"`` to run on a worker of the cluster given with
             ``trioflow run --dask ADDRESS`` (locally without it).
+        show_output: Whether the step's output is printed after each attempt ends (as with
+            ``trioflow run --show-output``), not only written to its log.
     """
 
     name: str
@@ -108,6 +111,7 @@ class StepSpec:
     continue_on_error: bool = False
     pools: tuple[str, ...] = ()
     where: str = "local"
+    show_output: bool = False
 
     @property
     def is_shell(self) -> bool:
@@ -446,7 +450,7 @@ class _Checker:
             self.no_nul(cwd, f"{where}.cwd")
 
         flags: dict[str, bool] = {}
-        for flag in ("exclusive", "continue_on_error"):
+        for flag in ("exclusive", "continue_on_error", "show_output"):
             value = table.get(flag, False)
             if not isinstance(value, bool):
                 self.fail(f"{where}.{flag}", f"expected true or false, got {_describe(value)}")
@@ -483,6 +487,7 @@ class _Checker:
             continue_on_error=flags["continue_on_error"],
             pools=tuple(dict.fromkeys(step_pools)),
             where=runs_on,
+            show_output=flags["show_output"],
         )
 
     def no_nul(self, text: str, where: str) -> None:
