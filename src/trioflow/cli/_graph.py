@@ -100,7 +100,8 @@ def plan(spec: WorkflowSpec, *, max_parallel: int, show: Callable[[StepSpec], st
     """
     waves = spec.waves()
     lines = [
-        f"workflow {spec.name!r}: {len(spec.steps)} steps in {len(waves)} waves "
+        f"workflow {spec.name!r}: {_count(len(spec.steps), 'step')} in "
+        f"{_count(len(waves), 'wave')} "
         f"(max_parallel {max_parallel})"
     ]
     for number, wave in enumerate(waves, 1):
@@ -149,3 +150,7 @@ def plan_json(spec: WorkflowSpec, *, max_parallel: int) -> dict[str, Any]:
             for name, step in spec.steps.items()
         },
     }
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
