@@ -24,6 +24,7 @@ SCRIPTS = [
     "dask",
     "redis",
     "imports",
+    "cli",
 ]
 
 

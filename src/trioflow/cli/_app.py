@@ -346,7 +346,7 @@ def _whole_id(state: Path | str, text: str) -> str:
     from ._select import find_run, open_existing
 
     async def main() -> str:
-        async with open_existing(state) as store:
+        async with open_existing(state, text) as store:
             return await find_run(store, state, text)
 
     run_id: str = anyio.run(main, backend="trio")
@@ -488,7 +488,7 @@ def _logs(args: argparse.Namespace) -> int:
     from ._select import open_existing
 
     async def main() -> None:
-        async with open_existing(args.state) as store:
+        async with open_existing(args.state, args.run_id) as store:
             await print_log(
                 store,
                 args.state,

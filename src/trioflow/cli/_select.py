@@ -70,11 +70,12 @@ def describe_state(state: Path | str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_existing(state: Path | str) -> AsyncIterator[trioflow.WorkflowStore]:
+async def open_existing(state: Path | str, run: str) -> AsyncIterator[trioflow.WorkflowStore]:
     """Open the store of ``--state`` to read runs from it, without creating a state file.
 
     Args:
         state: The state file, or a Redis URL.
+        run: The run the command looks for, for the message when there is no state file.
 
     Yields:
         The store.
@@ -83,7 +84,7 @@ async def open_existing(state: Path | str) -> AsyncIterator[trioflow.WorkflowSto
         UsageError: There is no state file there, or the store cannot be opened.
     """
     if isinstance(state, Path) and not await anyio.Path(state).exists():
-        raise UsageError(f"there is no state file at {state} (no run was recorded there)")
+        raise UsageError(f"no run {run!r} in {describe_state(state)}")
     async with open_store(state) as store:
         yield store
 
