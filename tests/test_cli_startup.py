@@ -144,7 +144,7 @@ def test_the_type_checking_imports_say_where_each_name_lives() -> None:
             declared[alias.name] = "." * statement.level + (statement.module or "")
     homes: dict[str, str] = {
         name: home
-        for home, names in trioflow._HOMES.items()  # type: ignore[attr-defined]
+        for home, names in trioflow._HOMES.items()
         for name in names
     }
     assert {**homes, "lifecycle": "."} == declared
