@@ -11,16 +11,19 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from test_cli import _env, in_parallel, json_out, trioflow, wait_for, write
 from trioflow.cli._render import LiveReporter, PlainReporter, rich_console
-from trioflow.cli._run import UsageError
+from trioflow.cli._run import RunOptions, UsageError, execute_file
 from trioflow.cli._select import select_run
+from trioflow.cli._spec import load_spec
 from trioflow.cli._steps import attempt_output, last_output_line, log_size
 
 # A step that says hello, then waits for the file 'go' (at most 30 s), then says goodbye.
@@ -316,3 +319,76 @@ def test_plain_lines_of_output_and_of_a_silent_step() -> None:
     reporter.step_output("b", [])
     lines = [line.split("] ", 1)[-1] for line in out.getvalue().splitlines()]
     assert lines == ["a: output", "  x", "  y", "b: no output"]
+
+
+class Recorder:
+    """A reporter that keeps the events the live view is drawn from."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, ...]] = []
+        self.events: list[str] = []
+
+    def run_started(self, *, run_id: str, workflow: str, total: int, resumed: int) -> None:
+        pass
+
+    def step_started(self, name: str, *, attempt: int, command: str) -> None:
+        self.events.append(f"started {name}")
+
+    def step_finished(self, name: str, status: str, *, detail: str, elapsed: float) -> None:
+        self.events.append(f"{status} {name}")
+
+    def steps_waiting(self, names: Sequence[str]) -> None:
+        self.waiting.append(tuple(names))
+        self.events.append(f"waiting {','.join(names)}")
+
+    def step_output(self, name: str, lines: Sequence[str]) -> None:
+        self.events.append(f"output {name}: {lines}")
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.real_time
+def test_steps_ready_but_without_a_slot_are_reported_waiting(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [workflow]
+        pools = { db = 1 }
+
+        [steps.first]
+        shell = "echo one"
+        pools = ["db"]
+
+        [steps.second]
+        shell = "echo two"
+        pools = ["db"]
+        show_output = true
+        """,
+    )
+    recorder = Recorder()
+    options = RunOptions(file=str(path), state=tmp_path / "state.db")
+    outcome = anyio.run(execute_file, load_spec(path), options, recorder, backend="trio")
+    assert outcome.exit_status == 0
+    assert recorder.waiting[-1] == ()  # in the end, nothing waits
+    events = recorder.events
+    assert events.index("output second: ['two']") < events.index("succeeded second")
+    assert not any(e.startswith("output first") for e in events)
+    # Both were ready at once and the pool let one run: the other was shown waiting while it
+    # ran; a step is never shown waiting while its own command runs.
+    running: set[str] = set()
+    waited_for_the_other = False
+    for event in events:
+        word, _, rest = event.partition(" ")
+        if word == "started":
+            running.add(rest)
+        elif word == "succeeded":
+            running.discard(rest)
+        elif word == "waiting":
+            names = set(filter(None, rest.split(",")))
+            assert not running & names
+            waited_for_the_other |= bool(running and names)
+    assert waited_for_the_other, events

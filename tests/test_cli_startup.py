@@ -143,9 +143,7 @@ def test_the_type_checking_imports_say_where_each_name_lives() -> None:
             assert alias.asname == alias.name  # a re-export: `import X as X`
             declared[alias.name] = "." * statement.level + (statement.module or "")
     homes: dict[str, str] = {
-        name: home
-        for home, names in trioflow._HOMES.items()
-        for name in names
+        name: home for home, names in trioflow._HOMES.items() for name in names
     }
     assert {**homes, "lifecycle": "."} == declared
     assert set(declared) == set(trioflow.__all__)

@@ -344,7 +344,8 @@ class LiveReporter:
         """Show the steps waiting for a slot under the running ones."""
         with self._lock:
             self._waiting = tuple(names)
-        self._live.refresh()
+        # No redraw now: a step that gets its slot at once would flash by; the next timed
+        # refresh shows the ones that really wait.
 
     def step_output(self, name: str, lines: Sequence[str]) -> None:
         """Print the output above the live view, under a heading line."""
