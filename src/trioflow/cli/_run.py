@@ -389,10 +389,10 @@ class _Runner:
             attempt = self.attempts[step.name] = self.attempts.get(step.name, 0) + 1
             command, cwd, env = self.command(step)
             self.busy.add(step.name)
-            self._report_waiting()
             self.reporter.step_started(
                 step.name, attempt=attempt, command=describe_command(command)
             )
+            self._report_waiting()
             start = log_size(self.log_path(step.name))
             started = time.monotonic()
             remote = self.remote if step.where == "dask" else None
