@@ -4,6 +4,9 @@ Bounded batches, resource limits, retries, workflows with durable runs, resilien
 and request lifecycles, all scoped by nurseries and cancel scopes. Everything public is
 re-exported here, the request layer (coordinator,
 pipelines, tools) in :mod:`trioflow.lifecycle`; the modules beside this file are private.
+Each name's module is imported when the name is first used (:pep:`562`), so ``import
+trioflow`` costs almost nothing and a short-lived process (the ``trioflow`` command, a worker)
+pays only for what it uses.
 """
 
 from __future__ import annotations  # noqa: I001 (_startup first, on purpose)
