@@ -186,3 +186,30 @@ def test_a_run_goes_when_every_given_rule_selects_it(
         and (older_than is None or (_NOW - r.updated_at).total_seconds() > older_than)
     ]
     assert selected == expected
+
+
+@pytest.mark.real_time
+def test_prune_and_logs_with_the_runs_in_redis(tmp_path: Path, redis_url: str) -> None:
+    write(tmp_path, '[steps.quick]\nshell = "echo quick"\n')
+    for _ in range(2):
+        done = trioflow("run", "wf.toml", "--state", redis_url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    listed = json_out(
+        trioflow("prune", "--keep", "9", "--dry-run", "--json", "--state", redis_url, cwd=tmp_path)
+    )
+    assert (listed["removed"], listed["kept"]) == ([], 2)
+    logs = trioflow("logs", "latest", "quick", "--state", redis_url, cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines()[1:] == ["quick", "--- exit status 0"]
+    pruned = json_out(
+        trioflow("prune", "--keep", "1", "--json", "--state", redis_url, cwd=tmp_path)
+    )
+    assert len(pruned["removed"]) == 1
+    assert pruned["kept"] == 1
+    old = pruned["removed"][0]["run_id"]
+    left = sorted(p.name for p in (tmp_path / ".trioflow" / "logs").iterdir())
+    assert old not in left
+    assert len(left) == 1
+    gone = trioflow("logs", old, "quick", "--state", redis_url, cwd=tmp_path)
+    assert gone.returncode == 2
+    assert f"no run {old!r} in the state {redis_url}" in gone.stderr

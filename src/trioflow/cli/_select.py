@@ -48,7 +48,7 @@ def select_run(run_ids: Sequence[str], text: str, *, where: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise UsageError(f"no run {text!r} in {where} (trioflow runs lists them)")
+        raise UsageError(f"no run {text!r} in {where}")
     shown = ", ".join(matches[:_SHOWN])
     more = f" and {len(matches) - _SHOWN} more" if len(matches) > _SHOWN else ""
     raise UsageError(
