@@ -9,10 +9,13 @@ Rows:
 * ``import trioflow`` with trio already imported, from the bytecode cache (the usual case);
 * the same with no bytecode cache (``-B`` and ``PYTHONDONTWRITEBYTECODE``, after the cache of
   trioflow's own modules is deleted: the first run after an install or an edit);
+* ``import trioflow`` and a use of every public name (each name's module is imported when the
+  name is first used), with trio already imported, cached;
 * ``import trioflow.lifecycle`` on top (the request layer is imported only when used).
 
 Usage: ``python bench/imports.py`` (or ``nox -s bench``). The goal, checked at the end:
-``import trioflow`` (trio already imported, cached) at most 1.5x the floor.
+``import trioflow`` and a use of every public name (trio already imported, cached) at most 1.5x
+the floor.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ FLOOR = (
 )
 TRIOFLOW = (
     "import time, trio; t = time.perf_counter(); import trioflow; print(time.perf_counter() - t)"
+)
+# trioflow imports a name's module when the name is first used: this loads every one.
+EVERY_NAME = (
+    "import time, trio; t = time.perf_counter(); import trioflow; "
+    "[getattr(trioflow, n) for n in trioflow.__all__ if n != 'lifecycle']; "
+    "print(time.perf_counter() - t)"
 )
 LIFECYCLE = (
     "import time, trio; t = time.perf_counter(); import trioflow, trioflow.lifecycle; "
@@ -73,11 +82,13 @@ def main() -> None:
     floor = measure(FLOOR)
     cached = measure(TRIOFLOW)
     lifecycle = measure(LIFECYCLE)
+    every_name = measure(EVERY_NAME)
     uncached = measure(TRIOFLOW, cached=False)
     measure(TRIOFLOW)  # leave a cache behind
     rows = [
         ("import trio, anyio, attrs (floor)", floor),
         ("import trioflow, trio imported, cached", cached),
+        ("import trioflow and use every public name, trio imported, cached", every_name),
         ("import trioflow + trioflow.lifecycle, trio imported, cached", lifecycle),
         ("import trioflow, trio imported, no bytecode cache", uncached),
     ]
@@ -87,12 +98,13 @@ def main() -> None:
     print("|---|---:|---:|")
     for label, ms in rows:
         print(f"| {label} | {ms:.1f} | {ms / floor:.2f} |")
-    ratio = cached / floor
+    # Measured with every name used: `import trioflow` alone imports next to nothing.
+    ratio = every_name / floor
     verdict = "met" if ratio <= GOAL else "MISSED"
     print("\n### Targets\n")
     print(
-        f"- import trioflow (cached) / floor = {cached:.1f}/{floor:.1f} ms = {ratio:.2f}x "
-        f"(goal <= {GOAL}x): {verdict}\n"
+        f"- import trioflow and use every public name (cached) / floor = {every_name:.1f}/"
+        f"{floor:.1f} ms = {ratio:.2f}x (goal <= {GOAL}x): {verdict}\n"
     )
 
 

@@ -27,6 +27,7 @@ SCRIPTS = [
     "telemetry",
     "imports",
     "cli_projects",
+    "cli",
 ]
 
 

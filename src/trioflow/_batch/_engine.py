@@ -89,6 +89,12 @@ _SPAWN_BATCH = 256
 # --- validation ----------------------------------------------------------------------------
 
 
+def timed_out(timeout: float) -> str:
+    """Return the message of an operation's timeout: ``operation timed out after 1 second``."""
+    unit = "second" if timeout == 1 else "seconds"
+    return f"operation timed out after {timeout:g} {unit}"
+
+
 def kind(value: object) -> str:
     return describe(value)
 
@@ -628,7 +634,7 @@ class Batch:
             if scope.cancelled_caught:  # the operation in flight overran its deadline
                 self._deadlines[worker] = _INF
                 index, duration = self._started[worker]
-                error = TimeoutError(f"operation timed out after {timeout:g} seconds")
+                error = TimeoutError(timed_out(timeout))
                 self._failed += 1
                 if self._send is not None:
                     outcome = make_outcome(index, FAILED, None, error, duration, 1)
@@ -819,7 +825,7 @@ class Batch:
             return await self._start(index, op)
         with self._move_on_after(timeout):
             return await self._start(index, op)
-        raise TimeoutError(f"operation timed out after {timeout:g} seconds")
+        raise TimeoutError(timed_out(timeout))
 
     async def _execute(self, index: int, op: Operation[Any]) -> Exception | None:
         """Run one operation, record its outcome; return its exception if it failed."""

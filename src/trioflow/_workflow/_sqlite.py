@@ -32,7 +32,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._checks import check_number
-from .._errors import StoreError, ValueTooLargeError
+from .._errors import RunLeasedError, StoreError, ValueTooLargeError
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
 from ._store import RunRecord, RunStatus, StepRecord, StoredValue, active_seconds
@@ -690,6 +690,46 @@ class SQLiteStore:
             )
 
         await self._call("cannot release the run's lease", release)
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run with its steps, state and lease, unless a live owner holds its lease.
+
+        One ``BEGIN IMMEDIATE`` transaction: a run cannot take its lease between the check and
+        the delete.
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            True when the run was deleted, False when there was no such run.
+
+        Raises:
+            RunLeasedError: A live owner holds the run's lease (it is running); nothing was
+                deleted.
+            StoreError: The file cannot be read or written.
+        """
+
+        def delete(conn: sqlite3.Connection) -> RunOwner | bool:
+            conn.execute("BEGIN IMMEDIATE")
+            lease = conn.execute(
+                f"SELECT {_LEASE_COLUMNS} FROM leases WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if lease is not None:
+                with _checking(run_id):
+                    holder = _live(lease, datetime.now(UTC))
+                if holder is not None:
+                    conn.execute("COMMIT")
+                    return holder
+            for table in ("steps", "state", "leases"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            deleted = conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+            conn.execute("COMMIT")
+            return deleted
+
+        found = await self._call("cannot delete the run", delete)
+        if isinstance(found, RunOwner):
+            raise RunLeasedError(run_id, found)
+        return found
 
 
 def _busy(exc: BaseException | None) -> bool:

@@ -6,7 +6,9 @@ executes it (a :class:`~trioflow.RunOwner`, see ``_lease``). Values are kept as 
 :class:`StoredValue`: JSON text and the name of the original type (made by ``_codec``), so a
 resumed run can give back the original type. Stores implement the small
 :class:`WorkflowStore` protocol: :class:`MemoryStore` here, ``SQLiteStore`` beside it, and any
-other store (Redis, Postgres) that implements the same eight methods.
+other store (Redis, Postgres) that implements the same eight methods. A store may also
+implement ``delete_run`` (the three stores of trioflow do; ``trioflow prune`` uses it); it is not
+part of the protocol, so a store written for an earlier trioflow keeps working.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import anyio.lowlevel
 import attrs
 
 from .._backend import checkpoint_if_cancelled
+from .._errors import RunLeasedError
 from .._status import Status
 from ._build import builder
 from ._lease import RunOwner, live_owner
@@ -488,6 +491,26 @@ class MemoryStore:
         run.updated_at = _now()
         run.active += elapsed
         run.session = None
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run with its steps, state and lease, unless a live owner holds its lease.
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            True when the run was deleted, False when there was no such run.
+
+        Raises:
+            RunLeasedError: A live owner holds the run's lease (it is running); nothing was
+                deleted.
+        """
+        await anyio.lowlevel.checkpoint()
+        holder = self._owner(run_id, _now())
+        if holder is not None:
+            raise RunLeasedError(run_id, holder)
+        self._leases.pop(run_id, None)
+        return self._runs.pop(run_id, None) is not None
 
 
 def _count(records: Any) -> dict[StepStatus, int]:

@@ -34,12 +34,15 @@ from ._render import (
 from ._run import (
     DEFAULT_STATE,
     EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     RunOptions,
     UsageError,
     describe_store_error,
     log_dir,
+    log_file,
+    open_store,
     run_file,
     state_location,
     step_command,
@@ -59,7 +62,9 @@ examples:
   trioflow run build.toml --dry-run    show the waves of steps that would run together
   trioflow run build.toml --resume ID  finish an interrupted or failed run
   trioflow runs                        list past runs
-  trioflow show ID                     show one run, step by step
+  trioflow show ID                     show one run, step by step (ID: an id, a prefix, latest)
+  trioflow logs latest test --follow   print a step's log as it grows, until the step ends
+  trioflow prune --keep 20             remove all but the newest 20 runs and their logs
   trioflow graph build.toml            print the steps as a Mermaid diagram
   trioflow serve --tools mytools:registry   serve tools to MCP clients over stdio
 """
@@ -73,6 +78,25 @@ def _positive_int(text: str) -> int:
     if problem(check_int, value, minimum=1):
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if problem(check_int, value, minimum=0):
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _age(text: str) -> float:
+    from ._prune import parse_age
+
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -133,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         metavar="RUN_ID",
-        help="finish an earlier run: steps that succeeded or were skipped do not run again",
+        help="finish an earlier run (its id, a unique prefix of it, or latest): steps that "
+        "succeeded or were skipped do not run again",
     )
     run.add_argument(
         "--max-parallel",
@@ -160,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "-v", "--verbose", action="store_true", help="print each command as it starts"
+    )
+    run.add_argument(
+        "--show-output",
+        action="store_true",
+        help="print each step's output after each attempt (as show_output = true does for "
+        "one step); with --json it goes to stderr with the progress lines",
     )
     run.add_argument(
         "--dask",
@@ -208,8 +239,49 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(handler=_runs)
 
     show = commands.add_parser("show", parents=[state, as_json], help="show one run")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument(
+        "run_id", metavar="RUN_ID", help="the run's id, a unique prefix of it, or latest"
+    )
     show.set_defaults(handler=_show)
+
+    logs = commands.add_parser(
+        "logs",
+        parents=[state],
+        help="print a step's log",
+        description="Print the log of one step of a run (every attempt's output, as the "
+        "step wrote it). With --follow, keep printing as the log grows until the step ends.",
+    )
+    logs.add_argument(
+        "run_id", metavar="RUN_ID", help="the run's id, a unique prefix of it, or latest"
+    )
+    logs.add_argument("step", metavar="STEP", help="the step's name")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing as the step writes, until it ends (Ctrl-C stops: exit status 130)",
+    )
+    logs.set_defaults(handler=_logs)
+
+    prune = commands.add_parser(
+        "prune",
+        parents=[state, as_json],
+        help="remove old runs and their logs",
+        description="Remove old runs from the state, and their log directories. --keep N "
+        "keeps the newest N runs; --older-than AGE removes runs last updated more than AGE "
+        "ago; with both, a run goes when both select it. A running run is never removed.",
+    )
+    prune.add_argument("--keep", metavar="N", type=_count, help="keep the newest N runs (0: none)")
+    prune.add_argument(
+        "--older-than",
+        metavar="AGE",
+        type=_age,
+        help="remove runs last updated more than AGE ago: 30m, 12h, 7d, 2w",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="list the runs it would remove; remove nothing"
+    )
+    prune.set_defaults(handler=_prune)
 
     graph = commands.add_parser(
         "graph", help="print a workflow file's steps as Mermaid (or DOT) text"
@@ -316,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(
         file=args.file,
         state=args.state,
-        resume=args.resume,
+        resume=None if args.resume is None else _whole_id(args.state, args.resume),
         max_parallel=args.max_parallel,
         keep_going=args.keep_going,
         verbose=args.verbose,
@@ -326,9 +398,16 @@ def _run(args: argparse.Namespace) -> int:
         only=args.only,
         force=force,
         force_all="" in forced,
+        show_output=args.show_output,
     )
     progress = sys.stderr if args.json else sys.stdout
-    reporter = QuietOnError(make_reporter(progress, verbose=args.verbose, live=not args.json))
+
+    def log_of(run_id: str, step: str) -> Path:
+        return log_file(log_dir(args.state, run_id), step)
+
+    reporter = QuietOnError(
+        make_reporter(progress, verbose=args.verbose, live=not args.json, log_of=log_of)
+    )
     with tracing(args.trace):
         outcome = anyio.run(run_file, spec, options, reporter, backend="trio")
     if args.json:
@@ -342,6 +421,18 @@ def _run(args: argparse.Namespace) -> int:
             print("to run the steps that did not succeed again:")
         print(f"  {outcome.resume_command}")
     return outcome.exit_status
+
+
+def _whole_id(state: Path | str, text: str) -> str:
+    """The id of the run that ``--resume TEXT`` means (an id, a unique prefix, ``latest``)."""
+    from ._select import find_run, open_existing
+
+    async def main() -> str:
+        async with open_existing(state, text) as store:
+            return await find_run(store, state, text)
+
+    run_id: str = anyio.run(main, backend="trio")
+    return run_id
 
 
 def _open_state(args: argparse.Namespace) -> trioflow.SQLiteStore | None:
@@ -358,9 +449,13 @@ async def _list_runs(store: trioflow.SQLiteStore) -> tuple[trioflow.RunRecord, .
         return await store.list_runs()
 
 
-async def _load_run(store: trioflow.SQLiteStore, run_id: str) -> trioflow.RunRecord | None:
+async def _load_run(
+    store: trioflow.SQLiteStore, state: Path, run_id: str
+) -> trioflow.RunRecord | None:
+    from ._select import find_run
+
     async with store:
-        return await store.load_run(run_id)
+        return await store.load_run(await find_run(store, state, run_id))
 
 
 def _when(moment: datetime) -> str:
@@ -439,7 +534,7 @@ def _show(args: argparse.Namespace) -> int:
     if store is None:
         raise UsageError(f"no run {args.run_id!r}: there is no state file at {args.state}")
     try:
-        record = anyio.run(_load_run, store, args.run_id, backend="trio")
+        record = anyio.run(_load_run, store, args.state, args.run_id, backend="trio")
     except trioflow.StoreError as exc:
         raise UsageError(describe_store_error(args.state, exc)) from None
     if record is None:
@@ -483,3 +578,82 @@ def _demo(args: argparse.Namespace) -> int:
 
     status: int = demo_main(list(args.args))
     return status
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from ._logs import print_log
+    from ._select import open_existing
+
+    async def main() -> None:
+        async with open_existing(args.state, args.run_id) as store:
+            await print_log(
+                store,
+                args.state,
+                args.run_id,
+                args.step,
+                out=sys.stdout.buffer,
+                follow=args.follow,
+            )
+
+    sys.stdout.flush()
+    try:
+        anyio.run(main, backend="trio")
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C is how one stops following: no message, as with tail -f
+    return EXIT_OK
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from ._prune import Pruned, prune
+
+    if args.keep is None and args.older_than is None:
+        raise UsageError("prune needs --keep N or --older-than AGE (or both)")
+    state: Path | str = args.state
+    if isinstance(state, Path) and not state.exists():
+        pruned = Pruned(removed=(), running=(), kept=0, dry_run=args.dry_run)
+    else:
+
+        async def main() -> Pruned:
+            async with open_store(state) as store:
+                return await prune(
+                    store, state, keep=args.keep, older_than=args.older_than, dry_run=args.dry_run
+                )
+
+        pruned = anyio.run(main, backend="trio")
+    if args.json:
+        print_json(
+            {
+                "dry_run": pruned.dry_run,
+                "removed": [_brief(r) for r in pruned.removed],
+                "running": [_brief(r) for r in pruned.running],
+                "kept": pruned.kept,
+                "failures": [{"run_id": i, "error": why} for i, why in pruned.failures],
+            }
+        )
+    else:
+        verb = "would remove" if pruned.dry_run else "removed"
+        for r in pruned.removed:
+            print(f"{verb} run {r.run_id} ({r.workflow!r}, {_status(r)}, {_when(r.updated_at)})")
+        for r in pruned.running:
+            print(f"kept run {r.run_id} ({r.workflow!r}): it is {_status(r)}")
+        for run_id, why in pruned.failures:
+            print(
+                f"trioflow: error: cannot remove the logs of run {run_id}: {why}", file=sys.stderr
+            )
+        runs = (
+            "1 run and its logs"
+            if len(pruned.removed) == 1
+            else (f"{len(pruned.removed)} runs and their logs")
+        )
+        print(f"{verb} {runs}; {pruned.kept} left")
+    return EXIT_FAILED if pruned.failures else EXIT_OK
+
+
+def _brief(record: trioflow.RunRecord) -> dict[str, object]:
+    return {
+        "run_id": record.run_id,
+        "workflow": record.workflow,
+        "status": _status(record),
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+    }

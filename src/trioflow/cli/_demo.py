@@ -31,6 +31,12 @@ _DOWNLOADS: tuple[tuple[str, float, str | None], ...] = (
     ("lambda.csv", 0.3, None),
     ("mu.csv", 0.5, None),
 )
+_DESCRIPTION = """\
+A small batch you can watch run: twelve simulated downloads with at most four in flight and a
+one-second timeout each; one server hangs (and times out), one resets the connection. A
+progress line is printed as each download ends, then every outcome and the totals. It takes
+about two seconds of real time; --virtual runs it on a virtual clock instead (instant, with
+the same output)."""
 _LIMIT = 4
 _TIMEOUT = 1.0
 _BAR = 24
@@ -91,7 +97,7 @@ def main(argv: list[str]) -> int:
     Returns:
         The exit status: 0.
     """
-    parser = argparse.ArgumentParser(prog="trioflow demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="trioflow demo", description=_DESCRIPTION)
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
     parser.add_argument("--virtual", action="store_true", help="run on a virtual clock")
     args = parser.parse_args(argv)

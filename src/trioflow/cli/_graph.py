@@ -107,7 +107,8 @@ def plan(
     """
     waves = spec.waves()
     lines = [
-        f"workflow {spec.name!r}: {len(spec.steps)} steps in {len(waves)} waves "
+        f"workflow {spec.name!r}: {_count(len(spec.steps), 'step')} in "
+        f"{_count(len(waves), 'wave')} "
         f"(max_parallel {max_parallel})"
     ]
     for number, wave in enumerate(waves, 1):
@@ -164,3 +165,7 @@ def plan_json(
             for name, step in spec.steps.items()
         },
     }
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -18,15 +18,19 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 
 import attrs
 
-from ._steps import tail
+from ._steps import last_output_line, tail
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
 TAIL_LINES: Final = 10
+IGNORED: Final = "failed (ignored)"
+"""The status of a ``continue_on_error`` step that failed, in every line that shows it."""
+_FINAL: Final = frozenset({"succeeded", "failed", IGNORED, "skipped", "up_to_date"})
 _STYLES: Final = {
     "succeeded": "green",
     "failed": "bold red",
+    IGNORED: "red",
     "cancelled": "yellow",
     "skipped": "dim",
     "not_run": "dim",
@@ -146,7 +150,20 @@ class Reporter(Protocol):
         """A step's command starts (once per attempt)."""
 
     def step_finished(self, name: str, status: str, *, detail: str, elapsed: float) -> None:
-        """An attempt ended: succeeded, failed, retrying, skipped or cancelled."""
+        """An attempt ended: succeeded, failed, failed (ignored), retrying, skipped or cancelled.
+
+        ``failed (ignored)`` (:data:`IGNORED`) is the last failed attempt of a step with
+        ``continue_on_error``: the run goes on, as the summary says too.
+        """
+
+    def steps_waiting(self, names: Sequence[str]) -> None:
+        """These steps are ready but wait for a slot (``max_parallel`` or a pool), oldest first.
+
+        Called whenever the set changes; an empty sequence when none waits.
+        """
+
+    def step_output(self, name: str, lines: Sequence[str]) -> None:
+        """An attempt of a step with ``show_output`` ended: its command's output."""
 
     def message(self, text: str) -> None:
         """Print a line that is not about a step."""
@@ -187,6 +204,16 @@ class PlainReporter:
         word = _WORDS.get(status, status)
         self._line(f"{name}: {word}{': ' + detail if detail else ''}{took}")
 
+    def steps_waiting(self, names: Sequence[str]) -> None:
+        """Nothing: plain lines say when steps start and end (the live view shows the wait)."""
+
+    def step_output(self, name: str, lines: Sequence[str]) -> None:
+        """Print the output under a heading line, each line indented."""
+        self._line(f"{name}: output" if lines else f"{name}: no output")
+        for line in lines:
+            print(f"  {line}", file=self._stream)
+        self._stream.flush()
+
     def message(self, text: str) -> None:
         """Print a line."""
         self._line(text)
@@ -199,13 +226,22 @@ class PlainReporter:
 class LiveReporter:
     """A rich live view: a progress bar and the running steps with their elapsed time."""
 
-    def __init__(self, console: Console, *, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        verbose: bool = False,
+        log_of: Callable[[str, str], Path] | None = None,
+    ) -> None:
         from rich.live import Live
 
         self._console = console
         self._verbose = verbose
+        self._log_of = log_of
+        self._run_id = ""
         self._lock = threading.Lock()
         self._running: dict[str, tuple[float, int]] = {}  # name -> (start, attempt)
+        self._waiting: tuple[str, ...] = ()
         self._total = 0
         self._done = 0
         self._start = time.monotonic()
@@ -223,10 +259,12 @@ class LiveReporter:
         from rich.progress_bar import ProgressBar
         from rich.spinner import Spinner
         from rich.table import Table
+        from rich.text import Text
 
         now = time.monotonic()
         with self._lock:
             running = sorted(self._running.items(), key=lambda item: item[1][0])
+            waiting = self._waiting
             done, total = self._done, self._total
         bar = Table.grid(padding=(0, 1))
         bar.add_row(
@@ -241,16 +279,31 @@ class LiveReporter:
             format_seconds(now - self._start),
         )
         steps = Table.grid(padding=(0, 1))
+        steps.add_column(no_wrap=True)
+        steps.add_column(no_wrap=True)
+        steps.add_column(no_wrap=True)
+        steps.add_column(no_wrap=True, overflow="ellipsis", style="dim")
         for name, (started, attempt) in running:
-            again = f"attempt {attempt}" if attempt > 1 else ""
+            again = f"(attempt {attempt}) " if attempt > 1 else ""
             steps.add_row(
-                Spinner("dots", style="cyan"), name, format_seconds(now - started), again
+                Spinner("dots", style="cyan"),
+                name,
+                format_seconds(now - started),
+                Text(again + self._last_line(name)),  # the command's text: no markup
             )
+        for name in waiting:
+            steps.add_row(Text("·"), Text(name, style="dim"), "", "waiting for a slot")
         return Group(bar, steps)
+
+    def _last_line(self, name: str) -> str:
+        if self._log_of is None:
+            return ""
+        return last_output_line(self._log_of(self._run_id, name))
 
     def run_started(self, *, run_id: str, workflow: str, total: int, resumed: int) -> None:
         """Start the live view."""
         self._start = time.monotonic()
+        self._run_id = run_id
         with self._lock:
             self._total, self._done = total, resumed
         done = f", {resumed} already done" if resumed else ""
@@ -279,7 +332,7 @@ class LiveReporter:
 
         with self._lock:
             self._running.pop(name, None)
-            if status in ("succeeded", "failed", *_UNTIMED):
+            if status in _FINAL:
                 self._done += 1
         style = _STYLES.get(status, "yellow" if status == "retrying" else "")
         took = f" [dim]({format_seconds(elapsed)})[/]" if status not in _UNTIMED else ""
@@ -289,6 +342,23 @@ class LiveReporter:
         # would still show this step running until the next timed refresh.
         self._live.refresh()
         self._console.print(f"[{style}]{word:>9}[/] {escape(name)}{extra}{took}", highlight=False)
+
+    def steps_waiting(self, names: Sequence[str]) -> None:
+        """Show the steps waiting for a slot under the running ones."""
+        with self._lock:
+            self._waiting = tuple(names)
+        # No redraw now: a step that gets its slot at once would flash by; the next timed
+        # refresh shows the ones that really wait.
+
+    def step_output(self, name: str, lines: Sequence[str]) -> None:
+        """Print the output above the live view, under a heading line."""
+        from rich.markup import escape
+
+        self._console.print(
+            f"[dim]--- output of {escape(name)}{'' if lines else ': none'}[/]", highlight=False
+        )
+        for line in lines:
+            self._console.print(escape(line), highlight=False, markup=False)
 
     def message(self, text: str) -> None:
         """Print a line above the live view."""
@@ -358,6 +428,14 @@ class QuietOnError:
         """Forward the event."""
         self._call(lambda r: r.step_finished(name, status, detail=detail, elapsed=elapsed))
 
+    def steps_waiting(self, names: Sequence[str]) -> None:
+        """Forward the event."""
+        self._call(lambda r: r.steps_waiting(names))
+
+    def step_output(self, name: str, lines: Sequence[str]) -> None:
+        """Forward the output."""
+        self._call(lambda r: r.step_output(name, lines))
+
     def message(self, text: str) -> None:
         """Forward the line."""
         self._call(lambda r: r.message(text))
@@ -367,13 +445,21 @@ class QuietOnError:
         self._call(lambda r: r.close())
 
 
-def make_reporter(stream: TextIO, *, verbose: bool, live: bool) -> Reporter:
+def make_reporter(
+    stream: TextIO,
+    *,
+    verbose: bool,
+    live: bool,
+    log_of: Callable[[str, str], Path] | None = None,
+) -> Reporter:
     """Choose the live view when possible, else plain lines.
 
     Args:
         stream: Where the output goes.
         verbose: Also print each command as it starts.
         live: Allow the live view (False for ``--json``).
+        log_of: ``log_of(run_id, step)`` is a step's log file: the live view shows the last
+            line of each running step's output from it.
 
     Returns:
         The reporter.
@@ -381,7 +467,7 @@ def make_reporter(stream: TextIO, *, verbose: bool, live: bool) -> Reporter:
     console = rich_console(stream) if live else None
     if console is None:
         return PlainReporter(stream, verbose=verbose)
-    return LiveReporter(console, verbose=verbose)
+    return LiveReporter(console, verbose=verbose, log_of=log_of)
 
 
 def print_summary(
@@ -426,7 +512,7 @@ def _print_tail(
 
 def _status_text(row: StepRow) -> str:
     if row.status == "failed" and row.continue_on_error:
-        return "failed (ignored)"
+        return IGNORED
     status = _WORDS.get(row.status, row.status)
     if row.restored:
         return f"{status} (earlier)"

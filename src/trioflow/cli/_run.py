@@ -33,13 +33,15 @@ import trioflow
 
 from ._guard import ProcessGuard, open_guard
 from ._remote import RemoteSteps
-from ._render import Reporter, RunSummary, StepRow
+from ._render import IGNORED, Reporter, RunSummary, StepRow
 from ._spec import ResolvedStep, StepSpec, WorkflowSpec
 from ._steps import (
     GRACE_PERIOD,
     CommandFailed,
     GracePeriods,
+    attempt_output,
     describe_command,
+    log_size,
     placeholders,
     run_command,
 )
@@ -90,6 +92,8 @@ class RunOptions:
         only: Run the targets alone, not the steps they come after.
         force: Run these steps even when they are up to date.
         force_all: Run every step even when it is up to date.
+        show_output: Print every step's output after each attempt (as ``show_output = true``
+            does for one step).
     """
 
     file: str
@@ -104,6 +108,7 @@ class RunOptions:
     only: bool = False
     force: frozenset[str] = frozenset()
     force_all: bool = False
+    show_output: bool = False
 
 
 @final
@@ -408,6 +413,27 @@ class _Runner:
         self.guard: ProcessGuard | None = None  # stops the steps if trioflow dies
         self.remote: RemoteSteps | None = None  # runs the where = "dask" steps
         self.previous_keys: dict[str, str] = {}  # of each step's last success
+        # What the live view shows as waiting for a slot: steps the run admitted (the last
+        # progress report's `running`) whose command has not started.
+        self.admitted: tuple[str, ...] = ()
+        self.busy: set[str] = set()  # started, and not ended for good
+        self.waiting: list[str] = []
+
+    def progress(self, progress: trioflow.WorkflowProgress) -> None:
+        """Take the run's progress report (``run_workflow``'s ``on_progress``)."""
+        self.admitted = progress.running
+        self._report_waiting()
+
+    def _report_waiting(self) -> None:
+        waiting = [name for name in self.admitted if name not in self.busy]
+        if waiting != self.waiting:
+            self.waiting = waiting
+            self.reporter.steps_waiting(tuple(waiting))
+
+    async def _show_output(self, step: StepSpec, start: int) -> None:
+        if step.show_output or self.options.show_output:
+            lines = await anyio.to_thread.run_sync(attempt_output, self.log_path(step.name), start)
+            self.reporter.step_output(step.name, lines)
 
     def workflow(self) -> trioflow.Workflow:
         wf = trioflow.Workflow(self.spec.name)
@@ -471,9 +497,12 @@ class _Runner:
                 return success_value(key, up_to_date=True)
             attempt = self.attempts[step.name] = self.attempts.get(step.name, 0) + 1
             command, cwd, env = self.command(step)
+            self.busy.add(step.name)
             self.reporter.step_started(
                 step.name, attempt=attempt, command=describe_command(command)
             )
+            self._report_waiting()
+            start = log_size(self.log_path(step.name))
             started = time.monotonic()
             remote = self.remote if step.where == "dask" else None
             try:
@@ -490,6 +519,7 @@ class _Runner:
                 )
             except CommandFailed as exc:
                 elapsed = time.monotonic() - started
+                await self._show_output(step, start)
                 if exc.retryable and policy is not None and attempt < policy.attempts:
                     detail = f"{exc}; retrying in {policy.delay(attempt):g}s"
                     self.reporter.step_finished(
@@ -497,15 +527,20 @@ class _Runner:
                     )
                 else:
                     self.statuses[step.name] = "failed"
+                    self.busy.discard(step.name)
+                    status = IGNORED if step.continue_on_error else "failed"
                     self.reporter.step_finished(
-                        step.name, "failed", detail=str(exc), elapsed=elapsed
+                        step.name, status, detail=str(exc), elapsed=elapsed
                     )
                 raise
             except anyio.get_cancelled_exc_class():
                 elapsed = time.monotonic() - started
+                self.busy.discard(step.name)
                 self.reporter.step_finished(step.name, "cancelled", detail="", elapsed=elapsed)
                 raise
+            await self._show_output(step, start)
             self.statuses[step.name] = "succeeded"
+            self.busy.discard(step.name)
             self.reporter.step_finished(
                 step.name, "succeeded", detail="", elapsed=time.monotonic() - started
             )
@@ -858,6 +893,7 @@ async def execute_file(
                             fail_fast=not options.keep_going,
                             store=store,
                             run_id=run_id,
+                            on_progress=runner.progress,
                         )
                     except (
                         trioflow.WorkflowShapeChangedError,

@@ -20,8 +20,7 @@ from typing import Any
 
 import anyio
 
-import trioflow
-import trioflow.lifecycle
+import trioflow  # trioflow.lifecycle loads on first use: `trioflow runs` never does
 
 from ._render import print_json
 from ._run import EXIT_FAILED, EXIT_OK, UsageError

@@ -51,6 +51,7 @@ _STEP_KEYS: Final = (
     "sources",
     "generates",
     "matrix",
+    "show_output",
 )
 WHERE: Final = ("local", "dask")
 """Where a step's command may run: on this machine, or on a worker of ``--dask``'s cluster."""
@@ -106,6 +107,8 @@ class StepSpec:
             step to be up to date.
         matrix: This step's values of its ``matrix`` (key -> value), empty for a plain step.
         group: The name written in the file (``test`` for ``test[python=3.12]``).
+        show_output: Whether the step's output is printed after each attempt ends (as with
+            ``trioflow run --show-output``), not only written to its log.
     """
 
     name: str
@@ -126,6 +129,7 @@ class StepSpec:
     generates: tuple[str, ...] = ()
     matrix: Mapping[str, str] = attrs.field(factory=dict)
     group: str = ""
+    show_output: bool = False
 
     @property
     def is_shell(self) -> bool:
@@ -678,7 +682,7 @@ class _Checker:
             self.no_nul(cwd, f"{where}.cwd")
 
         flags: dict[str, bool] = {}
-        for flag in ("exclusive", "continue_on_error"):
+        for flag in ("exclusive", "continue_on_error", "show_output"):
             value = table.get(flag, False)
             if not isinstance(value, bool):
                 self.fail(f"{where}.{flag}", f"expected true or false, got {_describe(value)}")
@@ -717,6 +721,7 @@ class _Checker:
             where=runs_on,
             sources=globs["sources"],
             generates=globs["generates"],
+            show_output=flags["show_output"],
         )
 
     def env_table(self, env: object, where: str) -> dict[str, str]:

@@ -384,3 +384,67 @@ def tail(path: Path, lines: int) -> list[str]:
     except OSError:
         return []
     return data.decode("utf-8", "replace").splitlines()[-lines:]
+
+
+def log_size(path: Path) -> int:
+    """Return how many bytes a log file holds now (0 if it does not exist).
+
+    Args:
+        path: The log file.
+
+    Returns:
+        Its size: where the next attempt's output starts.
+    """
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def attempt_output(path: Path, start: int) -> list[str]:
+    """Return the output of the attempt written to a log file from ``start`` on.
+
+    Args:
+        path: The log file.
+        start: Its size before the attempt (:func:`log_size`).
+
+    Returns:
+        The command's lines, without trioflow's header and footer lines; empty if there are
+        none or the file cannot be read.
+    """
+    try:
+        with path.open("rb") as log:
+            log.seek(start)
+            data = log.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if lines and lines[0].startswith("--- "):
+        lines = lines[1:]  # "--- <time> attempt N: <command>"
+    if lines and lines[-1].startswith("--- "):
+        lines = lines[:-1]  # "--- exit status 0", "--- timed out after 2s: ..."
+    return lines
+
+
+def last_output_line(path: Path) -> str:
+    """Return the last line a running command wrote to its log, for the live view.
+
+    Args:
+        path: The log file.
+
+    Returns:
+        The line (stripped), or ``""`` when the command wrote nothing yet since its header
+        (or the file cannot be read).
+    """
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            size = log.tell()
+            log.seek(max(0, size - 4096))
+            data = log.read()
+    except OSError:
+        return ""
+    for line in reversed(data.decode("utf-8", "replace").splitlines()):
+        if line.strip():
+            return "" if line.startswith("--- ") else line.strip()
+    return ""

@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
 
 import anyio
 
 import trioflow
-from trioflow.cli._render import PlainReporter, QuietOnError
+from trioflow.cli._render import IGNORED, PlainReporter, QuietOnError
 from trioflow.cli._run import (
     DEFAULT_STATE,
     RunOptions,
@@ -35,7 +35,7 @@ from ._progress import Progress, Report, open_progress
 
 __all__ = ("WorkflowFiles",)
 
-_FINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+_FINAL = frozenset({"succeeded", "failed", IGNORED, "skipped", "cancelled"})
 
 
 @final
@@ -65,6 +65,12 @@ class _ProgressReporter:
         if status in _FINAL:
             self._done += 1
         self._notify(f"{name}: {status}" + (f" ({detail})" if detail else ""))
+
+    def steps_waiting(self, names: Sequence[str]) -> None:
+        self._lines.steps_waiting(names)
+
+    def step_output(self, name: str, lines: Sequence[str]) -> None:
+        self._lines.step_output(name, lines)
 
     def message(self, text: str) -> None:
         self._lines.message(text)

@@ -21,7 +21,16 @@ from typing import Any, final
 import attrs
 from coredis.commands.script import Script
 
-from .. import RunOwner, RunRecord, RunStatus, StepRecord, StepStatus, StoredValue, StoreError
+from .. import (
+    RunLeasedError,
+    RunOwner,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    StoredValue,
+    StoreError,
+)
 from ._session import RedisStateError, Session
 
 __all__ = ("RedisStore",)
@@ -110,6 +119,18 @@ if current and cjson.decode(current)['token'] == ARGV[1] then redis.call('DEL', 
 return 1
 """
 
+# KEYS: head, steps, state, lease, runs list. ARGV: run id, a token whose lease may be deleted
+# (a dead owner's). Returns the holder's JSON when another owner holds the lease (nothing
+# deleted), else 1 when the run was deleted, 0 when there was none.
+_DELETE = """
+local current = redis.call('GET', KEYS[4])
+if current and cjson.decode(current)['token'] ~= ARGV[2] then return current end
+local found = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return found
+"""
+
 _SCRIPTS = {
     name: Script[str](script=text)
     for name, text in {
@@ -120,6 +141,7 @@ _SCRIPTS = {
         "begin": _BEGIN,
         "lease": _LEASE,
         "release": _RELEASE,
+        "delete": _DELETE,
     }.items()
 }
 
@@ -437,3 +459,36 @@ class RedisStore:
         args = [*_now(), status.value, repr(float(elapsed))]
         if not await self._run(f"finish run {run_id!r}", "finish", [self._key(run_id)], args):
             raise StoreError(f"workflow store in redis: run {run_id!r} was never begun")
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run with its steps, state and lease, unless a live owner holds its lease.
+
+        One atomic script; the lease of an owner on this host whose process is gone is
+        deleted with the run, in a second one that succeeds only if that owner still holds it.
+
+        Args:
+            run_id: The run's id.
+
+        Returns:
+            True when the run was deleted, False when there was no such run.
+
+        Raises:
+            RunLeasedError: A live owner holds the run's lease (it is running); nothing was
+                deleted.
+            StoreError: Redis could not be read or written.
+        """
+        keys = [self._key(run_id, p) for p in ("", "steps", "state", "lease")]
+        keys.append(self._redis.key("runs"))
+        what = f"delete run {run_id!r}"
+        found = await self._run(what, "delete", keys, [run_id, ""])
+        if isinstance(found, str):
+            try:
+                holder = _run_owner(found)
+            except _MALFORMED as exc:
+                raise self._malformed(run_id, exc) from exc
+            if holder.alive():
+                raise RunLeasedError(run_id, holder)
+            found = await self._run(what, "delete", keys, [run_id, holder.token])
+            if isinstance(found, str):  # another owner took the lease meanwhile
+                raise RunLeasedError(run_id, _run_owner(found))
+        return bool(found)
