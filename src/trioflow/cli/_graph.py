@@ -107,8 +107,8 @@ def plan(
     """
     waves = spec.waves()
     lines = [
-        f"workflow {spec.name!r}: {_count(len(spec.steps), 'step')} in "
-        f"{_count(len(waves), 'wave')} "
+        f"workflow {spec.name!r}: {count(len(spec.steps), 'step')} in "
+        f"{count(len(waves), 'wave')} "
         f"(max_parallel {max_parallel})"
     ]
     for number, wave in enumerate(waves, 1):
@@ -167,5 +167,6 @@ def plan_json(
     }
 
 
-def _count(n: int, word: str) -> str:
+def count(n: int, word: str) -> str:
+    """``"1 step"``, ``"3 steps"``: a number and its noun, in the singular for one."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"

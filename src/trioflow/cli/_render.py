@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 
 import attrs
 
+from ._graph import count
 from ._steps import last_output_line, tail
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ class PlainReporter:
         """Print the run's id and size."""
         self._start = time.monotonic()
         done = f", {resumed} already done" if resumed else ""
-        self._line(f"run {run_id}: workflow {workflow!r}, {total} steps{done}")
+        self._line(f"run {run_id}: workflow {workflow!r}, {count(total, 'step')}{done}")
 
     def step_started(self, name: str, *, attempt: int, command: str) -> None:
         """Print that a step started (with its command when verbose)."""
@@ -311,7 +312,7 @@ class LiveReporter:
 
         self._console.print(
             f"run [bold]{escape(run_id)}[/]: workflow {escape(repr(workflow))}, "
-            f"{total} steps{done}",
+            f"{count(total, 'step')}{done}",
             highlight=False,
         )
         self._live.start()
