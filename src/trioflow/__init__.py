@@ -44,6 +44,9 @@ from ._errors import WorkflowDefinitionError as WorkflowDefinitionError
 from ._errors import WorkflowShapeChangedError as WorkflowShapeChangedError
 from ._limits import Capacity as Capacity
 from ._limits import HealthSource as HealthSource
+from ._limits import SharedCapacity as SharedCapacity
+from ._limits import SharedLimits as SharedLimits
+from ._limits import SharedRateLimiter as SharedRateLimiter
 from ._limits import KeyedPoolStatistics as KeyedPoolStatistics
 from ._limits import PoolStatistics as PoolStatistics
 from ._limits import ResourceManager as ResourceManager
@@ -122,6 +125,9 @@ __all__ = (
     "Slot",
     "Capacity",
     "HealthSource",
+    "SharedLimits",
+    "SharedCapacity",
+    "SharedRateLimiter",
     "RetryPolicy",
     "WorkOptions",
     # pools of objects

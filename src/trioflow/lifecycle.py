@@ -18,6 +18,7 @@ from ._lifecycle._config import OrchestrationConfig as OrchestrationConfig
 from ._lifecycle._config import RateLimitConfig as RateLimitConfig
 from ._lifecycle._config import RateLimitsConfig as RateLimitsConfig
 from ._lifecycle._config import RetryConfig as RetryConfig
+from ._lifecycle._config import SharedConfig as SharedConfig
 from ._lifecycle._config import load_config as load_config
 from ._lifecycle._coordinator import Coordinator as Coordinator
 from ._lifecycle._coordinator import CoordinatorStatistics as CoordinatorStatistics
@@ -85,6 +86,7 @@ __all__ = (
     "RateLimitConfig",
     "RateLimitsConfig",
     "RetryConfig",
+    "SharedConfig",
     "load_config",
     # request state, persisted
     "RequestRecord",

@@ -28,6 +28,7 @@ import coredis
 import coredis.exceptions
 
 from .._errors import TrioflowError
+from ..lifecycle import ErrorCategory
 
 __all__ = ("RedisStateError", "Session", "ping", "translate")
 
@@ -42,8 +43,11 @@ class RedisStateError(TrioflowError):
     """Redis could not be reached, did not answer in time, or refused a command.
 
     Shared limits raise it from the operation that needed Redis; nothing is held when it is
-    raised. The store raises ``trioflow.StoreError`` instead, caused by this error.
+    raised. The store raises ``trioflow.StoreError`` instead, caused by this error. A request
+    that a coordinator could not admit for it fails with the category ``dependency``.
     """
+
+    error_category = ErrorCategory.DEPENDENCY
 
 
 def translate(what: str, exc: Exception) -> RedisStateError:
@@ -207,6 +211,16 @@ class Session:
             wake: Called in the subscriber's task; it must not block.
         """
         self._wakers[name] = wake
+
+    def off_wake(self, name: str, wake: Callable[[], None]) -> None:
+        """Stop calling ``wake()`` for ``name`` (if it is still the one registered).
+
+        Args:
+            name: What is published.
+            wake: What :meth:`on_wake` was given.
+        """
+        if self._wakers.get(name) == wake:
+            del self._wakers[name]
 
     async def publish_wake(self, name: str) -> None:
         """Tell every process (this one too) that ``name`` has a slot free.
