@@ -82,9 +82,7 @@ def test_a_section_loads_exactly_when_every_key_is_valid(url: Any, name: Any, le
     )
     name_ok = isinstance(name, str) and bool(name) and name == name.strip()
     lease_ok = (
-        not isinstance(lease, bool)
-        and isinstance(lease, int | float)
-        and 0 < lease < float("inf")
+        not isinstance(lease, bool) and isinstance(lease, int | float) and 0 < lease < float("inf")
     )
     section = {"url": url, "name": name, "lease": lease}
     if url_ok and name_ok and lease_ok:
