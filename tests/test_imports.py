@@ -314,8 +314,9 @@ def _loaded_by_name(module: str) -> set[str]:
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             target = node.args[0].value
-            loads = name in ("import_module", "__import__") and isinstance(target, str)
-            if loads and _integration(target) is not None:
+            if not isinstance(target, str) or name not in ("import_module", "__import__"):
+                continue
+            if _integration(target) is not None:
                 found.add(target)
     return found
 
