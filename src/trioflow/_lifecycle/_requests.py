@@ -852,6 +852,11 @@ class _Pending:
         self.written = -math.inf  # when last written, on the event loop's clock
 
 
+def _plain(text: str) -> str:
+    # A str subclass (a RequestKind, a StrEnum member) is stored as its plain value.
+    return text if type(text) is str else str.__str__(text)
+
+
 def _reason(result: ProcessingResult | None) -> str | None:
     error = None if result is None else result.error
     if error is None:
@@ -947,12 +952,13 @@ class Recorder:
         updated = max(entry.created, time.time() - anyio.current_time() + changed)
         state = request.state
         expiry = self._expiry
+        kind = request.kind
         return (
-            request.id,
+            _plain(request.id),
             state.value,
-            request.user_id,
-            request.source,
-            request.kind,
+            _plain(request.user_id),
+            _plain(request.source),
+            None if kind is None else _plain(kind),
             _stages_json(tuple(request.results)),
             None if category is None else category.value,
             reason,
