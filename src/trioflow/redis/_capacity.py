@@ -17,7 +17,6 @@ slot granted in the same instant is given back, before the cancellation goes on.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 from types import TracebackType
@@ -191,6 +190,7 @@ class RedisCapacity:
     """
 
     __slots__ = (
+        "_giving_back",
         "_held",
         "_keys",
         "_lease_ms",
@@ -212,6 +212,7 @@ class RedisCapacity:
         self._redis = redis
         self._keys = tuple(redis.key("cap", name, part) for part in ("h", "w", "e", "seq"))
         self._held: dict[object, str] = {}
+        self._giving_back: list[str] = []  # holders given back, not sent yet
         self._waiting = 0
         self._lost = 0
         self._renewing = False
@@ -355,10 +356,17 @@ class RedisCapacity:
         holder = self._held.pop(borrower, None)
         if holder is None:
             raise RuntimeError(f"{borrower!r} holds no slot of capacity {self._name!r}")
-        self._redis.send_soon(
-            f"give back a slot of capacity {self._name!r}",
-            functools.partial(self._release, holder),
-        )
+        # Slots given back while the last give-back is on its way go together, in one script:
+        # a caller that takes and gives back faster than one round trip never outruns them.
+        self._giving_back.append(holder)
+        if len(self._giving_back) == 1:
+            self._redis.send_soon(
+                f"give back slots of capacity {self._name!r}", self._send_given_back
+            )
+
+    async def _send_given_back(self) -> None:
+        holders, self._giving_back = self._giving_back, []
+        await self._release(*holders)
 
     async def __aenter__(self) -> None:
         await self.acquire_on_behalf_of(anyio.get_current_task().id)
