@@ -351,3 +351,17 @@ def test_import_trioflow_loads_no_redis_client() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+async def test_slots_given_back_faster_than_a_round_trip_never_pile_up(redis_url: str) -> None:
+    # One request after the other: each gives its two slots back (in the background) as the
+    # next one asks for its own. The give-backs must keep up, or the global slots run out.
+    async with trioflow.redis.connect(redis_url) as redis:
+        users = redis.keyed_capacity("users", total=2, lease=10)
+        everyone = redis.keyed_capacity("all", total=10, lease=10)
+        for i in range(300):
+            borrower = object()
+            assert await users.try_acquire(f"user{i % 7}", borrower)
+            assert await everyone.try_acquire("all", borrower), f"full at request {i}"
+            everyone.release("all", borrower)
+            users.release(f"user{i % 7}", borrower)
