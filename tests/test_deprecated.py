@@ -95,6 +95,7 @@ _NEW_IN_LIFECYCLE = (
     "RequestStore",
     "MemoryRequestStore",
     "SQLiteRequestStore",
+    "SharedConfig",
 )
 
 
