@@ -365,3 +365,23 @@ async def test_slots_given_back_faster_than_a_round_trip_never_pile_up(redis_url
             assert await everyone.try_acquire("all", borrower), f"full at request {i}"
             everyone.release("all", borrower)
             users.release(f"user{i % 7}", borrower)
+
+
+async def test_an_idle_users_keys_expire_in_redis(redis_url: str) -> None:
+    async with trioflow.redis.connect(redis_url) as redis:
+        users = redis.keyed_capacity("idle", total=1, lease=1)
+        async with anyio.create_task_group() as tg:
+            await users.acquire("alice", "a")
+            tg.start_soon(users.acquire, "alice", "b")  # queued: waiter keys are written
+            await until(lambda: users.keys == 1)
+            await anyio.sleep(0.05)
+            users.release("alice", "a")
+        users.release("alice", "b")
+        assert users.keys == 0
+        with anyio.fail_after(10):  # the give-back is sent in the background
+            while await redis.client.exists([redis.key("cap", "idle:alice", "h")]):
+                await anyio.sleep(0.01)
+        found = [k async for k in redis.client.scan_iter(match=redis.key("cap", "idle:alice*"))]
+        assert found  # the queue's keys...
+        for key in found:  # ...expire within two leases: nothing idle stays in Redis
+            assert 0 < await redis.client.pttl(key) <= 2000

@@ -425,6 +425,9 @@ class RedisCapacity:
         )
 
 
+_IDLE_KEYS = 64  # idle keys' capacities kept for reuse, per keyed capacity
+
+
 @final
 class _Key:
     __slots__ = ("capacity", "users")
@@ -452,8 +455,8 @@ class RedisKeyedCapacity:
 
     A key's capacity is made when a borrower first asks for it and dropped (with its
     heartbeat and its wake-up handler) once no borrower of this process holds or waits for
-    it; in Redis, a key nobody holds or waits for expires within two leases. Memory stays
-    bounded by the keys in use.
+    it (the last 64 idle ones are kept for reuse); in Redis, a key nobody holds or waits for
+    expires within two leases. Memory stays bounded by the keys in use.
 
     Args:
         redis: The connection.
@@ -466,7 +469,7 @@ class RedisKeyedCapacity:
         ValueError: ``total`` is below 1, or ``lease`` is not > 0.
     """
 
-    __slots__ = ("_keys", "_name", "_redis", "_total", "lease")
+    __slots__ = ("_idle", "_keys", "_name", "_redis", "_total", "lease")
 
     def __init__(self, redis: Session, name: str, *, total: int, lease: float) -> None:
         self._total = check_int(total, "total", minimum=1)
@@ -474,6 +477,7 @@ class RedisKeyedCapacity:
         self._name = name
         self._redis = redis
         self._keys: dict[str, _Key] = {}
+        self._idle: dict[str, _Key] = {}  # keys nobody here holds or waits for, oldest first
 
     def __repr__(self) -> str:
         return f"RedisKeyedCapacity({self._name!r}, total={self._total}, lease={self.lease:g})"
@@ -498,10 +502,13 @@ class RedisKeyedCapacity:
             raise TypeError(f"key must be a str, got {type(key).__name__}")
         entry = self._keys.get(key)
         if entry is None:
-            made = RedisCapacity(
-                self._redis, f"{self._name}:{key}", total=self._total, lease=self.lease
-            )
-            entry = self._keys[key] = _Key(made)
+            entry = self._idle.pop(key, None)
+            if entry is None:
+                made = RedisCapacity(
+                    self._redis, f"{self._name}:{key}", total=self._total, lease=self.lease
+                )
+                entry = _Key(made)
+            self._keys[key] = entry
         entry.users += 1
         return entry.capacity
 
@@ -510,7 +517,13 @@ class RedisKeyedCapacity:
         entry.users -= 1
         if not entry.users:
             del self._keys[key]
-            self._redis.off_wake(entry.capacity.name, entry.capacity._wake)
+            # The last few idle keys are kept (with their heartbeat, which ends by itself once
+            # nothing is held): a user who comes back soon costs no new capacity and task.
+            self._idle[key] = entry
+            if len(self._idle) > _IDLE_KEYS:
+                oldest = next(iter(self._idle))
+                dropped = self._idle.pop(oldest).capacity
+                self._redis.off_wake(dropped.name, dropped._wake)
 
     async def try_acquire(self, key: str, borrower: object) -> bool:
         """Take a slot of ``key`` for ``borrower`` if one is free now (one round trip).
