@@ -104,6 +104,7 @@ _NEW_IN_LIFECYCLE = (
     "QueueDepthAlertConfig",
     "FailureRatioAlertConfig",
     "HealthAlertConfig",
+    "SharedConfig",
 )
 
 

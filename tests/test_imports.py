@@ -73,6 +73,11 @@ IMPORTS_INTEGRATIONS = {
     # and trioflow.telemetry, given --trace
     f"{PACKAGE}.cli._remote",  # trioflow.dask: the steps it runs on the workers
 }
+# The core may load an integration's public module by name (``importlib.import_module``, an
+# edge the graph above does not see: the integration imports the public API, which is above
+# the core) in these places only, on use: the coordinator's admission connects to the Redis
+# that ``config.shared.url`` names when no ``shared=`` limits were given.
+LOADS_INTEGRATIONS_BY_NAME = {f"{PACKAGE}._lifecycle._admission": {f"{PACKAGE}.redis"}}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -310,6 +315,30 @@ def test_the_floor_rules_catch_what_they_should() -> None:
     assert _violation(f"{p}.telemetry", f"{p}._telemetry") is None
 
 
+def _loaded_by_name(module: str) -> set[str]:
+    """The integrations ``module`` loads with ``import_module("trioflow.<integration>...")``."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            target = node.args[0].value
+            if not isinstance(target, str) or name not in ("import_module", "__import__"):
+                continue
+            if _integration(target) is not None:
+                found.add(target)
+    return found
+
+
+def test_the_core_loads_integrations_by_name_only_where_allowed() -> None:
+    loaded = {
+        module: targets
+        for module in MODULES
+        if _integration(module) is None and (targets := _loaded_by_name(module))
+    }
+    assert loaded == LOADS_INTEGRATIONS_BY_NAME
+
+
 def test_floors_only_point_down() -> None:
     wrong = [
         f"{source} -> {target}: {why}"
@@ -372,7 +401,7 @@ def test_import_trioflow_loads_no_integration_library() -> None:
         import sys
         import trioflow, trioflow.lifecycle, trioflow.cli
         from trioflow.cli import _app
-        heavy = ("mcp", "mcp_types", "hypercorn", "starlette", "opentelemetry")
+        heavy = ("mcp", "mcp_types", "hypercorn", "starlette", "opentelemetry", "coredis")
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
         assert not loaded, loaded
         print("ok")

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from ._limits import ResourceManager as ResourceManager
     from ._limits import ResourceManagerEvent as ResourceManagerEvent
     from ._limits import ResourceManagerStatistics as ResourceManagerStatistics
+    from ._limits import SharedCapacity as SharedCapacity
+    from ._limits import SharedLimits as SharedLimits
+    from ._limits import SharedRateLimiter as SharedRateLimiter
     from ._limits import Slot as Slot
     from ._limits import SlotReleased as SlotReleased
     from ._options import WorkOptions as WorkOptions
@@ -138,6 +141,9 @@ __all__ = (
     "ResourceManagerEvent",
     "Capacity",
     "HealthSource",
+    "SharedLimits",
+    "SharedCapacity",
+    "SharedRateLimiter",
     "RetryPolicy",
     "RetryEvent",
     "WorkOptions",
@@ -246,6 +252,9 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "LimitChanged",
         "ResourceManagerEvent",
         "SlotReleased",
+        "SharedCapacity",
+        "SharedLimits",
+        "SharedRateLimiter",
     ),
     "._options": ("WorkOptions",),
     "._pool": ("ObjectPoolEvent", "ObjectPoolStatistics", "Pool"),

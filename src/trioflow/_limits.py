@@ -42,6 +42,9 @@ __all__ = (
     "ResourceManager",
     "ResourceManagerEvent",
     "ResourceManagerStatistics",
+    "SharedCapacity",
+    "SharedLimits",
+    "SharedRateLimiter",
     "Slot",
     "SlotReleased",
 )
@@ -105,6 +108,87 @@ class Capacity(Protocol):
 
     def release_on_behalf_of(self, borrower: object) -> None:
         """Give back ``borrower``'s token (synchronously; a shared one may send it later)."""
+        ...
+
+
+@runtime_checkable
+class SharedCapacity(Protocol):
+    """Capacities kept outside this process, one per key, each shared by every process.
+
+    What :meth:`SharedLimits.keyed_capacity` returns: at most :attr:`total_tokens` slots of
+    one key held at once, over every process that uses the same name. A held slot is a lease
+    that the holder renews while it lives, so a process that dies frees its slots; a key
+    nobody holds or waits for costs nothing (here, nor where the slots are kept).
+    """
+
+    @property
+    def total_tokens(self) -> float:
+        """The most slots of one key held at once, by all processes."""
+        ...
+
+    @property
+    def keys(self) -> int:
+        """Keys this process holds or waits for a slot of."""
+        ...
+
+    async def try_acquire(self, key: str, borrower: object) -> bool:
+        """Take a slot of ``key`` for ``borrower`` if one is free now (never waits in line).
+
+        Returns:
+            Whether the slot was taken.
+        """
+        ...
+
+    async def acquire(self, key: str, borrower: object) -> None:
+        """Take a slot of ``key`` for ``borrower``, waiting in line; cancelled, take none."""
+        ...
+
+    def release(self, key: str, borrower: object) -> None:
+        """Give back ``borrower``'s slot of ``key`` (synchronously; it may be sent later)."""
+        ...
+
+
+@runtime_checkable
+class SharedRateLimiter(Protocol):
+    """Token buckets kept outside this process, one per key, each shared by every process.
+
+    What :meth:`SharedLimits.keyed_rate_limiter` returns: the shared counterpart of
+    :class:`~trioflow.KeyedRateLimiter`, whose checks are round trips (so asynchronous).
+    """
+
+    async def try_acquire(self, key: Hashable, n: float = 1) -> bool:
+        """Take ``n`` tokens of ``key``'s bucket if it has them now; never waits."""
+        ...
+
+    async def acquire(self, key: Hashable, n: float = 1) -> None:
+        """Take ``n`` tokens of ``key``'s bucket, waiting until it has them."""
+        ...
+
+
+@runtime_checkable
+class SharedLimits(Protocol):
+    """Limits that several processes share, e.g. ``trioflow.redis.connect(url)``'s connection.
+
+    A coordinator given one (``open_coordinator(..., shared=...)``, or through
+    ``config.shared.url``) admits requests within limits shared by every coordinator that
+    uses the same limits and names: the global and per-user limits become
+    :class:`SharedCapacity` slots and the rate limits :class:`SharedRateLimiter` buckets.
+    """
+
+    def keyed_capacity(self, name: str, *, total: int, lease: float) -> SharedCapacity:
+        """Return the shared capacities ``name``: ``total`` slots per key, ``lease`` s leases."""
+        ...
+
+    def keyed_rate_limiter(
+        self,
+        name: str,
+        *,
+        rate: float,
+        burst: float,
+        limits: Mapping[Hashable, tuple[float, float]] | None = None,
+        classify: Callable[[Hashable], Hashable] | None = None,
+    ) -> SharedRateLimiter:
+        """Return the shared token buckets ``name``, one per key (``limits`` per key class)."""
         ...
 
 

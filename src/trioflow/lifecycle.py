@@ -27,6 +27,7 @@ from ._lifecycle._config import QueueDepthAlertConfig as QueueDepthAlertConfig
 from ._lifecycle._config import RateLimitConfig as RateLimitConfig
 from ._lifecycle._config import RateLimitsConfig as RateLimitsConfig
 from ._lifecycle._config import RetryConfig as RetryConfig
+from ._lifecycle._config import SharedConfig as SharedConfig
 from ._lifecycle._config import load_config as load_config
 from ._lifecycle._coordinator import Coordinator as Coordinator
 from ._lifecycle._coordinator import CoordinatorStatistics as CoordinatorStatistics
@@ -94,6 +95,7 @@ __all__ = (
     "RateLimitConfig",
     "RateLimitsConfig",
     "RetryConfig",
+    "SharedConfig",
     "load_config",
     # request state, persisted
     "RequestRecord",

@@ -8,28 +8,48 @@ or waiting), which the manager takes first, so that one busy user waiting for th
 never holds global ones. Every step is tried at once first; only a step that must wait makes
 the request count as waiting (the queue depth), and a request that would wait beyond
 ``max_queue_depth`` is refused.
+
+Shared by several processes (``config.shared.url``, or ``open_coordinator(..., shared=...)``):
+the same checks in the same order, on :class:`~trioflow.SharedLimits` instead: the rate limits
+are shared token buckets, the per-user limit one shared capacity per user (made on use, dropped
+when idle) and the global limit one shared capacity, each taken first by a single round trip
+that never waits in line, and only when that fails by waiting (so the queue depth still counts
+only the requests that wait). Shared slots are served first come, first served over all
+processes: ``Request.priority`` and ``priority_aging`` are not honoured then. ``waiting``,
+``throttled`` and ``users`` count this process's requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Callable, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, final
 
 import anyio
 
-from .._errors import ResourceExhaustedError
-from .._limits import HealthSource, ResourceManager, Slot
+from .._errors import ConfigError, ResourceExhaustedError
+from .._limits import (
+    HealthSource,
+    ResourceManager,
+    SharedCapacity,
+    SharedLimits,
+    SharedRateLimiter,
+    Slot,
+)
 from .._resilience._ratelimit import KeyedRateLimiter
-from ._config import OrchestrationConfig
+from ._config import OrchestrationConfig, SharedConfig
 from ._request import Request
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-__all__ = ("Admission", "CancelRequested", "Ticket")
+__all__ = ("Admission", "CancelRequested", "Ticket", "connect_shared")
 
 _WouldBlock = anyio.WouldBlock
 _USER = "user"
+_EVERYONE = "all"  # the one key of the shared global capacity
 
 
 class CancelRequested(Exception):
@@ -53,7 +73,12 @@ class Ticket:
 class Admission:
     """The limits a request passes before it is processed, and their counters."""
 
-    def __init__(self, config: OrchestrationConfig, health: HealthSource | None) -> None:
+    def __init__(
+        self,
+        config: OrchestrationConfig,
+        health: HealthSource | None,
+        shared: SharedLimits | None = None,
+    ) -> None:
         self._config = config
         self._health = health
         self._wait_when_unhealthy = config.health.when_unhealthy == "wait"
@@ -64,20 +89,45 @@ class Admission:
             health=health if self._wait_when_unhealthy else None,
             aging=config.priority_aging,
         )
+        self._shared = shared
+        self._everyone: SharedCapacity | None = None
+        self._users: SharedCapacity | None = None
         limits = config.rate_limits
-        self._user_rate: KeyedRateLimiter[str] | None = None
+        user_rate = None
         if limits.per_user is not None:
-            self._user_rate = KeyedRateLimiter(
-                rate=limits.per_user.per_second, burst=limits.per_user.capacity
+            user_rate = (limits.per_user.per_second, limits.per_user.capacity)
+        sources: dict[Hashable, tuple[float, float]] = {
+            s: (c.per_second, c.capacity) for s, c in limits.per_source.items()
+        }
+        self._user_rate: KeyedRateLimiter[str] | SharedRateLimiter | None = None
+        self._source_rate: KeyedRateLimiter[str] | SharedRateLimiter | None = None
+        if shared is None:
+            if user_rate is not None:
+                self._user_rate = KeyedRateLimiter(rate=user_rate[0], burst=user_rate[1])
+            if sources:
+                self._source_rate = KeyedRateLimiter(
+                    rate=1.0, burst=1.0, limits=sources, classify=lambda source: source
+                )
+        else:
+            name, lease = config.shared.name, config.shared.lease
+            self._everyone = shared.keyed_capacity(
+                f"{name}:admission", total=config.max_concurrency, lease=lease
             )
-        self._source_rate: KeyedRateLimiter[str] | None = None
-        if limits.per_source:
-            self._source_rate = KeyedRateLimiter(
-                rate=1.0,
-                burst=1.0,
-                limits={s: (c.per_second, c.capacity) for s, c in limits.per_source.items()},
-                classify=lambda source: source,
+            self._users = shared.keyed_capacity(
+                f"{name}:user", total=config.per_user_limit, lease=lease
             )
+            if user_rate is not None:
+                self._user_rate = shared.keyed_rate_limiter(
+                    f"{name}:user-rate", rate=user_rate[0], burst=user_rate[1]
+                )
+            if sources:
+                self._source_rate = shared.keyed_rate_limiter(
+                    f"{name}:source-rate",
+                    rate=1.0,
+                    burst=1.0,
+                    limits=sources,
+                    classify=lambda source: source,
+                )
         self._rate_limited = self._user_rate is not None or self._source_rate is not None
         self._wait_when_limited = limits.when_limited == "wait"
         self.waiting = 0
@@ -87,21 +137,26 @@ class Admission:
 
     @property
     def users(self) -> int:
-        """Users with a request waiting for or holding a per-user slot."""
+        """Users with a request waiting for or holding a per-user slot (in this process)."""
+        if self._users is not None:
+            return self._users.keys
         return self._slots.statistics().keyed[_USER].keys
 
-    def slot(self, request: Request) -> Slot:
+    def slot(self, request: Request) -> Slot | SharedSlot:
         """Return the request's slot (its user's token and a global one), not yet acquired.
 
         A request that has to wait is served by its ``priority`` (larger first; equal ones
-        first come, first served), for its user's token and the global one alike.
+        first come, first served), for its user's token and the global one alike; shared
+        slots are served first come, first served.
         """
+        if self._everyone is not None and self._users is not None:
+            return SharedSlot(self, self._everyone, self._users, request.user_id)
         return self._slots.slot(keys={_USER: request.user_id}, priority=request.priority)
 
-    def try_now(self, slot: Slot) -> bool:
+    def try_now(self, slot: Slot | SharedSlot) -> bool:
         """Acquire the slot if nothing has to wait; else take nothing."""
-        if self._rate_limited:
-            return False
+        if self._rate_limited or isinstance(slot, SharedSlot):
+            return False  # a shared limit is known only by a round trip
         health = self._health
         if health is not None and not health.healthy:
             return False
@@ -111,7 +166,9 @@ class Admission:
             return False
         return True
 
-    async def wait(self, request: Request, slot: Slot, deadline: float, ticket: Ticket) -> None:
+    async def wait(
+        self, request: Request, slot: Slot | SharedSlot, deadline: float, ticket: Ticket
+    ) -> None:
         """Wait for admission until the deadline; hold nothing on any exception.
 
         The slot gives back whatever it took when its acquisition fails or is cancelled.
@@ -176,7 +233,10 @@ class Admission:
                 continue
             if what == "source" and key not in self._config.rate_limits.per_source:
                 continue
-            if limiter.try_acquire(key):
+            taken = limiter.try_acquire(key)
+            if not isinstance(taken, bool):  # a shared limiter: a round trip
+                taken = await taken
+            if taken:
                 continue
             if not self._wait_when_limited:
                 self.throttled += 1
@@ -185,3 +245,111 @@ class Admission:
                 )
             must_wait()
             await limiter.acquire(key)
+
+
+@final
+class SharedSlot:
+    """A request's per-user and global slots in shared capacities (this object borrows both).
+
+    Used as :class:`~trioflow.Slot` is by the coordinator: :meth:`acquire`, then
+    :meth:`release`. The user's slot is taken first, so that a user waiting for their own
+    slot holds no global one; a slot is first asked for without waiting in line (one round
+    trip) and only waited for, counted by ``on_wait``, when that fails.
+    """
+
+    __slots__ = ("_admission", "_everyone", "_held", "_user", "_users")
+
+    def __init__(
+        self,
+        admission: Admission,
+        everyone: SharedCapacity,
+        users: SharedCapacity,
+        user: str,
+    ) -> None:
+        self._admission = admission
+        self._everyone = everyone
+        self._users = users
+        self._user = user
+        self._held = 0  # 1: the user's slot; 2: the global one as well
+
+    async def acquire(self, *, on_wait: Callable[[], object]) -> None:
+        """Take the user's slot, then a global one; on any exception hold neither.
+
+        Args:
+            on_wait: Called before each wait (for health or a slot); an exception it raises
+                refuses the request, holding nothing.
+
+        Raises:
+            Exception: What the shared capacities raise (e.g. Redis unreachable), holding
+                nothing.
+        """
+        admission = self._admission
+        health = admission._health
+        if health is not None and admission._wait_when_unhealthy and not health.healthy:
+            on_wait()
+            await health.wait_healthy()
+        await self._take(self._users, self._user, on_wait)
+        self._held = 1
+        try:
+            await self._take(self._everyone, _EVERYONE, on_wait)
+        except BaseException:
+            self._held = 0
+            self._users.release(self._user, self)
+            raise
+        self._held = 2
+
+    async def _take(
+        self, capacity: SharedCapacity, key: str, on_wait: Callable[[], object]
+    ) -> None:
+        if not await capacity.try_acquire(key, self):
+            on_wait()
+            await capacity.acquire(key, self)
+
+    def release(self, error: BaseException | None = None) -> None:
+        """Give back both slots (the writes are sent in the background).
+
+        Args:
+            error: What the work raised (unused: shared slots keep no counts).
+        """
+        if self._held == 2:
+            self._held = 0
+            try:
+                self._everyone.release(_EVERYONE, self)
+            finally:
+                self._users.release(self._user, self)
+
+
+@contextlib.asynccontextmanager
+async def connect_shared(config: SharedConfig) -> AsyncIterator[SharedLimits]:
+    """Connect to the Redis that ``config.url`` names, for one ``async with`` block.
+
+    The one place the core loads an integration: by name, on use, only when a configuration
+    names a Redis URL and no :class:`~trioflow.SharedLimits` was given (``trioflow.redis``
+    imports the public API, which is above this floor; tests/test_imports.py allows this one).
+
+    Args:
+        config: The ``shared`` section, with its ``url`` set.
+
+    Yields:
+        The connection.
+
+    Raises:
+        ConfigError: The Redis client is not installed.
+        trioflow.redis.RedisStateError: Redis cannot be reached.
+    """
+    assert config.url is not None
+    try:
+        redis = importlib.import_module("trioflow.redis")
+    except ImportError as exc:
+        raise ConfigError(
+            [
+                (
+                    "shared.url",
+                    "a Redis URL needs the Redis client: pip install 'trioflow[redis]' "
+                    f"({type(exc).__name__}: {exc})",
+                )
+            ]
+        ) from exc
+    connect: Callable[[str], AbstractAsyncContextManager[SharedLimits]] = redis.connect
+    async with connect(config.url) as connection:
+        yield connection

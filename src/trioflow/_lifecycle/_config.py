@@ -59,6 +59,7 @@ __all__ = (
     "RateLimitConfig",
     "RateLimitsConfig",
     "RetryConfig",
+    "SharedConfig",
     "load_config",
 )
 
@@ -350,6 +351,54 @@ class HealthConfig:
         validate(self)
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.startswith(_REDIS_SCHEMES):
+        return (
+            "must be a redis://, rediss:// or unix:// URL, e.g. 'redis://127.0.0.1:6379/0', "
+            f"got {describe(value)}"
+        )
+    return None
+
+
+def _key_name(value: Any) -> str | None:
+    if not isinstance(value, str) or not value or value != value.strip():
+        return f"must be a non-empty string without surrounding spaces, got {describe(value)}"
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class SharedConfig:
+    """One admission shared by several coordinator processes, through Redis.
+
+    With ``url`` set, :func:`~trioflow.lifecycle.open_coordinator` connects to that Redis for
+    the coordinator's lifetime (``pip install 'trioflow[redis]'``), and every coordinator with
+    the same ``url`` and ``name`` shares ``max_concurrency``, ``per_user_limit`` and the rate
+    limits: each is counted once over all of them, not once per process (see
+    ``docs/instances.md``).
+
+    Args:
+        url: ``redis://[:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
+            ``unix:///path?db=0``; ``None`` (the default) keeps every limit in the process.
+        name: What the limits' keys in Redis are named after, so that two services sharing
+            one Redis do not share limits: a non-empty string.
+        lease: Seconds a held slot lives unless its process renews it (every third of that);
+            the slots of a process that dies come back within one lease. A duration > 0.
+
+    Raises:
+        ConfigError: Listing every field out of range.
+    """
+
+    url: str | None = field(None, check=optional(_redis_url))
+    name: str = field("coordinator", check=_key_name)
+    lease: float = field(10.0, check=number_at_least(0, strict=True), duration="required")
+
+    def __attrs_post_init__(self) -> None:
+        validate(self)
+
+
 # --- alerts ---------------------------------------------------------------------------------
 # An alert fires when its value reaches the threshold and clears when the value is back at or
 # below clear_at; by default clear_at is this fraction of the threshold, so a value hovering at
@@ -498,6 +547,7 @@ class AlertsConfig:
 _RETRY = instance_of(RetryConfig)
 _RATE_LIMITS = instance_of(RateLimitsConfig)
 _HEALTH = instance_of(HealthConfig)
+_SHARED = instance_of(SharedConfig)
 
 
 def _default_pools() -> Mapping[str, int]:
@@ -535,6 +585,8 @@ class OrchestrationConfig:
         retry_policies: More retry policies by operation type (``"llm"``, ``"tool"``, ...),
             for stages of that operation (``Stage(..., operation="llm")``).
         rate_limits: Per-user and per-source rate limits.
+        shared: Redis to keep the global and per-user limits and the rate limits in, so that
+            several coordinator processes share them (:class:`SharedConfig`).
         health: Backpressure from system health.
         optional_stages: Names of stages whose failure is recorded and skipped (the request
             ends DEGRADED) instead of failing the request.
@@ -581,6 +633,7 @@ class OrchestrationConfig:
         converter=_read_only,
     )
     rate_limits: RateLimitsConfig = field(check=_RATE_LIMITS, factory=RateLimitsConfig)  # noqa: RUF009
+    shared: SharedConfig = field(check=_SHARED, factory=SharedConfig)  # noqa: RUF009
     health: HealthConfig = field(check=_HEALTH, factory=HealthConfig)  # noqa: RUF009
     optional_stages: tuple[str, ...] = field((), check=names, converter=_tuple)
     alerts: AlertsConfig = field(check=instance_of(AlertsConfig), factory=AlertsConfig)  # noqa: RUF009
@@ -600,6 +653,7 @@ class OrchestrationConfig:
 
 
 _CONFIG_CLASSES = (
+    SharedConfig,
     RetryConfig,
     RateLimitConfig,
     RateLimitsConfig,

@@ -33,12 +33,12 @@ from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._checks import check_async_callable, check_int, check_timeout
 from .._events import Listeners
-from .._limits import HealthSource, PoolStatistics, ResourceManager
+from .._limits import HealthSource, PoolStatistics, ResourceManager, SharedLimits
 from .._resilience._health import HealthMonitor
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from .._telemetry import Instrumentation, hooks
-from ._admission import Admission, CancelRequested, Ticket
+from ._admission import Admission, CancelRequested, Ticket, connect_shared
 from ._alerts import AdmissionRefused, Alerts, CoordinatorEvent, RequestFinished
 from ._config import OrchestrationConfig, load_config
 from ._machine import StateChange, StateMachine
@@ -147,6 +147,7 @@ class Coordinator:
         logger: Any,
         machine: StateMachine[RequestState] | None = None,
         recorder: Recorder | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self._config = config
         self._router = router
@@ -174,7 +175,7 @@ class Coordinator:
         if recorder is not None:
             self._observer = self._on_transition_recorded if self._debug else recorder.moved
         self._load = health if isinstance(health, HealthMonitor) else 0.0
-        self._admission = Admission(config, health)
+        self._admission = Admission(config, health, shared_limits)
         self._active: dict[str, Ticket] = {}
         self._opened_at = anyio.current_time()
         self._closed = False
@@ -853,6 +854,7 @@ async def open_coordinator(
     logger: Any = None,
     machine: StateMachine[RequestState] | None = None,
     requests: RequestStore | None = None,
+    shared: SharedLimits | None = None,
 ) -> AsyncIterator[Coordinator]:
     """Open a coordinator; its background tasks live exactly as long as the ``async with``.
 
@@ -885,16 +887,23 @@ async def open_coordinator(
             and never closed by the coordinator. A
             failing store never fails a request: it is reported once (a ``request store
             failed`` warning) and written again when it works.
+        shared: The :class:`~trioflow.SharedLimits` (e.g. a ``trioflow.redis.connect(url)``
+            connection) to admit requests within, shared with every coordinator that uses
+            them with the same ``config.shared.name``. Without one, ``config.shared.url``
+            (when set) is connected to for the coordinator's lifetime.
 
     Yields:
         The :class:`Coordinator`.
 
     Raises:
-        TypeError: ``router``, ``registry``, ``health``, ``machine`` or ``requests`` has the
-            wrong type.
+        TypeError: ``router``, ``registry``, ``health``, ``machine``, ``requests`` or
+            ``shared`` has the wrong type.
         ValueError: ``config.alerts.health`` is set, but there is no health source (neither
             ``health`` nor ``config.health.enabled``).
-        ConfigError: ``config`` is a mapping or file that does not load.
+        ConfigError: ``config`` is a mapping or file that does not load, or names a Redis
+            URL while the Redis client is not installed.
+        trioflow.redis.RedisStateError: ``config.shared.url`` cannot be reached (nothing was
+            admitted).
     """
     if not isinstance(config, OrchestrationConfig):
         config = OrchestrationConfig() if config is None else load_config(config)
@@ -912,12 +921,16 @@ async def open_coordinator(
         raise ValueError(
             "config.alerts.health needs a health source: pass health= or enable config.health"
         )
+    if shared is not None and not isinstance(shared, SharedLimits):
+        raise TypeError(f"shared must be SharedLimits (e.g. a Redis connection), got {shared!r}")
     if logger is None:
         import structlog  # here, not at module level: it imports rich, pygments, ... (slow)
 
         logger = structlog.get_logger("trioflow")
     log = logger
     async with contextlib.AsyncExitStack() as stack:
+        if shared is None and config.shared.url is not None:
+            shared = await stack.enter_async_context(connect_shared(config.shared))
         if health is None and config.health.enabled:
             health = HealthMonitor(
                 max_cpu_percent=config.health.max_cpu_percent,
@@ -931,7 +944,7 @@ async def open_coordinator(
             recorder = await stack.enter_async_context(open_recorder(requests, log))
         # The body's own exception comes out as itself, not in a group of one.
         tg = await stack.enter_async_context(open_body_group())
-        coordinator = Coordinator(config, router, registry, health, log, machine, recorder)
+        coordinator = Coordinator(config, router, registry, health, log, machine, recorder, shared)
         coordinator._group = tg
         if config.enable_metrics:
             tg.start_soon(coordinator._report_metrics, name="trioflow coordinator metrics")

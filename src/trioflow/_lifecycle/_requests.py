@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, final, runtime_checkable
@@ -398,7 +398,30 @@ _COLUMNS = (
     "request_id, state, user_id, source, kind, stages, category, reason, created_at, "
     "updated_at, expires_at, host, pid, token, process_started, since"
 )
-_SAVE = f"INSERT OR REPLACE INTO requests ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_ONE_ROW = f"({', '.join('?' * 16)})"
+_MOST_ROWS = 256  # rows per INSERT: 4,096 parameters, far below SQLite's 32,766
+# One INSERT of 2**k rows for each k: a batch is a few statements (each prepared once), and
+# the worker thread takes the GIL back once per statement, not once per row (each time, the
+# event loop's thread would wait for it).
+_SAVE = {
+    2**k: f"INSERT OR REPLACE INTO requests ({_COLUMNS}) VALUES " + ", ".join([_ONE_ROW] * 2**k)
+    for k in range(_MOST_ROWS.bit_length())
+}
+
+
+def _inserts(rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
+    """The statements that write ``rows``, in order, with their flat parameters."""
+    statements = []
+    start, size = 0, _MOST_ROWS
+    while start < len(rows):
+        while size > len(rows) - start:
+            size //= 2
+        chunk = rows[start : start + size]
+        statements.append((_SAVE[size], [value for row in chunk for value in row]))
+        start += size
+    return statements
+
+
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _MAX_BUSY_TIMEOUT = 2_000_000  # SQLite keeps it in a C int of milliseconds
 
@@ -657,12 +680,17 @@ class SQLiteRequestStore:
             StoreError: The file cannot be opened or written.
         """
         _check_records(records)
-        rows = [_row(record, self._ttl) for record in records]
+        await self._save_rows([_row(record, self._ttl) for record in records])
+
+    async def _save_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        # The recorder's path: rows made straight from its notes, with no RequestRecord.
+        statements = _inserts(rows)
 
         def save(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_SAVE, rows)
+            for statement, values in statements:
+                conn.execute(statement, values)
             if now - self._pruned >= _PRUNE_EVERY:
                 self._pruned = now
                 conn.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
@@ -792,7 +820,8 @@ class SQLiteRequestStore:
                 for record in map(_record_of_row, rows)
                 if not _owner_lives(record.owner, registered, now)
             ]
-            conn.executemany(_SAVE, [_row(record, self._ttl) for record in marked])
+            for statement, values in _inserts([_row(record, self._ttl) for record in marked]):
+                conn.execute(statement, values)
             conn.execute("COMMIT")
             return _newest_first(marked)
 
@@ -809,16 +838,23 @@ _MAX_PENDING = 100_000  # finished records kept while the store fails; the oldes
 
 @final
 class _Pending:
-    __slots__ = ("arrived", "category", "created", "ended", "reason", "request", "written")
+    __slots__ = ("arrived", "created", "final", "request", "written")
 
     def __init__(self, request: Request, now: float, arrived: float) -> None:
-        self.request = request
+        # The request while it is in flight; once it ended, only its last row (``final``), so
+        # that a finished request is freed at once instead of surviving until it is written
+        # (requests kept alive for a batch are promoted by the garbage collector, whose full
+        # collections then cost more than the writes).
+        self.request: Request | None = request
+        self.final: tuple[Any, ...] | None = None
         self.created = now  # wall clock
         self.arrived = arrived  # the event loop's clock
-        self.ended = False
         self.written = -math.inf  # when last written, on the event loop's clock
-        self.category: ErrorCategory | None = None
-        self.reason: str | None = None
+
+
+def _plain(text: str) -> str:
+    # A str subclass (a RequestKind, a StrEnum member) is stored as its plain value.
+    return text if type(text) is str else str.__str__(text)
 
 
 def _reason(result: ProcessingResult | None) -> str | None:
@@ -846,6 +882,21 @@ class Recorder:
     def __init__(self, store: RequestStore, logger: Any) -> None:
         self.store = store
         self.owner = RunOwner.current()
+        owner = self.owner
+        self._owner_row = (
+            owner.host,
+            owner.pid,
+            owner.token,
+            owner.process_started,
+            owner.since.timestamp(),
+        )
+        # An SQLite store takes the rows as they are made (no RequestRecord in between), and
+        # its ttl gives the finished rows their expiry; other stores take records.
+        self._rows_to: Callable[[list[tuple[Any, ...]]], Awaitable[None]] | None = None
+        self._expiry: float | None = None
+        if type(store) is SQLiteRequestStore:
+            self._rows_to = store._save_rows
+            self._expiry = store.ttl
         self._log = logger
         self._ttl = DEFAULT_LEASE_TTL
         self._entries: dict[str, _Pending] = {}
@@ -877,42 +928,58 @@ class Recorder:
         entry = self._entries.get(request.id)
         if entry is None:
             return
-        entry.ended = True
+        category = reason = None
         if result is not None and result.status is ProcessingStatus.FAILED:
-            entry.category = result.category
-            entry.reason = _reason(result)
+            category = result.category
+            reason = _reason(result)
+        entry.final = self._row_of(entry, request, category, reason)
+        entry.request = None
         self._dirty[request.id] = entry
         self._wake.set()
 
     # --- the writer ---------------------------------------------------------------------------
-    def _snapshot(self, taken: dict[str, _Pending]) -> list[RequestRecord]:
-        records = []
-        owner = self.owner
+    def _row_of(
+        self,
+        entry: _Pending,
+        request: Request,
+        category: ErrorCategory | None = None,
+        reason: str | None = None,
+    ) -> tuple[Any, ...]:
+        """The request's row as SQLite keeps it (``_COLUMNS``), made of plain values only."""
+        history = request.history
+        changed = history[-1].at if history else entry.arrived
         # A change's wall-clock time, from its time on the event loop's clock (the history).
-        wall = time.time() - anyio.current_time()
+        updated = max(entry.created, time.time() - anyio.current_time() + changed)
+        state = request.state
+        expiry = self._expiry
+        kind = request.kind
+        return (
+            _plain(request.id),
+            state.value,
+            _plain(request.user_id),
+            _plain(request.source),
+            None if kind is None else _plain(kind),
+            _stages_json(tuple(request.results)),
+            None if category is None else category.value,
+            reason,
+            entry.created,
+            updated,
+            updated + expiry if expiry is not None and state in _FINISHED else None,
+            *self._owner_row,
+        )
+
+    def _snapshot(self, taken: dict[str, _Pending]) -> list[tuple[Any, ...]]:
+        rows = []
         for entry in taken.values():
-            request = entry.request
-            state = request.state
-            if state in _FINISHED and not entry.ended:
-                continue  # ended() is on its way, with the category: written then
-            history = request.history
-            changed = history[-1].at if history else entry.arrived
-            records.append(
-                RequestRecord(
-                    request_id=request.id,
-                    state=state,
-                    user_id=request.user_id,
-                    source=request.source,
-                    kind=request.kind,
-                    stages=tuple(request.results),
-                    category=entry.category,
-                    reason=entry.reason,
-                    created_at=_utc(entry.created),
-                    updated_at=_utc(max(entry.created, wall + changed)),
-                    owner=owner,
-                )
-            )
-        return records
+            row = entry.final
+            if row is None:
+                request = entry.request
+                assert request is not None  # only an ended entry drops its request
+                if request.state in _FINISHED:
+                    continue  # ended() is on its way, with the category: written then
+                row = self._row_of(entry, request)
+            rows.append(row)
+        return rows
 
     def _take(self, now: float, everything: bool) -> dict[str, _Pending]:
         taken, self._dirty = self._dirty, {}
@@ -941,10 +1008,13 @@ class Recorder:
             taken = self._take(now, everything)
             if self._wake.is_set():
                 self._wake = anyio.Event()
-            records = self._snapshot(taken)
+            rows = self._snapshot(taken)
             try:
-                if records:
-                    await self.store.save(records)
+                if rows:
+                    if self._rows_to is not None:
+                        await self._rows_to(rows)
+                    else:
+                        await self.store.save([_record_of_row(row) for row in rows])
             except BaseException:
                 for key, entry in taken.items():
                     self._dirty.setdefault(key, entry)
@@ -954,7 +1024,7 @@ class Recorder:
             return False
         for key, entry in taken.items():
             entry.written = now
-            if entry.ended and key not in self._dirty:
+            if entry.final is not None and key not in self._dirty:
                 del self._entries[key]
         if self._failures:
             self._log.info(
@@ -976,7 +1046,7 @@ class Recorder:
             )
         excess = len(self._dirty) - _MAX_PENDING
         if excess > 0:
-            for key in [k for k, e in self._dirty.items() if e.ended][:excess]:
+            for key in [k for k, e in self._dirty.items() if e.final is not None][:excess]:
                 del self._dirty[key]
                 del self._entries[key]
                 self._dropped += 1

@@ -9,6 +9,8 @@ asyncio). ``async with trioflow.redis.connect(url) as redis:`` opens the connect
   key (:class:`RedisKeyedRateLimiter`);
 * ``redis.capacity(name, total=N, lease=SECONDS)``: a capacity limiter shared by every
   process, accepted wherever trioflow takes a limit (:class:`RedisCapacity`);
+* ``redis.keyed_capacity(name, total=N, lease=SECONDS)``: one shared capacity per key (per
+  user), made on use and dropped when idle (:class:`RedisKeyedCapacity`);
 * ``redis.store()``: a ``WorkflowStore`` for durable runs (:class:`RedisStore`);
 * ``redis.request_store(ttl=3600)``: request state, one hash per request with an expiry
   (:class:`RedisRequestStore`), for ``open_coordinator(..., requests=...)``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from ._capacity import RedisCapacity as RedisCapacity
 from ._capacity import RedisCapacityStatistics as RedisCapacityStatistics
+from ._capacity import RedisKeyedCapacity as RedisKeyedCapacity
 from ._connection import RedisConnection as RedisConnection
 from ._connection import connect as connect
 from ._ratelimit import RedisKeyedRateLimiter as RedisKeyedRateLimiter
@@ -38,6 +41,7 @@ __all__ = (
     "RedisKeyedRateLimiterStatistics",
     "RedisCapacity",
     "RedisCapacityStatistics",
+    "RedisKeyedCapacity",
     "RedisStore",
     "RedisRequestStore",
 )

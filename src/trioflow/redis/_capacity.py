@@ -17,7 +17,6 @@ slot granted in the same instant is given back, before the cancellation goes on.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 from types import TracebackType
@@ -31,7 +30,7 @@ from coredis.commands.script import Script
 from .._checks import check_int, check_number
 from ._session import RedisStateError, Session
 
-__all__ = ("RedisCapacity", "RedisCapacityStatistics")
+__all__ = ("RedisCapacity", "RedisCapacityStatistics", "RedisKeyedCapacity")
 
 _log = logging.getLogger("trioflow.redis")
 
@@ -101,6 +100,14 @@ if mode == 'acquire' then
   redis.call('HSET', expiry, id, now + lease)
   for _, key in ipairs({waiters, expiry, seq}) do redis.call('PEXPIRE', key, lease * 2) end
   return {0, next_expiry()}
+elseif mode == 'try' then
+  local free = total - redis.call('ZCARD', holders)
+  if free > 0 and #live_head(free) < free then
+    redis.call('ZADD', holders, now + lease, ARGV[6])
+    redis.call('PEXPIRE', holders, lease * 2)
+    return {1, 0}
+  end
+  return {0, 0}
 elseif mode == 'release' then
   local changed = 0
   for i = 6, #ARGV do
@@ -183,6 +190,7 @@ class RedisCapacity:
     """
 
     __slots__ = (
+        "_giving_back",
         "_held",
         "_keys",
         "_lease_ms",
@@ -204,6 +212,7 @@ class RedisCapacity:
         self._redis = redis
         self._keys = tuple(redis.key("cap", name, part) for part in ("h", "w", "e", "seq"))
         self._held: dict[object, str] = {}
+        self._giving_back: list[str] = []  # holders given back, not sent yet
         self._waiting = 0
         self._lost = 0
         self._renewing = False
@@ -300,6 +309,36 @@ class RedisCapacity:
             raise
         finally:
             self._waiting -= 1
+        self._hold(borrower, holder)
+
+    async def try_acquire_on_behalf_of(self, borrower: object) -> bool:
+        """Take a slot for ``borrower`` if one is free now, without waiting in line.
+
+        One round trip. A slot is free now when fewer than ``total`` are held and the tasks
+        already waiting (in any process) leave one over: a newcomer never overtakes them.
+
+        Args:
+            borrower: Who holds the slot (give it back with :meth:`release_on_behalf_of`).
+
+        Returns:
+            Whether the slot was taken.
+
+        Raises:
+            RuntimeError: ``borrower`` holds a slot of this capacity already.
+            RedisStateError: Redis could not be reached or did not answer in time (nothing
+                is held).
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if borrower in self._held:
+            raise RuntimeError(f"{borrower!r} already holds a slot of capacity {self._name!r}")
+        holder = secrets.token_hex(8)
+        granted, _ = await self._run("try", "try", holder)
+        if not granted:
+            return False
+        self._hold(borrower, holder)  # no checkpoint since the reply: never lost to a cancel
+        return True
+
+    def _hold(self, borrower: object, holder: str) -> None:
         self._held[borrower] = holder
         if not self._renewing:
             self._renewing = True
@@ -317,10 +356,17 @@ class RedisCapacity:
         holder = self._held.pop(borrower, None)
         if holder is None:
             raise RuntimeError(f"{borrower!r} holds no slot of capacity {self._name!r}")
-        self._redis.send_soon(
-            f"give back a slot of capacity {self._name!r}",
-            functools.partial(self._release, holder),
-        )
+        # Slots given back while the last give-back is on its way go together, in one script:
+        # a caller that takes and gives back faster than one round trip never outruns them.
+        self._giving_back.append(holder)
+        if len(self._giving_back) == 1:
+            self._redis.send_soon(
+                f"give back slots of capacity {self._name!r}", self._send_given_back
+            )
+
+    async def _send_given_back(self) -> None:
+        holders, self._giving_back = self._giving_back, []
+        await self._release(*holders)
 
     async def __aenter__(self) -> None:
         await self.acquire_on_behalf_of(anyio.get_current_task().id)
@@ -340,7 +386,10 @@ class RedisCapacity:
             await anyio.sleep(self.lease / 3)
             held = tuple(self._held.values())
             if not held:
-                continue
+                # Started again by the next slot taken: a capacity nobody holds (a user's,
+                # gone idle) keeps no task.
+                self._renewing = False
+                return
             try:
                 lost = await self._run("renew", "renew", *held)
             except RedisStateError as exc:
@@ -374,3 +423,166 @@ class RedisCapacity:
             waiting_here=self._waiting,
             lost=self._lost,
         )
+
+
+_IDLE_KEYS = 64  # idle keys' capacities kept for reuse, per keyed capacity
+
+
+@final
+class _Key:
+    __slots__ = ("capacity", "users")
+
+    def __init__(self, capacity: RedisCapacity) -> None:
+        self.capacity = capacity
+        self.users = 0  # borrowers holding or waiting for a slot of the key, in this process
+
+
+@final
+class RedisKeyedCapacity:
+    """One :class:`RedisCapacity` per key (per user, say), each shared by all processes.
+
+    Made by ``redis.keyed_capacity(name, total=N, lease=SECONDS)``: at most ``total`` slots
+    of one key are held at once, over every process using the name; that is how a
+    coordinator shares its per-user limit (it is a ``trioflow.SharedCapacity``)::
+
+        per_user = redis.keyed_capacity("users", total=10)
+        if not await per_user.try_acquire("alice", me):
+            await per_user.acquire("alice", me)          # waits in line, across processes
+        try:
+            ...
+        finally:
+            per_user.release("alice", me)
+
+    A key's capacity is made when a borrower first asks for it and dropped (with its
+    heartbeat and its wake-up handler) once no borrower of this process holds or waits for
+    it (the last 64 idle ones are kept for reuse); in Redis, a key nobody holds or waits for
+    expires within two leases. Memory stays bounded by the keys in use.
+
+    Args:
+        redis: The connection.
+        name: The capacities' name (a key's capacity is named ``<name>:<key>``).
+        total: The most slots of one key held at once, an int >= 1 (the same in every process).
+        lease: Seconds a slot lives unless renewed, a finite number > 0.
+
+    Raises:
+        TypeError: ``total`` is not an int, or ``lease`` not a number.
+        ValueError: ``total`` is below 1, or ``lease`` is not > 0.
+    """
+
+    __slots__ = ("_idle", "_keys", "_name", "_redis", "_total", "lease")
+
+    def __init__(self, redis: Session, name: str, *, total: int, lease: float) -> None:
+        self._total = check_int(total, "total", minimum=1)
+        self.lease = check_number(lease, "lease", minimum=0, strict=True, maximum=86400 * 365)
+        self._name = name
+        self._redis = redis
+        self._keys: dict[str, _Key] = {}
+        self._idle: dict[str, _Key] = {}  # keys nobody here holds or waits for, oldest first
+
+    def __repr__(self) -> str:
+        return f"RedisKeyedCapacity({self._name!r}, total={self._total}, lease={self.lease:g})"
+
+    @property
+    def name(self) -> str:
+        """The capacities' name."""
+        return self._name
+
+    @property
+    def total_tokens(self) -> int:
+        """The most slots of one key held at once, by all processes."""
+        return self._total
+
+    @property
+    def keys(self) -> int:
+        """Keys this process holds or waits for a slot of."""
+        return len(self._keys)
+
+    def _join(self, key: str) -> RedisCapacity:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, got {type(key).__name__}")
+        entry = self._keys.get(key)
+        if entry is None:
+            entry = self._idle.pop(key, None)
+            if entry is None:
+                made = RedisCapacity(
+                    self._redis, f"{self._name}:{key}", total=self._total, lease=self.lease
+                )
+                entry = _Key(made)
+            self._keys[key] = entry
+        entry.users += 1
+        return entry.capacity
+
+    def _leave(self, key: str) -> None:
+        entry = self._keys[key]
+        entry.users -= 1
+        if not entry.users:
+            del self._keys[key]
+            # The last few idle keys are kept (with their heartbeat, which ends by itself once
+            # nothing is held): a user who comes back soon costs no new capacity and task.
+            self._idle[key] = entry
+            if len(self._idle) > _IDLE_KEYS:
+                oldest = next(iter(self._idle))
+                dropped = self._idle.pop(oldest).capacity
+                self._redis.off_wake(dropped.name, dropped._wake)
+
+    async def try_acquire(self, key: str, borrower: object) -> bool:
+        """Take a slot of ``key`` for ``borrower`` if one is free now (one round trip).
+
+        Args:
+            key: The key, e.g. a user id.
+            borrower: Who holds the slot (give it back with :meth:`release`).
+
+        Returns:
+            Whether the slot was taken.
+
+        Raises:
+            TypeError: ``key`` is not a str.
+            RuntimeError: ``borrower`` holds a slot of ``key`` already.
+            RedisStateError: Redis could not be reached or did not answer in time (nothing
+                is held).
+        """
+        capacity = self._join(key)
+        try:
+            taken = await capacity.try_acquire_on_behalf_of(borrower)
+        except BaseException:
+            self._leave(key)
+            raise
+        if not taken:
+            self._leave(key)
+        return taken
+
+    async def acquire(self, key: str, borrower: object) -> None:
+        """Take a slot of ``key`` for ``borrower``, waiting in line (first come, first served).
+
+        Args:
+            key: The key.
+            borrower: Who holds the slot.
+
+        Raises:
+            TypeError: ``key`` is not a str.
+            RuntimeError: ``borrower`` holds a slot of ``key`` already.
+            RedisStateError: Redis could not be reached or did not answer in time (nothing
+                is held, and the waiter left the line).
+        """
+        capacity = self._join(key)
+        try:
+            await capacity.acquire_on_behalf_of(borrower)
+        except BaseException:
+            self._leave(key)
+            raise
+
+    def release(self, key: str, borrower: object) -> None:
+        """Give back ``borrower``'s slot of ``key``; the Redis write is sent in the background.
+
+        Args:
+            key: The key.
+            borrower: Who holds it.
+
+        Raises:
+            RuntimeError: ``borrower`` holds no slot of ``key``.
+        """
+        entry = self._keys.get(key)
+        if entry is None:
+            raise RuntimeError(f"{borrower!r} holds no slot of {self._name!r} key {key!r}")
+        entry.capacity.release_on_behalf_of(borrower)
+        self._leave(key)

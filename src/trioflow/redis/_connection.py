@@ -16,7 +16,7 @@ import anyio.abc
 import coredis
 
 from .._checks import check_name, check_number
-from ._capacity import RedisCapacity
+from ._capacity import RedisCapacity, RedisKeyedCapacity
 from ._ratelimit import RedisKeyedRateLimiter, RedisTokenBucket
 from ._requests import RedisRequestStore
 from ._session import RedisStateError, Session, ping
@@ -39,7 +39,7 @@ class RedisConnection:
         timeout: Seconds one Redis command may take before it fails.
     """
 
-    __slots__ = ("_capacities", "_session", "client", "prefix", "timeout")
+    __slots__ = ("_capacities", "_keyed_capacities", "_session", "client", "prefix", "timeout")
 
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -47,6 +47,7 @@ class RedisConnection:
         self.prefix = session.prefix
         self.timeout = session.timeout
         self._capacities: dict[str, RedisCapacity] = {}
+        self._keyed_capacities: dict[str, RedisKeyedCapacity] = {}
 
     def __repr__(self) -> str:
         return f"<RedisConnection {self.client.connection_pool.location} prefix={self.prefix!r}>"
@@ -141,6 +142,38 @@ class RedisConnection:
             return found
         made = RedisCapacity(self._session, name, total=total, lease=lease)
         self._capacities[name] = made
+        return made
+
+    def keyed_capacity(self, name: str, *, total: int, lease: float = 10.0) -> RedisKeyedCapacity:
+        """Return the capacities ``name``: ``total`` slots per key, shared by all processes.
+
+        A coordinator's per-user limit over several processes is one of these (the
+        ``trioflow.SharedLimits`` shape); see :class:`RedisKeyedCapacity`.
+
+        Args:
+            name: The capacities' name.
+            total: The most slots of one key held at once over every process, an int >= 1.
+            lease: Seconds a held slot lives unless its heartbeat renews it.
+
+        Returns:
+            A :class:`RedisKeyedCapacity`; one per name per connection (the same object again).
+
+        Raises:
+            TypeError: An argument has the wrong type (``name`` must be a non-empty string).
+            ValueError: ``total`` is below 1, ``lease`` is not > 0, or the name is already
+                keyed capacities of this connection with another total or lease.
+        """
+        check_name(name, "name")
+        found = self._keyed_capacities.get(name)
+        if found is not None:
+            if (found.total_tokens, found.lease) != (total, lease):
+                raise ValueError(
+                    f"keyed capacity {name!r} exists with total={found.total_tokens} and "
+                    f"lease={found.lease:g}, got total={total!r} and lease={lease!r}"
+                )
+            return found
+        made = RedisKeyedCapacity(self._session, name, total=total, lease=lease)
+        self._keyed_capacities[name] = made
         return made
 
     def store(self) -> RedisStore:

@@ -16,6 +16,7 @@ retries of a dropped connection).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -28,6 +29,7 @@ import coredis
 import coredis.exceptions
 
 from .._errors import TrioflowError
+from ..lifecycle import ErrorCategory
 
 __all__ = ("RedisStateError", "Session", "ping", "translate")
 
@@ -35,6 +37,7 @@ T = TypeVar("T")
 _Release = Callable[[], Awaitable[None]]
 _log = logging.getLogger("trioflow.redis")
 
+_SENT_AT_ONCE = 16  # give-backs sent concurrently by the background sender
 _WAKE = "wake"  # the Pub/Sub channel (after the prefix) that says "a slot of <name> is free"
 
 
@@ -42,8 +45,11 @@ class RedisStateError(TrioflowError):
     """Redis could not be reached, did not answer in time, or refused a command.
 
     Shared limits raise it from the operation that needed Redis; nothing is held when it is
-    raised. The store raises ``trioflow.StoreError`` instead, caused by this error.
+    raised. The store raises ``trioflow.StoreError`` instead, caused by this error. A request
+    that a coordinator could not admit for it fails with the category ``dependency``.
     """
+
+    error_category = ErrorCategory.DEPENDENCY
 
 
 def translate(what: str, exc: Exception) -> RedisStateError:
@@ -89,6 +95,10 @@ async def ping(client: coredis.Redis[str], timeout: float) -> None:  # noqa: ASY
             await client.ping()
     except _FAILURES as exc:
         raise translate("PING", exc) from exc
+
+
+async def _await(send: _Release) -> None:
+    await send()
 
 
 async def _logged(what: str, send: _Release) -> None:
@@ -208,6 +218,16 @@ class Session:
         """
         self._wakers[name] = wake
 
+    def off_wake(self, name: str, wake: Callable[[], None]) -> None:
+        """Stop calling ``wake()`` for ``name`` (if it is still the one registered).
+
+        Args:
+            name: What is published.
+            wake: What :meth:`on_wake` was given.
+        """
+        if self._wakers.get(name) == wake:
+            del self._wakers[name]
+
     async def publish_wake(self, name: str) -> None:
         """Tell every process (this one too) that ``name`` has a slot free.
 
@@ -232,7 +252,18 @@ class Session:
         self._started = True
         try:
             async for send in self._releases:
-                await send()
+                # Everything queued meanwhile goes out at once (a few at a time), so that code
+                # giving back faster than one round trip never outruns the sender.
+                sends = [send]
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while len(sends) < _SENT_AT_ONCE:
+                        sends.append(self._releases.receive_nowait())
+                if len(sends) == 1:
+                    await send()
+                    continue
+                async with anyio.create_task_group() as group:
+                    for each in sends:
+                        group.start_soon(_await, each)
         finally:
             self._sent.set()
 
