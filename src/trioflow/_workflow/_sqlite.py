@@ -139,10 +139,6 @@ _INLINE_BYTES = 16 * 1024
 _CHECKPOINT_BYTES = 2 * 1024 * 1024
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -534,25 +530,8 @@ class SQLiteStore:
                 row); its ``step`` says which; nothing is written.
             StoreError: The file cannot be written.
         """
-        step_rows = [
-            (
-                run_id,
-                r.name,
-                r.status.value,
-                r.attempts,
-                None if r.value is None else r.value.json,
-                None if r.value is None else r.value.type,
-                r.error,
-                r.compensation_error,
-                _iso(r.started_at),
-                _iso(r.finished_at),
-                r.duration,
-                r.seq,
-                r.fingerprint,
-            )
-            for r in steps
-        ]
-        state_rows = [(run_id, key, v.json, v.type) for key, v in state.items()]
+        # What is written is what was given now, whatever the caller changes meanwhile.
+        steps, state = tuple(steps), dict(state)
 
         def save(conn: sqlite3.Connection) -> None:
             room = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
@@ -563,10 +542,32 @@ class SQLiteStore:
                     size = len(r.value.json.encode())
                     if size + _ROW_MARGIN > room:
                         raise ValueTooLargeError(r.name, str, size=size, limit=room)
+            # The rows are built here, where the write runs: on a worker thread for a large
+            # batch, so the event loop's thread goes on running steps meanwhile.
+            step_rows = [
+                (
+                    run_id,
+                    r.name,
+                    r.status.value,
+                    r.attempts,
+                    None if r.value is None else r.value.json,
+                    None if r.value is None else r.value.type,
+                    r.error,
+                    r.compensation_error,
+                    None if r.started_at is None else r.started_at.isoformat(),
+                    None if r.finished_at is None else r.finished_at.isoformat(),
+                    r.duration,
+                    r.seq,
+                    r.fingerprint,
+                )
+                for r in steps
+            ]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_SAVE_STEP, step_rows)
-            if state_rows:
-                conn.executemany(_SAVE_STATE, state_rows)
+            if state:
+                conn.executemany(
+                    _SAVE_STATE, [(run_id, key, v.json, v.type) for key, v in state.items()]
+                )
             # runs.updated_at is not touched here (one more write per transaction): readers
             # take the latest of it and the steps' end times.
             conn.execute("COMMIT")
@@ -576,9 +577,12 @@ class SQLiteStore:
         # and does not fsync, a few tens of microseconds, where a worker thread's round trip
         # costs several times that. Anything larger, or that would wait for a lock, goes to a
         # worker thread, and so do the checkpoints that fsync (every few MB written).
-        size = sum(_ROW_BYTES + len(row[4] or "") for row in step_rows) + sum(
-            _ROW_BYTES + len(row[2]) for row in state_rows
-        )
+        size = _ROW_BYTES * (len(steps) + len(state))
+        for r in steps:
+            if r.value is not None:
+                size += len(r.value.json)
+        for v in state.values():
+            size += len(v.json)
         await anyio.lowlevel.checkpoint()
         if size > _INLINE_BYTES or not self._try_now("cannot write", save):
             await self._call("cannot write", save)
