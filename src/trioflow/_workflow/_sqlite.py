@@ -28,9 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, final
 
-import anyio.lowlevel
 import anyio.to_thread
 
+from .._backend import checkpoint_if_cancelled
 from .._checks import check_number
 from .._errors import RunLeasedError, StoreError, ValueTooLargeError
 from ._lease import RunOwner, live_owner
@@ -169,7 +169,16 @@ class SQLiteStore:
         ValueError: ``busy_timeout`` is negative, NaN, infinite or above 2000000 (23 days).
     """
 
-    __slots__ = ("_busy_ms", "_closed", "_conn", "_lock", "_now_ok", "_path", "_unchecked")
+    __slots__ = (
+        "_busy_ms",
+        "_closed",
+        "_conn",
+        "_lock",
+        "_now_ok",
+        "_path",
+        "_unchecked",
+        "_waits",
+    )
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -182,6 +191,9 @@ class SQLiteStore:
         self._closed = False
         self._unchecked = 0  # bytes (about) written to the WAL since the last checkpoint
         self._now_ok = False  # the file is in WAL mode: a commit does not fsync
+        # The connection's busy timeout is busy_timeout (True) or 0 (False, as a write on the
+        # event loop's thread needs it): set only when it changes, not around every write.
+        self._waits = True
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self._path)!r}>"
@@ -310,13 +322,24 @@ class SQLiteStore:
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._connect()
-            return self._run(conn, what, fn)
+                self._waits = True
+            return self._run(conn, what, fn, waits=True)
 
     def _run(
-        self, conn: sqlite3.Connection, what: str, fn: Callable[[sqlite3.Connection], T]
+        self,
+        conn: sqlite3.Connection,
+        what: str,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        waits: bool,
     ) -> T:
-        # With the lock held: run fn, rolling back what it began, and say what failed.
+        # With the lock held: run fn, rolling back what it began, and say what failed. With
+        # ``waits``, a lock another connection holds is waited for up to the busy timeout;
+        # without, SQLite answers "database is locked" at once.
         try:
+            if self._waits is not waits:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms if waits else 0}")
+                self._waits = waits
             return fn(conn)
         except (sqlite3.Error, _Malformed, ValueTooLargeError) as exc:
             if conn.in_transaction:
@@ -348,16 +371,8 @@ class SQLiteStore:
             conn = self._conn
             if conn is None or not self._now_ok:
                 return False
-
-            def at_once(conn: sqlite3.Connection) -> None:
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    fn(conn)
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-
             try:
-                self._run(conn, what, at_once)
+                self._run(conn, what, fn, waits=False)
             except StoreError as exc:
                 if _busy(exc.__cause__):
                     return False
@@ -583,9 +598,14 @@ class SQLiteStore:
                 size += len(r.value.json)
         for v in state.values():
             size += len(v.json)
-        await anyio.lowlevel.checkpoint()
-        if size > _INLINE_BYTES or not self._try_now("cannot write", save):
+        if size > _INLINE_BYTES:
             await self._call("cannot write", save)
+        else:
+            # A cancellation point but no schedule point (as MemoryStore's): a chain commits
+            # after every step, and a scheduling round costs about what the commit does.
+            await checkpoint_if_cancelled()
+            if not self._try_now("cannot write", save):
+                await self._call("cannot write", save)
         self._unchecked += size
         if self._unchecked >= _CHECKPOINT_BYTES:
             self._unchecked = 0
