@@ -20,6 +20,9 @@ callback that reads the counts (as a progress bar does), with ``MemoryStore`` an
 ``SQLiteStore``, each against the plain run in the same bench run; and a 5,000-step chain
 with ``SQLiteStore``, where every step waits for its own transaction (persisted steps/s).
 
+Floors of the modes (last): what each mode's contract makes the run build per step (two
+progress snapshots, a step record, its SQLite row), timed alone in CPU time.
+
 Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
 bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
 of its backend's floor, at least 2,000 persisted completions per second, and the goal of each
