@@ -20,6 +20,9 @@ callback that reads the counts (as a progress bar does), with ``MemoryStore`` an
 ``SQLiteStore``, each against the plain run in the same bench run; and a 5,000-step chain
 with ``SQLiteStore``, where every step waits for its own transaction (persisted steps/s).
 
+Floors of the modes (last): what each mode's contract makes the run build per step (two
+progress snapshots, a step record, its SQLite row), timed alone in CPU time.
+
 Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
 bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
 of its backend's floor, at least 2,000 persisted completions per second, and the goal of each
@@ -447,6 +450,108 @@ def plan_interleaved() -> str:
     return "\n".join([*lines, ""])
 
 
+# --- what each mode must build per step, whatever the engine does around it ----------------
+# Each mode's contract fixes some work per step: with on_progress, two WorkflowProgress values
+# (a frozen snapshot per start and per end); with a store, one StepRecord (two datetimes among
+# its fields) per step; with SQLiteStore, also its row's insert. These floors, timed alone, say
+# how far below the plain run a mode's overhead can go.
+def floors_of_modes() -> str:
+    """Time what each mode's contract builds per step, alone; a markdown table."""
+    import sqlite3
+    import time
+    import timeit
+    from datetime import UTC, datetime
+
+    from trioflow._workflow._result import RunningSteps, progress_snapshot
+    from trioflow._workflow._sqlite import _SAVE_STEP, _SCHEMA
+    from trioflow._workflow._step_status import StepStatus
+    from trioflow._workflow._store import StepRecord, StoredValue, step_record
+
+    running = RunningSteps({0: None}, ())
+    value = StoredValue(json="null")
+    wall = datetime.now(UTC).timestamp()
+
+    def two_snapshots() -> None:
+        progress_snapshot(N, 1, 1, 0, 0, running, 0.5)
+        progress_snapshot(N, 2, 2, 0, 0, running, 0.6)
+
+    def one_record() -> StepRecord:
+        return step_record(
+            "s1",
+            StepStatus.SUCCEEDED,
+            1,
+            value,
+            None,
+            None,
+            datetime.fromtimestamp(wall, UTC),
+            datetime.fromtimestamp(wall + 1e-6, UTC),
+            1e-6,
+            1,
+            None,
+        )
+
+    def per_call_us(fn: Callable[[], object], number: int = 20_000) -> float:
+        times = timeit.repeat(fn, number=number, repeat=REPEATS, timer=time.process_time)
+        return statistics.median(times) / number * 1e6
+
+    record = one_record()
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(os.path.join(tmp, "floor.db"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        counter = iter(range(10**9))
+
+        def insert_rows(rows: int = 1_000) -> None:
+            # One transaction of ``rows`` rows (a group of a wide run), as save_steps builds them.
+            run = f"r{next(counter)}"
+            started, finished = record.started_at, record.finished_at
+            assert started is not None
+            assert finished is not None
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                _SAVE_STEP,
+                [
+                    (
+                        run,
+                        f"s{k}",
+                        "succeeded",
+                        1,
+                        "null",
+                        None,
+                        None,
+                        None,
+                        started.isoformat(),
+                        finished.isoformat(),
+                        1e-6,
+                        k,
+                        None,
+                    )
+                    for k in range(rows)
+                ],
+            )
+            conn.execute("COMMIT")
+
+        insert = per_call_us(insert_rows, number=5) / 1_000
+        conn.close()
+    lines = [
+        "## What each mode must build per step (timed alone)",
+        "",
+        f"CPU, medians of {REPEATS} repeats in this process: the floor of each mode's overhead.",
+        "",
+        "| mode | work fixed by its contract, per step | us/step |",
+        "|---|---|---:|",
+        f"| with on_progress | two WorkflowProgress snapshots | {per_call_us(two_snapshots):.2f} "
+        "|",
+        f"| with a store | one StepRecord, two datetimes | {per_call_us(one_record):.2f} |",
+        f"| with SQLiteStore | also its row, inserted in a group of 1,000 | {insert:.2f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--interleaved":
         interleaved_child(sys.argv[2])
@@ -455,6 +560,7 @@ if __name__ == "__main__":
     bench.main(plan, title="Workflows: scheduling overhead per step and durable completions")
     if len(sys.argv) < 2:  # the parent
         print(plan_interleaved())
+        print(floors_of_modes())
     if CHECKS:
         print("### Targets\n")
         print("\n".join(CHECKS))

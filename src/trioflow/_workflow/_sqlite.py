@@ -28,9 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, final
 
-import anyio.lowlevel
 import anyio.to_thread
 
+from .._backend import checkpoint_if_cancelled
 from .._checks import check_number
 from .._errors import RunLeasedError, StoreError, ValueTooLargeError
 from ._lease import RunOwner, live_owner
@@ -139,10 +139,6 @@ _INLINE_BYTES = 16 * 1024
 _CHECKPOINT_BYTES = 2 * 1024 * 1024
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -173,7 +169,16 @@ class SQLiteStore:
         ValueError: ``busy_timeout`` is negative, NaN, infinite or above 2000000 (23 days).
     """
 
-    __slots__ = ("_busy_ms", "_closed", "_conn", "_lock", "_now_ok", "_path", "_unchecked")
+    __slots__ = (
+        "_busy_ms",
+        "_closed",
+        "_conn",
+        "_lock",
+        "_now_ok",
+        "_path",
+        "_unchecked",
+        "_waits",
+    )
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -186,6 +191,9 @@ class SQLiteStore:
         self._closed = False
         self._unchecked = 0  # bytes (about) written to the WAL since the last checkpoint
         self._now_ok = False  # the file is in WAL mode: a commit does not fsync
+        # The connection's busy timeout is busy_timeout (True) or 0 (False, as a write on the
+        # event loop's thread needs it): set only when it changes, not around every write.
+        self._waits = True
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self._path)!r}>"
@@ -314,13 +322,24 @@ class SQLiteStore:
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._connect()
-            return self._run(conn, what, fn)
+                self._waits = True
+            return self._run(conn, what, fn, waits=True)
 
     def _run(
-        self, conn: sqlite3.Connection, what: str, fn: Callable[[sqlite3.Connection], T]
+        self,
+        conn: sqlite3.Connection,
+        what: str,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        waits: bool,
     ) -> T:
-        # With the lock held: run fn, rolling back what it began, and say what failed.
+        # With the lock held: run fn, rolling back what it began, and say what failed. With
+        # ``waits``, a lock another connection holds is waited for up to the busy timeout;
+        # without, SQLite answers "database is locked" at once.
         try:
+            if self._waits is not waits:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms if waits else 0}")
+                self._waits = waits
             return fn(conn)
         except (sqlite3.Error, _Malformed, ValueTooLargeError) as exc:
             if conn.in_transaction:
@@ -352,16 +371,8 @@ class SQLiteStore:
             conn = self._conn
             if conn is None or not self._now_ok:
                 return False
-
-            def at_once(conn: sqlite3.Connection) -> None:
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    fn(conn)
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-
             try:
-                self._run(conn, what, at_once)
+                self._run(conn, what, fn, waits=False)
             except StoreError as exc:
                 if _busy(exc.__cause__):
                     return False
@@ -534,25 +545,8 @@ class SQLiteStore:
                 row); its ``step`` says which; nothing is written.
             StoreError: The file cannot be written.
         """
-        step_rows = [
-            (
-                run_id,
-                r.name,
-                r.status.value,
-                r.attempts,
-                None if r.value is None else r.value.json,
-                None if r.value is None else r.value.type,
-                r.error,
-                r.compensation_error,
-                _iso(r.started_at),
-                _iso(r.finished_at),
-                r.duration,
-                r.seq,
-                r.fingerprint,
-            )
-            for r in steps
-        ]
-        state_rows = [(run_id, key, v.json, v.type) for key, v in state.items()]
+        # What is written is what was given now, whatever the caller changes meanwhile.
+        steps, state = tuple(steps), dict(state)
 
         def save(conn: sqlite3.Connection) -> None:
             room = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
@@ -563,10 +557,32 @@ class SQLiteStore:
                     size = len(r.value.json.encode())
                     if size + _ROW_MARGIN > room:
                         raise ValueTooLargeError(r.name, str, size=size, limit=room)
+            # The rows are built here, where the write runs: on a worker thread for a large
+            # batch, so the event loop's thread goes on running steps meanwhile.
+            step_rows = [
+                (
+                    run_id,
+                    r.name,
+                    r.status.value,
+                    r.attempts,
+                    None if r.value is None else r.value.json,
+                    None if r.value is None else r.value.type,
+                    r.error,
+                    r.compensation_error,
+                    None if r.started_at is None else r.started_at.isoformat(),
+                    None if r.finished_at is None else r.finished_at.isoformat(),
+                    r.duration,
+                    r.seq,
+                    r.fingerprint,
+                )
+                for r in steps
+            ]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_SAVE_STEP, step_rows)
-            if state_rows:
-                conn.executemany(_SAVE_STATE, state_rows)
+            if state:
+                conn.executemany(
+                    _SAVE_STATE, [(run_id, key, v.json, v.type) for key, v in state.items()]
+                )
             # runs.updated_at is not touched here (one more write per transaction): readers
             # take the latest of it and the steps' end times.
             conn.execute("COMMIT")
@@ -576,12 +592,20 @@ class SQLiteStore:
         # and does not fsync, a few tens of microseconds, where a worker thread's round trip
         # costs several times that. Anything larger, or that would wait for a lock, goes to a
         # worker thread, and so do the checkpoints that fsync (every few MB written).
-        size = sum(_ROW_BYTES + len(row[4] or "") for row in step_rows) + sum(
-            _ROW_BYTES + len(row[2]) for row in state_rows
-        )
-        await anyio.lowlevel.checkpoint()
-        if size > _INLINE_BYTES or not self._try_now("cannot write", save):
+        size = _ROW_BYTES * (len(steps) + len(state))
+        for r in steps:
+            if r.value is not None:
+                size += len(r.value.json)
+        for v in state.values():
+            size += len(v.json)
+        if size > _INLINE_BYTES:
             await self._call("cannot write", save)
+        else:
+            # A cancellation point but no schedule point (as MemoryStore's): a chain commits
+            # after every step, and a scheduling round costs about what the commit does.
+            await checkpoint_if_cancelled()
+            if not self._try_now("cannot write", save):
+                await self._call("cannot write", save)
         self._unchecked += size
         if self._unchecked >= _CHECKPOINT_BYTES:
             self._unchecked = 0
