@@ -51,7 +51,7 @@ from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from .._telemetry import Instrumentation, hooks
-from ._machine import StateChange, StateMachine
+from ._machine import Route, StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
     ProcessingResult,
@@ -349,7 +349,8 @@ class Pipeline:
 
     _stages: tuple[Stage, ...]
     _machine: StateMachine[RequestState]
-    _other_machine: StateMachine[RequestState] | None
+    _route: Route[RequestState]
+    _other_route: Route[RequestState] | None
     _counters: dict[str, _StageCounters]
     _runs: int
     _completed: int
@@ -360,7 +361,7 @@ class Pipeline:
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
-    _simple: tuple[bool, ...]
+    _plan: tuple[tuple[Stage, _StageCounters, bool], ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -384,20 +385,40 @@ class Pipeline:
             raise TypeError(f"machine must be a StateMachine, got {machine!r}")
         self._stages = stages
         self._machine = machine
-        self._check_path(machine)
-        self._other_machine = None
+        self._route = self._route_of(machine)
+        self._other_route = None
         self._counters = {stage.name: _StageCounters() for stage in stages}
         self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
         self._scopes: dict[int, OwnScope] = {}
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
-        self._simple = tuple(
-            not (
-                s.pools or s.retry is not None or s.operation is not None or s.timeout is not None
+        # Per stage, looked up once: its counters, and whether it is only a call (no pools,
+        # retry or timeout).
+        self._plan = tuple(
+            (
+                s,
+                self._counters[s.name],
+                not (
+                    s.pools
+                    or s.retry is not None
+                    or s.operation is not None
+                    or s.timeout is not None
+                ),
             )
             for s in stages
         )
+
+    def _route_of(self, machine: StateMachine[RequestState]) -> Route[RequestState]:
+        """Check the stages' path on ``machine``; return it as a route (index: stage, then end)."""
+        self._check_path(machine)
+        steps: list[tuple[RequestState, RequestState] | None] = []
+        previous = machine.initial
+        for stage in self._stages:
+            steps.append(None if stage.state is previous else (previous, stage.state))
+            previous = stage.state
+        steps.append((previous, _COMPLETED))
+        return Route(machine, steps)
 
     def _check_path(self, machine: StateMachine[RequestState]) -> None:
         previous = machine.initial
@@ -431,17 +452,16 @@ class Pipeline:
         """The state machine that moves requests (register hooks on it)."""
         return self._machine
 
-    def _machine_of_run(self, machine: object) -> StateMachine[RequestState]:
+    def _route_of_run(self, machine: object) -> Route[RequestState]:
         if machine is None or machine is self._machine:
-            return self._machine
-        other = self._other_machine
-        if other is not None and machine is other:  # a coordinator's: the same one every run
+            return self._route
+        other = self._other_route
+        if other is not None and machine is other.machine:  # a coordinator's: the same one
             return other
         if not isinstance(machine, StateMachine):
             raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
-        self._check_path(machine)
-        self._other_machine = machine
-        return machine
+        route = self._other_route = self._route_of(machine)
+        return route
 
     def _check_run(
         self,
@@ -591,7 +611,8 @@ class Pipeline:
         """
         if not isinstance(request, Request):
             raise TypeError(f"request must be a Request, got {request!r}")
-        moving = self._machine_of_run(machine)
+        route = self._route_of_run(machine)
+        moving = route.machine
         if moving.is_terminal(request.state):
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
@@ -626,7 +647,7 @@ class Pipeline:
                 with scope:
                     ended, value = await self._run_stages(
                         request,
-                        moving,
+                        route,
                         resources,
                         policies,
                         optional,
@@ -644,7 +665,7 @@ class Pipeline:
                     )
                 # As in the stage loop.
                 try:
-                    change = moving.transition_nowait(request, _COMPLETED, at=ended)
+                    change = route.move(request, len(self._stages), _COMPLETED, ended)
                 except anyio.WouldBlock:
                     change = await moving.transition(request, _COMPLETED)
                     ended = now_fn()
@@ -669,7 +690,7 @@ class Pipeline:
     async def _run_stages(
         self,
         request: Request,
-        machine: StateMachine[RequestState],
+        route: Route[RequestState],
         resources: ResourceManager | None,
         policies: tuple[RetryPolicy | None, ...] | None,
         optional: Collection[str],
@@ -684,26 +705,23 @@ class Pipeline:
         """
         timings = request.timings
         results = request.results
-        counters = self._counters
-        simple = self._simple
         value: Any = None
         telemetry = hooks.current  # a span per stage while it is on
-        for index, stage in enumerate(self._stages):
+        for index, (stage, counter, simple) in enumerate(self._plan):
             if request.state is not stage.state:
                 # Without hooks the transition needs no await, and happens at the time the
                 # previous stage ended (bench/lifecycle.py shows what it saves).
                 try:
-                    change = machine.transition_nowait(request, stage.state, at=now)
+                    change = route.move(request, index, stage.state, now)
                 except anyio.WouldBlock:
-                    change = await machine.transition(request, stage.state)
+                    change = await route.machine.transition(request, stage.state)
                     now = now_fn()
                 if on_transition is not None:
                     on_transition(request, change)
-            counter = counters[stage.name]
             counter.runs += 1
             begun = now
             try:
-                if simple[index] and telemetry is None:
+                if simple and telemetry is None:
                     value = await _call(stage, request)
                 else:
                     policy = None if policies is None else policies[index]
