@@ -98,7 +98,10 @@ _SINK: contextvars.ContextVar[ChunkSink | None] = contextvars.ContextVar(
 def _call(stage: Stage, request: Request) -> Awaitable[Any]:
     if stage.streaming:
         return drain(stage.fn(request), _SINK.get())  # type: ignore[arg-type]
-    result: Any = stage.fn(request)
+    return _awaitable(stage, stage.fn(request))
+
+
+def _awaitable(stage: Stage, result: Any) -> Awaitable[Any]:
     if type(result) is not CoroutineType and not is_awaitable(result):
         # A lambda (judged only by calling it) that returned a value: a bug in the caller,
         # never retried, never an optional stage's excusable failure.
@@ -361,7 +364,7 @@ class Pipeline:
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
-    _plan: tuple[tuple[Stage, _StageCounters, bool], ...]
+    _plan: tuple[tuple[Stage, _StageCounters, StageFn | None], ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -393,18 +396,19 @@ class Pipeline:
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
-        # Per stage, looked up once: its counters, and whether it is only a call (no pools,
-        # retry or timeout).
+        # Per stage, looked up once: its counters, and its function when a run only calls it
+        # (no pools, retry, timeout or streaming).
         self._plan = tuple(
             (
                 s,
                 self._counters[s.name],
-                not (
-                    s.pools
-                    or s.retry is not None
-                    or s.operation is not None
-                    or s.timeout is not None
-                ),
+                None
+                if s.pools
+                or s.retry is not None
+                or s.operation is not None
+                or s.timeout is not None
+                or s.streaming
+                else s.fn,
             )
             for s in stages
         )
@@ -617,14 +621,15 @@ class Pipeline:
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        timeout = check_timeout(timeout)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         if on_chunk is not None and not callable(on_chunk):
             raise TypeError(f"on_chunk must be an async callable or None, got {on_chunk!r}")
         key = id(request)
         if key in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)
-        log = open_log(check_logger(logger))
+        log = None if logger is None else open_log(check_logger(logger))
         if log is not None:
             # The same run, without a logger, between its two events.
             run = functools.partial(
@@ -641,7 +646,9 @@ class Pipeline:
         scope = cancel_scope(math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
         degraded: dict[str, BaseException] = {}
-        sink = _SINK.set(on_chunk)
+        # The sink of the chunks, set only when it changes (a run with no on_chunk, the usual
+        # case, outside any run with one).
+        sink = None if on_chunk is None and _SINK.get() is None else _SINK.set(on_chunk)
         try:
             try:
                 with scope:
@@ -676,7 +683,8 @@ class Pipeline:
                     request, moving, exc, on_transition, started, degraded
                 )
         finally:
-            _SINK.reset(sink)
+            if sink is not None:
+                _SINK.reset(sink)
             del self._scopes[key]
             self._cancel_requested.discard(key)
         if degraded:
@@ -707,7 +715,7 @@ class Pipeline:
         results = request.results
         value: Any = None
         telemetry = hooks.current  # a span per stage while it is on
-        for index, (stage, counter, simple) in enumerate(self._plan):
+        for index, (stage, counter, fn) in enumerate(self._plan):
             if request.state is not stage.state:
                 # Without hooks the transition needs no await, and happens at the time the
                 # previous stage ended (bench/lifecycle.py shows what it saves).
@@ -721,8 +729,11 @@ class Pipeline:
             counter.runs += 1
             begun = now
             try:
-                if simple and telemetry is None:
-                    value = await _call(stage, request)
+                if fn is not None and telemetry is None:
+                    result = fn(request)
+                    value = await (
+                        result if type(result) is CoroutineType else _awaitable(stage, result)
+                    )
                 else:
                     policy = None if policies is None else policies[index]
                     if telemetry is None:
