@@ -27,8 +27,8 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from .._backend import current_backend, open_body_group
 from .._backend import current_clock as clock
-from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._checks import check_async_callable, check_int, check_timeout
@@ -613,7 +613,9 @@ class Coordinator:
         async def one(index: int, request: Request) -> None:
             results[index] = await self.process(request)
 
-        async with anyio.create_task_group() as tg:
+        # trio's own nursery on trio: anyio's task group wraps every task in a handle with a
+        # cancel scope of its own, which a request (that catches its own failures) never needs.
+        async with current_backend().open_group() as tg:
             for index, request in enumerate(batch):
                 tg.start_soon(one, index, request)
         done = [r for r in results if r is not None]
