@@ -178,6 +178,8 @@ class Coordinator:
         self._admission = Admission(config, health, shared_limits)
         self._active: dict[str, Ticket] = {}
         self._opened_at = anyio.current_time()
+        # The running loop's own checkpoint (trio's on trio), without anyio's dispatch per call.
+        self._checkpoint = current_backend().checkpoint
         self._closed = False
         self._running = 0
         self._counts = dict.fromkeys(ProcessingStatus, 0)
@@ -321,7 +323,7 @@ class Coordinator:
             try:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
                 if not admission.try_now(slot):
                     await admission.wait(request, slot, deadline, entry)
             except BaseException as exc:
