@@ -28,6 +28,11 @@ alone costs about 9 us of CPU per row (five B-tree inserts and a share of a comm
 by itself) and the writer's notes a few more, against a 50 us request; a stored request costs
 20-50 us more CPU, within 20% of a request whose own work takes 100-250 us or more.
 
+The CPU summary also checks the goals of the request lifecycle on trio: ``Pipeline.run`` at most
+15 us, ``coordinator.process`` at most 25 us one at a time and at most 2x that per request 100
+at once, and gives the cost of a coordinator whose logger has debug on (structlog unconfigured,
+which renders every event), against the default row.
+
 The request object is created inside the timed loop (a server creates one per request).
 Besides the harness's wall-clock table, the summary gives each row's CPU time per request
 (``time.process_time()`` in a fresh process, median of ``BENCH_REPEATS``), which other load on
@@ -74,6 +79,10 @@ bench = Bench(__file__)
 N = 20_000
 TARGET_US = 50.0
 STORE_TARGET = 1.20  # a request store may slow a request by 20% at most
+# The goals of "fast in every mode", in CPU time per request on trio.
+PIPELINE_GOAL_US = 15.0
+COORDINATOR_GOAL_US = 25.0
+CONCURRENT_GOAL = 2.0  # 100 at once, per request, over one at a time
 
 
 def _stages() -> list[Any]:
@@ -134,7 +143,9 @@ def _quiet_logger() -> Any:
 
 
 @bench.case
-def coordinator(n: int, backend: str, concurrent: int, store: bool = False) -> int:
+def coordinator(
+    n: int, backend: str, concurrent: int, store: bool = False, debug: bool = False
+) -> int:
     router = Router(lambda request: "query", {"query": _pipeline()})
 
     async def main() -> None:
@@ -144,7 +155,12 @@ def coordinator(n: int, backend: str, concurrent: int, store: bool = False) -> i
                 path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "requests.db"
                 requests = await stack.enter_async_context(SQLiteRequestStore(path))
             c = await stack.enter_async_context(
-                open_coordinator(router=router, logger=_quiet_logger(), requests=requests)
+                open_coordinator(
+                    router=router,
+                    # debug: structlog as it comes, unconfigured (it prints every event)
+                    logger=structlog.get_logger("trioflow") if debug else _quiet_logger(),
+                    requests=requests,
+                )
             )
             if concurrent == 1:
                 for i in range(n):
@@ -242,6 +258,8 @@ def plan(run: Any) -> None:
             "floor": _cpu_us("floor", n=N, backend=backend),
             "pipeline": _cpu_us("pipeline", n=N, backend=backend),
             "coordinator": _cpu_us("coordinator", n=N, backend=backend, concurrent=1),
+            "concurrent": _cpu_us("coordinator", n=N, backend=backend, concurrent=100),
+            "debug": _cpu_us("coordinator", n=N // 10, backend=backend, concurrent=1, debug=True),
             "stored": _cpu_us("coordinator", n=N, backend=backend, concurrent=1, store=True),
         }
     lines = ["", "### Target: coordination overhead per request", ""]
@@ -267,6 +285,16 @@ def plan(run: Any) -> None:
         f" {trio_cpu:.1f} us of CPU time; load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs while measuring)"
     )
+    lines += ["", "### Goals of the request lifecycle (CPU time per request)", ""]
+    for backend, c in cpu.items():
+        ratio = c["concurrent"] / c["coordinator"]
+        lines.append(
+            f"- {backend}: Pipeline.run {c['pipeline']:.1f} us (goal <= {PIPELINE_GOAL_US:.0f} "
+            f"us on trio); coordinator.process {c['coordinator']:.1f} us one at a time (goal <= "
+            f"{COORDINATOR_GOAL_US:.0f} us on trio), {c['concurrent']:.1f} us 100 at once "
+            f"({ratio:.2f}x, goal <= {CONCURRENT_GOAL:.0f}x); with structlog unconfigured (debug "
+            f"events rendered): {c['debug']:.1f} us, {c['debug'] / c['coordinator']:.1f}x"
+        )
     lines += ["", "### Target: an SQLite request store slows a request by 20% at most", ""]
     for backend, r in rows.items():
         one = r["stored"].per_op_us / r["coordinator"].per_op_us

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from .._backend import OwnScope, cancel_scope
 from .._errors import ConfigError, ResourceExhaustedError
 from .._limits import (
     HealthSource,
@@ -64,7 +65,7 @@ class Ticket:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.scope: anyio.CancelScope | None = None  # while waiting for admission
+        self.scope: OwnScope | None = None  # while waiting for admission
         self.pipeline: Pipeline | None = None  # once routed
         self.cancel_requested = False
 
@@ -197,7 +198,8 @@ class Admission:
                 self.on_depth(self.waiting)
 
         try:
-            with anyio.CancelScope(deadline=deadline) as scope:
+            scope = cancel_scope(deadline)  # trio's own on trio: about a third cheaper
+            with scope:
                 ticket.scope = scope
                 await self._rate_limit(request, must_wait)
                 health = self._health

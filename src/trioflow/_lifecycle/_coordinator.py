@@ -27,8 +27,8 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from .._backend import current_backend, open_body_group
 from .._backend import current_clock as clock
-from .._backend import open_body_group
 from .._batch._outcomes import BatchResult
 from .._batch._run import run_batch
 from .._checks import check_async_callable, check_int, check_timeout
@@ -178,6 +178,8 @@ class Coordinator:
         self._admission = Admission(config, health, shared_limits)
         self._active: dict[str, Ticket] = {}
         self._opened_at = anyio.current_time()
+        # The running loop's own checkpoint (trio's on trio), without anyio's dispatch per call.
+        self._checkpoint = current_backend().checkpoint
         self._closed = False
         self._running = 0
         self._counts = dict.fromkeys(ProcessingStatus, 0)
@@ -321,7 +323,7 @@ class Coordinator:
             try:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
-                await anyio.lowlevel.checkpoint()
+                await self._checkpoint()
                 if not admission.try_now(slot):
                     await admission.wait(request, slot, deadline, entry)
             except BaseException as exc:
@@ -613,7 +615,9 @@ class Coordinator:
         async def one(index: int, request: Request) -> None:
             results[index] = await self.process(request)
 
-        async with anyio.create_task_group() as tg:
+        # trio's own nursery on trio: anyio's task group wraps every task in a handle with a
+        # cancel scope of its own, which a request (that catches its own failures) never needs.
+        async with current_backend().open_group() as tg:
             for index, request in enumerate(batch):
                 tg.start_soon(one, index, request)
         done = [r for r in results if r is not None]

@@ -26,6 +26,7 @@ from .._backend import current_clock as clock
 from .._errors import InvalidTransitionError, TransitionInProgressError
 
 __all__ = (
+    "Route",
     "StateChange",
     "StateMachine",
     "StateMachineStatistics",
@@ -74,14 +75,6 @@ _new_change = object.__new__
 _set_from = StateChange.__dict__["from_state"].__set__
 _set_to = StateChange.__dict__["to_state"].__set__
 _set_at = StateChange.__dict__["at"].__set__
-
-
-def _change(from_state: E, to_state: E, at: float) -> StateChange[E]:
-    change: StateChange[E] = _new_change(StateChange)
-    _set_from(change, from_state)
-    _set_to(change, to_state)
-    _set_at(change, at)
-    return change
 
 
 @attrs.frozen(kw_only=True)
@@ -556,7 +549,11 @@ class StateMachine(Generic[E]):
     def _record(
         self, obj: object, left: _State[E], entered: _State[E], at: float
     ) -> StateChange[E]:
-        change = _change(left.state, entered.state, at)
+        # _change inlined: this runs once per transition of every object.
+        change: StateChange[E] = _new_change(StateChange)
+        _set_from(change, left.state)
+        _set_to(change, entered.state)
+        _set_at(change, at)
         history = getattr(obj, "history", None)
         if history is not None:
             if history:
@@ -595,3 +592,76 @@ class StateMachine(Generic[E]):
             cancelled=self._cancelled,
             states=MappingProxyType(states),
         )
+
+
+@final
+class Route(Generic[E]):
+    """A path of transitions through one machine's table, looked up once.
+
+    What code that moves many objects along the same states (a pipeline, once per stage)
+    uses instead of :meth:`StateMachine.transition_nowait`: ``route.move(obj, index, at)`` is
+    that call for the ``index``-th transition of the path, with the table lookups done when the
+    route was made. The transition is the same (validated, recorded, counted); an object that
+    is not in the step's expected state, or is busy, takes the general path and its checks.
+    The table of a machine never changes, so a route stays valid as long as its machine.
+
+    Args:
+        machine: The machine whose table the path follows.
+        steps: ``(from_state, to_state)`` for each index, or ``None`` for an index with no
+            precomputed transition (``move`` then needs ``to_state``).
+
+    Raises:
+        InvalidTransitionError: A step is not in the machine's table.
+    """
+
+    __slots__ = ("_machine", "_steps")
+
+    def __init__(self, machine: StateMachine[E], steps: Iterable[tuple[E, E] | None]) -> None:
+        self._machine = machine
+        compiled: list[tuple[_State[E], _State[E]] | None] = []
+        for step in steps:
+            if step is None:
+                compiled.append(None)
+                continue
+            from_state, to_state = step
+            if not machine.can_transition(from_state, to_state):
+                raise InvalidTransitionError(from_state, to_state)
+            states = machine._states
+            compiled.append((states[id(from_state)], states[id(to_state)]))
+        self._steps = tuple(compiled)
+
+    @property
+    def machine(self) -> StateMachine[E]:
+        """The machine whose table the route follows."""
+        return self._machine
+
+    def move(self, obj: Stateful[E], index: int, to_state: E, at: float) -> StateChange[E]:
+        """Move ``obj`` along step ``index`` (to ``to_state``) at ``at``, as ``transition_nowait``.
+
+        Args:
+            obj: As for :meth:`StateMachine.transition`.
+            index: The step of the route.
+            to_state: The state step ``index`` enters (used when ``obj`` is elsewhere).
+            at: When the change happened, on the running backend's clock.
+
+        Returns:
+            The :class:`StateChange` applied.
+
+        Raises:
+            anyio.WouldBlock: The machine has hooks (nothing changed; await
+                :meth:`StateMachine.transition`).
+            InvalidTransitionError: The table does not allow the move (nothing changed).
+            TransitionInProgressError: Another transition of ``obj`` is awaiting its hooks.
+        """
+        machine = self._machine
+        step = self._steps[index]
+        if (
+            step is None
+            or machine._has_hooks
+            or obj.state is not step[0].state
+            or (machine._busy and id(obj) in machine._busy)
+        ):
+            return machine.transition_nowait(obj, to_state, at=at)
+        left, entered = step
+        obj.state = entered.state
+        return machine._record(obj, left, entered, at)

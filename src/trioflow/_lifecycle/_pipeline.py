@@ -51,7 +51,7 @@ from .._options import WorkOptions
 from .._resilience._policies import RetryPolicies
 from .._retry import RetryPolicy
 from .._telemetry import Instrumentation, hooks
-from ._machine import StateChange, StateMachine
+from ._machine import Route, StateChange, StateMachine
 from ._request import (
     REQUEST_TRANSITIONS,
     ProcessingResult,
@@ -98,7 +98,10 @@ _SINK: contextvars.ContextVar[ChunkSink | None] = contextvars.ContextVar(
 def _call(stage: Stage, request: Request) -> Awaitable[Any]:
     if stage.streaming:
         return drain(stage.fn(request), _SINK.get())  # type: ignore[arg-type]
-    result: Any = stage.fn(request)
+    return _awaitable(stage, stage.fn(request))
+
+
+def _awaitable(stage: Stage, result: Any) -> Awaitable[Any]:
     if type(result) is not CoroutineType and not is_awaitable(result):
         # A lambda (judged only by calling it) that returned a value: a bug in the caller,
         # never retried, never an optional stage's excusable failure.
@@ -349,7 +352,8 @@ class Pipeline:
 
     _stages: tuple[Stage, ...]
     _machine: StateMachine[RequestState]
-    _other_machine: StateMachine[RequestState] | None
+    _route: Route[RequestState]
+    _other_route: Route[RequestState] | None
     _counters: dict[str, _StageCounters]
     _runs: int
     _completed: int
@@ -360,7 +364,7 @@ class Pipeline:
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
-    _simple: tuple[bool, ...]
+    _plan: tuple[tuple[Stage, _StageCounters, StageFn | None], ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -384,20 +388,41 @@ class Pipeline:
             raise TypeError(f"machine must be a StateMachine, got {machine!r}")
         self._stages = stages
         self._machine = machine
-        self._check_path(machine)
-        self._other_machine = None
+        self._route = self._route_of(machine)
+        self._other_route = None
         self._counters = {stage.name: _StageCounters() for stage in stages}
         self._runs = self._completed = self._degraded = self._failed = self._cancelled = 0
         self._scopes: dict[int, OwnScope] = {}
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
-        self._simple = tuple(
-            not (
-                s.pools or s.retry is not None or s.operation is not None or s.timeout is not None
+        # Per stage, looked up once: its counters, and its function when a run only calls it
+        # (no pools, retry, timeout or streaming).
+        self._plan = tuple(
+            (
+                s,
+                self._counters[s.name],
+                None
+                if s.pools
+                or s.retry is not None
+                or s.operation is not None
+                or s.timeout is not None
+                or s.streaming
+                else s.fn,
             )
             for s in stages
         )
+
+    def _route_of(self, machine: StateMachine[RequestState]) -> Route[RequestState]:
+        """Check the stages' path on ``machine``; return it as a route (index: stage, then end)."""
+        self._check_path(machine)
+        steps: list[tuple[RequestState, RequestState] | None] = []
+        previous = machine.initial
+        for stage in self._stages:
+            steps.append(None if stage.state is previous else (previous, stage.state))
+            previous = stage.state
+        steps.append((previous, _COMPLETED))
+        return Route(machine, steps)
 
     def _check_path(self, machine: StateMachine[RequestState]) -> None:
         previous = machine.initial
@@ -431,17 +456,16 @@ class Pipeline:
         """The state machine that moves requests (register hooks on it)."""
         return self._machine
 
-    def _machine_of_run(self, machine: object) -> StateMachine[RequestState]:
+    def _route_of_run(self, machine: object) -> Route[RequestState]:
         if machine is None or machine is self._machine:
-            return self._machine
-        other = self._other_machine
-        if other is not None and machine is other:  # a coordinator's: the same one every run
+            return self._route
+        other = self._other_route
+        if other is not None and machine is other.machine:  # a coordinator's: the same one
             return other
         if not isinstance(machine, StateMachine):
             raise TypeError(f"machine must be a StateMachine or None, got {machine!r}")
-        self._check_path(machine)
-        self._other_machine = machine
-        return machine
+        route = self._other_route = self._route_of(machine)
+        return route
 
     def _check_run(
         self,
@@ -591,19 +615,21 @@ class Pipeline:
         """
         if not isinstance(request, Request):
             raise TypeError(f"request must be a Request, got {request!r}")
-        moving = self._machine_of_run(machine)
+        route = self._route_of_run(machine)
+        moving = route.machine
         if moving.is_terminal(request.state):
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        timeout = check_timeout(timeout)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         if on_chunk is not None and not callable(on_chunk):
             raise TypeError(f"on_chunk must be an async callable or None, got {on_chunk!r}")
         key = id(request)
         if key in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
         self._check_run(resources, retry, optional)
-        log = open_log(check_logger(logger))
+        log = None if logger is None else open_log(check_logger(logger))
         if log is not None:
             # The same run, without a logger, between its two events.
             run = functools.partial(
@@ -620,13 +646,15 @@ class Pipeline:
         scope = cancel_scope(math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
         degraded: dict[str, BaseException] = {}
-        sink = _SINK.set(on_chunk)
+        # The sink of the chunks, set only when it changes (a run with no on_chunk, the usual
+        # case, outside any run with one).
+        sink = None if on_chunk is None and _SINK.get() is None else _SINK.set(on_chunk)
         try:
             try:
                 with scope:
                     ended, value = await self._run_stages(
                         request,
-                        moving,
+                        route,
                         resources,
                         policies,
                         optional,
@@ -644,7 +672,7 @@ class Pipeline:
                     )
                 # As in the stage loop.
                 try:
-                    change = moving.transition_nowait(request, _COMPLETED, at=ended)
+                    change = route.move(request, len(self._stages), _COMPLETED, ended)
                 except anyio.WouldBlock:
                     change = await moving.transition(request, _COMPLETED)
                     ended = now_fn()
@@ -655,7 +683,8 @@ class Pipeline:
                     request, moving, exc, on_transition, started, degraded
                 )
         finally:
-            _SINK.reset(sink)
+            if sink is not None:
+                _SINK.reset(sink)
             del self._scopes[key]
             self._cancel_requested.discard(key)
         if degraded:
@@ -669,7 +698,7 @@ class Pipeline:
     async def _run_stages(
         self,
         request: Request,
-        machine: StateMachine[RequestState],
+        route: Route[RequestState],
         resources: ResourceManager | None,
         policies: tuple[RetryPolicy | None, ...] | None,
         optional: Collection[str],
@@ -684,27 +713,27 @@ class Pipeline:
         """
         timings = request.timings
         results = request.results
-        counters = self._counters
-        simple = self._simple
         value: Any = None
         telemetry = hooks.current  # a span per stage while it is on
-        for index, stage in enumerate(self._stages):
+        for index, (stage, counter, fn) in enumerate(self._plan):
             if request.state is not stage.state:
                 # Without hooks the transition needs no await, and happens at the time the
                 # previous stage ended (bench/lifecycle.py shows what it saves).
                 try:
-                    change = machine.transition_nowait(request, stage.state, at=now)
+                    change = route.move(request, index, stage.state, now)
                 except anyio.WouldBlock:
-                    change = await machine.transition(request, stage.state)
+                    change = await route.machine.transition(request, stage.state)
                     now = now_fn()
                 if on_transition is not None:
                     on_transition(request, change)
-            counter = counters[stage.name]
             counter.runs += 1
             begun = now
             try:
-                if simple[index] and telemetry is None:
-                    value = await _call(stage, request)
+                if fn is not None and telemetry is None:
+                    result = fn(request)
+                    value = await (
+                        result if type(result) is CoroutineType else _awaitable(stage, result)
+                    )
                 else:
                     policy = None if policies is None else policies[index]
                     if telemetry is None:

@@ -128,6 +128,13 @@ class Router:
             Exception: Whatever the classifier raised.
         """
         kind = self._classify(request)
+        if type(kind) is str and kind:
+            return kind
+        return await self._kind_of(kind)
+
+    @staticmethod
+    async def _kind_of(kind: object) -> str:
+        """The kind a classifier gave other than a plain str: awaited if awaitable, checked."""
         if not isinstance(kind, str) and inspect.isawaitable(kind):
             kind = await kind
         if not isinstance(kind, str) or not kind:
@@ -152,6 +159,12 @@ class Router:
         """
         kind = request.kind
         if kind is None:
-            kind = await self.classify(request)
+            # classify() without its coroutine when the classifier returns a str at once.
+            given: object = self._classify(request)
+            kind = given if type(given) is str and given else await self._kind_of(given)
             request.kind = kind
+        if type(kind) is str:
+            pipeline = self._pipelines.get(kind)
+            if pipeline is not None:
+                return pipeline
         return self.pipeline(kind)
