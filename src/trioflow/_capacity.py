@@ -107,6 +107,10 @@ class PriorityLimiter:
         """How many tasks wait for a token."""
         return self._waiting
 
+    def holds(self, borrower: object) -> bool:
+        """Whether ``borrower`` holds a token (a waiter holds one once it is served)."""
+        return borrower in self._borrowers
+
     def acquire_on_behalf_of_nowait(self, borrower: object) -> None:
         """Take a token for ``borrower`` now.
 

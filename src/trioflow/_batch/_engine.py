@@ -56,7 +56,7 @@ from .._checks import (
     is_awaitable,
     not_awaitable,
 )
-from .._limits import ResourceManager, as_manager
+from .._limits import ResourceManager, Slot, as_manager, can_pass_on, pass_on
 from .._retry import RetryPolicy
 from ._handoff import Handoff
 from ._outcomes import (
@@ -202,6 +202,7 @@ class Batch:
 
     __slots__ = (
         "_abort_error",
+        "_ahead",
         "_aiter",
         "_cancel",
         "_clock",
@@ -230,6 +231,7 @@ class Batch:
         "_timeout",
         "_total",
         "_values",
+        "_waiting_slot",
         "_workers",
     )
 
@@ -284,6 +286,8 @@ class Batch:
         self._started: list[tuple[int, float]] = []
         # With a ResourceManager: set while one worker waits for a slot (see _managed_worker).
         self._slot_waiter: anyio.Event | None = None
+        self._waiting_slot: Slot | None = None  # its slot
+        self._ahead: tuple[int, Operation[Any]] | None = None  # the operation read ahead
         self._clock: Callable[[], float] = anyio.current_time
         self._move_on_after: Callable[[float], AbstractContextManager[CancelScope]]
         self._group: TaskGroup
@@ -765,44 +769,83 @@ class Batch:
         the batch runs. Each worker takes an operation, then its slot: at once when one is
         free; else it waits, and it is the batch's only waiter (the others wait before taking,
         so the input is read only as capacity frees up, and batches sharing the manager are
-        served first come, first served). A failure is given to the slot so that the
-        manager's statistics and listeners see it, as they do for ``rm.run()``.
+        served first come, first served). The operation the waiter holds is the batch's one
+        read ahead (``_ahead``): a worker whose operation ends while nobody but that waiter
+        waits for the manager's tokens keeps its slot and runs the read-ahead operation itself,
+        reading the next one ahead (:func:`~trioflow._limits.pass_on`), so the waiter wakes
+        only when a token frees for it; anyone else waiting gets the slot back as usual.
+        A failure is given to the slot so that the manager's statistics and listeners see it,
+        as they do for ``rm.run()``.
         """
+        passing = self._items is not None  # taking the next operation must not await
+        checkpoint = current_backend().checkpoint
         while True:
             while self._slot_waiter is not None:  # another worker waits: wait behind it
                 await self._slot_waiter.wait()
             item = await self._next()
             if item is None:
                 return
-            index, op = item
             slot = manager.slot()
             try:
                 try:
                     slot.acquire_nowait()
                 except anyio.WouldBlock:
+                    self._ahead = item
+                    self._waiting_slot = slot
                     self._slot_waiter = waiter = anyio.Event()
                     try:
                         await slot.acquire()
                     finally:
                         self._slot_waiter = None
+                        self._waiting_slot = None
                         waiter.set()
+                    item = self._ahead  # perhaps a later one: see pass_on below
+                    self._ahead = None
             except Exception as exc:
                 # Refused (ResourceExhaustedError when unhealthy): the operation fails without
                 # running, and the worker goes on.
-                await self._finish(index, FAILED, None, exc, 0.0, 0)
+                item, self._ahead = self._ahead or item, None
+                await self._finish(item[0], FAILED, None, exc, 0.0, 0)
                 continue
             except BaseException:
+                item, self._ahead = self._ahead or item, None
                 if self._send is None:
-                    self._extra[index] = (CANCELLED, None, 0)
+                    self._extra[item[0]] = (CANCELLED, None, 0)
                 raise
-            if self._workers <= manager.limit:
-                self._workers += 1
-                self._group.start_soon(self._managed_worker, manager)
-            try:
-                error = await self._execute(index, op)
-            except BaseException as exc:  # cancelled: counted neither way, no listener called
-                slot.release(exc)
-                raise
+            assert item is not None
+            passed = False
+            while True:
+                if self._workers <= manager.limit:
+                    self._workers += 1
+                    self._group.start_soon(self._managed_worker, manager)
+                try:
+                    if passed:
+                        # As a waiter handed the slot would, start only after every task that
+                        # ended in this instant has run: one of them may stop the batch.
+                        try:
+                            await checkpoint()
+                        except BaseException:
+                            self._never_started(item[0])
+                            raise
+                    error = await self._execute(*item)
+                except BaseException as exc:  # cancelled: counted neither way, no listener called
+                    slot.release(exc)
+                    raise
+                behind = self._waiting_slot
+                if not passing or self._stopped or not can_pass_on(slot, behind):
+                    break
+                following = self._take()
+                if following is None:
+                    break
+                if behind is None:
+                    pass_on(slot, error, waited=False)
+                    item = following
+                else:  # run the read-ahead operation; the one just taken is read ahead now
+                    pass_on(slot, error, waited=True)
+                    item = self._ahead
+                    self._ahead = following
+                    assert item is not None
+                passed = True
             slot.release(error)  # a listener that raises is logged by the manager
 
     def _start(self, index: int, op: Operation[Any]) -> Awaitable[Any]:
