@@ -779,6 +779,10 @@ class Batch:
         """
         passing = self._items is not None  # taking the next operation must not await
         checkpoint = current_backend().checkpoint
+        # Whether another task can stop the batch with a result to show: a fail_fast failure,
+        # on_progress raising or as_completed's consumer leaving. Otherwise only an abort can
+        # (the batch raises), and a passed slot starts its next operation at once.
+        settle = self._fail_fast or self._on_progress is not None or self._send is not None
         while True:
             while self._slot_waiter is not None:  # another worker waits: wait behind it
                 await self._slot_waiter.wait()
@@ -819,7 +823,7 @@ class Batch:
                     self._workers += 1
                     self._group.start_soon(self._managed_worker, manager)
                 try:
-                    if passed:
+                    if passed and settle:
                         # As a waiter handed the slot would, start only after every task that
                         # ended in this instant has run: one of them may stop the batch.
                         try:
@@ -882,7 +886,10 @@ class Batch:
         try:
             if self._retry is None:
                 attempts = 1
-                value = await self._call(index, op)
+                if self._timeout is None:
+                    value = await self._start(index, op)
+                else:
+                    value = await self._call(index, op)
             else:
 
                 async def attempt() -> Any:
@@ -904,6 +911,12 @@ class Batch:
                 self._extra[index] = (CANCELLED, None, attempts)
             raise
         self._running -= 1
+        if attempts == 1 and self._send is None and self._on_progress is None:
+            # _finish's common case, inlined: this runs once per operation.
+            self._completed += 1
+            self._durations[index] = clock() - start
+            self._values[index] = value
+            return None
         await self._finish(index, SUCCEEDED, value, None, clock() - start, attempts)
         return None
 
