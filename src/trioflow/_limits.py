@@ -729,14 +729,14 @@ def can_pass_on(slot: Slot, behind: Slot | None = None) -> bool:
     return bool(limiter.borrowed_tokens <= limiter.total_tokens)
 
 
-def pass_on(slot: Slot, error: BaseException | None, *, waited: bool) -> None:
+def pass_on(slot: Slot, error: BaseException | None, now: float, *, waited: bool) -> None:
     """Count the work done under ``slot`` as :meth:`Slot.release` would, and keep its tokens.
 
     The next piece of work starts at once under the same tokens (see :func:`can_pass_on`,
-    which must have said yes with no ``await`` since). ``waited``: that work had been waiting
-    for a token, and counts as throttled, as it would have had it waited in the limiter.
+    which must have said yes with no ``await`` since). ``now`` is the running loop's time (the
+    caller has just read it). ``waited``: that work had been waiting for a token, and counts
+    as throttled, as it would have had it waited in the limiter.
     """
-    now = current_time()
     manager = slot._manager
     if waited:
         manager._throttled += 1

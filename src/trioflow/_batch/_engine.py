@@ -455,13 +455,14 @@ class Batch:
             return self._admit(self._count_taken(), op)
 
     def _admit(self, index: int, op: Any) -> tuple[int, Operation[Any]] | None:
-        key = _key(op)
-        if key is not self._judged:
-            refusal = _refusal(index, op)
-            if refusal is not None:
-                self._abort(refusal)
-                return None
-            self._judged = key
+        if type(op) is not _partial or op.func is not self._judged:  # see _key
+            key = _key(op)
+            if key is not self._judged:
+                refusal = _refusal(index, op)
+                if refusal is not None:
+                    self._abort(refusal)
+                    return None
+                self._judged = key
         if self._send is None:
             self._values.append(None)
             self._durations.append(_NOT_STARTED)
@@ -778,7 +779,9 @@ class Batch:
         as they do for ``rm.run()``.
         """
         passing = self._items is not None  # taking the next operation must not await
-        checkpoint = current_backend().checkpoint
+        backend = current_backend()
+        checkpoint = backend.checkpoint
+        clock = backend.clock
         # Whether another task can stop the batch with a result to show: a fail_fast failure,
         # on_progress raising or as_completed's consumer leaving. Otherwise only an abort can
         # (the batch raises), and a passed slot starts its next operation at once.
@@ -842,10 +845,10 @@ class Batch:
                 if following is None:
                     break
                 if behind is None:
-                    pass_on(slot, error, waited=False)
+                    pass_on(slot, error, clock(), waited=False)
                     item = following
                 else:  # run the read-ahead operation; the one just taken is read ahead now
-                    pass_on(slot, error, waited=True)
+                    pass_on(slot, error, clock(), waited=True)
                     item = self._ahead
                     self._ahead = following
                     assert item is not None
