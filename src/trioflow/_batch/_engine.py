@@ -820,11 +820,13 @@ class Batch:
                     self._extra[item[0]] = (CANCELLED, None, 0)
                 raise
             assert item is not None
+            # Only a slot acquired afresh can be a new token (the limit grew): one passed on
+            # is the same token.
+            if self._workers <= manager.limit:
+                self._workers += 1
+                self._group.start_soon(self._managed_worker, manager)
             passed = False
             while True:
-                if self._workers <= manager.limit:
-                    self._workers += 1
-                    self._group.start_soon(self._managed_worker, manager)
                 try:
                     if passed and settle:
                         # As a waiter handed the slot would, start only after every task that
