@@ -722,11 +722,7 @@ def can_pass_on(slot: Slot, behind: Slot | None = None) -> bool:
     general = manager._general
     if slot._pools or slot._keys or general.shared or manager._health is not None:
         return False
-    limiter = general.limiter
-    waiting = limiter.waiting
-    if waiting and (waiting > 1 or behind is None or limiter.holds(behind)):
-        return False
-    return bool(limiter.borrowed_tokens <= limiter.total_tokens)
+    return bool(general.limiter.wanted_only_by(behind))
 
 
 def pass_on(slot: Slot, error: BaseException | None, now: float, *, waited: bool) -> None:
