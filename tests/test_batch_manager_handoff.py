@@ -8,9 +8,11 @@ statistics and listeners see every operation.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,3 +128,22 @@ def test_the_managers_statistics_and_listeners_see_every_operation(
 
     name, options = virtual_time_backends()[backend]
     anyio.run(main, backend=name, backend_options=options)
+
+
+async def test_an_async_input_runs_every_operation_under_a_resource_manager() -> None:
+    # Workers taking from an async input await between the check for a waiter and the slot,
+    # so more than one of them may wait for a slot, each with its own operation.
+    rm = ResourceManager(limit=2)
+    tracker = Tracker()
+
+    async def operations() -> AsyncIterator[Any]:
+        for op in tracker.ops([1] * 8):
+            await anyio.lowlevel.checkpoint()
+            yield op
+
+    result = await run_batch(operations(), limit=rm)
+    assert list(result.values) == list(range(8))
+    assert sorted(tracker.started) == list(range(8))
+    assert tracker.peak == 2
+    assert anyio.current_time() == 4
+    assert (rm.statistics().executed, rm.statistics().executing) == (8, 0)

@@ -793,12 +793,17 @@ class Batch:
             if item is None:
                 return
             slot = manager.slot()
+            # With a synchronous input this worker is the batch's one waiter (nothing awaited
+            # since the loop above), and the operation it waits with may be handed on.
+            ahead = False
             try:
                 try:
                     slot.acquire_nowait()
                 except anyio.WouldBlock:
-                    self._ahead = item
-                    self._waiting_slot = slot
+                    if passing:
+                        ahead = True
+                        self._ahead = item
+                        self._waiting_slot = slot
                     self._slot_waiter = waiter = anyio.Event()
                     try:
                         await slot.acquire()
@@ -806,20 +811,18 @@ class Batch:
                         self._slot_waiter = None
                         self._waiting_slot = None
                         waiter.set()
-                    item = self._ahead  # perhaps a later one: see pass_on below
-                    self._ahead = None
             except Exception as exc:
                 # Refused (ResourceExhaustedError when unhealthy): the operation fails without
                 # running, and the worker goes on.
-                item, self._ahead = self._ahead or item, None
-                await self._finish(item[0], FAILED, None, exc, 0.0, 0)
+                index = self._take_ahead(item, ahead)[0]
+                await self._finish(index, FAILED, None, exc, 0.0, 0)
                 continue
             except BaseException:
-                item, self._ahead = self._ahead or item, None
+                index = self._take_ahead(item, ahead)[0]
                 if self._send is None:
-                    self._extra[item[0]] = (CANCELLED, None, 0)
+                    self._extra[index] = (CANCELLED, None, 0)
                 raise
-            assert item is not None
+            item = self._take_ahead(item, ahead)  # perhaps a later one: see pass_on below
             # Only a slot acquired afresh can be a new token (the limit grew): one passed on
             # is the same token.
             if self._workers <= manager.limit:
@@ -856,6 +859,17 @@ class Batch:
                     assert item is not None
                 passed = True
             slot.release(error)  # a listener that raises is logged by the manager
+
+    def _take_ahead(
+        self, item: tuple[int, Operation[Any]], ahead: bool
+    ) -> tuple[int, Operation[Any]]:
+        """The operation a managed worker waited with: the read-ahead one if it was the waiter."""
+        if not ahead:
+            return item
+        taken = self._ahead
+        assert taken is not None
+        self._ahead = None
+        return taken
 
     def _start(self, index: int, op: Operation[Any]) -> Awaitable[Any]:
         """Call an operation; abort the batch if what it returns cannot be awaited.
