@@ -252,9 +252,11 @@ def trioflow_mode(n: int, limit: int | None, backend: str, mode: str) -> int:
             options["timeout"] = 60
         if mode in ("progress", "both"):
             options["on_progress"] = _ignore
-        if mode == "manager":
+        if mode in ("manager", "manager_fail_fast"):
             assert limit is not None
             options["limit"] = trioflow.ResourceManager(limit)
+        if mode == "manager_fail_fast":  # a slot handed on waits one checkpoint (docs/batches.md)
+            options["fail_fast"] = True
         result = await trioflow.run_batch(ops, **options)
         assert result.succeeded == n
         if mode == "outcomes":
@@ -284,6 +286,7 @@ MODES = (
     ("progress", "run_batch(on_progress=cb)"),
     ("both", "run_batch(timeout=60, on_progress=cb)"),
     ("manager", "run_batch(limit=ResourceManager(16))"),
+    ("manager_fail_fast", "run_batch(limit=ResourceManager(16), fail_fast=True)"),
     ("as_completed", "as_completed"),
     ("outcomes", "run_batch + read .outcomes"),
 )

@@ -107,6 +107,20 @@ class PriorityLimiter:
         """How many tasks wait for a token."""
         return self._waiting
 
+    def wanted_only_by(self, borrower: object | None) -> bool:
+        """Whether a held token may stay with its holder: nobody else wants one.
+
+        That is: no task waits, or only ``borrower`` does (a waiter that was not served yet),
+        and the tokens held do not exceed ``total_tokens`` (it was not lowered below them).
+        One call on a hot path (a batch handing a slot on), where four would cost a tenth of
+        it.
+        """
+        borrowers = self._borrowers
+        waiting = self._waiting
+        if waiting and (waiting > 1 or borrower is None or borrower in borrowers):
+            return False
+        return len(borrowers) <= self._total
+
     def acquire_on_behalf_of_nowait(self, borrower: object) -> None:
         """Take a token for ``borrower`` now.
 

@@ -674,6 +674,14 @@ class Slot:
             failed = True
         else:
             return  # cancellation (or KeyboardInterrupt, ...) is neither success nor failure
+        self._count(duration, failed, pools, keys)
+
+    def _count(
+        self, duration: float, failed: bool, pools: tuple[_Pool, ...], keys: tuple[_Key, ...]
+    ) -> None:
+        """Count one piece of work done (or failed) under the slot, and tell the listeners."""
+        manager = self._manager
+        general = manager._general
         general.executed += 1
         general.total_duration += duration
         if failed:
@@ -699,6 +707,39 @@ class Slot:
                     ok=not failed,
                 )
             )
+
+
+def can_pass_on(slot: Slot, behind: Slot | None = None) -> bool:
+    """Whether a held slot's tokens may go straight to its holder's next piece of work.
+
+    That is fair only when nobody else waits for them: no waiter at all, or only ``behind``,
+    the holder's own slot waiting for a token (a batch's one read-ahead operation, which the
+    next piece of work is). It also needs a plain slot (no pools, no keys), a general limit
+    made here, no health source to consult, and a limit that has not shrunk below the tokens
+    held. Then :func:`pass_on` saves the release, the heap and the wake-up of a waiter.
+    """
+    manager = slot._manager
+    general = manager._general
+    if slot._pools or slot._keys or general.shared or manager._health is not None:
+        return False
+    return bool(general.limiter.wanted_only_by(behind))
+
+
+def pass_on(slot: Slot, error: BaseException | None, now: float, *, waited: bool) -> None:
+    """Count the work done under ``slot`` as :meth:`Slot.release` would, and keep its tokens.
+
+    The next piece of work starts at once under the same tokens (see :func:`can_pass_on`,
+    which must have said yes with no ``await`` since). ``now`` is the running loop's time (the
+    caller has just read it). ``waited``: that work had been waiting for a token, and counts
+    as throttled, as it would have had it waited in the limiter.
+    """
+    manager = slot._manager
+    if waited:
+        manager._throttled += 1
+        manager._general.throttled += 1
+    duration = now - slot._started
+    slot._started = now
+    slot._count(duration, error is not None, slot._pools, slot._keys)
 
 
 # --- events --------------------------------------------------------------------------------
