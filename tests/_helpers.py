@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from trioflow import (
     MemoryStore,
@@ -117,3 +121,47 @@ class ForwardingStore:
 
     async def release_lease(self, run_id: str, owner: RunOwner) -> None:
         await self.inner.release_lease(run_id, owner)
+
+
+@contextmanager
+def ready_children(
+    script: Path, backends: Sequence[str], *args: str
+) -> Iterator[Sequence[subprocess.Popen[str]]]:
+    """Start ``script BACKEND...`` once per backend; yield them once each printed ``ready``.
+
+    Each child gets ``args`` with its backend inserted after the first two (``mode url
+    BACKEND rest...``), reads its instructions on stdin, and is killed if still running when
+    the block ends.
+    """
+    head, rest = args[:2], args[2:]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), *head, backend, *rest],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for backend in backends
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line != "ready\n":
+                proc.kill()
+                pytest.fail(f"child not ready ({line!r}): {proc.communicate()[1]}")
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def go(procs: Sequence[subprocess.Popen[str]]) -> None:
+    """Tell every child started by :func:`ready_children` to go on."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()

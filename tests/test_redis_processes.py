@@ -4,54 +4,25 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 import trioflow.redis
+from _helpers import go, ready_children
 
 CHILD = Path(__file__).with_name("redis_child.py")
 BACKENDS = ("trio", "asyncio", "trio")
 
 
-@contextmanager
-def children(mode: str, url: str, *args: str) -> Iterator[Sequence[subprocess.Popen[str]]]:
+def children(
+    mode: str, url: str, *args: str
+) -> AbstractContextManager[Sequence[subprocess.Popen[str]]]:
     """Start one child per backend in ``BACKENDS``; yield them once all are ready."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(CHILD), mode, url, backend, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for backend in BACKENDS
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line != "ready\n":
-                proc.kill()
-                pytest.fail(f"child not ready ({line!r}): {proc.communicate()[1]}")
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-
-
-def go(procs: Sequence[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
+    return ready_children(CHILD, BACKENDS, mode, url, *args)
 
 
 def outputs(procs: Sequence[subprocess.Popen[str]]) -> list[str]:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 import trioflow.redis
+from _helpers import go, ready_children
 from shared_admission_child import LOG, config, router
 from trioflow.lifecycle import ProcessingStatus, Request, open_coordinator
 
@@ -25,34 +24,10 @@ BACKENDS = ("trio", "asyncio")
 def children(
     mode: str, url: str, *args: str, backends: Sequence[str] = BACKENDS
 ) -> Iterator[Sequence[subprocess.Popen[str]]]:
-    """Start one child per backend; yield them once all are ready."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(CHILD), mode, url, backend, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for backend in backends
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line != "ready\n":
-                proc.kill()
-                pytest.fail(f"child not ready ({line!r}): {proc.communicate()[1]}")
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+    """Start one child per backend; yield them once all are ready and told to go."""
+    with ready_children(CHILD, backends, mode, url, *args) as procs:
+        go(procs)
         yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
 
 
 def test_coordinator_processes_never_exceed_the_shared_limits_together(redis_url: str) -> None:

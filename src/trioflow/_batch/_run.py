@@ -159,7 +159,7 @@ async def _run_logged(
 ) -> BatchResult[Any]:
     """Run ``batch`` between its ``batch started`` and ``batch completed`` events."""
     total = len(operations) if isinstance(operations, Sized) else None
-    slots = limit.statistics().limit if isinstance(limit, ResourceManager) else limit
+    slots = limit.limit if isinstance(limit, ResourceManager) else limit
     log.info("batch started", total=total, limit=slots)
     started = anyio.current_time()
     try:

@@ -248,7 +248,7 @@ async def run_workflow(
     telemetry = hooks.current
     if telemetry is None and log is None:  # the one branch they cost a run while they are off
         return await run.run()
-    slots = manager.statistics().limit if manager is not None else limit
+    slots = manager.limit if manager is not None else limit
     if telemetry is not None:
         return await _traced_run(telemetry, run, log, slots)
     assert log is not None
