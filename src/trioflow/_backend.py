@@ -301,6 +301,22 @@ def checkpoint_if_cancelled() -> Awaitable[None]:
     return anyio.lowlevel.checkpoint_if_cancelled()
 
 
+def _anyio_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
+    """``anyio.lowlevel.checkpoint_if_cancelled`` of the running loop, its backend looked up now.
+
+    anyio's function asks sniffio which loop runs on every call, which is most of its cost;
+    the engine calls it once per ``as_completed`` outcome. anyio's backend lookup is not
+    public, so any failure to reach it falls back to the public function.
+    """
+    try:
+        from anyio._core._eventloop import get_async_backend
+
+        found: Callable[[], Awaitable[None]] = get_async_backend().checkpoint_if_cancelled
+    except Exception:  # pragma: no cover - an anyio without that private helper
+        return anyio.lowlevel.checkpoint_if_cancelled
+    return found
+
+
 def current_backend() -> Backend:
     """Return the primitives of the running event loop (trio's own on trio, anyio's otherwise)."""
     trio = _running_trio()
@@ -338,7 +354,7 @@ def current_backend() -> Backend:
         anyio.create_task_group,  # type: ignore[arg-type]
         anyio.move_on_after,
         anyio.lowlevel.checkpoint,
-        anyio.lowlevel.checkpoint_if_cancelled,
+        _anyio_checkpoint_if_cancelled(),
         timer,
         anyio.CancelScope,
         anyio.sleep_until,  # the loop's time, which ``timer`` reads too
