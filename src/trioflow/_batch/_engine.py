@@ -43,6 +43,7 @@ from collections.abc import (
     Sized,
 )
 from contextlib import AbstractContextManager
+from itertools import chain as _chain
 from types import CoroutineType, FunctionType
 from typing import Any, TypeVar, final
 
@@ -391,6 +392,10 @@ class Batch:
     def result(self, duration: float) -> BatchResult[Any]:
         return make_result(self._values, self._durations, self._extra, duration=duration)
 
+    def stopped(self) -> bool:
+        """Whether the batch has stopped (read after an await: it may have changed since)."""
+        return self._stopped
+
     def stop(self) -> None:
         """Start nothing more and cancel what is in flight (``as_completed``'s consumer left)."""
         self._stop()
@@ -482,12 +487,26 @@ class Batch:
     async def _lean_worker(self) -> None:
         await self._lean_loop(-1, None, True)
 
-    async def _lean_loop(self, worker: int, scope: CancelScope | None, first: bool) -> bool:
+    async def _lean_loop(
+        self,
+        worker: int,
+        scope: CancelScope | None,
+        first: bool,
+        slot: Slot | None = None,
+        held: tuple[int, Operation[Any]] | None = None,
+    ) -> bool:
         """Run operations until the input ends or the batch stops; the lean path's one loop.
 
         ``worker`` and ``scope`` are the worker's slot and cancel scope when it has a timeout
         (``_watched_worker``), else ``-1`` and None. Returns True when the worker must go on
         in a new cancel scope: the watchdog cancelled its scope as an operation returned.
+
+        With a ResourceManager (``_managed_worker``), ``slot`` is the slot the worker holds and
+        ``held`` the operation it was acquired for (already taken). The slot goes on from each
+        operation to the next while :func:`~trioflow._limits.can_pass_on` allows it (with
+        :func:`~trioflow._limits.pass_on`, running the batch's read-ahead operation first when
+        it has one); otherwise, or when the loop ends, it is released with the last
+        operation's error, and on cancellation with the cancellation.
         """
         values = self._values
         durations = self._durations
@@ -505,24 +524,61 @@ class Batch:
         judged: object = _UNJUDGED
         partial, coroutine = _partial, _Coroutine
         error: Exception | None = None
-        assert self._items is not None
+        failure: Exception | None = None  # the slot's last operation's error
+        items = self._items
+        assert items is not None
+        if held is not None:
+            items = _chain((held,), items)
+        # Whether another task can stop the batch with a result to show (a fail_fast failure,
+        # on_progress raising, as_completed's consumer leaving): then a slot passed on starts
+        # its next operation only after every task that ended in this instant has run.
+        settle = fail_fast or report is not None or send is not None
+        checkpoint = current_backend().checkpoint if slot is not None else None
         if self._stopped:  # a failure came before this worker's first turn
+            if held is not None:
+                self._never_started(held[0])
+            if slot is not None:
+                slot.release(None)
             return False
         try:
-            for index, op in self._items:
-                if type(op) is not partial or op.func is not judged:
-                    key = _key(op)
-                    if key is not judged:
-                        refusal = _refusal(index, op)
-                        if refusal is not None:
-                            self._abort(refusal)
-                            return False
-                        judged = key
-                if send is None:
-                    add_value(None)
-                    add_duration(_NOT_STARTED)
+            for index, op in items:
+                if held is not None:  # the slot's first operation: judged and taken already
+                    held = None
                 else:
-                    self._taken += 1
+                    if type(op) is not partial or op.func is not judged:
+                        key = _key(op)
+                        if key is not judged:
+                            refusal = _refusal(index, op)
+                            if refusal is not None:
+                                self._abort(refusal)
+                                return False
+                            judged = key
+                    if send is None:
+                        add_value(None)
+                        add_duration(_NOT_STARTED)
+                    else:
+                        self._taken += 1
+                    if slot is not None:
+                        # can_pass_on() said yes at the end of the last operation, with no
+                        # await since: the slot goes on to this one, or to the read-ahead one.
+                        behind = self._waiting_slot
+                        pass_on(slot, failure, clock(), waited=behind is not None)
+                        failure = None
+                        if behind is not None:
+                            ahead = self._ahead
+                            assert ahead is not None
+                            self._ahead = (index, op)
+                            index, op = ahead
+                        if settle:
+                            assert checkpoint is not None
+                            try:
+                                await checkpoint()
+                            except BaseException:
+                                self._never_started(index)
+                                raise
+                            if self.stopped():  # by a task that ended in this instant
+                                self._never_started(index)
+                                return False
                 if first:
                     first = False
                     self._grow(self._lean_worker if scope is None else self._watched_worker)
@@ -540,7 +596,7 @@ class Batch:
                     value = await awaitable
                 except Exception as exc:
                     duration = clock() - start
-                    error = exc
+                    error = failure = exc
                     self._failed += 1
                     if send is None:
                         durations[index] = duration
@@ -595,10 +651,20 @@ class Batch:
                     return True  # the watchdog fired as the operation returned: a new scope
                 if self._exhausted:
                     return False
+                if slot is not None and not can_pass_on(slot, self._waiting_slot):
+                    return False
             self._exhausted = True  # the loop ends only when the input does
             self._total = self._count_taken()
         except Exception as exc:  # only the input's iterator can raise here
             self._input_failed(exc)
+        except BaseException as exc:  # cancelled: counted neither way, no listener called
+            if slot is not None:
+                held_slot, slot = slot, None
+                held_slot.release(exc)
+            raise
+        finally:
+            if slot is not None:
+                slot.release(failure)  # a listener that raises is logged by the manager
         return False
 
     def _report(self) -> bool:
@@ -778,9 +844,12 @@ class Batch:
         reading the next one ahead (:func:`~trioflow._limits.pass_on`), so the waiter wakes
         only when a token frees for it; anyone else waiting gets the slot back as usual.
         A failure is given to the slot so that the manager's statistics and listeners see it,
-        as they do for ``rm.run()``.
+        as they do for ``rm.run()``. On the lean path (a synchronous input, no timeout, no
+        retry) the slot is run and handed on by :meth:`_lean_loop`, the same loop an int limit
+        uses; otherwise by the loop below, one ``_execute`` per operation.
         """
         passing = self._items is not None  # taking the next operation must not await
+        lean = passing and self._retry is None and self._timeout is None
         backend = current_backend()
         checkpoint = backend.checkpoint
         clock = backend.clock
@@ -830,6 +899,9 @@ class Batch:
             if self._workers <= manager.limit:
                 self._workers += 1
                 self._group.start_soon(self._managed_worker, manager)
+            if lean:  # the lean loop hands the slot on, and releases it
+                await self._lean_loop(-1, None, False, slot, item)
+                continue
             passed = False
             while True:
                 try:
