@@ -100,7 +100,8 @@ class Backend:
         cancel_scope: Callable[[], AbstractContextManager[CancelScope]],
         sleep_until: Callable[[float], Awaitable[None]],  # a time read from ``clock``
         open_workers: Callable[[], AbstractAsyncContextManager[TaskGroup]],
-        event: Callable[[], Any],  # an event with set() and await wait(): trio's own on trio
+        # A one-shot event for one waiting task: set(), and await wait() (a cancellation point).
+        event: Callable[[], Any],
     ) -> None:
         self.event = event
         self.open_group = open_group
@@ -185,6 +186,81 @@ async def _asyncio_group() -> AsyncIterator[TaskGroup]:
 
     async with asyncio.TaskGroup() as group:
         yield _AsyncioGroup(group)
+
+
+@final
+class _TrioWaiter:
+    """A one-shot event one task waits on: ``trio.Event`` without its parking lot.
+
+    ``as_completed`` makes one each time its consumer finds no outcome ready and each time a
+    worker finds the consumer's queue full (about a third of the operations at its usual
+    sizes); a ``trio.Event`` builds a parking lot and an ordered dict each time, which made the
+    waits a fifth of the whole cost per operation. The waiting task parks itself directly;
+    cancellation unparks it, as from ``trio.Event.wait``.
+    """
+
+    __slots__ = ("_flag", "_task")
+
+    # trio's low-level functions, bound by current_backend() on trio (never imported here).
+    _lowlevel: Any = None
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._task: Any = None
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            task = self._task
+            if task is not None:
+                self._task = None
+                self._lowlevel.reschedule(task)
+
+    def _abort(self, _: object) -> Any:
+        self._task = None
+        return self._lowlevel.Abort.SUCCEEDED
+
+    async def wait(self) -> None:
+        lowlevel = self._lowlevel
+        if self._flag:
+            await lowlevel.checkpoint()
+            return
+        assert self._task is None, "a waiter has one waiting task"
+        self._task = lowlevel.current_task()
+        await lowlevel.wait_task_rescheduled(self._abort)
+
+
+@final
+class _AsyncioWaiter:
+    """A one-shot event one task waits on: a bare future of the running asyncio loop.
+
+    ``anyio.Event`` wraps ``asyncio.Event``, which makes a future per wait anyway; the future
+    alone is a C object. A cancel scope cancels the waiting task, and so its future; a later
+    ``set()`` then does nothing.
+    """
+
+    __slots__ = ("_flag", "_future")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._future: Any = None
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            future = self._future
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def wait(self) -> None:
+        if self._flag:
+            await anyio.lowlevel.checkpoint()
+            return
+        import asyncio
+
+        assert self._future is None, "a waiter has one waiting task"
+        self._future = future = asyncio.get_running_loop().create_future()
+        await future
 
 
 def _running_trio() -> Any:
@@ -321,6 +397,7 @@ def current_backend() -> Backend:
     """Return the primitives of the running event loop (trio's own on trio, anyio's otherwise)."""
     trio = _running_trio()
     if trio is not None:
+        _TrioWaiter._lowlevel = trio.lowlevel
         clock = trio.lowlevel.current_clock()
         timer: Callable[[], float] = clock.current_time
         sleep_until: Callable[[float], Awaitable[None]] = trio.sleep_until
@@ -339,7 +416,7 @@ def current_backend() -> Backend:
             trio.CancelScope,
             sleep_until,
             _trio_group,
-            trio.Event,
+            _TrioWaiter,
         )
     timer = anyio.current_time
     with contextlib.suppress(RuntimeError):
@@ -359,7 +436,7 @@ def current_backend() -> Backend:
         anyio.CancelScope,
         anyio.sleep_until,  # the loop's time, which ``timer`` reads too
         _asyncio_group,
-        anyio.Event,
+        _AsyncioWaiter,
     )
 
 

@@ -48,8 +48,9 @@ class Handoff(Generic[T]):
     def __init__(self, capacity: int, event: Callable[[], _Event] = anyio.Event) -> None:
         """Make an empty queue of ``capacity`` items; ``event`` makes the events waiters use.
 
-        The batch engine passes the running loop's own event (``trio.Event`` on trio), which
-        is cheaper to make and wait on than anyio's wrapper around it.
+        The batch engine passes the running loop's one-shot waiter (``Backend.event``: a parked
+        trio task, or a bare asyncio future), which is cheaper to make and wait on than
+        ``anyio.Event``.
         """
         self._buffer: deque[T] = deque()
         self._capacity = capacity
