@@ -438,7 +438,6 @@ def plan(run: Callable[..., Row]) -> None:
         floor=True,
         n=N_MEMORY,
         limit=64,
-        repeats=3,
     )
     batch = run(
         "trioflow_mode",
@@ -448,7 +447,6 @@ def plan(run: Callable[..., Row]) -> None:
         limit=64,
         backend="trio",
         mode="bare",
-        repeats=3,
     )
     stream = run(
         "trioflow_mode",
@@ -458,7 +456,6 @@ def plan(run: Callable[..., Row]) -> None:
         limit=64,
         backend="trio",
         mode="as_completed",
-        repeats=3,
     )
     over = batch.rss_growth_mb - floor.rss_growth_mb
     checks.append(
@@ -479,7 +476,6 @@ def plan(run: Callable[..., Row]) -> None:
             limit=LIMIT,
             total=N_MEMORY,
             floor=n == N,
-            repeats=3,
         )
         for n in (1_000, 10_000, 100_000, 1_000_000)
     ]
@@ -498,7 +494,6 @@ def plan(run: Callable[..., Row]) -> None:
                 n=N,
                 limit=limit,
                 floor=limit == LIMIT,
-                repeats=3,
             )
         )
         by_l.append(
@@ -510,7 +505,6 @@ def plan(run: Callable[..., Row]) -> None:
                 limit=limit,
                 backend="trio",
                 mode="bare",
-                repeats=3,
             )
         )
     costs = [r.cpu_us for r in by_n]
