@@ -533,6 +533,9 @@ class Batch:
         # on_progress raising, as_completed's consumer leaving): then a slot passed on starts
         # its next operation only after every task that ended in this instant has run.
         settle = fail_fast or report is not None or send is not None
+        # The bare batch (no timeout, progress, consumer or slot): its successes skip every
+        # branch of the other modes.
+        plain = scope is None and report is None and send is None and slot is None
         checkpoint = current_backend().checkpoint if slot is not None else None
         if self._stopped:  # a failure came before this worker's first turn
             if held is not None:
@@ -582,12 +585,15 @@ class Batch:
                 if first:
                     first = False
                     self._grow(self._lean_worker if scope is None else self._watched_worker)
-                if report is not None:
-                    self._running += 1
-                start = clock()
-                if scope is not None:
-                    assert timeout is not None
-                    deadlines[worker] = start + timeout
+                if plain:
+                    start = clock()
+                else:
+                    if report is not None:
+                        self._running += 1
+                    start = clock()
+                    if scope is not None:
+                        assert timeout is not None
+                        deadlines[worker] = start + timeout
                 try:
                     awaitable = op()
                     if type(awaitable) is not coroutine and not is_awaitable(awaitable):
@@ -614,6 +620,12 @@ class Batch:
                     raise
                 else:
                     duration = clock() - start
+                    if plain:  # the bare batch: nothing more to do for a success
+                        durations[index] = duration
+                        values[index] = value
+                        if self._exhausted:
+                            return False
+                        continue
                     if send is None:
                         durations[index] = duration
                         values[index] = value
