@@ -316,7 +316,6 @@ class Coordinator:
         admitted = False
         result: ProcessingResult | None = None
         admission = self._admission
-        slot = admission.slot(request)
         try:
             # The budget runs from arrival: waiting for admission counts.
             deadline = math.inf if timeout is None else request.created_at + timeout
@@ -324,8 +323,8 @@ class Coordinator:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
                 await self._checkpoint()
-                if not admission.try_now(slot):
-                    await admission.wait(request, slot, deadline, entry)
+                if not admission.try_now(entry):
+                    await admission.wait(request, deadline, entry)
             except BaseException as exc:
                 result = await self._refused(request, exc)
                 if self._listeners and not isinstance(exc, CancelRequested):
@@ -345,7 +344,7 @@ class Coordinator:
         finally:
             if admitted:
                 self._running -= 1
-                slot.release()
+                admission.release(entry)
             del self._active[request.id]
             self._record(request, result)
             if recorder is not None:
