@@ -42,6 +42,7 @@ from ._admission import Admission, CancelRequested, Ticket, connect_shared
 from ._alerts import AdmissionRefused, Alerts, CoordinatorEvent, RequestFinished
 from ._config import OrchestrationConfig, load_config
 from ._machine import StateChange, StateMachine
+from ._pipeline import Pipeline
 from ._request import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
@@ -52,7 +53,7 @@ from ._request import (
     make_result,
 )
 from ._requests import Recorder, RequestRecord, RequestStore, open_recorder
-from ._router import Router
+from ._router import Router, pick
 from ._stream import ChunkSink, RequestStream
 from ._tools import Arguments, ToolRegistry, check_calls
 
@@ -180,6 +181,7 @@ class Coordinator:
         self._opened_at = anyio.current_time()
         # The running loop's own checkpoint (trio's on trio), without anyio's dispatch per call.
         self._checkpoint = current_backend().checkpoint
+        self._now = clock()
         self._closed = False
         self._running = 0
         self._counts = dict.fromkeys(ProcessingStatus, 0)
@@ -339,7 +341,36 @@ class Coordinator:
                 return result
             admitted = True
             self._running += 1
-            result = await self._run(request, deadline, entry, on_chunk)
+            try:
+                pipeline = pick(self._router, request)
+                if type(pipeline) is not Pipeline:
+                    pipeline = await pipeline
+            except BaseException as exc:  # outer cancellation of an async classifier included
+                result = await self._refused(request, exc)  # UnknownKindError: VALIDATION
+                return result
+            if entry.cancel_requested:  # cancel() arrived while the request was being routed
+                result = await self._refused(request, CancelRequested())
+                return result
+            entry.pipeline = pipeline
+            remaining = None if deadline == math.inf else max(0.0, deadline - self._now())
+            try:
+                result = await pipeline.run(
+                    request,
+                    resources=self._resources,
+                    retry=self._resolve_policy,
+                    timeout=remaining,
+                    optional=self._config.optional_stages,
+                    on_transition=self._observer,
+                    machine=self._machine,
+                    on_chunk=on_chunk,
+                )
+            except Exception as exc:
+                if not self._machine.is_terminal(request.state):
+                    # The pipeline refused the run before starting it (e.g. an unknown pool).
+                    result = await self._refused(request, exc)
+                else:
+                    # A hook failed while the pipeline ended the request (it is terminal now).
+                    result = self._result_of(request, error=exc)
             return result
         finally:
             if admitted:
@@ -374,35 +405,6 @@ class Coordinator:
         if cancelled:
             raise exc
         return self._result_of(request, error=exc)
-
-    async def _run(
-        self, request: Request, deadline: float, entry: Ticket, on_chunk: ChunkSink | None
-    ) -> ProcessingResult:
-        try:
-            pipeline = await self._router.route(request)
-        except BaseException as exc:  # outer cancellation of an async classifier included
-            return await self._refused(request, exc)  # UnknownKindError: VALIDATION
-        if entry.cancel_requested:  # cancel() arrived while the request was being routed
-            return await self._refused(request, CancelRequested())
-        entry.pipeline = pipeline
-        remaining = None if deadline == math.inf else max(0.0, deadline - clock()())
-        try:
-            return await pipeline.run(
-                request,
-                resources=self._resources,
-                retry=self._resolve_policy,
-                timeout=remaining,
-                optional=self._config.optional_stages,
-                on_transition=self._observer,
-                machine=self._machine,
-                on_chunk=on_chunk,
-            )
-        except Exception as exc:
-            if not self._machine.is_terminal(request.state):
-                # The pipeline refused the run before starting it (e.g. an unknown pool).
-                return await self._refused(request, exc)
-            # A hook failed while the pipeline ended the request (it is terminal by now).
-            return self._result_of(request, error=exc)
 
     def _policy(self, name: str, request: Request) -> RetryPolicy:
         return self._retry.get(name, load=self._load, priority=request.priority)
