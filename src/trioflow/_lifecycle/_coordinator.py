@@ -447,9 +447,11 @@ class Coordinator:
         previous = request.created_at
         times, visits = self._state_time, self._state_visits
         for change in history:
-            times[change.from_state] += change.at - previous
-            visits[change.from_state] += 1
-            previous = change.at
+            left = change.from_state
+            at = change.at
+            times[left] += at - previous
+            visits[left] += 1
+            previous = at
         if self._debug:
             self._log.debug(
                 "request finished",

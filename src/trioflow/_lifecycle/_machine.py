@@ -554,7 +554,10 @@ class StateMachine(Generic[E]):
         _set_from(change, left.state)
         _set_to(change, entered.state)
         _set_at(change, at)
-        history = getattr(obj, "history", None)
+        try:
+            history = obj.history  # type: ignore[attr-defined]
+        except AttributeError:
+            history = None
         if history is not None:
             if history:
                 left.time += at - history[-1].at
@@ -618,7 +621,7 @@ class Route(Generic[E]):
 
     def __init__(self, machine: StateMachine[E], steps: Iterable[tuple[E, E] | None]) -> None:
         self._machine = machine
-        compiled: list[tuple[_State[E], _State[E]] | None] = []
+        compiled: list[tuple[E, _State[E], _State[E]] | None] = []
         for step in steps:
             if step is None:
                 compiled.append(None)
@@ -627,7 +630,7 @@ class Route(Generic[E]):
             if not machine.can_transition(from_state, to_state):
                 raise InvalidTransitionError(from_state, to_state)
             states = machine._states
-            compiled.append((states[id(from_state)], states[id(to_state)]))
+            compiled.append((from_state, states[id(from_state)], states[id(to_state)]))
         self._steps = tuple(compiled)
 
     @property
@@ -658,10 +661,10 @@ class Route(Generic[E]):
         if (
             step is None
             or machine._has_hooks
-            or obj.state is not step[0].state
+            or obj.state is not step[0]
             or (machine._busy and id(obj) in machine._busy)
         ):
             return machine.transition_nowait(obj, to_state, at=at)
-        left, entered = step
+        _, left, entered = step
         obj.state = entered.state
         return machine._record(obj, left, entered, at)
