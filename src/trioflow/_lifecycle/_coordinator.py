@@ -59,6 +59,8 @@ from ._tools import Arguments, ToolRegistry, check_calls
 
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
 
+_FAILED = ProcessingStatus.FAILED  # an Enum member is looked up once, not per request
+_CANCELLED = ProcessingStatus.CANCELLED
 _STATUS_OF_STATE = {
     RequestState.COMPLETED: ProcessingStatus.SUCCEEDED,
     RequestState.FAILED: ProcessingStatus.FAILED,
@@ -196,6 +198,7 @@ class Coordinator:
         # Listeners and alerts (add_listener, config.alerts).
         self._listeners: Listeners[CoordinatorEvent] = Listeners("Coordinator", logger)
         self._alerts = Alerts(config.alerts, self._listeners.emit, logger)
+        self._watches_failures = self._alerts.watches_failures
         if self._alerts.watches_queue:
             self._admission.on_depth = self._alerts.queue_depth
 
@@ -442,7 +445,7 @@ class Coordinator:
             return
         self._counts[status] += 1
         self._total_time += now - request.created_at
-        if status is ProcessingStatus.FAILED and result is not None and result.category:
+        if status is _FAILED and result is not None and result.category:
             self._failures[result.category] += 1
         previous = request.created_at
         times, visits = self._state_time, self._state_visits
@@ -459,8 +462,8 @@ class Coordinator:
                 status=status.value,
                 duration=now - request.created_at,
             )
-        if status is not ProcessingStatus.CANCELLED and self._alerts.watches_failures:
-            self._alerts.request_ended(now, status is ProcessingStatus.FAILED)
+        if status is not _CANCELLED and self._watches_failures:
+            self._alerts.request_ended(now, status is _FAILED)
         if self._listeners:
             self._listeners.emit(
                 RequestFinished(

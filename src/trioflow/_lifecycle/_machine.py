@@ -75,6 +75,7 @@ _new_change = object.__new__
 _set_from = StateChange.__dict__["from_state"].__set__
 _set_to = StateChange.__dict__["to_state"].__set__
 _set_at = StateChange.__dict__["at"].__set__
+_NUMBER = (float, int)  # built once: ``float | int`` makes a new union at every call
 
 
 @attrs.frozen(kw_only=True)
@@ -564,7 +565,7 @@ class StateMachine(Generic[E]):
                 left.timed += 1
             else:
                 created = getattr(obj, "created_at", None)
-                if isinstance(created, float | int):
+                if isinstance(created, _NUMBER):
                     left.time += at - created
                     left.timed += 1
             history.append(change)

@@ -72,6 +72,8 @@ RetrySource = Mapping[str, RetryPolicy] | RetryPolicies | Callable[[str, Request
 _COMPLETED = RequestState.COMPLETED
 _FAILED = RequestState.FAILED
 _CANCELLED = RequestState.CANCELLED
+_SUCCEEDED = ProcessingStatus.SUCCEEDED  # an Enum member is looked up once, not per run
+_DEGRADED = ProcessingStatus.DEGRADED
 
 
 _stage_name = validator(check_name)
@@ -730,10 +732,10 @@ class Pipeline:
                 self._cancel_requested.discard(key)
         if degraded:
             self._degraded += 1
-            status = ProcessingStatus.DEGRADED
+            status = _DEGRADED
         else:
             self._completed += 1
-            status = ProcessingStatus.SUCCEEDED
+            status = _SUCCEEDED
         return make_result(request, status, now - started, value=value, degraded=degraded)
 
     async def _end_cancelled(
