@@ -610,7 +610,9 @@ class Pipeline:
         """
         if not isinstance(request, Request):
             raise TypeError(f"request must be a Request, got {request!r}")
-        route = self._route if machine is None else self._route_of_run(machine)
+        # The pipeline's own machine, or a coordinator's that it shares: its route, at once.
+        mine = machine is None or machine is self._machine
+        route = self._route if mine else self._route_of_run(machine)
         moving = route.machine
         if moving.is_terminal(request.state):
             raise ValueError(
