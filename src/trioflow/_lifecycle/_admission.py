@@ -9,6 +9,12 @@ never holds global ones. Every step is tried at once first; only a step that mus
 the request count as waiting (the queue depth), and a request that would wait beyond
 ``max_queue_depth`` is refused.
 
+When the two limits are all there is (no rate limit, health source or shared limits) and no
+slot is held or awaited, a request with room under both is admitted by counting it (a user's
+count and the total), without a slot. The first request that finds no room turns every counted
+request into the slot it stands for (they always fit) and then queues as before, so waiting,
+priorities and aging are the manager's own; counting resumes once no slot is held or awaited.
+
 Shared by several processes (``config.shared.url``, or ``open_coordinator(..., shared=...)``):
 the same checks in the same order, on :class:`~trioflow.SharedLimits` instead: the rate limits
 are shared token buckets, the per-user limit one shared capacity per user (made on use, dropped
