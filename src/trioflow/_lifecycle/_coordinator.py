@@ -59,6 +59,7 @@ from ._tools import Arguments, ToolRegistry, check_calls
 
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
 
+_INF = math.inf
 _FAILED = ProcessingStatus.FAILED  # an Enum member is looked up once, not per request
 _CANCELLED = ProcessingStatus.CANCELLED
 _STATUS_OF_STATE = {
@@ -355,7 +356,9 @@ class Coordinator:
                 result = await self._refused(request, CancelRequested())
                 return result
             entry.pipeline = pipeline
-            remaining = None if deadline == math.inf else max(0.0, deadline - self._now())
+            remaining = None if deadline == _INF else deadline - self._now()
+            if remaining is not None and remaining < 0.0:
+                remaining = 0.0
             try:
                 result = await pipeline.run(
                     request,

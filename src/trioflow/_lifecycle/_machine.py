@@ -212,7 +212,6 @@ class StateMachine(Generic[E]):
     _has_hooks: bool
     _busy: set[int]
     _states: dict[int, _State[E]]
-    _applied: int
     _rejected: int
     _failed: int
     _cancelled: int
@@ -262,7 +261,6 @@ class StateMachine(Generic[E]):
         for state, targets in table.items():
             info = self._states[id(state)]
             info.targets = {id(t): self._states[id(t)] for t in targets}
-        self._applied = 0
         self._rejected = 0
         self._failed = 0
         self._cancelled = 0
@@ -570,8 +568,7 @@ class StateMachine(Generic[E]):
                     left.timed += 1
             history.append(change)
         left.exited += 1
-        entered.entered += 1
-        self._applied += 1
+        entered.entered += 1  # their sum is the transitions applied (see statistics)
         return change
 
     def statistics(self) -> StateMachineStatistics[E]:
@@ -590,7 +587,7 @@ class StateMachine(Generic[E]):
             for c in self._states.values()
         }
         return StateMachineStatistics(
-            transitions=self._applied,
+            transitions=sum(c.entered for c in self._states.values()),
             rejected=self._rejected,
             failed=self._failed,
             cancelled=self._cancelled,
