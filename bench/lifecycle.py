@@ -28,6 +28,11 @@ alone costs about 9 us of CPU per row (five B-tree inserts and a share of a comm
 by itself) and the writer's notes a few more, against a 50 us request; a stored request costs
 20-50 us more CPU, within 20% of a request whose own work takes 100-250 us or more.
 
+A last table times the parts of a request on trio, each by itself in a loop of its own
+(``part``: ``Request()``, a cancel scope with and without a deadline, the checkpoint, the seven
+transitions, the clock reads, the result, the admission), and says how much of the
+``Pipeline.run`` and ``coordinator.process`` rows is left for the code around them.
+
 The CPU summary also checks the goals of the request lifecycle on trio: ``Pipeline.run`` at most
 15 us, ``coordinator.process`` at most 25 us one at a time and at most 2x that per request 100
 at once, and gives the cost of a coordinator whose logger has debug on (structlog unconfigured,
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import os
@@ -178,6 +184,96 @@ def coordinator(
     return n
 
 
+_PATH = [
+    RequestState.RECEIVED,
+    RequestState.VALIDATED,
+    RequestState.PLANNED,
+    RequestState.CONTEXT_GATHERING,
+    RequestState.PROCESSING,
+    RequestState.TOOL_EXECUTION,
+    RequestState.RESPONSE_FORMATTING,
+    RequestState.COMPLETED,
+]
+
+# What each part of a request costs by itself, timed in a loop of its own (trio): the parts
+# of the coordinator row, so that what is left over is the code around them.
+PARTS = {
+    "request": "`Request()`",
+    "scope": "one trio cancel scope (no deadline)",
+    "deadline": "one trio cancel scope with a deadline",
+    "checkpoint": "the coordinator's checkpoint (trio's own)",
+    "transitions": "seven transitions along a route, with history and statistics",
+    "clock": "nine clock reads (eight in Pipeline.run, one in the coordinator)",
+    "result": "the `ProcessingResult`",
+    "admission": "the admission (taken and given back, nobody waiting)",
+}
+
+
+@bench.case
+def part(n: int, backend: str, what: str) -> int:
+    # The parts use the modules' own building blocks (private names, on purpose).
+    from trioflow._backend import cancel_scope, current_backend, current_clock
+    from trioflow._lifecycle._admission import Admission, Ticket
+    from trioflow._lifecycle._machine import Route
+    from trioflow._lifecycle._request import make_result
+    from trioflow.lifecycle import REQUEST_TRANSITIONS, OrchestrationConfig, StateMachine
+
+    async def main() -> None:
+        now = current_clock()
+        machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
+        route = Route(machine, [None, *itertools.pairwise(_PATH)])
+        admission = Admission(OrchestrationConfig(), None)
+        checkpoint = current_backend().checkpoint
+        # A few requests, used over and over: thousands alive at once would make the garbage
+        # collector cost more than it does for requests that end one after the other.
+        requests = [Request(i) for i in range(100)]
+        done = Request("done")  # a request that went through every state
+        for index in range(1, 8):
+            route.move(done, index, _PATH[index], 1.0)
+        done.timings.update(dict.fromkeys("abcdefg", 0.0))
+        gc.collect()
+        start = time.process_time()
+        if what == "request":
+            for i in range(n):
+                Request(i)
+        elif what == "scope":
+            for _ in range(n):
+                with cancel_scope():
+                    pass
+        elif what == "deadline":
+            for _ in range(n):
+                with cancel_scope(now() + 30):
+                    pass
+        elif what == "checkpoint":
+            for _ in range(n):
+                await checkpoint()
+        elif what == "clock":
+            for _ in range(n):
+                now(), now(), now(), now(), now(), now(), now(), now(), now()
+        elif what == "admission":
+            for i in range(n):
+                ticket = Ticket(requests[i % 100])
+                admission.try_now(ticket)
+                admission.release(ticket)
+        elif what == "transitions":
+            for i in range(n):
+                request = requests[i % 100]
+                request.state = RequestState.RECEIVED  # back to the start, history emptied
+                request.history.clear()
+                for index in range(1, 8):  # RECEIVED -> ... -> COMPLETED
+                    route.move(request, index, _PATH[index], 1.0)
+        else:
+            for _ in range(n):
+                make_result(done, ProcessingStatus.SUCCEEDED, 1.0)
+        _PART_US.append((time.process_time() - start) / n * 1e6)
+
+    anyio.run(main, backend=backend)
+    return n
+
+
+_PART_US: list[float] = []  # what part() timed itself, without its setup (see _cpu_child)
+
+
 def _cpu_us(name: str, **params: Any) -> float:
     """Median CPU time per op of a case, each repetition in a fresh process.
 
@@ -201,7 +297,7 @@ def _cpu_child(name: str, params: str) -> None:
     gc.collect()
     start = time.process_time()
     ops = bench.cases[name](**kwargs)
-    print((time.process_time() - start) / ops * 1e6)
+    print(_PART_US[0] if _PART_US else (time.process_time() - start) / ops * 1e6)
 
 
 def plan(run: Any) -> None:
@@ -262,6 +358,7 @@ def plan(run: Any) -> None:
             "debug": _cpu_us("coordinator", n=N // 10, backend=backend, concurrent=1, debug=True),
             "stored": _cpu_us("coordinator", n=N, backend=backend, concurrent=1, store=True),
         }
+    parts = {what: _cpu_us("part", n=N, backend="trio", what=what) for what in PARTS}
     lines = ["", "### Target: coordination overhead per request", ""]
     for backend, r in rows.items():
         overhead = r["coordinator"].per_op_us - r["floor"].per_op_us
@@ -295,6 +392,31 @@ def plan(run: Any) -> None:
             f"({ratio:.2f}x, goal <= {CONCURRENT_GOAL:.0f}x); with structlog unconfigured (debug "
             f"events rendered): {c['debug']:.1f} us, {c['debug'] / c['coordinator']:.1f}x"
         )
+    lines += [
+        "",
+        "### Where a request's time goes (trio, CPU time, each part timed by itself)",
+        "",
+        "| part | us |",
+        "|---|---:|",
+        f"| the seven stage calls (the floor row) | {cpu['trio']['floor']:.1f} |",
+    ]
+    lines += [f"| {PARTS[what]} | {us:.1f} |" for what, us in parts.items()]
+    # Pipeline.run has no checkpoint, no admission and no deadline (one clock read fewer).
+    in_pipeline = sum(parts[w] for w in ("request", "scope", "transitions", "result"))
+    in_pipeline += parts["clock"] * 8 / 9 + cpu["trio"]["floor"]
+    in_coordinator = sum(parts[w] for w in ("request", "deadline", "checkpoint", "transitions"))
+    in_coordinator += sum(parts[w] for w in ("clock", "result", "admission"))
+    in_coordinator += cpu["trio"]["floor"]
+    lines += [
+        "",
+        f"- Pipeline.run: {cpu['trio']['pipeline']:.1f} us, of which the parts above make "
+        f"{in_pipeline:.1f} (the floor, Request(), a scope, the transitions, eight clock reads "
+        f"and the result): {cpu['trio']['pipeline'] - in_pipeline:.1f} us for the code around "
+        "them (per-stage counters and timings, results, checks, the run's bookkeeping)",
+        f"- coordinator.process: {cpu['trio']['coordinator']:.1f} us, of which the parts make "
+        f"{in_coordinator:.1f} (a scope with a deadline, the checkpoint, the admission): "
+        f"{cpu['trio']['coordinator'] - in_coordinator:.1f} us for the code around them",
+    ]
     lines += ["", "### Target: an SQLite request store slows a request by 20% at most", ""]
     for backend, r in rows.items():
         one = r["stored"].per_op_us / r["coordinator"].per_op_us

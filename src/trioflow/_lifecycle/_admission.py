@@ -9,6 +9,12 @@ never holds global ones. Every step is tried at once first; only a step that mus
 the request count as waiting (the queue depth), and a request that would wait beyond
 ``max_queue_depth`` is refused.
 
+When the two limits are all there is (no rate limit, health source or shared limits) and no
+slot is held or awaited, a request with room under both is admitted by counting it (a user's
+count and the total), without a slot. The first request that finds no room turns every counted
+request into the slot it stands for (they always fit) and then queues as before, so waiting,
+priorities and aging are the manager's own; counting resumes once no slot is held or awaited.
+
 Shared by several processes (``config.shared.url``, or ``open_coordinator(..., shared=...)``):
 the same checks in the same order, on :class:`~trioflow.SharedLimits` instead: the rate limits
 are shared token buckets, the per-user limit one shared capacity per user (made on use, dropped
@@ -59,15 +65,19 @@ class CancelRequested(Exception):
 
 @final
 class Ticket:
-    """A request being processed, and how to cancel it at its current step."""
+    """A request being processed, its admission, and how to cancel it at its current step."""
 
-    __slots__ = ("cancel_requested", "pipeline", "request", "scope")
+    __slots__ = ("cancel_requested", "counted", "pipeline", "request", "scope", "slot")
 
     def __init__(self, request: Request) -> None:
         self.request = request
         self.scope: OwnScope | None = None  # while waiting for admission
         self.pipeline: Pipeline | None = None  # once routed
         self.cancel_requested = False
+        # Its admission: a slot of the limits (held, or being waited for), or, admitted by
+        # counting alone (see Admission.try_now), None with ``counted`` true.
+        self.slot: Slot | SharedSlot | None = None
+        self.counted = False
 
 
 @final
@@ -133,6 +143,17 @@ class Admission:
         self._wait_when_limited = limits.when_limited == "wait"
         self.waiting = 0
         self.throttled = 0
+        # Admission by counting: while no slot of the limits is held or awaited, and nothing
+        # but the two limits can hold a request back (no rate limit, health or shared limit),
+        # a request with room under both is admitted by two counters, with no slot at all.
+        # The first request that finds no room turns every counted request into a slot of
+        # the limits (they fit: the counts never exceed the limits) and goes the usual way.
+        self._counting = not self._rate_limited and health is None and shared is None
+        self._slotted = 0  # tickets with a slot: held, waited for, or just tried
+        self._counted: dict[Ticket, None] = {}  # the requests admitted by counting
+        self._user_counts: dict[str, int] = {}
+        self._limit = config.max_concurrency
+        self._per_user = config.per_user_limit
         # Called with the new queue depth each time it changes (the coordinator's alerts).
         self.on_depth: Callable[[int], None] | None = None
 
@@ -141,21 +162,37 @@ class Admission:
         """Users with a request waiting for or holding a per-user slot (in this process)."""
         if self._users is not None:
             return self._users.keys
-        return self._slots.statistics().keyed[_USER].keys
+        return self._slots.statistics().keyed[_USER].keys + len(self._user_counts)
 
-    def slot(self, request: Request) -> Slot | SharedSlot:
+    def _slot(self, request: Request) -> Slot | SharedSlot:
         """Return the request's slot (its user's token and a global one), not yet acquired.
 
         A request that has to wait is served by its ``priority`` (larger first; equal ones
         first come, first served), for its user's token and the global one alike; shared
         slots are served first come, first served.
         """
+        self._slotted += 1
         if self._everyone is not None and self._users is not None:
             return SharedSlot(self, self._everyone, self._users, request.user_id)
         return self._slots.slot(keys={_USER: request.user_id}, priority=request.priority)
 
-    def try_now(self, slot: Slot | SharedSlot) -> bool:
-        """Acquire the slot if nothing has to wait; else take nothing."""
+    def try_now(self, ticket: Ticket) -> bool:
+        """Admit the ticket's request if nothing has to wait; else hold nothing.
+
+        Either way the ticket must then be given to :meth:`wait` (when this returned false)
+        or to :meth:`release` (once the admitted request ends).
+        """
+        if self._counting and not self._slotted:
+            user = ticket.request.user_id
+            counts = self._user_counts
+            held = counts.get(user, 0)
+            if held < self._per_user and len(self._counted) < self._limit:
+                counts[user] = held + 1
+                self._counted[ticket] = None
+                ticket.counted = True
+                return True
+            self._to_slots()  # no room: the limits' slots take over, and queue fairly
+        slot = ticket.slot = self._slot(ticket.request)
         if self._rate_limited or isinstance(slot, SharedSlot):
             return False  # a shared limit is known only by a round trip
         health = self._health
@@ -165,21 +202,56 @@ class Admission:
             slot.acquire_nowait()
         except _WouldBlock:
             return False
+        except BaseException:  # holding nothing: the ticket needs no wait and no release
+            ticket.slot = None
+            self._slotted -= 1
+            raise
         return True
 
-    async def wait(
-        self, request: Request, slot: Slot | SharedSlot, deadline: float, ticket: Ticket
-    ) -> None:
+    def _to_slots(self) -> None:
+        """Give every request admitted by counting the slot of the limits it stands for."""
+        for ticket in self._counted:
+            slot = self._slot(ticket.request)
+            assert isinstance(slot, Slot)  # counting is only ever on without shared limits
+            slot.acquire_nowait()  # always free: no slot was held, and the counts fit
+            ticket.slot = slot
+            ticket.counted = False
+        self._counted.clear()
+        self._user_counts.clear()
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back what an admitted request holds (its slot, or its counts)."""
+        slot = ticket.slot
+        if slot is not None:
+            ticket.slot = None
+            self._slotted -= 1
+            slot.release()
+            return
+        if ticket.counted:
+            ticket.counted = False
+            del self._counted[ticket]
+            user = ticket.request.user_id
+            counts = self._user_counts
+            left = counts[user] - 1
+            if left:
+                counts[user] = left
+            else:
+                del counts[user]
+
+    async def wait(self, request: Request, deadline: float, ticket: Ticket) -> None:
         """Wait for admission until the deadline; hold nothing on any exception.
 
-        The slot gives back whatever it took when its acquisition fails or is cancelled.
+        The ticket's slot (made by :meth:`try_now`) gives back whatever it took when its
+        acquisition fails or is cancelled.
 
         Raises:
             ResourceExhaustedError: Refused (rate limit or health in "fail" mode, queue too deep).
             TimeoutError: Not admitted by the deadline.
             CancelRequested: ``ticket`` was cancelled while waiting.
         """
-        waiting = False
+        slot = ticket.slot
+        assert slot is not None
+        admitted = waiting = False
 
         def must_wait() -> None:
             nonlocal waiting
@@ -219,7 +291,11 @@ class Admission:
                     f"request {request.id!r} was not admitted within default_timeout "
                     f"({self._config.default_timeout} s)"
                 )
+            admitted = True
         finally:
+            if not admitted:
+                ticket.slot = None
+                self._slotted -= 1
             if waiting:
                 self.waiting -= 1
                 if self.on_depth is not None:

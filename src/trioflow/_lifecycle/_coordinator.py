@@ -42,6 +42,7 @@ from ._admission import Admission, CancelRequested, Ticket, connect_shared
 from ._alerts import AdmissionRefused, Alerts, CoordinatorEvent, RequestFinished
 from ._config import OrchestrationConfig, load_config
 from ._machine import StateChange, StateMachine
+from ._pipeline import Pipeline
 from ._request import (
     REQUEST_TRANSITIONS,
     ErrorCategory,
@@ -52,12 +53,15 @@ from ._request import (
     make_result,
 )
 from ._requests import Recorder, RequestRecord, RequestStore, open_recorder
-from ._router import Router
+from ._router import Router, pick
 from ._stream import ChunkSink, RequestStream
 from ._tools import Arguments, ToolRegistry, check_calls
 
 __all__ = ("Coordinator", "CoordinatorStatistics", "open_coordinator")
 
+_INF = math.inf
+_FAILED = ProcessingStatus.FAILED  # an Enum member is looked up once, not per request
+_CANCELLED = ProcessingStatus.CANCELLED
 _STATUS_OF_STATE = {
     RequestState.COMPLETED: ProcessingStatus.SUCCEEDED,
     RequestState.FAILED: ProcessingStatus.FAILED,
@@ -180,6 +184,7 @@ class Coordinator:
         self._opened_at = anyio.current_time()
         # The running loop's own checkpoint (trio's on trio), without anyio's dispatch per call.
         self._checkpoint = current_backend().checkpoint
+        self._now = clock()
         self._closed = False
         self._running = 0
         self._counts = dict.fromkeys(ProcessingStatus, 0)
@@ -194,6 +199,7 @@ class Coordinator:
         # Listeners and alerts (add_listener, config.alerts).
         self._listeners: Listeners[CoordinatorEvent] = Listeners("Coordinator", logger)
         self._alerts = Alerts(config.alerts, self._listeners.emit, logger)
+        self._watches_failures = self._alerts.watches_failures
         if self._alerts.watches_queue:
             self._admission.on_depth = self._alerts.queue_depth
 
@@ -316,7 +322,6 @@ class Coordinator:
         admitted = False
         result: ProcessingResult | None = None
         admission = self._admission
-        slot = admission.slot(request)
         try:
             # The budget runs from arrival: waiting for admission counts.
             deadline = math.inf if timeout is None else request.created_at + timeout
@@ -324,8 +329,8 @@ class Coordinator:
                 # A checkpoint (cancel and schedule point), as trio expects of every async call:
                 # a loop of requests whose stages never block still lets other tasks run.
                 await self._checkpoint()
-                if not admission.try_now(slot):
-                    await admission.wait(request, slot, deadline, entry)
+                if not admission.try_now(entry):
+                    await admission.wait(request, deadline, entry)
             except BaseException as exc:
                 result = await self._refused(request, exc)
                 if self._listeners and not isinstance(exc, CancelRequested):
@@ -340,12 +345,43 @@ class Coordinator:
                 return result
             admitted = True
             self._running += 1
-            result = await self._run(request, deadline, entry, on_chunk)
+            try:
+                pipeline = pick(self._router, request)
+                if type(pipeline) is not Pipeline:
+                    pipeline = await pipeline
+            except BaseException as exc:  # outer cancellation of an async classifier included
+                result = await self._refused(request, exc)  # UnknownKindError: VALIDATION
+                return result
+            if entry.cancel_requested:  # cancel() arrived while the request was being routed
+                result = await self._refused(request, CancelRequested())
+                return result
+            entry.pipeline = pipeline
+            remaining = None if deadline == _INF else deadline - self._now()
+            if remaining is not None and remaining < 0.0:
+                remaining = 0.0
+            try:
+                result = await pipeline.run(
+                    request,
+                    resources=self._resources,
+                    retry=self._resolve_policy,
+                    timeout=remaining,
+                    optional=self._config.optional_stages,
+                    on_transition=self._observer,
+                    machine=self._machine,
+                    on_chunk=on_chunk,
+                )
+            except Exception as exc:
+                if not self._machine.is_terminal(request.state):
+                    # The pipeline refused the run before starting it (e.g. an unknown pool).
+                    result = await self._refused(request, exc)
+                else:
+                    # A hook failed while the pipeline ended the request (it is terminal now).
+                    result = self._result_of(request, error=exc)
             return result
         finally:
             if admitted:
                 self._running -= 1
-                slot.release()
+                admission.release(entry)
             del self._active[request.id]
             self._record(request, result)
             if recorder is not None:
@@ -375,35 +411,6 @@ class Coordinator:
         if cancelled:
             raise exc
         return self._result_of(request, error=exc)
-
-    async def _run(
-        self, request: Request, deadline: float, entry: Ticket, on_chunk: ChunkSink | None
-    ) -> ProcessingResult:
-        try:
-            pipeline = await self._router.route(request)
-        except BaseException as exc:  # outer cancellation of an async classifier included
-            return await self._refused(request, exc)  # UnknownKindError: VALIDATION
-        if entry.cancel_requested:  # cancel() arrived while the request was being routed
-            return await self._refused(request, CancelRequested())
-        entry.pipeline = pipeline
-        remaining = None if deadline == math.inf else max(0.0, deadline - clock()())
-        try:
-            return await pipeline.run(
-                request,
-                resources=self._resources,
-                retry=self._resolve_policy,
-                timeout=remaining,
-                optional=self._config.optional_stages,
-                on_transition=self._observer,
-                machine=self._machine,
-                on_chunk=on_chunk,
-            )
-        except Exception as exc:
-            if not self._machine.is_terminal(request.state):
-                # The pipeline refused the run before starting it (e.g. an unknown pool).
-                return await self._refused(request, exc)
-            # A hook failed while the pipeline ended the request (it is terminal by now).
-            return self._result_of(request, error=exc)
 
     def _policy(self, name: str, request: Request) -> RetryPolicy:
         return self._retry.get(name, load=self._load, priority=request.priority)
@@ -441,14 +448,16 @@ class Coordinator:
             return
         self._counts[status] += 1
         self._total_time += now - request.created_at
-        if status is ProcessingStatus.FAILED and result is not None and result.category:
+        if status is _FAILED and result is not None and result.category:
             self._failures[result.category] += 1
         previous = request.created_at
         times, visits = self._state_time, self._state_visits
         for change in history:
-            times[change.from_state] += change.at - previous
-            visits[change.from_state] += 1
-            previous = change.at
+            left = change.from_state
+            at = change.at
+            times[left] += at - previous
+            visits[left] += 1
+            previous = at
         if self._debug:
             self._log.debug(
                 "request finished",
@@ -456,8 +465,8 @@ class Coordinator:
                 status=status.value,
                 duration=now - request.created_at,
             )
-        if status is not ProcessingStatus.CANCELLED and self._alerts.watches_failures:
-            self._alerts.request_ended(now, status is ProcessingStatus.FAILED)
+        if status is not _CANCELLED and self._watches_failures:
+            self._alerts.request_ended(now, status is _FAILED)
         if self._listeners:
             self._listeners.emit(
                 RequestFinished(

@@ -75,6 +75,7 @@ _new_change = object.__new__
 _set_from = StateChange.__dict__["from_state"].__set__
 _set_to = StateChange.__dict__["to_state"].__set__
 _set_at = StateChange.__dict__["at"].__set__
+_NUMBER = (float, int)  # built once: ``float | int`` makes a new union at every call
 
 
 @attrs.frozen(kw_only=True)
@@ -211,7 +212,6 @@ class StateMachine(Generic[E]):
     _has_hooks: bool
     _busy: set[int]
     _states: dict[int, _State[E]]
-    _applied: int
     _rejected: int
     _failed: int
     _cancelled: int
@@ -261,7 +261,6 @@ class StateMachine(Generic[E]):
         for state, targets in table.items():
             info = self._states[id(state)]
             info.targets = {id(t): self._states[id(t)] for t in targets}
-        self._applied = 0
         self._rejected = 0
         self._failed = 0
         self._cancelled = 0
@@ -554,20 +553,22 @@ class StateMachine(Generic[E]):
         _set_from(change, left.state)
         _set_to(change, entered.state)
         _set_at(change, at)
-        history = getattr(obj, "history", None)
+        try:
+            history = obj.history  # type: ignore[attr-defined]
+        except AttributeError:
+            history = None
         if history is not None:
             if history:
                 left.time += at - history[-1].at
                 left.timed += 1
             else:
                 created = getattr(obj, "created_at", None)
-                if isinstance(created, float | int):
+                if isinstance(created, _NUMBER):
                     left.time += at - created
                     left.timed += 1
             history.append(change)
         left.exited += 1
-        entered.entered += 1
-        self._applied += 1
+        entered.entered += 1  # their sum is the transitions applied (see statistics)
         return change
 
     def statistics(self) -> StateMachineStatistics[E]:
@@ -586,7 +587,7 @@ class StateMachine(Generic[E]):
             for c in self._states.values()
         }
         return StateMachineStatistics(
-            transitions=self._applied,
+            transitions=sum(c.entered for c in self._states.values()),
             rejected=self._rejected,
             failed=self._failed,
             cancelled=self._cancelled,
@@ -618,7 +619,7 @@ class Route(Generic[E]):
 
     def __init__(self, machine: StateMachine[E], steps: Iterable[tuple[E, E] | None]) -> None:
         self._machine = machine
-        compiled: list[tuple[_State[E], _State[E]] | None] = []
+        compiled: list[tuple[E, _State[E], _State[E]] | None] = []
         for step in steps:
             if step is None:
                 compiled.append(None)
@@ -627,7 +628,7 @@ class Route(Generic[E]):
             if not machine.can_transition(from_state, to_state):
                 raise InvalidTransitionError(from_state, to_state)
             states = machine._states
-            compiled.append((states[id(from_state)], states[id(to_state)]))
+            compiled.append((from_state, states[id(from_state)], states[id(to_state)]))
         self._steps = tuple(compiled)
 
     @property
@@ -658,10 +659,10 @@ class Route(Generic[E]):
         if (
             step is None
             or machine._has_hooks
-            or obj.state is not step[0].state
+            or obj.state is not step[0]
             or (machine._busy and id(obj) in machine._busy)
         ):
             return machine.transition_nowait(obj, to_state, at=at)
-        left, entered = step
+        _, left, entered = step
         obj.state = entered.state
         return machine._record(obj, left, entered, at)

@@ -72,6 +72,8 @@ RetrySource = Mapping[str, RetryPolicy] | RetryPolicies | Callable[[str, Request
 _COMPLETED = RequestState.COMPLETED
 _FAILED = RequestState.FAILED
 _CANCELLED = RequestState.CANCELLED
+_SUCCEEDED = ProcessingStatus.SUCCEEDED  # an Enum member is looked up once, not per run
+_DEGRADED = ProcessingStatus.DEGRADED
 
 
 _stage_name = validator(check_name)
@@ -364,7 +366,7 @@ class Pipeline:
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
-    _plan: tuple[tuple[Stage, _StageCounters, StageFn | None], ...]
+    _plan: tuple[tuple[Stage, _StageCounters, StageFn | None, str, RequestState], ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -396,8 +398,8 @@ class Pipeline:
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
-        # Per stage, looked up once: its counters, and its function when a run only calls it
-        # (no pools, retry, timeout or streaming).
+        # Per stage, looked up once: its counters, its function when a run only calls it
+        # (no pools, retry, timeout or streaming), its name and its state.
         self._plan = tuple(
             (
                 s,
@@ -409,6 +411,8 @@ class Pipeline:
                 or s.timeout is not None
                 or s.streaming
                 else s.fn,
+                s.name,
+                s.state,
             )
             for s in stages
         )
@@ -473,14 +477,7 @@ class Pipeline:
         retry: RetrySource | None,
         optional: Collection[str],
     ) -> None:
-        checked = self._checked
-        if (
-            checked is not None
-            and checked[0] is resources
-            and checked[1] is retry
-            and checked[2] is optional
-        ):
-            return
+        """Check a run's options against the stages (``run`` skips objects checked last)."""
         if resources is not None and not isinstance(resources, ResourceManager):
             raise TypeError(f"resources must be a ResourceManager or None, got {resources!r}")
         if not (retry is None or isinstance(retry, Mapping | RetryPolicies) or callable(retry)):
@@ -524,10 +521,8 @@ class Pipeline:
 
     def _policies(
         self, request: Request, retry: RetrySource | None
-    ) -> tuple[RetryPolicy | None, ...] | None:
-        """Resolve each stage's retry policy for this request (None: no stage retries)."""
-        if not self._retries:
-            return None
+    ) -> tuple[RetryPolicy | None, ...]:
+        """Resolve each stage's retry policy for this request (unless no stage retries)."""
         policies: list[RetryPolicy | None] = []
         for stage in self._stages:
             name = stage.operation
@@ -615,7 +610,9 @@ class Pipeline:
         """
         if not isinstance(request, Request):
             raise TypeError(f"request must be a Request, got {request!r}")
-        route = self._route_of_run(machine)
+        # The pipeline's own machine, or a coordinator's that it shares: its route, at once.
+        mine = machine is None or machine is self._machine
+        route = self._route if mine else self._route_of_run(machine)
         moving = route.machine
         if moving.is_terminal(request.state):
             raise ValueError(
@@ -628,7 +625,14 @@ class Pipeline:
         key = id(request)
         if key in self._scopes:
             raise ValueError(f"request {request.id!r} is already being run by this pipeline")
-        self._check_run(resources, retry, optional)
+        checked = self._checked  # the run options as last checked (see _check_run)
+        if (
+            checked is None
+            or checked[0] is not resources
+            or checked[1] is not retry
+            or checked[2] is not optional
+        ):
+            self._check_run(resources, retry, optional)
         log = None if logger is None else open_log(check_logger(logger))
         if log is not None:
             # The same run, without a logger, between its two events.
@@ -638,10 +642,10 @@ class Pipeline:
                 on_chunk=on_chunk,
             )  # fmt: skip
             return await _run_logged(run, log, request.id, len(self._stages))
-        policies = self._policies(request, retry)
+        policies = self._policies(request, retry) if self._retries else None
         self._runs += 1
         now_fn = clock()
-        started = now_fn()
+        started = now = now_fn()
         # One cancel scope per run serves both the run's timeout and cancel(request).
         scope = cancel_scope(math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
@@ -649,20 +653,60 @@ class Pipeline:
         # The sink of the chunks, set only when it changes (a run with no on_chunk, the usual
         # case, outside any run with one).
         sink = None if on_chunk is None and _SINK.get() is None else _SINK.set(on_chunk)
+        timings = request.timings
+        results = request.results
+        value: Any = None
+        telemetry = hooks.current  # a span per stage while it is on
         try:
             try:
                 with scope:
-                    ended, value = await self._run_stages(
-                        request,
-                        route,
-                        resources,
-                        policies,
-                        optional,
-                        on_transition,
-                        degraded,
-                        now_fn,
-                        started,
-                    )
+                    # Every stage in its state; a failure of a stage that is not optional
+                    # propagates, optional ones go to ``degraded``.
+                    for index, (stage, counter, fn, name, state) in enumerate(self._plan):
+                        if request.state is not state:
+                            # Without hooks the transition needs no await, and happens at the
+                            # time the previous stage ended (bench/lifecycle.py shows what it
+                            # saves).
+                            try:
+                                change = route.move(request, index, state, now)
+                            except anyio.WouldBlock:
+                                change = await moving.transition(request, state)
+                                now = now_fn()
+                            if on_transition is not None:
+                                on_transition(request, change)
+                        counter.runs += 1
+                        begun = now
+                        try:
+                            if fn is not None and telemetry is None:
+                                result = fn(request)
+                                value = await (
+                                    result
+                                    if type(result) is CoroutineType
+                                    else _awaitable(stage, result)
+                                )
+                            else:
+                                policy = None if policies is None else policies[index]
+                                if telemetry is None:
+                                    value = await _run_stage(stage, request, resources, policy)
+                                else:
+                                    value = await _traced_stage(
+                                        telemetry, stage, request, resources, policy
+                                    )
+                        except Exception as exc:
+                            counter.failed += 1
+                            if not (stage.optional or name in optional) or isinstance(
+                                exc, NotAwaitableError
+                            ):
+                                raise
+                            degraded[name] = exc
+                            value = None
+                        else:
+                            results[name] = value
+                        finally:
+                            now = now_fn()
+                            elapsed = now - begun
+                            counter.time += elapsed
+                            timings[name] = elapsed
                 if key in self._cancel_requested:
                     # cancel() was called: the run ends CANCELLED even if no checkpoint noticed.
                     return await self._end_cancelled(request, moving, on_transition, started)
@@ -672,10 +716,10 @@ class Pipeline:
                     )
                 # As in the stage loop.
                 try:
-                    change = route.move(request, len(self._stages), _COMPLETED, ended)
+                    change = route.move(request, len(self._plan), _COMPLETED, now)
                 except anyio.WouldBlock:
                     change = await moving.transition(request, _COMPLETED)
-                    ended = now_fn()
+                    now = now_fn()
                 if on_transition is not None:
                     on_transition(request, change)
             except BaseException as exc:
@@ -686,76 +730,15 @@ class Pipeline:
             if sink is not None:
                 _SINK.reset(sink)
             del self._scopes[key]
-            self._cancel_requested.discard(key)
+            if self._cancel_requested:
+                self._cancel_requested.discard(key)
         if degraded:
             self._degraded += 1
-            status = ProcessingStatus.DEGRADED
+            status = _DEGRADED
         else:
             self._completed += 1
-            status = ProcessingStatus.SUCCEEDED
-        return make_result(request, status, ended - started, value=value, degraded=degraded)
-
-    async def _run_stages(
-        self,
-        request: Request,
-        route: Route[RequestState],
-        resources: ResourceManager | None,
-        policies: tuple[RetryPolicy | None, ...] | None,
-        optional: Collection[str],
-        on_transition: TransitionObserver | None,
-        degraded: dict[str, BaseException],
-        now_fn: Callable[[], float],
-        now: float,
-    ) -> tuple[float, Any]:
-        """Run every stage in its state, from ``now``; return when the last ended, and its value.
-
-        A failure of a stage that is not optional propagates; optional ones go to ``degraded``.
-        """
-        timings = request.timings
-        results = request.results
-        value: Any = None
-        telemetry = hooks.current  # a span per stage while it is on
-        for index, (stage, counter, fn) in enumerate(self._plan):
-            if request.state is not stage.state:
-                # Without hooks the transition needs no await, and happens at the time the
-                # previous stage ended (bench/lifecycle.py shows what it saves).
-                try:
-                    change = route.move(request, index, stage.state, now)
-                except anyio.WouldBlock:
-                    change = await route.machine.transition(request, stage.state)
-                    now = now_fn()
-                if on_transition is not None:
-                    on_transition(request, change)
-            counter.runs += 1
-            begun = now
-            try:
-                if fn is not None and telemetry is None:
-                    result = fn(request)
-                    value = await (
-                        result if type(result) is CoroutineType else _awaitable(stage, result)
-                    )
-                else:
-                    policy = None if policies is None else policies[index]
-                    if telemetry is None:
-                        value = await _run_stage(stage, request, resources, policy)
-                    else:
-                        value = await _traced_stage(telemetry, stage, request, resources, policy)
-            except Exception as exc:
-                counter.failed += 1
-                if not (stage.optional or stage.name in optional) or isinstance(
-                    exc, NotAwaitableError
-                ):
-                    raise
-                degraded[stage.name] = exc
-                value = None
-            else:
-                results[stage.name] = value
-            finally:
-                now = now_fn()
-                elapsed = now - begun
-                counter.time += elapsed
-                timings[stage.name] = elapsed
-        return now, value
+            status = _SUCCEEDED
+        return make_result(request, status, now - started, value=value, degraded=degraded)
 
     async def _end_cancelled(
         self,

@@ -18,7 +18,7 @@ from .._errors import UnknownKindError
 from ._pipeline import Pipeline
 from ._request import Request
 
-__all__ = ("RequestKind", "Router")
+__all__ = ("RequestKind", "Router", "pick")
 
 Classifier = Callable[[Request], "str | Awaitable[str]"]
 
@@ -157,14 +157,33 @@ class Router:
             TypeError: The classifier returned something that is not a string.
             Exception: Whatever the classifier raised.
         """
-        kind = request.kind
-        if kind is None:
-            # classify() without its coroutine when the classifier returns a str at once.
-            given: object = self._classify(request)
-            kind = given if type(given) is str and given else await self._kind_of(given)
-            request.kind = kind
-        if type(kind) is str:
-            pipeline = self._pipelines.get(kind)
-            if pipeline is not None:
-                return pipeline
+        picked = pick(self, request)
+        return picked if type(picked) is Pipeline else await picked
+
+    async def _route_awaited(self, request: Request, given: object) -> Pipeline:
+        """The rest of :meth:`route` when the classifier gave something but a plain str."""
+        kind = request.kind = await self._kind_of(given)
         return self.pipeline(kind)
+
+
+def pick(router: Router, request: Request) -> Pipeline | Awaitable[Pipeline]:
+    """:meth:`Router.route` without a coroutine when the classifier returns a str at once.
+
+    What the coordinator calls once per request: the pipeline, or (a classifier that returned
+    an awaitable, or something to be refused) the coroutine that finishes the routing.
+
+    Raises:
+        UnknownKindError: As :meth:`Router.route`.
+        Exception: Whatever the classifier raised.
+    """
+    kind = request.kind
+    if kind is None:
+        given: object = router._classify(request)
+        if type(given) is not str or not given:
+            return router._route_awaited(request, given)
+        kind = request.kind = given
+    if type(kind) is str:
+        pipeline = router._pipelines.get(kind)
+        if pipeline is not None:
+            return pipeline
+    return router.pipeline(kind)
