@@ -5,7 +5,9 @@ keyword arguments and validators: right for values users build, twice the cost o
 needs for the snapshots and records it makes by the thousand from its own, already checked
 counters. :func:`builder` makes a function that takes the fields positionally, in their
 declared order, and sets the slots directly, generated once per class as attrs generates its
-methods.
+methods. :func:`refiller` makes one that sets some of the fields of an instance again: for a
+value nobody but its maker can reach any more, which the maker may reuse (as CPython's ``zip``
+reuses its result tuple when it holds the only reference).
 """
 
 from __future__ import annotations
@@ -15,9 +17,26 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ("builder",)
+__all__ = ("builder", "refiller")
 
 T = TypeVar("T")
+
+
+def _generate(cls: type[Any], name: str, fields: list[str], head: str, tail: str) -> Any:
+    # One function setting each field through its slot's own descriptor, made from the
+    # class's own field names (as attrs makes its methods).
+    namespace: dict[str, Any] = {"_new": cls.__new__, "_cls": cls}
+    lines = [f"def {name}({', '.join([*([head] if head else []), *fields])}):"]
+    if not head:
+        lines.append("    obj = _new(_cls)")
+    for k, field in enumerate(fields):
+        namespace[f"_set{k}"] = getattr(cls, field).__set__  # the slot's own descriptor
+        lines.append(f"    _set{k}(obj, {field})")
+    lines.append(f"    return {tail}")
+    exec("\n".join(lines), namespace)
+    made = namespace[name]
+    made.__qualname__ = f"{name}er({cls.__qualname__})"
+    return made
 
 
 def builder(cls: type[T]) -> Callable[..., T]:
@@ -33,13 +52,27 @@ def builder(cls: type[T]) -> Callable[..., T]:
         ``build(field1, field2, ...) -> cls``, every field given, in declaration order.
     """
     names = [field.name for field in attrs.fields(cls)]  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {"_new": cls.__new__, "_cls": cls}
-    lines = [f"def build({', '.join(names)}):", "    obj = _new(_cls)"]
-    for k, name in enumerate(names):
-        namespace[f"_set{k}"] = getattr(cls, name).__set__  # the slot's own descriptor
-        lines.append(f"    _set{k}(obj, {name})")
-    lines.append("    return obj")
-    exec("\n".join(lines), namespace)  # code made from the class's own field names
-    build: Callable[..., T] = namespace["build"]
-    build.__qualname__ = f"builder({cls.__qualname__})"
+    build: Callable[..., T] = _generate(cls, "build", names, "", "obj")
     return build
+
+
+def refiller(cls: type[T], *fields: str) -> Callable[..., None]:
+    """Return a function setting some fields of a ``cls`` again, without ``__setattr__``.
+
+    Only for an instance nobody else can reach (its maker holds the only reference, and no
+    weak reference exists), with values the caller knows to be valid: to anyone else it is a
+    new value, since nobody saw the old one.
+
+    Args:
+        cls: A slotted attrs class (frozen or not).
+        *fields: The names of the fields to set, in the order the function takes them.
+
+    Returns:
+        ``refill(obj, field1, field2, ...) -> None``.
+    """
+    known = {field.name for field in attrs.fields(cls)}  # type: ignore[arg-type]
+    unknown = [field for field in fields if field not in known]
+    if unknown:
+        raise ValueError(f"fields must be fields of {cls.__qualname__}, got {unknown!r}")
+    refill: Callable[..., None] = _generate(cls, "refill", list(fields), "obj", "None")
+    return refill

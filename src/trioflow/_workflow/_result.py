@@ -10,12 +10,14 @@ from typing import Any, final
 import attrs
 
 from .._deprecate import warn_renamed
-from ._build import builder
+from ._build import builder, refiller
 from ._context import Context
 from ._graph import StepStatus
 
 __all__ = (
     "RunningSteps",
+    "progress_refill",
+    "progress_refill_running",
     "progress_snapshot",
     "StepResult",
     "StepResults",
@@ -328,6 +330,20 @@ progress_snapshot: Callable[..., WorkflowProgress] = builder(WorkflowProgress)
 A :class:`WorkflowProgress` built from a run's own counters without the checks of its
 ``__init__`` (the run's hot path); ``running`` may be a :class:`RunningSteps`.
 """
+
+progress_refill: Callable[..., None] = refiller(
+    WorkflowProgress, "completed", "succeeded", "failed", "skipped", "running", "elapsed"
+)
+"""``progress_refill(progress, completed, succeeded, failed, skipped, running, elapsed)``.
+
+Sets the fields of a :class:`WorkflowProgress` that change from one report to the next, for a
+run reusing its last report: only once nobody else holds it nor a weak reference to it, so
+that to everyone else the report is a new value.
+"""
+
+progress_refill_running: Callable[..., None] = refiller(WorkflowProgress, "running", "elapsed")
+"""``progress_refill_running(progress, running, elapsed)``: :data:`progress_refill` for a
+report whose counts did not change since the last one (a step started)."""
 
 
 @final

@@ -29,7 +29,11 @@ How a run works (the policy ``run_workflow`` documents):
   writes itself, at once (a chain pays one transaction per step and no task switch).
 * On progress reports: a report's ``running`` reads the live set of running steps and is
   fixed (copied) only when someone still holds the report as the set next changes, so a
-  callback that reads counts costs O(1) per report, not O(steps in flight).
+  callback that reads counts costs O(1) per report, not O(steps in flight). The run keeps its
+  last report, and when nobody else holds it (nor a weak reference to it) by the next report,
+  it sets that report's fields again instead of building a new one: nobody can tell the
+  difference, as nobody can reach the old one (CPython's ``zip`` reuses its result tuple the
+  same way). A report the callback keeps, or hands on, is never touched again.
 """
 
 from __future__ import annotations
@@ -39,11 +43,11 @@ import inspect
 import sys
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, final
+from weakref import getweakrefcount
 
 import anyio
 import anyio.abc
@@ -66,6 +70,8 @@ from ._result import (
     StepTable,
     WorkflowProgress,
     WorkflowResult,
+    progress_refill,
+    progress_refill_running,
     progress_snapshot,
 )
 from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore, step_record
@@ -82,6 +88,9 @@ _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields t
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
 _fromtimestamp = datetime.fromtimestamp
+# A run reuses its last progress report when nobody else holds it (see Run._report), which
+# it can tell only where references are counted; elsewhere every report counts as held.
+_refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda obj: sys.maxsize)
 
 
 def _error_text(exc: BaseException | None) -> str | None:
@@ -381,7 +390,8 @@ class Run:
         # What the last report's ``running`` reads (the live ``running`` until frozen), and
         # the report, while it lives: see _running_changes().
         self.names = RunningSteps(self.running, steps)
-        self.reported: weakref.ref[WorkflowProgress] | None = None
+        self.last: WorkflowProgress | None = None  # the last report (reused when unheld)
+        self.viewing = False  # whether the last report's running reads the live ``names``
         self.total = n
         self.completion: list[int] = []  # SUCCEEDED steps in order of completion
         self.next_seq = 0
@@ -557,7 +567,7 @@ class Run:
         self.in_flight += 1
         self.active += 1
         if self.on_progress is not None:
-            if self.reported is not None:
+            if self.viewing:
                 self._running_changes()
             self.running[i] = None
         return i
@@ -642,7 +652,7 @@ class Run:
             self.status[i] = status
             self.in_flight -= 1
             if reporting:
-                if self.reported is not None:
+                if self.viewing:
                     self._running_changes()
                 del self.running[i]
             if step.exclusive:
@@ -690,7 +700,7 @@ class Run:
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
         if self.on_progress is not None:
-            if self.reported is not None:
+            if self.viewing:
                 self._running_changes()
             del self.running[i]
         if self.steps[i].exclusive:
@@ -912,33 +922,54 @@ class Run:
         on_progress = self.on_progress
         if on_progress is None:
             return
-        if self.reported is not None:  # reports in a row (steps saved together) share a view
-            self._running_changes()
         running = self.running
-        progress = progress_snapshot(
-            self.total,
-            self.completed,
-            self.succeeded,
-            self.failed,
-            self.skipped,
-            self.names if running else (),  # nothing running: it shares nothing with the run
-            now - self.t0,
-        )
-        if running:
-            self.reported = weakref.ref(progress)
+        last = self.last
+        # Three references when only the run holds its last report: self.last, ``last`` and
+        # getrefcount's own argument. Nobody else can reach it then, nor tell it from a new
+        # one: set its fields again (a view of the running steps it read is still live and
+        # pending: see _running_changes).
+        if last is not None and _refcount(last) == 3 and not getweakrefcount(last):
+            completed = self.completed
+            if last.completed == completed:  # a step started: only its running steps changed
+                progress_refill_running(last, self.names if running else (), now - self.t0)
+            else:
+                progress_refill(
+                    last,
+                    completed,
+                    self.succeeded,
+                    self.failed,
+                    self.skipped,
+                    self.names if running else (),
+                    now - self.t0,
+                )
+            progress = last
+        else:
+            if self.viewing:  # the last report is held: it shares no view with this one
+                self._running_changes()
+            progress = self.last = progress_snapshot(
+                self.total,
+                self.completed,
+                self.succeeded,
+                self.failed,
+                self.skipped,
+                self.names if running else (),  # nothing running: it shares nothing with the run
+                now - self.t0,
+            )
+        self.viewing = bool(running)
         on_progress(progress)
 
     def _running_changes(self) -> None:
-        # Called before a step joins or leaves ``running`` (and before a report that follows
-        # another with no change between), when the last report reads the live mapping
-        # (``reported``): if anyone still holds that report, its names are fixed now
-        # (O(steps in flight), as a tuple built for each report would cost every time), and
-        # the next report reads a new view. A report nobody kept costs nothing here.
-        reported = self.reported
-        if reported is None:
-            return
-        self.reported = None
-        if reported() is not None or not self.names.pending():
+        # Called before a step joins or leaves ``running`` (and before a new report that
+        # follows a held one), when the last report reads the live mapping (``viewing``): if
+        # anyone else still holds that report (or a weak reference to it), its names are fixed
+        # now (O(steps in flight), as a tuple built for each report would cost every time), and
+        # the next report reads a new view; so does it once someone read the names. A report
+        # nobody kept costs nothing here.
+        self.viewing = False
+        last = self.last
+        assert last is not None
+        # self.last, ``last`` and getrefcount's argument: nobody else holds it.
+        if _refcount(last) > 3 or getweakrefcount(last) or not self.names.pending():
             self.names.freeze()
             self.names = RunningSteps(self.running, self.steps)
 
