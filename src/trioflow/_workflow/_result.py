@@ -10,7 +10,7 @@ from typing import Any, final
 import attrs
 
 from .._deprecate import warn_renamed
-from ._build import builder, refiller
+from ._build import builder, lazy_field, refiller
 from ._context import Context
 from ._graph import StepStatus
 
@@ -346,27 +346,5 @@ progress_refill_running: Callable[..., None] = refiller(WorkflowProgress, "runni
 report whose counts did not change since the last one (a step started)."""
 
 
-@final
-class _Running:
-    # WorkflowProgress.running: the field's slot, read through RunningSteps, so that attrs
-    # (eq, hash, repr, asdict, evolve) and every reader see a tuple.
-    __slots__ = ("_slot",)
-
-    def __init__(self, slot: Any) -> None:
-        self._slot = slot
-
-    def __get__(self, obj: object, owner: type | None = None) -> Any:
-        if obj is None:
-            return self._slot
-        value = self._slot.__get__(obj, owner)
-        return value.names() if type(value) is RunningSteps else value
-
-    def __set__(self, obj: object, value: object) -> None:
-        self._slot.__set__(obj, value)
-
-    def __delete__(self, obj: object) -> None:
-        self._slot.__delete__(obj)
-
-
-# After progress_snapshot took the slot's own setter.
-setattr(WorkflowProgress, "running", _Running(WorkflowProgress.__dict__["running"]))  # noqa: B010
+# After progress_snapshot and the refillers took the slot's own setter.
+lazy_field(WorkflowProgress, "running", RunningSteps, RunningSteps.names, keep=False)

@@ -45,7 +45,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, final
 from weakref import getweakrefcount
 
@@ -87,7 +86,6 @@ _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
-_fromtimestamp = datetime.fromtimestamp
 # A run reuses its last progress report when nobody else holds it (see Run._report), which
 # it can tell only where references are counted; elsewhere every report counts as held.
 _refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda obj: sys.maxsize)
@@ -911,8 +909,9 @@ class Run:
             self.stored[i] if status is _SUCCEEDED or status is _COMPENSATED else None,
             None if error is None else _error_text(error),
             None if comp_error is None else _error_text(comp_error),
-            None if started is None else _fromtimestamp(wall0 + (started - t0), UTC),
-            None if finished is None else _fromtimestamp(wall0 + (finished - t0), UTC),
+            # POSIX timestamps, the record's datetimes once read (see step_record).
+            None if started is None else wall0 + (started - t0),
+            None if finished is None else wall0 + (finished - t0),
             self.duration[i] if started is None or finished is None else finished - started,
             self.seq[i],
             step.fingerprint,

@@ -35,7 +35,14 @@ from .._checks import check_number
 from .._errors import RunLeasedError, StoreError, ValueTooLargeError
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
-from ._store import RunRecord, RunStatus, StepRecord, StoredValue, active_seconds
+from ._store import (
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StoredValue,
+    active_seconds,
+    step_times_text,
+)
 
 __all__ = ("SQLiteStore",)
 
@@ -569,8 +576,7 @@ class SQLiteStore:
                     None if r.value is None else r.value.type,
                     r.error,
                     r.compensation_error,
-                    None if r.started_at is None else r.started_at.isoformat(),
-                    None if r.finished_at is None else r.finished_at.isoformat(),
+                    *step_times_text(r),
                     r.duration,
                     r.seq,
                     r.fingerprint,

@@ -14,6 +14,7 @@ part of the protocol, so a store written for an earlier trioflow keeps working.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -25,7 +26,7 @@ import attrs
 from .._backend import checkpoint_if_cancelled
 from .._errors import RunLeasedError
 from .._status import Status
-from ._build import builder
+from ._build import builder, lazy_field
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
 
@@ -37,6 +38,8 @@ __all__ = (
     "StoredValue",
     "WorkflowStore",
     "step_record",
+    "step_times_text",
+    "utc_text",
 )
 
 
@@ -116,8 +119,81 @@ step_record: Callable[..., StepRecord] = builder(StepRecord)
 """``step_record(name, status, attempts, value, error, compensation_error, started_at, ...)``.
 
 A :class:`StepRecord` from every field, in order, without the checks of its ``__init__`` (a
-run's hot path: one record per step).
+run's hot path: one record per step). ``started_at`` and ``finished_at`` may be POSIX
+timestamps (floats): the record turns each into its UTC ``datetime`` when it is first read
+(see :func:`~._build.lazy_field`), and a store that writes text gets it from
+:func:`step_times_text` without building the ``datetime``.
 """
+
+_utc_from = datetime.fromtimestamp
+# The last whole second formatted, and its text: consecutive records mostly share it. One
+# tuple, replaced whole, so that threads (SQLiteStore writes on worker threads) never see a
+# second with another second's text.
+_second: tuple[float, str] = (math.nan, "")
+
+
+def utc_text(timestamp: float) -> str:
+    """Return ``datetime.fromtimestamp(timestamp, UTC).isoformat()``, without the ``datetime``.
+
+    The microseconds are rounded as ``fromtimestamp`` rounds them (half to even), and are left
+    out when they are 0, as ``isoformat`` leaves them out.
+
+    Args:
+        timestamp: A POSIX timestamp.
+
+    Returns:
+        The ISO 8601 text, ending in ``+00:00``.
+    """
+    global _second
+    fraction, whole = math.modf(timestamp)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, _utc_from(whole, UTC).isoformat()[:-6])
+    if micro:
+        return f"{second[1]}.{micro:06d}+00:00"
+    return second[1] + "+00:00"
+
+
+def _utc(timestamp: float) -> datetime:
+    return _utc_from(timestamp, UTC)
+
+
+# StepRecord.started_at / finished_at: a run fills their slots with POSIX timestamps, each the
+# UTC datetime once read (and kept), so that a record nobody reads costs no datetime. After
+# step_record took the slots' own setters.
+_started_slot = lazy_field(StepRecord, "started_at", float, _utc, keep=True)
+_finished_slot = lazy_field(StepRecord, "finished_at", float, _utc, keep=True)
+
+
+def _time_text(value: datetime | float | None) -> str | None:
+    if value is None:
+        return None
+    if type(value) is float:
+        return utc_text(value)
+    assert isinstance(value, datetime)
+    return value.isoformat()
+
+
+def step_times_text(record: StepRecord) -> tuple[str | None, str | None]:
+    """Return a record's ``started_at`` and ``finished_at`` as ISO 8601 text (None: no time).
+
+    Equal to ``record.started_at.isoformat()`` (and the same for ``finished_at``), without
+    building a datetime the record does not hold yet.
+
+    Args:
+        record: A step record.
+
+    Returns:
+        ``(started, finished)``.
+    """
+    return _time_text(_started_slot.__get__(record)), _time_text(_finished_slot.__get__(record))
 
 
 def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
