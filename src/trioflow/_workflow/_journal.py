@@ -132,14 +132,18 @@ class Journal:
         self._queued.append((i, record))
         return self.begin()
 
-    def queue(self, i: int, record: StepRecord) -> None:
+    def queue(self, i: int, record: StepRecord) -> bool:
         """Queue the record of step ``i``, which ended, for the next write (see :meth:`begin`).
 
         Args:
             i: The step's index.
             record: Its record.
+
+        Returns:
+            Whether a writer is at work (:attr:`writing`): it takes the record.
         """
         self._queued.append((i, record))
+        return self._writing
 
     @property
     def writing(self) -> bool:

@@ -86,6 +86,7 @@ _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
+_NONE_STORED = encode_value("", None)  # the stored form of None (a step returning nothing)
 # A run reuses its last progress report when nobody else holds it (see Run._report), which
 # it can tell only where references are counted; elsewhere every report counts as held.
 _refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda obj: sys.maxsize)
@@ -639,9 +640,11 @@ class Run:
                 if value is _SKIP:
                     self.started[i] = finished
                     status = _SKIPPED
-                elif journal is not None and not self._encode(i, step.name, value):
+                elif journal is not None and value is not None and not self._encode(i, value):
                     status = _FAILED
                 else:
+                    if journal is not None and value is None:  # most steps: no codec call
+                        self.stored[i] = _NONE_STORED
                     self.value[i] = value
                     self.seq[i] = self.next_seq
                     self.next_seq += 1
@@ -662,8 +665,7 @@ class Run:
                     # Start nothing more while the failure is written; _complete() then
                     # cancels the steps in flight.
                     self.aborted = True
-                journal.queue(i, self.record(i))
-                if not journal.writing:
+                if not journal.queue(i, self.record(i)):  # no writer at work takes it
                     if self._can_claim():
                         # More to run: run it, and let _write_behind write this record, with
                         # those of the steps that end before it runs, in one transaction.
@@ -686,10 +688,10 @@ class Run:
             if i < 0:
                 return
 
-    def _encode(self, i: int, name: str, value: Any) -> bool:
+    def _encode(self, i: int, value: Any) -> bool:
         # With a store: keep the stored form of the step's value, or fail the step.
         try:
-            self.stored[i] = encode_value(name, value)
+            self.stored[i] = encode_value(self.steps[i].name, value)
         except UnstorableValueError as exc:
             self.error[i] = exc
             return False
@@ -852,11 +854,12 @@ class Run:
             final = RunStatus.CANCELLED
         else:
             final = RunStatus.FAILED
-        saved, comp_error = journal.saved, self.comp_error
         changed = [
             self.record(i)
-            for i, status in enumerate(self.status)
-            if status is not saved[i] or comp_error[i] is not None
+            for i, (status, saved, comp_error) in enumerate(
+                zip(self.status, journal.saved, self.comp_error, strict=True)
+            )
+            if status is not saved or comp_error is not None
         ]
         try:
             await journal.close(changed, final, self.now() - self.t0)
