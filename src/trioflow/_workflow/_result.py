@@ -264,14 +264,19 @@ class RunningSteps:
     Args:
         running: Step index -> anything, in start order: the run's live mapping.
         steps: The run's steps, by index (anything with a ``name``).
+
+    Attributes:
+        read: Whether the names are built (read, or frozen): the view no longer reads the
+            live mapping.
     """
 
-    __slots__ = ("__weakref__", "_names", "_running", "_steps")
+    __slots__ = ("__weakref__", "_names", "_running", "_steps", "read")
 
     def __init__(self, running: Mapping[int, object] | None, steps: Sequence[Any]) -> None:
         self._running = running
         self._steps = steps
         self._names: tuple[str, ...] | None = None if running is not None else ()
+        self.read = running is None  # whether the names are built (no longer read live)
 
     def names(self) -> tuple[str, ...]:
         """Return the names, in the order the steps started (built on the first call)."""
@@ -286,13 +291,10 @@ class RunningSteps:
                     steps = self._steps
                     names = self._names = tuple([steps[i].name for i in self._running])
                     self._running = None
+                    self.read = True
         return names
 
     freeze = names
-
-    def pending(self) -> bool:
-        """Return whether the names were not built yet (nobody read them)."""
-        return self._names is None
 
 
 @final

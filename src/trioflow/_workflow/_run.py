@@ -391,6 +391,9 @@ class Run:
         self.names = RunningSteps(self.running, steps)
         self.last: WorkflowProgress | None = None  # the last report (reused when unheld)
         self.viewing = False  # whether the last report's running reads the live ``names``
+        # Whether nobody else can reach the last report (nor a weak reference to it): once so,
+        # it stays so until the run hands it out again, so it is checked once.
+        self.free = False
         self.total = n
         self.completion: list[int] = []  # SUCCEEDED steps in order of completion
         self.next_seq = 0
@@ -929,8 +932,10 @@ class Run:
         # Three references when only the run holds its last report: self.last, ``last`` and
         # getrefcount's own argument. Nobody else can reach it then, nor tell it from a new
         # one: set its fields again (a view of the running steps it read is still live and
-        # pending: see _running_changes).
-        if last is not None and _refcount(last) == 3 and not getweakrefcount(last):
+        # unread: see _running_changes).
+        if last is not None and (
+            self.free or (_refcount(last) == 3 and not getweakrefcount(last))
+        ):
             completed = self.completed
             if last.completed == completed:  # a step started: only its running steps changed
                 progress_refill_running(last, self.names if running else (), now - self.t0)
@@ -958,6 +963,7 @@ class Run:
                 now - self.t0,
             )
         self.viewing = bool(running)
+        self.free = False
         on_progress(progress)
 
     def _running_changes(self) -> None:
@@ -968,11 +974,16 @@ class Run:
         # the next report reads a new view; so does it once someone read the names. A report
         # nobody kept costs nothing here.
         self.viewing = False
-        last = self.last
-        assert last is not None
-        # self.last, ``last`` and getrefcount's argument: nobody else holds it.
-        if _refcount(last) > 3 or getweakrefcount(last) or not self.names.pending():
-            self.names.freeze()
+        if not self.free:
+            last = self.last
+            assert last is not None
+            # self.last, ``last`` and getrefcount's argument: nobody else holds it.
+            if _refcount(last) > 3 or getweakrefcount(last):
+                self.names.freeze()
+                self.names = RunningSteps(self.running, self.steps)
+                return
+            self.free = True
+        if self.names.read:
             self.names = RunningSteps(self.running, self.steps)
 
     def _result(self) -> WorkflowResult:
