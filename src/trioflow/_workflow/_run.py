@@ -87,9 +87,32 @@ _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields t
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
 _NONE_STORED = encode_value("", None)  # the stored form of None (a step returning nothing)
+
+
 # A run reuses its last progress report when nobody else holds it (see Run._report), which
 # it can tell only where references are counted; elsewhere every report counts as held.
-_refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda obj: sys.maxsize)
+if hasattr(sys, "getrefcount"):
+
+    def _references(run: Any) -> int:
+        # References to run.last, counted the same way wherever the run asks.
+        return sys.getrefcount(run.last)
+
+    @final
+    class _Probe:
+        __slots__ = ("last",)
+
+        def __init__(self) -> None:
+            self.last = object()  # held by the probe alone
+
+    # What _references says of a report only its run holds: measured, not assumed, since the
+    # interpreter's own temporary references differ between versions (3.14 borrows some).
+    _ALONE = _references(_Probe())
+else:  # pragma: no cover - an interpreter without reference counts
+
+    def _references(run: Any) -> int:
+        return -1
+
+    _ALONE = -2  # never: every report counts as held
 
 
 def _error_text(exc: BaseException | None) -> str | None:
@@ -928,14 +951,13 @@ class Run:
         if on_progress is None:
             return
         running = self.running
-        last = self.last
-        # Three references when only the run holds its last report: self.last, ``last`` and
-        # getrefcount's own argument. Nobody else can reach it then, nor tell it from a new
-        # one: set its fields again (a view of the running steps it read is still live and
-        # unread: see _running_changes).
-        if last is not None and (
-            self.free or (_refcount(last) == 3 and not getweakrefcount(last))
+        # When nobody but the run holds its last report (nor a weak reference to it), nobody
+        # can reach it, nor tell it from a new one: set its fields again (a view of the
+        # running steps it read is still live and unread: see _running_changes).
+        if self.last is not None and (
+            self.free or (_references(self) == _ALONE and not getweakrefcount(self.last))
         ):
+            last = self.last
             completed = self.completed
             if last.completed == completed:  # a step started: only its running steps changed
                 progress_refill_running(last, self.names if running else (), now - self.t0)
@@ -975,10 +997,7 @@ class Run:
         # nobody kept costs nothing here.
         self.viewing = False
         if not self.free:
-            last = self.last
-            assert last is not None
-            # self.last, ``last`` and getrefcount's argument: nobody else holds it.
-            if _refcount(last) > 3 or getweakrefcount(last):
+            if _references(self) != _ALONE or getweakrefcount(self.last):
                 self.names.freeze()
                 self.names = RunningSteps(self.running, self.steps)
                 return
