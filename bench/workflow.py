@@ -21,7 +21,8 @@ callback that reads the counts (as a progress bar does), with ``MemoryStore`` an
 with ``SQLiteStore``, where every step waits for its own transaction (persisted steps/s).
 
 Floors of the modes (last): what each mode's contract makes the run build per step (two
-progress snapshots, a step record, its SQLite row), timed alone in CPU time.
+progress reports, refilled when nobody keeps them or built when kept; a step record; its
+SQLite row, in key order and in the random DAG's completion order), timed alone in CPU time.
 
 Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
 bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
