@@ -21,8 +21,9 @@ callback that reads the counts (as a progress bar does), with ``MemoryStore`` an
 with ``SQLiteStore``, where every step waits for its own transaction (persisted steps/s).
 
 Floors of the modes (last): what each mode's contract makes the run build per step (two
-progress reports, refilled when nobody keeps them or built when kept; a step record; its
-SQLite row, in key order and in the random DAG's completion order), timed alone in CPU time.
+progress reports, refilled when nobody keeps them or built when kept; a step's record as a
+row, or as a StepRecord for a store of another library; its SQLite row, in key order and in
+the random DAG's completion order), timed alone in CPU time.
 
 Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
 bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
@@ -472,7 +473,12 @@ def floors_of_modes() -> str:
     )
     from trioflow._workflow._sqlite import _SAVE_STEP, _SCHEMA
     from trioflow._workflow._step_status import StepStatus
-    from trioflow._workflow._store import StepRecord, StoredValue, step_record, step_times_text
+    from trioflow._workflow._store import (
+        StepRecord,
+        StoredValue,
+        step_record,
+        step_times_text,
+    )
 
     running = RunningSteps({0: None}, ())
     value = StoredValue(json="null")
@@ -493,6 +499,12 @@ def floors_of_modes() -> str:
     def one_record() -> StepRecord:
         return step_record(
             "s1", StepStatus.SUCCEEDED, 1, value, None, None, wall, wall + 1e-6, 1e-6, 1, None
+        )
+
+    def one_row() -> tuple[object, ...]:
+        # What a run hands the journal per step: the record's fields as a tuple (StepRows).
+        return tuple(
+            ["s1", StepStatus.SUCCEEDED, 1, value, None, None, wall, wall + 1e-6, 1e-6, 1, None]
         )
 
     def per_call_us(fn: Callable[[], object], number: int = 20_000) -> float:
@@ -552,7 +564,10 @@ def floors_of_modes() -> str:
         f"| {per_call_us(two_refills):.2f} |",
         f"| with on_progress | two WorkflowProgress reports, kept (built) "
         f"| {per_call_us(two_snapshots):.2f} |",
-        f"| with a store | one StepRecord (times as timestamps) | {per_call_us(one_record):.2f} |",
+        f"| with a store | the row of its record (what MemoryStore and SQLiteStore are given) "
+        f"| {per_call_us(one_row):.2f} |",
+        f"| with another store | a StepRecord built from it (times as timestamps) "
+        f"| {per_call_us(one_record):.2f} |",
         f"| with SQLiteStore | its row, in groups of 1,000 rows in key order | {in_order:.2f} |",
         f"| with SQLiteStore | its row, in the random DAG's {len(waves)} waves of ready steps, "
         f"in completion order (each transaction touches pages all over the run's rows) "

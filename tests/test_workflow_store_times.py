@@ -1,7 +1,9 @@
-"""A step record's times: what a run stores is what a record built with datetimes holds.
+"""What a run hands its store: the records a store built with datetimes would hold.
 
 A run gives its records POSIX timestamps that become datetimes when first read, and
-SQLiteStore writes their text without building the datetimes; neither may show.
+SQLiteStore writes their text without building the datetimes. A run hands its store the
+records as rows (``StepRows``): the stores of trioflow read the rows, any other store sees a
+sequence of ``StepRecord``. None of it may show.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import copy
 import pickle
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,9 +29,18 @@ from trioflow import (
     StepStatus,
     StoredValue,
     Workflow,
+    WorkflowStore,
     run_workflow,
 )
-from trioflow._workflow._store import step_record, step_times_text, utc_text
+from trioflow._workflow._store import (
+    StepRows,
+    as_record,
+    as_row,
+    record_row,
+    step_record,
+    step_times_text,
+    utc_text,
+)
 
 # From 1970 to 2200; with halves of a microsecond, whole seconds and values just below them.
 timestamps = st.one_of(
@@ -172,3 +184,115 @@ async def test_sqlite_stores_the_times_a_memory_store_holds(tmp_path: Path) -> N
             back = await sqlite.load_run("r")
             assert back is not None
             assert back.steps[f"s{k % 30}"] == attrs.evolve(r, name=f"s{k % 30}")
+
+
+class Recording:
+    """A store written for trioflow's protocol: keeps what it is given, as records."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.given: list[list[StepRecord]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def save_steps(
+        self, run_id: str, steps: Sequence[StepRecord], state: Mapping[str, StoredValue]
+    ) -> None:
+        assert isinstance(steps, Sequence)
+        records = list(steps)
+        assert all(type(record) is StepRecord for record in records)
+        assert [steps[k] for k in range(len(steps))] == records
+        assert steps[1:] == records[1:]
+        assert steps[-1] == records[-1]
+        self.given.append(records)
+        await self.inner.save_steps(run_id, steps, state)
+
+
+def workflow() -> Workflow:
+    async def ok(ctx: Context) -> int:
+        await anyio.sleep(0)
+        return 7
+
+    async def broken(ctx: Context) -> None:
+        raise ValueError("no")
+
+    wf = Workflow("rows")
+    for i in range(12):
+        wf.step(f"s{i}", ok, after=[f"s{i // 2}"] if i else [])
+    wf.step("maybe", broken, after=["s3"], optional=True)
+    return wf
+
+
+@pytest.mark.anyio
+@pytest.mark.real_time
+async def test_every_store_gets_the_same_records(tmp_path: Path) -> None:
+    recording = Recording()
+    assert isinstance(recording, WorkflowStore)
+    result = await run_workflow(workflow(), store=recording, run_id="r")
+    assert result.ok
+    given = {record.name: record for batch in recording.given for record in batch}
+    assert set(given) == {f"s{i}" for i in range(12)} | {"maybe"}
+    assert given["maybe"].status is StepStatus.FAILED
+    assert given["maybe"].error == "ValueError: no"
+    assert given["s0"].value == StoredValue(json="7", type=None)
+    stored = await recording.inner.load_run("r")
+    assert stored is not None
+    assert dict(stored.steps) == given
+    # The rows of those records, written to SQLite and read back, are the same records.
+    async with SQLiteStore(tmp_path / "state.db") as sqlite:
+        await sqlite.begin_run(
+            "r", workflow="rows", fingerprint=stored.fingerprint, shape=stored.shape
+        )
+        await sqlite.save_steps("r", StepRows([as_row(r) for r in given.values()]), {})
+        loaded = await sqlite.load_run("r")
+        assert loaded is not None
+        assert dict(loaded.steps) == given
+
+
+@pytest.mark.anyio
+async def test_a_memory_store_gives_records_for_rows() -> None:
+    store = MemoryStore()
+    await run_workflow(workflow(), store=store, run_id="r")
+    listed = await store.list_runs()  # counts read from rows
+    assert listed[0].step_counts == {StepStatus.SUCCEEDED: 12, StepStatus.FAILED: 1}
+    first = await store.load_run("r")
+    again = await store.load_run("r")
+    assert first is not None
+    assert again is not None
+    assert all(type(record) is StepRecord for record in first.steps.values())
+    assert dict(first.steps) == dict(again.steps)
+    assert first.step_counts == listed[0].step_counts
+    # A record given as it is stays itself, beside rows.
+    own = attrs.evolve(first.steps["s1"], attempts=5)
+    await store.save_steps("r", [own], {})
+    third = await store.load_run("r")
+    assert third is not None
+    assert third.steps["s1"] is own
+    assert dict(third.steps) == {**dict(first.steps), "s1": own}
+
+
+def test_rows_and_records_turn_into_each_other() -> None:
+    record = step_record(
+        "s",
+        StepStatus.SUCCEEDED,
+        2,
+        StoredValue(json="1"),
+        None,
+        None,
+        1.7e9,
+        1.7e9 + 1,
+        1.0,
+        3,
+        "f",
+    )
+    row = record_row(record)
+    assert as_row(row) is row
+    assert as_row(record) == row
+    assert as_record(record) is record
+    assert as_record(row) == record
+    rows = StepRows([row, row])
+    assert len(rows) == 2
+    assert rows[0] is rows[0]  # built once
+    assert list(rows) == [record, record]
+    assert repr(rows) == f"StepRows({[record, record]!r})"

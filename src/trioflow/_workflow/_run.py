@@ -73,7 +73,7 @@ from ._result import (
     progress_refill_running,
     progress_snapshot,
 )
-from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore, step_record
+from ._store import RunStatus, StepRecord, StepRow, StoredValue, WorkflowStore
 
 __all__ = ("run_workflow",)
 
@@ -521,7 +521,7 @@ class Run:
         self.journal.lose(error)
         self._abort()
 
-    def _refused(self, i: int, error: UnstorableValueError) -> StepRecord:
+    def _refused(self, i: int, error: UnstorableValueError) -> StepRow:
         # The store cannot hold step i's value: the step FAILED with the error, by the
         # fail-fast rules, as when its value cannot be encoded.
         if isinstance(error, ValueTooLargeError):
@@ -915,14 +915,14 @@ class Run:
             self.status[i] = _COMPENSATED
 
     # --- what leaves the run ------------------------------------------------------------------
-    def record(self, i: int) -> StepRecord:
-        """Return the record of step ``i`` as the store keeps it.
+    def record(self, i: int) -> StepRow:
+        """Return the record of step ``i`` as the store keeps it, as a row.
 
         Args:
             i: The step's index; the step ended.
 
         Returns:
-            Its record.
+            Its record's :data:`~._store.StepRow` (the journal hands rows to the store).
         """
         # One per step of a durable run: no helper calls, each list read once.
         status = self.status[i]
@@ -931,14 +931,14 @@ class Run:
         started, finished = self.started[i], self.finished[i]
         error, comp_error = self.error[i], self.comp_error[i]
         wall0, t0 = self.wall0, self.t0
-        return step_record(
+        return (
             step.name,
             status,
             self.attempts[i],
             self.stored[i] if status is _SUCCEEDED or status is _COMPENSATED else None,
             None if error is None else _error_text(error),
             None if comp_error is None else _error_text(comp_error),
-            # POSIX timestamps, the record's datetimes once read (see step_record).
+            # POSIX timestamps, the record's datetimes once it is read (see step_record).
             None if started is None else wall0 + (started - t0),
             None if finished is None else wall0 + (finished - t0),
             self.duration[i] if started is None or finished is None else finished - started,
