@@ -22,7 +22,16 @@ import anyio
 from .._errors import RunLeasedError, UnstorableValueError, WorkflowShapeChangedError
 from ._context import RunShared
 from ._graph import Graph, StepStatus, describe_shape_change
-from ._store import RunRecord, RunStatus, StepRecord, StoredValue, WorkflowStore
+from ._store import (
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepRow,
+    StepRows,
+    StoredValue,
+    WorkflowStore,
+    as_row,
+)
 
 __all__ = ("Journal",)
 
@@ -38,7 +47,7 @@ class Journal:
             the next records.
         size: The number of steps of the workflow.
         refuse: ``refuse(i, error)`` is called when the store cannot hold the value of step
-            ``i``'s record: the run fails the step and returns its new record.
+            ``i``'s record: the run fails the step and returns its new record (or its row).
 
     Attributes:
         store: The store.
@@ -68,7 +77,7 @@ class Journal:
         run_id: str,
         shared: RunShared,
         size: int,
-        refuse: Callable[[int, UnstorableValueError], StepRecord],
+        refuse: Callable[[int, UnstorableValueError], StepRecord | StepRow],
         index: Mapping[str, int],
     ) -> None:
         self.store = store
@@ -79,7 +88,7 @@ class Journal:
         self.saved: list[StepStatus | None] = [None] * size
         self.error: Exception | None = None
         self._shared = shared
-        self._queued: list[tuple[int, StepRecord]] = []
+        self._queued: list[tuple[int, StepRow]] = []
         self._writing = False
 
     async def open(self, workflow: str, graph: Graph) -> RunRecord | None:
@@ -117,29 +126,33 @@ class Journal:
         )
         return record
 
-    def add(self, i: int, record: StepRecord) -> bool:
+    def add(self, i: int, record: StepRecord | StepRow) -> bool:
         """Queue the record of step ``i``, which ended, and become the writer if there is none.
 
         Args:
             i: The step's index.
-            record: Its record.
+            record: Its record, or the record's row (:data:`~._store.StepRow`).
 
         Returns:
             True when no write is in progress: the caller is now the writer and must call
             :meth:`write` until it returns nothing. False when the write in progress (or the
             next one its writer makes) takes the record.
         """
-        self._queued.append((i, record))
+        self._queued.append((i, as_row(record)))
         return self.begin()
 
-    def queue(self, i: int, record: StepRecord) -> None:
+    def queue(self, i: int, record: StepRow) -> bool:
         """Queue the record of step ``i``, which ended, for the next write (see :meth:`begin`).
 
         Args:
             i: The step's index.
-            record: Its record.
+            record: Its record's row (:data:`~._store.StepRow`).
+
+        Returns:
+            Whether a writer is at work (:attr:`writing`): it takes the record.
         """
         self._queued.append((i, record))
+        return self._writing
 
     @property
     def writing(self) -> bool:
@@ -190,7 +203,7 @@ class Journal:
             raise
         saved = self.saved
         for i, record in batch:
-            saved[i] = record.status
+            saved[i] = record[1]
         return tuple([i for i, _ in batch])
 
     def lose(self, error: Exception) -> None:
@@ -205,30 +218,34 @@ class Journal:
             self._lost = True  # another owner writes the run now
 
     async def _save(
-        self, batch: list[tuple[int, StepRecord]], state: Mapping[str, StoredValue]
-    ) -> list[tuple[int, StepRecord]]:
+        self, batch: list[tuple[int, StepRow]], state: Mapping[str, StoredValue]
+    ) -> list[tuple[int, StepRow]]:
         # One transaction; a record whose value is too large goes back to the run, which fails
-        # its step, and the transaction is tried again with the new record.
+        # its step, and the transaction is tried again with the new record. The store is given
+        # the rows (StepRows): a store of trioflow reads them, any other sees records.
         while True:
             try:
-                await self.store.save_steps(self.run_id, [record for _, record in batch], state)
+                rows = StepRows([record for _, record in batch])
+                await self.store.save_steps(self.run_id, rows, state)
             except UnstorableValueError as exc:
                 i = self._index.get(exc.step, -1)
                 k = next((k for k, (j, _) in enumerate(batch) if j == i), -1)
-                if k < 0 or batch[k][1].value is None:
+                if k < 0 or batch[k][1][3] is None:
                     raise
-                batch[k] = (i, self._refuse(i, exc))
+                batch[k] = (i, as_row(self._refuse(i, exc)))
             else:
                 return batch
 
-    async def close(self, records: Sequence[StepRecord], final: RunStatus, elapsed: float) -> None:
+    async def close(
+        self, records: Sequence[StepRecord | StepRow], final: RunStatus, elapsed: float
+    ) -> None:
         """Write the records that changed since they were saved, the state, and the final status.
 
         Runs shielded from cancellation. Writes nothing once the run's lease was lost.
 
         Args:
-            records: The records of the steps whose stored record is missing or out of date
-                (see :attr:`saved`).
+            records: The records (or their rows) of the steps whose stored record is missing
+                or out of date (see :attr:`saved`).
             final: How the run ended.
             elapsed: Seconds this session of the run ran.
 
@@ -241,5 +258,6 @@ class Journal:
             state = self._shared.take_dirty()
             if records or state:
                 index = self._index
-                await self._save([(index[r.name], r) for r in records], state)
+                rows = [as_row(r) for r in records]
+                await self._save([(index[r[0]], r) for r in rows], state)
             await self.store.finish_run(self.run_id, final, elapsed=elapsed)

@@ -10,12 +10,14 @@ from typing import Any, final
 import attrs
 
 from .._deprecate import warn_renamed
-from ._build import builder
+from ._build import builder, lazy_field, refiller
 from ._context import Context
 from ._graph import StepStatus
 
 __all__ = (
     "RunningSteps",
+    "progress_refill",
+    "progress_refill_running",
     "progress_snapshot",
     "StepResult",
     "StepResults",
@@ -262,14 +264,19 @@ class RunningSteps:
     Args:
         running: Step index -> anything, in start order: the run's live mapping.
         steps: The run's steps, by index (anything with a ``name``).
+
+    Attributes:
+        read: Whether the names are built (read, or frozen): the view no longer reads the
+            live mapping.
     """
 
-    __slots__ = ("__weakref__", "_names", "_running", "_steps")
+    __slots__ = ("__weakref__", "_names", "_running", "_steps", "read")
 
     def __init__(self, running: Mapping[int, object] | None, steps: Sequence[Any]) -> None:
         self._running = running
         self._steps = steps
         self._names: tuple[str, ...] | None = None if running is not None else ()
+        self.read = running is None  # whether the names are built (no longer read live)
 
     def names(self) -> tuple[str, ...]:
         """Return the names, in the order the steps started (built on the first call)."""
@@ -284,13 +291,10 @@ class RunningSteps:
                     steps = self._steps
                     names = self._names = tuple([steps[i].name for i in self._running])
                     self._running = None
+                    self.read = True
         return names
 
     freeze = names
-
-    def pending(self) -> bool:
-        """Return whether the names were not built yet (nobody read them)."""
-        return self._names is None
 
 
 @final
@@ -329,28 +333,20 @@ A :class:`WorkflowProgress` built from a run's own counters without the checks o
 ``__init__`` (the run's hot path); ``running`` may be a :class:`RunningSteps`.
 """
 
+progress_refill: Callable[..., None] = refiller(
+    WorkflowProgress, "completed", "succeeded", "failed", "skipped", "running", "elapsed"
+)
+"""``progress_refill(progress, completed, succeeded, failed, skipped, running, elapsed)``.
 
-@final
-class _Running:
-    # WorkflowProgress.running: the field's slot, read through RunningSteps, so that attrs
-    # (eq, hash, repr, asdict, evolve) and every reader see a tuple.
-    __slots__ = ("_slot",)
+Sets the fields of a :class:`WorkflowProgress` that change from one report to the next, for a
+run reusing its last report: only once nobody else holds it nor a weak reference to it, so
+that to everyone else the report is a new value.
+"""
 
-    def __init__(self, slot: Any) -> None:
-        self._slot = slot
-
-    def __get__(self, obj: object, owner: type | None = None) -> Any:
-        if obj is None:
-            return self._slot
-        value = self._slot.__get__(obj, owner)
-        return value.names() if type(value) is RunningSteps else value
-
-    def __set__(self, obj: object, value: object) -> None:
-        self._slot.__set__(obj, value)
-
-    def __delete__(self, obj: object) -> None:
-        self._slot.__delete__(obj)
+progress_refill_running: Callable[..., None] = refiller(WorkflowProgress, "running", "elapsed")
+"""``progress_refill_running(progress, running, elapsed)``: :data:`progress_refill` for a
+report whose counts did not change since the last one (a step started)."""
 
 
-# After progress_snapshot took the slot's own setter.
-setattr(WorkflowProgress, "running", _Running(WorkflowProgress.__dict__["running"]))  # noqa: B010
+# After progress_snapshot and the refillers took the slot's own setter.
+lazy_field(WorkflowProgress, "running", RunningSteps, RunningSteps.names, keep=False)

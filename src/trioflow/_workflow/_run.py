@@ -29,7 +29,11 @@ How a run works (the policy ``run_workflow`` documents):
   writes itself, at once (a chain pays one transaction per step and no task switch).
 * On progress reports: a report's ``running`` reads the live set of running steps and is
   fixed (copied) only when someone still holds the report as the set next changes, so a
-  callback that reads counts costs O(1) per report, not O(steps in flight).
+  callback that reads counts costs O(1) per report, not O(steps in flight). The run keeps its
+  last report, and when nobody else holds it (nor a weak reference to it) by the next report,
+  it sets that report's fields again instead of building a new one: nobody can tell the
+  difference, as nobody can reach the old one (CPython's ``zip`` reuses its result tuple the
+  same way). A report the callback keeps, or hands on, is never touched again.
 """
 
 from __future__ import annotations
@@ -39,11 +43,10 @@ import inspect
 import sys
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, final
+from weakref import getweakrefcount
 
 import anyio
 import anyio.abc
@@ -66,9 +69,11 @@ from ._result import (
     StepTable,
     WorkflowProgress,
     WorkflowResult,
+    progress_refill,
+    progress_refill_running,
     progress_snapshot,
 )
-from ._store import RunStatus, StepRecord, StoredValue, WorkflowStore, step_record
+from ._store import RunStatus, StepRecord, StepRow, StoredValue, WorkflowStore
 
 __all__ = ("run_workflow",)
 
@@ -81,7 +86,33 @@ _COMPENSATED = StepStatus.COMPENSATED
 _CHECKPOINT_EVERY = 256  # a worker running many instant steps in a row yields this often
 _MAX_LEASE_TTL = 365 * 24 * 3600.0  # a year
 _SKIP: Any = object()  # what Run._attempts returns for a step whose condition said no
-_fromtimestamp = datetime.fromtimestamp
+_NONE_STORED = encode_value("", None)  # the stored form of None (a step returning nothing)
+
+
+# A run reuses its last progress report when nobody else holds it (see Run._report), which
+# it can tell only where references are counted; elsewhere every report counts as held.
+if hasattr(sys, "getrefcount"):
+
+    def _references(run: Any) -> int:
+        # References to run.last, counted the same way wherever the run asks.
+        return sys.getrefcount(run.last)
+
+    @final
+    class _Probe:
+        __slots__ = ("last",)
+
+        def __init__(self) -> None:
+            self.last = object()  # held by the probe alone
+
+    # What _references says of a report only its run holds: measured, not assumed, since the
+    # interpreter's own temporary references differ between versions (3.14 borrows some).
+    _ALONE = _references(_Probe())
+else:  # pragma: no cover - an interpreter without reference counts
+
+    def _references(run: Any) -> int:
+        return -1
+
+    _ALONE = -2  # never: every report counts as held
 
 
 def _error_text(exc: BaseException | None) -> str | None:
@@ -381,7 +412,11 @@ class Run:
         # What the last report's ``running`` reads (the live ``running`` until frozen), and
         # the report, while it lives: see _running_changes().
         self.names = RunningSteps(self.running, steps)
-        self.reported: weakref.ref[WorkflowProgress] | None = None
+        self.last: WorkflowProgress | None = None  # the last report (reused when unheld)
+        self.viewing = False  # whether the last report's running reads the live ``names``
+        # Whether nobody else can reach the last report (nor a weak reference to it): once so,
+        # it stays so until the run hands it out again, so it is checked once.
+        self.free = False
         self.total = n
         self.completion: list[int] = []  # SUCCEEDED steps in order of completion
         self.next_seq = 0
@@ -486,7 +521,7 @@ class Run:
         self.journal.lose(error)
         self._abort()
 
-    def _refused(self, i: int, error: UnstorableValueError) -> StepRecord:
+    def _refused(self, i: int, error: UnstorableValueError) -> StepRow:
         # The store cannot hold step i's value: the step FAILED with the error, by the
         # fail-fast rules, as when its value cannot be encoded.
         if isinstance(error, ValueTooLargeError):
@@ -557,7 +592,7 @@ class Run:
         self.in_flight += 1
         self.active += 1
         if self.on_progress is not None:
-            if self.reported is not None:
+            if self.viewing:
                 self._running_changes()
             self.running[i] = None
         return i
@@ -631,9 +666,11 @@ class Run:
                 if value is _SKIP:
                     self.started[i] = finished
                     status = _SKIPPED
-                elif journal is not None and not self._encode(i, step.name, value):
+                elif journal is not None and value is not None and not self._encode(i, value):
                     status = _FAILED
                 else:
+                    if journal is not None and value is None:  # most steps: no codec call
+                        self.stored[i] = _NONE_STORED
                     self.value[i] = value
                     self.seq[i] = self.next_seq
                     self.next_seq += 1
@@ -642,7 +679,7 @@ class Run:
             self.status[i] = status
             self.in_flight -= 1
             if reporting:
-                if self.reported is not None:
+                if self.viewing:
                     self._running_changes()
                 del self.running[i]
             if step.exclusive:
@@ -654,8 +691,7 @@ class Run:
                     # Start nothing more while the failure is written; _complete() then
                     # cancels the steps in flight.
                     self.aborted = True
-                journal.queue(i, self.record(i))
-                if not journal.writing:
+                if not journal.queue(i, self.record(i)):  # no writer at work takes it
                     if self._can_claim():
                         # More to run: run it, and let _write_behind write this record, with
                         # those of the steps that end before it runs, in one transaction.
@@ -678,10 +714,10 @@ class Run:
             if i < 0:
                 return
 
-    def _encode(self, i: int, name: str, value: Any) -> bool:
+    def _encode(self, i: int, value: Any) -> bool:
         # With a store: keep the stored form of the step's value, or fail the step.
         try:
-            self.stored[i] = encode_value(name, value)
+            self.stored[i] = encode_value(self.steps[i].name, value)
         except UnstorableValueError as exc:
             self.error[i] = exc
             return False
@@ -690,7 +726,7 @@ class Run:
     def _leave(self, i: int) -> None:
         self.in_flight -= 1
         if self.on_progress is not None:
-            if self.reported is not None:
+            if self.viewing:
                 self._running_changes()
             del self.running[i]
         if self.steps[i].exclusive:
@@ -844,11 +880,12 @@ class Run:
             final = RunStatus.CANCELLED
         else:
             final = RunStatus.FAILED
-        saved, comp_error = journal.saved, self.comp_error
         changed = [
             self.record(i)
-            for i, status in enumerate(self.status)
-            if status is not saved[i] or comp_error[i] is not None
+            for i, (status, saved, comp_error) in enumerate(
+                zip(self.status, journal.saved, self.comp_error, strict=True)
+            )
+            if status is not saved or comp_error is not None
         ]
         try:
             await journal.close(changed, final, self.now() - self.t0)
@@ -878,14 +915,14 @@ class Run:
             self.status[i] = _COMPENSATED
 
     # --- what leaves the run ------------------------------------------------------------------
-    def record(self, i: int) -> StepRecord:
-        """Return the record of step ``i`` as the store keeps it.
+    def record(self, i: int) -> StepRow:
+        """Return the record of step ``i`` as the store keeps it, as a row.
 
         Args:
             i: The step's index; the step ended.
 
         Returns:
-            Its record.
+            Its record's :data:`~._store.StepRow` (the journal hands rows to the store).
         """
         # One per step of a durable run: no helper calls, each list read once.
         status = self.status[i]
@@ -894,15 +931,16 @@ class Run:
         started, finished = self.started[i], self.finished[i]
         error, comp_error = self.error[i], self.comp_error[i]
         wall0, t0 = self.wall0, self.t0
-        return step_record(
+        return (
             step.name,
             status,
             self.attempts[i],
             self.stored[i] if status is _SUCCEEDED or status is _COMPENSATED else None,
             None if error is None else _error_text(error),
             None if comp_error is None else _error_text(comp_error),
-            None if started is None else _fromtimestamp(wall0 + (started - t0), UTC),
-            None if finished is None else _fromtimestamp(wall0 + (finished - t0), UTC),
+            # POSIX timestamps, the record's datetimes once it is read (see step_record).
+            None if started is None else wall0 + (started - t0),
+            None if finished is None else wall0 + (finished - t0),
             self.duration[i] if started is None or finished is None else finished - started,
             self.seq[i],
             step.fingerprint,
@@ -912,34 +950,59 @@ class Run:
         on_progress = self.on_progress
         if on_progress is None:
             return
-        if self.reported is not None:  # reports in a row (steps saved together) share a view
-            self._running_changes()
         running = self.running
-        progress = progress_snapshot(
-            self.total,
-            self.completed,
-            self.succeeded,
-            self.failed,
-            self.skipped,
-            self.names if running else (),  # nothing running: it shares nothing with the run
-            now - self.t0,
-        )
-        if running:
-            self.reported = weakref.ref(progress)
+        # When nobody but the run holds its last report (nor a weak reference to it), nobody
+        # can reach it, nor tell it from a new one: set its fields again (a view of the
+        # running steps it read is still live and unread: see _running_changes).
+        if self.last is not None and (
+            self.free or (_references(self) == _ALONE and not getweakrefcount(self.last))
+        ):
+            last = self.last
+            completed = self.completed
+            if last.completed == completed:  # a step started: only its running steps changed
+                progress_refill_running(last, self.names if running else (), now - self.t0)
+            else:
+                progress_refill(
+                    last,
+                    completed,
+                    self.succeeded,
+                    self.failed,
+                    self.skipped,
+                    self.names if running else (),
+                    now - self.t0,
+                )
+            progress = last
+        else:
+            if self.viewing:  # the last report is held: it shares no view with this one
+                self._running_changes()
+            progress = self.last = progress_snapshot(
+                self.total,
+                self.completed,
+                self.succeeded,
+                self.failed,
+                self.skipped,
+                self.names if running else (),  # nothing running: it shares nothing with the run
+                now - self.t0,
+            )
+        self.viewing = bool(running)
+        self.free = False
         on_progress(progress)
 
     def _running_changes(self) -> None:
-        # Called before a step joins or leaves ``running`` (and before a report that follows
-        # another with no change between), when the last report reads the live mapping
-        # (``reported``): if anyone still holds that report, its names are fixed now
-        # (O(steps in flight), as a tuple built for each report would cost every time), and
-        # the next report reads a new view. A report nobody kept costs nothing here.
-        reported = self.reported
-        if reported is None:
-            return
-        self.reported = None
-        if reported() is not None or not self.names.pending():
-            self.names.freeze()
+        # Called before a step joins or leaves ``running`` (and before a new report that
+        # follows a held one), when the last report reads the live mapping (``viewing``): if
+        # anyone else still holds that report (or a weak reference to it), its names are fixed
+        # now (O(steps in flight), as a tuple built for each report would cost every time), and
+        # the next report reads a new view; so does it once someone read the names. A report
+        # nobody kept costs nothing here.
+        self.viewing = False
+        if not self.free:
+            if _references(self) != _ALONE or getweakrefcount(self.last):
+                self.names.freeze()
+                self.names = RunningSteps(self.running, self.steps)
+                return
+            self.free = True
+        if self.names.read:
             self.names = RunningSteps(self.running, self.steps)
 
     def _result(self) -> WorkflowResult:

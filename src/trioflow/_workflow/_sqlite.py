@@ -35,7 +35,16 @@ from .._checks import check_number
 from .._errors import RunLeasedError, StoreError, ValueTooLargeError
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
-from ._store import RunRecord, RunStatus, StepRecord, StoredValue, active_seconds
+from ._store import (
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepRows,
+    StoredValue,
+    active_seconds,
+    record_row,
+    time_text,
+)
 
 __all__ = ("SQLiteStore",)
 
@@ -546,36 +555,40 @@ class SQLiteStore:
             StoreError: The file cannot be written.
         """
         # What is written is what was given now, whatever the caller changes meanwhile.
-        steps, state = tuple(steps), dict(state)
+        # A run's records come as rows (StepRows), read as they are; any other records are
+        # read into rows. Rows are tuples: what is written is what was given now.
+        rows = list(steps.rows) if type(steps) is StepRows else [record_row(r) for r in steps]
+        state = dict(state)
 
         def save(conn: sqlite3.Connection) -> None:
             room = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-            for r in steps:
+            for r in rows:
                 # A value over the limit fails its step, not the store (which would fail every
                 # resume the same way). Most values are far below: bytes <= 4 * characters.
-                if r.value is not None and 4 * len(r.value.json) + _ROW_MARGIN > room:
-                    size = len(r.value.json.encode())
+                value = r[3]
+                if value is not None and 4 * len(value.json) + _ROW_MARGIN > room:
+                    size = len(value.json.encode())
                     if size + _ROW_MARGIN > room:
-                        raise ValueTooLargeError(r.name, str, size=size, limit=room)
+                        raise ValueTooLargeError(r[0], str, size=size, limit=room)
             # The rows are built here, where the write runs: on a worker thread for a large
             # batch, so the event loop's thread goes on running steps meanwhile.
             step_rows = [
                 (
                     run_id,
-                    r.name,
-                    r.status.value,
-                    r.attempts,
-                    None if r.value is None else r.value.json,
-                    None if r.value is None else r.value.type,
-                    r.error,
-                    r.compensation_error,
-                    None if r.started_at is None else r.started_at.isoformat(),
-                    None if r.finished_at is None else r.finished_at.isoformat(),
-                    r.duration,
-                    r.seq,
-                    r.fingerprint,
+                    r[0],
+                    r[1].value,
+                    r[2],
+                    None if r[3] is None else r[3].json,
+                    None if r[3] is None else r[3].type,
+                    r[4],
+                    r[5],
+                    time_text(r[6]),
+                    time_text(r[7]),
+                    r[8],
+                    r[9],
+                    r[10],
                 )
-                for r in steps
+                for r in rows
             ]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_SAVE_STEP, step_rows)
@@ -592,10 +605,10 @@ class SQLiteStore:
         # and does not fsync, a few tens of microseconds, where a worker thread's round trip
         # costs several times that. Anything larger, or that would wait for a lock, goes to a
         # worker thread, and so do the checkpoints that fsync (every few MB written).
-        size = _ROW_BYTES * (len(steps) + len(state))
-        for r in steps:
-            if r.value is not None:
-                size += len(r.value.json)
+        size = _ROW_BYTES * (len(rows) + len(state))
+        for r in rows:
+            if r[3] is not None:
+                size += len(r[3].json)
         for v in state.values():
             size += len(v.json)
         if size > _INLINE_BYTES:

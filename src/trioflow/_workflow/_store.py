@@ -6,18 +6,22 @@ executes it (a :class:`~trioflow.RunOwner`, see ``_lease``). Values are kept as 
 :class:`StoredValue`: JSON text and the name of the original type (made by ``_codec``), so a
 resumed run can give back the original type. Stores implement the small
 :class:`WorkflowStore` protocol: :class:`MemoryStore` here, ``SQLiteStore`` beside it, and any
-other store (Redis, Postgres) that implements the same eight methods. A store may also
-implement ``delete_run`` (the three stores of trioflow do; ``trioflow prune`` uses it); it is not
-part of the protocol, so a store written for an earlier trioflow keeps working.
+other store (Redis, Postgres) that implements the same eight methods. A run hands
+``save_steps`` its records as :class:`StepRows`: a sequence of :class:`StepRecord` to any
+store, whose rows (tuples of the fields) the stores of trioflow read without building the
+records. A store may also implement ``delete_run`` (the three stores of trioflow do;
+``trioflow prune`` uses it); it is not part of the protocol, so a store written for an
+earlier trioflow keeps working.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Protocol, final, runtime_checkable
+from typing import Any, Protocol, TypeAlias, final, overload, runtime_checkable
 
 import anyio.lowlevel
 import attrs
@@ -25,7 +29,7 @@ import attrs
 from .._backend import checkpoint_if_cancelled
 from .._errors import RunLeasedError
 from .._status import Status
-from ._build import builder
+from ._build import builder, lazy_field
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
 
@@ -34,9 +38,17 @@ __all__ = (
     "RunRecord",
     "RunStatus",
     "StepRecord",
+    "StepRow",
+    "StepRows",
     "StoredValue",
     "WorkflowStore",
+    "as_record",
+    "as_row",
+    "record_row",
     "step_record",
+    "step_times_text",
+    "time_text",
+    "utc_text",
 )
 
 
@@ -116,8 +128,195 @@ step_record: Callable[..., StepRecord] = builder(StepRecord)
 """``step_record(name, status, attempts, value, error, compensation_error, started_at, ...)``.
 
 A :class:`StepRecord` from every field, in order, without the checks of its ``__init__`` (a
-run's hot path: one record per step).
+run's hot path: one record per step). ``started_at`` and ``finished_at`` may be POSIX
+timestamps (floats): the record turns each into its UTC ``datetime`` when it is first read
+(see :func:`~._build.lazy_field`), and a store that writes text gets it from
+:func:`step_times_text` without building the ``datetime``.
 """
+
+_utc_from = datetime.fromtimestamp
+# The last whole second formatted, and its text: consecutive records mostly share it. One
+# tuple, replaced whole, so that threads (SQLiteStore writes on worker threads) never see a
+# second with another second's text.
+_second: tuple[float, str] = (math.nan, "")
+
+
+def utc_text(timestamp: float) -> str:
+    """Return ``datetime.fromtimestamp(timestamp, UTC).isoformat()``, without the ``datetime``.
+
+    The microseconds are rounded as ``fromtimestamp`` rounds them (half to even), and are left
+    out when they are 0, as ``isoformat`` leaves them out.
+
+    Args:
+        timestamp: A POSIX timestamp.
+
+    Returns:
+        The ISO 8601 text, ending in ``+00:00``.
+    """
+    global _second
+    fraction, whole = math.modf(timestamp)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, _utc_from(whole, UTC).isoformat()[:-6])
+    if micro:
+        return f"{second[1]}.{micro:06d}+00:00"
+    return second[1] + "+00:00"
+
+
+def _utc(timestamp: float) -> datetime:
+    return _utc_from(timestamp, UTC)
+
+
+# StepRecord.started_at / finished_at: a run fills their slots with POSIX timestamps, each the
+# UTC datetime once read (and kept), so that a record nobody reads costs no datetime. After
+# step_record took the slots' own setters.
+_started_slot = lazy_field(StepRecord, "started_at", float, _utc, keep=True)
+_finished_slot = lazy_field(StepRecord, "finished_at", float, _utc, keep=True)
+
+
+StepRow: TypeAlias = tuple[
+    str,
+    StepStatus,
+    int,
+    StoredValue | None,
+    str | None,
+    str | None,
+    float | None,
+    float | None,
+    float | None,
+    int | None,
+    str | None,
+]
+"""A step record's fields as a tuple, in :class:`StepRecord`'s order, times as timestamps."""
+
+
+@final
+class StepRows(Sequence[StepRecord]):
+    """The step records a run hands its store, kept as rows until a record is asked for.
+
+    A run makes one record per step; a store of trioflow (``MemoryStore``, ``SQLiteStore``)
+    reads :attr:`rows` instead and never builds the records, while any other store sees a
+    sequence of :class:`StepRecord` (each built once, when first read).
+
+    Args:
+        rows: One :data:`StepRow` per record.
+
+    Attributes:
+        rows: The rows.
+    """
+
+    __slots__ = ("_built", "rows")
+
+    def __init__(self, rows: list[StepRow]) -> None:
+        self.rows = rows
+        self._built: list[StepRecord | None] = [None] * len(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, k: int) -> StepRecord: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[StepRecord]: ...
+
+    def __getitem__(self, k: int | slice) -> StepRecord | list[StepRecord]:
+        if isinstance(k, slice):
+            return [self[j] for j in range(len(self.rows))[k]]
+        record = self._built[k]
+        if record is None:
+            record = self._built[k] = step_record(*self.rows[k])
+        return record
+
+    def __repr__(self) -> str:
+        return f"StepRows({list(self)!r})"
+
+
+def as_record(entry: StepRecord | StepRow) -> StepRecord:
+    """Return a record, given a record or a :data:`StepRow`.
+
+    Args:
+        entry: A record, or the row of one.
+
+    Returns:
+        The record.
+    """
+    return entry if type(entry) is StepRecord else step_record(*entry)
+
+
+def time_text(value: datetime | float | None) -> str | None:
+    """Return a record's time as ISO 8601 text: ``isoformat()`` of its datetime.
+
+    Args:
+        value: A datetime, a POSIX timestamp that stands for its UTC datetime, or None.
+
+    Returns:
+        The text, or None.
+    """
+    if value is None:
+        return None
+    if type(value) is float:
+        return utc_text(value)
+    assert isinstance(value, datetime)
+    return value.isoformat()
+
+
+def as_row(entry: StepRecord | StepRow) -> StepRow:
+    """Return a :data:`StepRow`, given a record or a row.
+
+    Args:
+        entry: A record, or the row of one.
+
+    Returns:
+        The row.
+    """
+    return record_row(entry) if type(entry) is StepRecord else entry
+
+
+def record_row(record: StepRecord) -> StepRow:
+    """Return a record's :data:`StepRow` (its times as the record holds them, unread).
+
+    Args:
+        record: A step record.
+
+    Returns:
+        Its fields, in order.
+    """
+    return (
+        record.name,
+        record.status,
+        record.attempts,
+        record.value,
+        record.error,
+        record.compensation_error,
+        _started_slot.__get__(record),
+        _finished_slot.__get__(record),
+        record.duration,
+        record.seq,
+        record.fingerprint,
+    )
+
+
+def step_times_text(record: StepRecord) -> tuple[str | None, str | None]:
+    """Return a record's ``started_at`` and ``finished_at`` as ISO 8601 text (None: no time).
+
+    Equal to ``record.started_at.isoformat()`` (and the same for ``finished_at``), without
+    building a datetime the record does not hold yet.
+
+    Args:
+        record: A step record.
+
+    Returns:
+        ``(started, finished)``.
+    """
+    return time_text(_started_slot.__get__(record)), time_text(_finished_slot.__get__(record))
 
 
 def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
@@ -306,12 +505,18 @@ class _MemoryRun:
         self.head = head
         self.status = head.status
         self.updated_at = head.updated_at
-        self.steps: dict[str, StepRecord] = {}
+        # A record, or its row (what a run saves) until a reader asks for the record.
+        self.steps: dict[str, StepRecord | StepRow] = {}
         self.state: dict[str, StoredValue] = {}
         self.active = 0.0
         self.session: datetime | None = head.created_at
 
     def record(self, *, full: bool, owner: RunOwner | None) -> RunRecord:
+        steps = self.steps
+        if full:
+            for name, entry in steps.items():
+                if type(entry) is not StepRecord:
+                    steps[name] = as_record(entry)
         return attrs.evolve(
             self.head,
             status=self.status,
@@ -469,8 +674,12 @@ class MemoryStore:
         # run over a chain of steps saves after every step (bench/workflow.py).
         await checkpoint_if_cancelled()
         run = self._runs[run_id]
-        for record in steps:
-            run.steps[record.name] = record
+        if type(steps) is StepRows:  # a run's: kept as rows, records made when read
+            for row in steps.rows:
+                run.steps[row[0]] = row
+        else:
+            for record in steps:
+                run.steps[record.name] = record
         run.state.update(state)
         run.updated_at = _now()
 
@@ -516,5 +725,6 @@ class MemoryStore:
 def _count(records: Any) -> dict[StepStatus, int]:
     counts: dict[StepStatus, int] = {}
     for record in records:
-        counts[record.status] = counts.get(record.status, 0) + 1
+        status = record.status if type(record) is StepRecord else record[1]
+        counts[status] = counts.get(status, 0) + 1
     return counts
