@@ -112,16 +112,20 @@ def floor(n: int, backend: str) -> int:
     return n
 
 
+_PATH = [
+    RequestState.RECEIVED,
+    RequestState.VALIDATED,
+    RequestState.PLANNED,
+    RequestState.CONTEXT_GATHERING,
+    RequestState.PROCESSING,
+    RequestState.TOOL_EXECUTION,
+    RequestState.RESPONSE_FORMATTING,
+    RequestState.COMPLETED,
+]
+
+
 def _pipeline() -> Any:
-    states = [
-        RequestState.RECEIVED,
-        RequestState.VALIDATED,
-        RequestState.PLANNED,
-        RequestState.CONTEXT_GATHERING,
-        RequestState.PROCESSING,
-        RequestState.TOOL_EXECUTION,
-        RequestState.RESPONSE_FORMATTING,
-    ]
+    states = _PATH[:-1]  # each stage's state; the run ends in the last
     fns = _stages()
     return Pipeline(
         [Stage(f"stage{i}", s, fn) for i, (s, fn) in enumerate(zip(states, fns, strict=True))]
@@ -183,17 +187,6 @@ def coordinator(
     anyio.run(main, backend=backend)
     return n
 
-
-_PATH = [
-    RequestState.RECEIVED,
-    RequestState.VALIDATED,
-    RequestState.PLANNED,
-    RequestState.CONTEXT_GATHERING,
-    RequestState.PROCESSING,
-    RequestState.TOOL_EXECUTION,
-    RequestState.RESPONSE_FORMATTING,
-    RequestState.COMPLETED,
-]
 
 # What each part of a request costs by itself, timed in a loop of its own (trio): the parts
 # of the coordinator row, so that what is left over is the code around them.

@@ -48,6 +48,7 @@ from types import CoroutineType, FunctionType
 from typing import Any, TypeVar, final
 
 import anyio
+import anyio.lowlevel
 
 from .._backend import Backend, CancelScope, TaskGroup, current_backend
 from .._checks import (
@@ -208,6 +209,7 @@ class Batch:
         "_ahead",
         "_aiter",
         "_cancel",
+        "_checkpoint",
         "_clock",
         "_completed",
         "_deadlines",
@@ -292,6 +294,7 @@ class Batch:
         self._waiting_slot: Slot | None = None  # its slot
         self._ahead: tuple[int, Operation[Any]] | None = None  # the operation read ahead
         self._clock: Callable[[], float] = anyio.current_time
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         self._move_on_after: Callable[[float], AbstractContextManager[CancelScope]]
         self._group: TaskGroup
         # Until run() opens its task group there is nothing to cancel (as_completed's block
@@ -304,6 +307,7 @@ class Batch:
         """Run every operation; return the batch's duration. Re-raises an abort error."""
         backend = current_backend()
         self._clock = clock = backend.clock
+        self._checkpoint = backend.checkpoint
         self._move_on_after = backend.move_on_after
         await backend.checkpoint()
         start = clock()
@@ -536,7 +540,6 @@ class Batch:
         # The bare batch (no timeout, progress, consumer or slot): its successes skip every
         # branch of the other modes.
         plain = scope is None and report is None and send is None and slot is None
-        checkpoint = current_backend().checkpoint if slot is not None else None
         if self._stopped:  # a failure came before this worker's first turn
             if held is not None:
                 self._never_started(held[0])
@@ -573,9 +576,8 @@ class Batch:
                             self._ahead = (index, op)
                             index, op = ahead
                         if settle:
-                            assert checkpoint is not None
                             try:
-                                await checkpoint()
+                                await self._checkpoint()
                             except BaseException:
                                 self._never_started(index)
                                 raise
