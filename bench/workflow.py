@@ -23,7 +23,8 @@ with ``SQLiteStore``, where every step waits for its own transaction (persisted 
 Floors of the modes (last): what each mode's contract makes the run build per step (two
 progress reports, refilled when nobody keeps them or built when kept; a step's record as a
 row, or as a StepRecord for a store of another library; its SQLite row, in key order and in
-the random DAG's completion order), timed alone in CPU time.
+the random DAG's completion order, and in that order into the steps table keyed by run and
+step name that SQLiteStore used before), timed alone in CPU time.
 
 Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
 bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
