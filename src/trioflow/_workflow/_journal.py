@@ -62,6 +62,7 @@ class Journal:
         "_index",
         "_lost",
         "_queued",
+        "_queued_rows",
         "_refuse",
         "_shared",
         "_writing",
@@ -88,7 +89,9 @@ class Journal:
         self.saved: list[StepStatus | None] = [None] * size
         self.error: Exception | None = None
         self._shared = shared
-        self._queued: list[tuple[int, StepRow]] = []
+        # The queued records: the steps' indices, and their rows (what the store is given).
+        self._queued: list[int] = []
+        self._queued_rows: list[StepRow] = []
         self._writing = False
 
     async def open(self, workflow: str, graph: Graph) -> RunRecord | None:
@@ -138,7 +141,8 @@ class Journal:
             :meth:`write` until it returns nothing. False when the write in progress (or the
             next one its writer makes) takes the record.
         """
-        self._queued.append((i, as_row(record)))
+        self._queued.append(i)
+        self._queued_rows.append(as_row(record))
         return self.begin()
 
     def queue(self, i: int, record: StepRow) -> bool:
@@ -151,7 +155,8 @@ class Journal:
         Returns:
             Whether a writer is at work (:attr:`writing`): it takes the record.
         """
-        self._queued.append((i, record))
+        self._queued.append(i)
+        self._queued_rows.append(record)
         return self._writing
 
     @property
@@ -189,10 +194,11 @@ class Journal:
         if not self._queued or self.error is not None:
             self._writing = False
             return ()
-        batch, self._queued = self._queued, []
+        batch, rows = self._queued, self._queued_rows
+        self._queued, self._queued_rows = [], []
         state = self._shared.take_dirty()
         try:
-            batch = await self._save(batch, state)
+            rows = await self._save(batch, rows, state)
         except Exception as exc:
             self.error = exc
             self._writing = False
@@ -202,9 +208,9 @@ class Journal:
             self._writing = False
             raise
         saved = self.saved
-        for i, record in batch:
-            saved[i] = record[1]
-        return tuple([i for i, _ in batch])
+        for i, row in zip(batch, rows, strict=True):
+            saved[i] = row[1]
+        return tuple(batch)
 
     def lose(self, error: Exception) -> None:
         """Stop writing: the run's lease is lost (``RunLeasedError``) or cannot be renewed.
@@ -218,23 +224,24 @@ class Journal:
             self._lost = True  # another owner writes the run now
 
     async def _save(
-        self, batch: list[tuple[int, StepRow]], state: Mapping[str, StoredValue]
-    ) -> list[tuple[int, StepRow]]:
-        # One transaction; a record whose value is too large goes back to the run, which fails
-        # its step, and the transaction is tried again with the new record. The store is given
-        # the rows (StepRows): a store of trioflow reads them, any other sees records.
+        self, batch: list[int], rows: list[StepRow], state: Mapping[str, StoredValue]
+    ) -> list[StepRow]:
+        # One transaction of the rows of the steps in batch; a record whose value is too large
+        # goes back to the run, which fails its step, and the transaction is tried again with
+        # the new record (in a new list: the store may hold the one it was given). The store
+        # is given the rows (StepRows): a store of trioflow reads them, any other sees records.
         while True:
             try:
-                rows = StepRows([record for _, record in batch])
-                await self.store.save_steps(self.run_id, rows, state)
+                await self.store.save_steps(self.run_id, StepRows(rows), state)
             except UnstorableValueError as exc:
                 i = self._index.get(exc.step, -1)
-                k = next((k for k, (j, _) in enumerate(batch) if j == i), -1)
-                if k < 0 or batch[k][1][3] is None:
+                k = next((k for k, j in enumerate(batch) if j == i), -1)
+                if k < 0 or rows[k][3] is None:
                     raise
-                batch[k] = (i, as_row(self._refuse(i, exc)))
+                rows = list(rows)
+                rows[k] = as_row(self._refuse(i, exc))
             else:
-                return batch
+                return rows
 
     async def close(
         self, records: Sequence[StepRecord | StepRow], final: RunStatus, elapsed: float
@@ -259,5 +266,5 @@ class Journal:
             if records or state:
                 index = self._index
                 rows = [as_row(r) for r in records]
-                await self._save([(index[r[0]], r) for r in rows], state)
+                await self._save([index[r[0]] for r in rows], rows, state)
             await self.store.finish_run(self.run_id, final, elapsed=elapsed)

@@ -695,7 +695,8 @@ class Run:
                     if self._can_claim():
                         # More to run: run it, and let _write_behind write this record, with
                         # those of the steps that end before it runs, in one transaction.
-                        self._flush_soon()
+                        if not self.flush_poked:
+                            self._flush_soon()
                     else:
                         await self._write()
             budget -= 1

@@ -166,7 +166,8 @@ def utc_text(timestamp: float) -> str:
     if second[0] != whole:
         second = _second = (whole, _utc_from(whole, UTC).isoformat()[:-6])
     if micro:
-        return f"{second[1]}.{micro:06d}+00:00"
+        # printf-style: about 0.1 us less than an f-string with a format spec, twice a record.
+        return "%s.%06d+00:00" % (second[1], micro)  # noqa: UP031
     return second[1] + "+00:00"
 
 
