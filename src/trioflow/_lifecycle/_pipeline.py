@@ -32,7 +32,7 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
-from .._backend import OwnScope, cancel_scope
+from .._backend import OwnScope, scope_and_clock
 from .._backend import current_clock as clock
 from .._checks import (
     NotAwaitableError,
@@ -644,10 +644,10 @@ class Pipeline:
             return await _run_logged(run, log, request.id, len(self._stages))
         policies = self._policies(request, retry) if self._retries else None
         self._runs += 1
-        now_fn = clock()
+        scope_of, now_fn = scope_and_clock()  # the running loop's, asked once
         started = now = now_fn()
         # One cancel scope per run serves both the run's timeout and cancel(request).
-        scope = cancel_scope(math.inf if timeout is None else started + timeout)
+        scope = scope_of(deadline=math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
         degraded: dict[str, BaseException] = {}
         # The sink of the chunks, set only when it changes (a run with no on_chunk, the usual
