@@ -616,14 +616,20 @@ class Route(Generic[E]):
         steps: ``(from_state, to_state)`` for each index, or ``None`` for an index with no
             precomputed transition (``move`` then needs ``to_state``).
 
+    Attributes:
+        machine: The machine whose table the path follows.
+        terminal: Its terminal states (a machine's table never changes): what a caller that
+            moves an object along the route tests before it starts, without a call.
+
     Raises:
         InvalidTransitionError: A step is not in the machine's table.
     """
 
-    __slots__ = ("_machine", "_steps")
+    __slots__ = ("_machine", "_steps", "machine", "terminal")
 
     def __init__(self, machine: StateMachine[E], steps: Iterable[tuple[E, E] | None]) -> None:
-        self._machine = machine
+        self._machine = self.machine = machine
+        self.terminal: frozenset[E] = machine.terminal
         compiled: list[tuple[E, _State[E], _State[E]] | None] = []
         for step in steps:
             if step is None:
@@ -635,11 +641,6 @@ class Route(Generic[E]):
             states = machine._states
             compiled.append((from_state, states[id(from_state)], states[id(to_state)]))
         self._steps = tuple(compiled)
-
-    @property
-    def machine(self) -> StateMachine[E]:
-        """The machine whose table the route follows."""
-        return self._machine
 
     def move(self, obj: Stateful[E], index: int, to_state: E, at: float) -> StateChange[E]:
         """Move ``obj`` along step ``index`` (to ``to_state``) at ``at``, as ``transition_nowait``.

@@ -614,12 +614,12 @@ class Pipeline:
         mine = machine is None or machine is self._machine
         route = self._route if mine else self._route_of_run(machine)
         moving = route.machine
-        if moving.is_terminal(request.state):
+        if request.state in route.terminal:
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        if timeout is not None:
-            timeout = check_timeout(timeout)
+        if timeout is not None and not (type(timeout) is float and 0.0 <= timeout < math.inf):
+            timeout = check_timeout(timeout)  # the usual float (a coordinator's) passes at once
         if on_chunk is not None and not callable(on_chunk):
             raise TypeError(f"on_chunk must be an async callable or None, got {on_chunk!r}")
         key = id(request)
