@@ -366,7 +366,7 @@ class Pipeline:
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
-    _plan: tuple[tuple[Stage, _StageCounters, StageFn | None, str, RequestState], ...]
+    _plan: tuple[tuple[int, Stage, _StageCounters, StageFn | None, str, RequestState], ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -398,10 +398,11 @@ class Pipeline:
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
-        # Per stage, looked up once: its counters, its function when a run only calls it
-        # (no pools, retry, timeout or streaming), its name and its state.
+        # Per stage, looked up once: its index, its counters, its function when a run only
+        # calls it (no pools, retry, timeout or streaming), its name and its state.
         self._plan = tuple(
             (
+                index,
                 s,
                 self._counters[s.name],
                 None
@@ -414,7 +415,7 @@ class Pipeline:
                 s.name,
                 s.state,
             )
-            for s in stages
+            for index, s in enumerate(stages)
         )
 
     def _route_of(self, machine: StateMachine[RequestState]) -> Route[RequestState]:
@@ -662,7 +663,7 @@ class Pipeline:
                 with scope:
                     # Every stage in its state; a failure of a stage that is not optional
                     # propagates, optional ones go to ``degraded``.
-                    for index, (stage, counter, fn, name, state) in enumerate(self._plan):
+                    for index, stage, counter, fn, name, state in self._plan:
                         if request.state is not state:
                             # Without hooks the transition needs no await, and happens at the
                             # time the previous stage ended (bench/lifecycle.py shows what it
