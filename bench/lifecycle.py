@@ -44,6 +44,15 @@ Besides the harness's wall-clock table, the summary gives each row's CPU time pe
 the machine inflates far less than the wall clock.
 Usage: ``python bench/lifecycle.py`` (or ``nox -s bench``). The target, checked at the end:
 at most 50 us of coordination overhead per request on trio (coordinator row minus floor row).
+
+On a shared machine even CPU time varies by 5-10% from one process to the next, more than one
+change to the hot path saves. ``python bench/lifecycle.py --instructions [CASE ...]`` counts
+instead the instructions each request costs on trio, under valgrind's callgrind (the same
+count from one run to the next): each case runs with 1,000 and with 3,000 requests, and the
+difference over 2,000 leaves out the start-up. The cases: ``pipeline``, ``coordinator``,
+``coordinator-no-timeout`` (``timeout=None``: what the request's deadline costs) and the parts
+above (``request``, ``scope``, ...); all of them by default (about 25 s each). Compare two
+versions in one session with ``PYTHONPATH`` set to each one's ``src``.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -154,7 +164,12 @@ def _quiet_logger() -> Any:
 
 @bench.case
 def coordinator(
-    n: int, backend: str, concurrent: int, store: bool = False, debug: bool = False
+    n: int,
+    backend: str,
+    concurrent: int,
+    store: bool = False,
+    debug: bool = False,
+    timeout: bool = True,
 ) -> int:
     router = Router(lambda request: "query", {"query": _pipeline()})
 
@@ -173,8 +188,9 @@ def coordinator(
                 )
             )
             if concurrent == 1:
+                budget = ... if timeout else None  # the configured 30 s, or no deadline
                 for i in range(n):
-                    result = await c.process(Request(i))
+                    result = await c.process(Request(i), timeout=budget)
                     assert result.status is ProcessingStatus.SUCCEEDED
                 return
             done = 0
@@ -429,9 +445,57 @@ def plan(run: Any) -> None:
 
 SUMMARY: list[str] = []
 
+# The cases --instructions counts: (case, its parameters but n), on trio.
+INSTRUCTION_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "pipeline": ("pipeline", {}),
+    "coordinator": ("coordinator", {"concurrent": 1}),
+    "coordinator-no-timeout": ("coordinator", {"concurrent": 1, "timeout": False}),
+    **{what: ("part", {"what": what}) for what in PARTS},
+}
+
+
+def _instructions(name: str, params: dict[str, Any]) -> float:
+    """Instructions per request of a case on trio, counted by callgrind (see the docstring)."""
+    counts = []
+    for n in (1_000, 3_000):
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                __file__,
+                "--cpu",
+                name,
+                json.dumps({**params, "n": n, "backend": "trio"}),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run
+        )
+        found = re.search(r"Collected : (\d+)", out.stderr)
+        assert found is not None, out.stderr
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) / 2_000
+
+
+def _count_instructions(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(INSTRUCTION_CASES))
+    if unknown:
+        sys.exit(f"unknown cases {unknown}; known: {sorted(INSTRUCTION_CASES)}")
+    print("| case (trio) | instructions per request |\n|---|---:|")
+    for name in names or INSTRUCTION_CASES:
+        case, params = INSTRUCTION_CASES[name]
+        print(f"| {name} | {_instructions(case, params):,.0f} |", flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--cpu":
         _cpu_child(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    if len(sys.argv) >= 2 and sys.argv[1] == "--instructions":
+        _count_instructions(sys.argv[2:])
         sys.exit(0)
     bench.main(plan, title="Request lifecycle: coordination overhead per request")
     if SUMMARY:

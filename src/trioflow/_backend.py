@@ -41,6 +41,7 @@ __all__ = (
     "loop_caller",
     "open_body_group",
     "running_on_trio",
+    "scope_and_clock",
 )
 
 
@@ -316,6 +317,32 @@ def cancel_scope(deadline: float = math.inf) -> OwnScope:
         scope: OwnScope = trio.CancelScope(deadline=deadline)
         return scope
     return anyio.CancelScope(deadline=deadline)
+
+
+class ScopeFactory(Protocol):
+    """A cancel scope class of the running loop: ``factory(deadline=...)`` makes one scope."""
+
+    def __call__(self, *, deadline: float) -> OwnScope: ...
+
+
+def scope_and_clock() -> tuple[ScopeFactory, Callable[[], float]]:
+    """Return what :func:`cancel_scope` and :func:`current_clock` use, with one look-up.
+
+    Code that opens a scope and resolves the clock once per call (a pipeline run) asks which
+    loop runs once instead of twice.
+
+    Returns:
+        The loop's cancel scope class (trio's own on trio, else anyio's), to call with
+        ``deadline=``, and the loop's clock, as :func:`current_clock` returns it.
+
+    Raises:
+        RuntimeError: No event loop is running in this thread.
+    """
+    trio = _running_trio()
+    if trio is not None:
+        timer: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        return trio.CancelScope, timer
+    return anyio.CancelScope, current_clock()
 
 
 def current_time() -> float:

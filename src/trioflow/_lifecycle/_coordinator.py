@@ -167,6 +167,7 @@ class Coordinator:
             else:
                 machine = StateMachine(REQUEST_TRANSITIONS, RequestState.RECEIVED)
         self._machine = machine
+        self._terminal = machine.terminal  # a machine's table never changes
         # Every slot names a pool and the general limit is the sum of the pool sizes, so only
         # the pools ever bind (stages never wait on the general limit of this manager).
         pools = dict(config.pools)
@@ -394,7 +395,7 @@ class Coordinator:
             raise TypeError(f"request must be a Request, got {request!r}")
         if request.id in self._active:
             raise ValueError(f"a request with id {request.id!r} is already being processed")
-        if self._machine.is_terminal(request.state):
+        if request.state in self._terminal:
             raise ValueError(f"request {request.id!r} is already in the terminal state")
 
     async def _refused(self, request: Request, exc: BaseException) -> ProcessingResult:

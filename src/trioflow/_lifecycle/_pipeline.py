@@ -32,7 +32,7 @@ from typing import Any, TypeVar, final
 import anyio
 import attrs
 
-from .._backend import OwnScope, cancel_scope
+from .._backend import OwnScope, scope_and_clock
 from .._backend import current_clock as clock
 from .._checks import (
     NotAwaitableError,
@@ -366,7 +366,7 @@ class Pipeline:
     _cancel_requested: set[int]
     _checked: tuple[object, object, object] | None
     _retries: bool
-    _plan: tuple[tuple[Stage, _StageCounters, StageFn | None, str, RequestState], ...]
+    _plan: tuple[tuple[int, Stage, _StageCounters, StageFn | None, str, RequestState], ...]
 
     def __init__(
         self, stages: Sequence[Stage], *, machine: StateMachine[RequestState] | None = None
@@ -398,10 +398,11 @@ class Pipeline:
         self._cancel_requested: set[int] = set()
         self._checked = None
         self._retries = any(s.retry is not None or s.operation is not None for s in stages)
-        # Per stage, looked up once: its counters, its function when a run only calls it
-        # (no pools, retry, timeout or streaming), its name and its state.
+        # Per stage, looked up once: its index, its counters, its function when a run only
+        # calls it (no pools, retry, timeout or streaming), its name and its state.
         self._plan = tuple(
             (
+                index,
                 s,
                 self._counters[s.name],
                 None
@@ -414,7 +415,7 @@ class Pipeline:
                 s.name,
                 s.state,
             )
-            for s in stages
+            for index, s in enumerate(stages)
         )
 
     def _route_of(self, machine: StateMachine[RequestState]) -> Route[RequestState]:
@@ -614,12 +615,12 @@ class Pipeline:
         mine = machine is None or machine is self._machine
         route = self._route if mine else self._route_of_run(machine)
         moving = route.machine
-        if moving.is_terminal(request.state):
+        if request.state in route.terminal:
             raise ValueError(
                 f"request {request.id!r} is already in the terminal state {request.state!r}"
             )
-        if timeout is not None:
-            timeout = check_timeout(timeout)
+        if timeout is not None and not (type(timeout) is float and 0.0 <= timeout < math.inf):
+            timeout = check_timeout(timeout)  # the usual float (a coordinator's) passes at once
         if on_chunk is not None and not callable(on_chunk):
             raise TypeError(f"on_chunk must be an async callable or None, got {on_chunk!r}")
         key = id(request)
@@ -644,10 +645,10 @@ class Pipeline:
             return await _run_logged(run, log, request.id, len(self._stages))
         policies = self._policies(request, retry) if self._retries else None
         self._runs += 1
-        now_fn = clock()
+        scope_of, now_fn = scope_and_clock()  # the running loop's, asked once
         started = now = now_fn()
         # One cancel scope per run serves both the run's timeout and cancel(request).
-        scope = cancel_scope(math.inf if timeout is None else started + timeout)
+        scope = scope_of(deadline=math.inf if timeout is None else started + timeout)
         self._scopes[key] = scope
         degraded: dict[str, BaseException] = {}
         # The sink of the chunks, set only when it changes (a run with no on_chunk, the usual
@@ -662,7 +663,7 @@ class Pipeline:
                 with scope:
                     # Every stage in its state; a failure of a stage that is not optional
                     # propagates, optional ones go to ``degraded``.
-                    for index, (stage, counter, fn, name, state) in enumerate(self._plan):
+                    for index, stage, counter, fn, name, state in self._plan:
                         if request.state is not state:
                             # Without hooks the transition needs no await, and happens at the
                             # time the previous stage ended (bench/lifecycle.py shows what it
