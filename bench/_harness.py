@@ -71,6 +71,16 @@ def _load_trioflow() -> None:
             getattr(module, public)
 
 
+@dataclass
+class Case:
+    """One case of a group run in turns (:meth:`Bench.run_interleaved`)."""
+
+    name: str
+    params: dict[str, Any]
+    label: str | None = None
+    floor: bool = False
+
+
 class Bench:
     def __init__(self, script: str) -> None:
         self.script = os.path.abspath(script)
@@ -97,6 +107,38 @@ class Bench:
         print(json.dumps({"elapsed": elapsed, "cpu": cpu, "ops": ops, "rss_growth_kb": growth}))
 
     # --- parent side ------------------------------------------------------------------------
+    def _sample(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one case once in a fresh interpreter and return what the child measured."""
+        out = subprocess.run(
+            [sys.executable, self.script, "--child", name, json.dumps(params)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return data
+
+    def _row(self, group: str, label: str, floor: bool, samples: list[dict[str, Any]]) -> Row:
+        ops = int(samples[-1]["ops"])
+        wall = [d["elapsed"] / max(ops, 1) * 1e6 for d in samples]
+        row = Row(
+            group=group,
+            label=label,
+            per_op_us=statistics.median(wall),
+            spread_us=(min(wall), max(wall)),
+            rss_growth_mb=statistics.median(d["rss_growth_kb"] / 1024 for d in samples),
+            ops=ops,
+            floor=floor,
+            cpu_us=statistics.median(d.get("cpu", 0.0) / max(ops, 1) * 1e6 for d in samples),
+        )
+        self.rows.append(row)
+        print(
+            f"  {group:<28} {row.label:<44} {row.per_op_us:9.2f} us/op",
+            file=sys.stderr,
+            flush=True,
+        )
+        return row
+
     def run(
         self,
         name: str,
@@ -107,39 +149,27 @@ class Bench:
         repeats: int | None = None,
         **params: Any,
     ) -> Row:
-        samples: list[float] = []
-        cpu: list[float] = []
-        growth: list[float] = []
-        ops = 0
+        samples = [self._sample(name, params) for _ in range(repeats or REPEATS)]
+        return self._row(group, label or name, floor, samples)
+
+    def run_interleaved(
+        self, group: str, cases: list[Case], *, repeats: int | None = None
+    ) -> list[Row]:
+        """Run the cases of one group in turns: each round runs every case once, in order.
+
+        On a shared machine whose speed drifts over the minutes a group takes, running each
+        case's repeats back to back would compare a case measured in a fast minute with a floor
+        measured in a slow one; in turns, every case sees the same minutes. Returns the rows in
+        the order of ``cases``; ``repeats`` rounds (``BENCH_REPEATS`` by default).
+        """
+        samples: list[list[dict[str, Any]]] = [[] for _ in cases]
         for _ in range(repeats or REPEATS):
-            out = subprocess.run(
-                [sys.executable, self.script, "--child", name, json.dumps(params)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            data = json.loads(out.stdout.strip().splitlines()[-1])
-            ops = int(data["ops"])
-            samples.append(data["elapsed"] / max(ops, 1) * 1e6)
-            cpu.append(data.get("cpu", 0.0) / max(ops, 1) * 1e6)
-            growth.append(data["rss_growth_kb"] / 1024)
-        row = Row(
-            group=group,
-            label=label or name,
-            per_op_us=statistics.median(samples),
-            spread_us=(min(samples), max(samples)),
-            rss_growth_mb=statistics.median(growth),
-            ops=ops,
-            floor=floor,
-            cpu_us=statistics.median(cpu),
-        )
-        self.rows.append(row)
-        print(
-            f"  {group:<28} {row.label:<44} {row.per_op_us:9.2f} us/op",
-            file=sys.stderr,
-            flush=True,
-        )
-        return row
+            for k, case in enumerate(cases):
+                samples[k].append(self._sample(case.name, case.params))
+        return [
+            self._row(group, case.label or case.name, case.floor, taken)
+            for case, taken in zip(cases, samples, strict=True)
+        ]
 
     def table(self, title: str) -> str:
         lines = [f"## {title}", ""]

@@ -17,10 +17,12 @@ growth.
 
 The modes group runs every option a real batch sets (a timeout, a progress callback, both, a
 ``ResourceManager`` limit, ``as_completed``) at ``limit=16`` on each backend, against that
-backend's raw worker pool in the same run. The memory group runs a lazy 1,000,000-operation
-generator at ``limit=64`` against a raw worker pool that keeps the same results list. The
-scaling groups check that the cost per operation stays flat from N=1,000 to 1,000,000 and
-from L=1 to 10,000.
+backend's raw worker pool in the same run, in turns (11 rounds: ``2 * BENCH_REPEATS + 1``):
+each round runs the floor, every mode and the peers once, so that the drift of a shared
+machine's speed over the minutes the group takes moves them all alike. The memory group runs
+a lazy 1,000,000-operation generator at ``limit=64`` against a raw worker pool that keeps the
+same results list. The scaling groups check that the cost per operation stays flat from
+N=1,000 to 1,000,000 and from L=1 to 10,000 (the L group runs in turns too).
 
 Usage: ``python bench/executor.py`` (or ``nox -s bench``). The targets are checked at the end
 (ratios to the floor in the same run, on CPU time, which the load of a shared machine moves
@@ -40,7 +42,7 @@ import trio
 import trio.lowlevel
 
 import trioflow
-from _harness import Bench, Row
+from _harness import REPEATS, Bench, Case, Row
 
 # Everything is imported above, outside the timed region and before the RSS baseline.
 bench = Bench(__file__)
@@ -292,6 +294,11 @@ MODES = (
 )
 
 
+# The modes' goals are ratios of 1.3-2x, and one process's figure moves by up to a fifth
+# from the next one's on a shared machine: their medians take more processes.
+MODE_REPEATS = 2 * REPEATS + 1
+
+
 def plan(run: Callable[..., Row]) -> None:
     checks: list[str] = []
 
@@ -317,36 +324,34 @@ def plan(run: Callable[..., Row]) -> None:
     # Every mode at limit=16, each backend against its own raw worker pool.
     for backend in ("trio", "asyncio"):
         group = f"modes at limit={LIMIT}, {N:,} no-op operations, {backend}"
-        floor = run(
-            f"{backend}_worker_pool",
-            label=f"raw {backend} worker pool",
-            group=group,
-            floor=True,
-            n=N,
-            limit=LIMIT,
+        common = {"limit": LIMIT, "backend": backend}
+        peers = (("aiometer_run_all", "run_all"), ("aiometer_amap", "amap"))
+        # In turns: the floor, every mode and the peers each run once per round.
+        measured = bench.run_interleaved(
+            group,
+            [
+                Case(
+                    f"{backend}_worker_pool",
+                    {"n": N, "limit": LIMIT},
+                    label=f"raw {backend} worker pool",
+                    floor=True,
+                ),
+                *(
+                    Case("trioflow_mode", {"n": N, **common, "mode": mode}, f"trioflow {label}")
+                    for mode, label in MODES
+                ),
+                *(
+                    Case(case, {"n": N_PEER, **common}, f"aiometer {api} ({N_PEER:,} ops)")
+                    for case, api in peers
+                ),
+            ],
+            repeats=MODE_REPEATS,
         )
-        rows: dict[str, Row] = {}
-        for mode, label in MODES:
-            rows[mode] = run(
-                "trioflow_mode",
-                label=f"trioflow {label}",
-                group=group,
-                n=N,
-                limit=LIMIT,
-                backend=backend,
-                mode=mode,
-            )
+        floor = measured[0]
+        rows = {mode: row for (mode, _), row in zip(MODES, measured[1:], strict=False)}
         for mode, target in TARGETS.items():
             check(f"{backend}, {dict(MODES)[mode]}", rows[mode], floor, target)
-        for case, api in (("aiometer_run_all", "run_all"), ("aiometer_amap", "amap")):
-            peer = run(
-                case,
-                label=f"aiometer {api} ({N_PEER:,} ops)",
-                group=group,
-                n=N_PEER,
-                limit=LIMIT,
-                backend=backend,
-            )
+        for (_, api), peer in zip(peers, measured[1 + len(MODES) :], strict=True):
             ours = rows["bare" if api == "run_all" else "as_completed"]
             speedup = peer.cpu_us / ours.cpu_us
             checks.append(
@@ -483,30 +488,28 @@ def plan(run: Callable[..., Row]) -> None:
     # the run loop's cost per round falls on one operation), so each limit runs against the raw
     # pool of the same limit: trioflow must add no cost that grows with L.
     group = f"scaling with L, N={N:,}, trio (each x its own raw pool in the checks)"
-    by_l: list[Row] = []
-    floors_l: list[Row] = []
-    for limit in (1, 16, 256, 10_000):
-        floors_l.append(
-            run(
-                "trio_worker_pool",
-                label=f"raw trio worker pool, L={limit:,}",
-                group=group,
-                n=N,
-                limit=limit,
-                floor=limit == LIMIT,
+    limits = (1, 16, 256, 10_000)
+    measured = bench.run_interleaved(
+        group,
+        [
+            case
+            for limit in limits
+            for case in (
+                Case(
+                    "trio_worker_pool",
+                    {"n": N, "limit": limit},
+                    label=f"raw trio worker pool, L={limit:,}",
+                    floor=limit == LIMIT,
+                ),
+                Case(
+                    "trioflow_mode",
+                    {"n": N, "limit": limit, "backend": "trio", "mode": "bare"},
+                    label=f"run_batch, L={limit:,}",
+                ),
             )
-        )
-        by_l.append(
-            run(
-                "trioflow_mode",
-                label=f"run_batch, L={limit:,}",
-                group=group,
-                n=N,
-                limit=limit,
-                backend="trio",
-                mode="bare",
-            )
-        )
+        ],
+    )
+    floors_l, by_l = measured[0::2], measured[1::2]
     costs = [r.cpu_us for r in by_n]
     spread = max(costs) / min(costs)
     checks.append(

@@ -194,8 +194,8 @@ class _TrioWaiter:
     """A one-shot event one task waits on: ``trio.Event`` without its parking lot.
 
     ``as_completed`` makes one each time its consumer finds no outcome ready and each time a
-    worker finds the consumer's queue full (about a third of the operations at its usual
-    sizes); a ``trio.Event`` builds a parking lot and an ordered dict each time, which made the
+    worker finds the consumer's queue full (about a fifth of the operations at limit 16 on
+    trio); a ``trio.Event`` builds a parking lot and an ordered dict each time, which made the
     waits a fifth of the whole cost per operation. The waiting task parks itself directly;
     cancellation unparks it, as from ``trio.Event.wait``.
     """
