@@ -165,3 +165,11 @@ def go(procs: Sequence[subprocess.Popen[str]]) -> None:
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
+
+
+def run_in_virtual_time(main: Callable[[], Awaitable[object]], backend: int) -> None:
+    """Run ``main`` from a sync test on one of ``trioflow.testing.virtual_time_backends()``."""
+    from trioflow.testing import virtual_time_backends
+
+    name, options = virtual_time_backends()[backend]
+    anyio.run(main, backend=name, backend_options=options)

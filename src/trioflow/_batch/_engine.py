@@ -75,6 +75,7 @@ from ._outcomes import (
     make_outcome,
     make_progress,
     make_result,
+    next_progress,
 )
 
 __all__ = ("Batch", "Operation", "Operations", "check_operations", "kind", "validate")
@@ -520,7 +521,8 @@ class Batch:
         clock = self._clock
         fail_fast = self._fail_fast
         report = self._on_progress
-        progress = make_progress
+        progress = next_progress
+        last: Progress | None = None  # this worker's last report (filled in again if not kept)
         send = self._send  # as_completed: each outcome goes to the consumer, nothing is kept
         timeout = self._timeout
         deadlines = self._deadlines
@@ -652,7 +654,8 @@ class Batch:
                     self._running -= 1
                     self._completed = completed = self._completed + 1
                     try:
-                        report(progress(self._total, completed, self._failed, self._running))
+                        last = progress(last, self._total, completed, self._failed, self._running)
+                        report(last)
                     except Exception as exc:
                         self._abort(exc, "raised by on_progress")
                         return False
