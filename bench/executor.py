@@ -348,7 +348,8 @@ def plan(run: Callable[..., Row]) -> None:
             repeats=MODE_REPEATS,
         )
         floor = measured[0]
-        rows = {mode: row for (mode, _), row in zip(MODES, measured[1:], strict=False)}
+        modes = measured[1 : 1 + len(MODES)]
+        rows = {mode: row for (mode, _), row in zip(MODES, modes, strict=True)}
         for mode, target in TARGETS.items():
             check(f"{backend}, {dict(MODES)[mode]}", rows[mode], floor, target)
         for (_, api), peer in zip(peers, measured[1 + len(MODES) :], strict=True):

@@ -460,25 +460,6 @@ def plan_interleaved() -> str:
 # with a store, one StepRecord per step; with SQLiteStore, also its row's insert and the share
 # of its transaction's commit. These floors, timed alone, say how far below the plain run a
 # mode's overhead can go.
-# The steps table as SQLiteStore laid it out before its rows were appended in completion order.
-_KEYED_STEPS = """
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    value TEXT,
-    value_type TEXT,
-    error TEXT,
-    compensation_error TEXT,
-    started_at TEXT,
-    finished_at TEXT,
-    duration REAL,
-    seq INTEGER,
-    fingerprint TEXT,
-    PRIMARY KEY (run_id, name)
-) WITHOUT ROWID
-"""
 
 
 def floors_of_modes() -> str:
@@ -576,7 +557,13 @@ def floors_of_modes() -> str:
     in_key_order = [by_key[k : k + 1_000] for k in range(0, N, 1_000)]
     in_run_order = statistics.median(insert_us(waves) for _ in range(REPEATS))
     in_order = statistics.median(insert_us(in_key_order) for _ in range(REPEATS))
-    keyed = _SCHEMA.replace(_STEPS, _KEYED_STEPS)
+    # The steps table as SQLiteStore laid it out before its rows were appended in completion
+    # order: the same columns, keyed by run and step name.
+    keyed_steps = _STEPS.replace(
+        "UNIQUE (run_id, name)\n)", "PRIMARY KEY (run_id, name)\n) WITHOUT ROWID"
+    )
+    assert keyed_steps != _STEPS
+    keyed = _SCHEMA.replace(_STEPS, keyed_steps)
     keyed_run_order = statistics.median(insert_us(waves, keyed) for _ in range(REPEATS))
     lines = [
         "## What each mode must build per step (timed alone)",

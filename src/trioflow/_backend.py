@@ -17,6 +17,7 @@ async context manager whose body is the user's code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -421,6 +422,28 @@ def _anyio_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
     return found
 
 
+@functools.cache
+def _asyncio_task_records() -> tuple[Callable[[], Any], Callable[[Any], Any]] | None:
+    """``asyncio.current_task`` and the lookup of anyio's record of a task, found once.
+
+    None when anyio keeps its records or its scopes' flags elsewhere than this version does.
+    """
+    try:
+        import asyncio
+
+        from anyio._backends._asyncio import CancelScope as AsyncioScope
+        from anyio._backends._asyncio import _task_states
+
+        scope = AsyncioScope()
+        read = ("_cancel_called", "_shield", "_parent_scope")
+        if not all(hasattr(scope, name) for name in read):
+            return None  # pragma: no cover - an anyio whose scopes changed
+    except Exception:  # pragma: no cover - an anyio without those private records
+        return None
+    get_state: Callable[[Any], Any] = _task_states.get
+    return asyncio.current_task, get_state
+
+
 def cancel_probe() -> Callable[[], bool] | None:
     """Return a synchronous test of whether the current task sits in a cancelled scope.
 
@@ -438,20 +461,10 @@ def cancel_probe() -> Callable[[], bool] | None:
     """
     if _running_trio() is not None:
         return None
-    try:
-        import asyncio
-
-        from anyio._backends._asyncio import CancelScope as AsyncioScope
-        from anyio._backends._asyncio import _task_states
-
-        scope = AsyncioScope()
-        read = ("_cancel_called", "_shield", "_parent_scope")
-        if not all(hasattr(scope, name) for name in read):
-            return None  # pragma: no cover - an anyio whose scopes changed
-        current_task = asyncio.current_task
-        get_state = _task_states.get
-    except Exception:  # pragma: no cover - an anyio without those private records
+    records = _asyncio_task_records()
+    if records is None:
         return None
+    current_task, get_state = records
     last_task: object = None
     last_state: Any = None
 
