@@ -45,6 +45,7 @@ GROUND = {
         "_events",
         "_startup",
         "_telemetry",  # the engines' hooks; no OpenTelemetry import (trioflow.telemetry has it)
+        "_values",  # building frozen values on the engines' hot paths
         "testing",
     )
 }

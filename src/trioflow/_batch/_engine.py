@@ -336,7 +336,9 @@ class Batch:
                     elif watched:
                         group.start_soon(self._watched_worker, backend.cancel_scope, True)
                     else:
-                        group.start_soon(self._lean_worker)
+                        # The loop is the worker's task itself: no coroutine around it to resume
+                        # at every operation.
+                        group.start_soon(self._lean_loop, -1, None, True)
                 elif (
                     lean
                     and self._send is None
@@ -489,9 +491,6 @@ class Batch:
 
     # -- the lean path: a synchronous input, no retry, no channel ---------------------------
 
-    async def _lean_worker(self) -> None:
-        await self._lean_loop(-1, None, True)
-
     async def _lean_loop(
         self,
         worker: int,
@@ -588,7 +587,10 @@ class Batch:
                                 return False
                 if first:
                     first = False
-                    self._grow(self._lean_worker if scope is None else self._watched_worker)
+                    if scope is None:
+                        self._grow(self._lean_loop, -1, None, True)
+                    else:
+                        self._grow(self._watched_worker)
                 if plain:
                     start = clock()
                 else:
@@ -825,11 +827,11 @@ class Batch:
 
     # -- the general path ------------------------------------------------------------------
 
-    def _grow(self, worker: Callable[[], Awaitable[None]]) -> None:
+    def _grow(self, worker: Callable[..., Awaitable[object]], *args: object) -> None:
         assert isinstance(self._limit, int)
         if self._workers < self._limit:
             self._workers += 1
-            self._group.start_soon(worker)
+            self._group.start_soon(worker, *args)
 
     async def _worker(self) -> None:
         first = True

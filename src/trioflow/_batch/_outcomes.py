@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, final
 from weakref import getweakrefcount
 
 import attrs
 
 from .._status import Status
+from .._values import builder
 
 __all__ = ("BatchResult", "OperationFailure", "Outcome", "OutcomeStatus", "Progress")
 
@@ -75,34 +76,11 @@ class Outcome(Generic[T]):
     attempts: int
 
 
-_new_outcome = object.__new__
-# Setting the slots through their descriptors skips the frozen class's guarded __setattr__,
-# which would make building an outcome about twice as slow.
-_set_index = Outcome.__dict__["index"].__set__
-_set_status = Outcome.__dict__["status"].__set__
-_set_value = Outcome.__dict__["value"].__set__
-_set_error = Outcome.__dict__["error"].__set__
-_set_duration = Outcome.__dict__["duration"].__set__
-_set_attempts = Outcome.__dict__["attempts"].__set__
-
-
-def make_outcome(
-    index: int,
-    status: OutcomeStatus,
-    value: Any,
-    error: Exception | None,
-    duration: float,
-    attempts: int,
-) -> Outcome[Any]:
-    """Build an outcome quickly (the engine's constructor; equal to ``Outcome(...)``)."""
-    outcome: Outcome[Any] = _new_outcome(Outcome)
-    _set_index(outcome, index)
-    _set_status(outcome, status)
-    _set_value(outcome, value)
-    _set_error(outcome, error)
-    _set_duration(outcome, duration)
-    _set_attempts(outcome, attempts)
-    return outcome
+# The engine's constructor: equal to ``Outcome(...)``, without the frozen class's guarded
+# ``__init__`` (bench/executor.py).
+make_outcome: Callable[[int, OutcomeStatus, Any, Exception | None, float, int], Outcome[Any]] = (
+    builder(Outcome)
+)
 
 
 def describe(index: int, exc: BaseException) -> str:
@@ -169,26 +147,18 @@ class Progress:
         return 100.0 * (self.completed + self.cancelled) / self.total
 
 
+# A batch with ``on_progress`` makes a report per operation kept by its callback: built
+# without the frozen class's guarded ``__init__``, and its fields set again by next_progress.
+_build_progress = builder(Progress)
 _set_total = Progress.__dict__["total"].__set__
 _set_completed = Progress.__dict__["completed"].__set__
 _set_failed = Progress.__dict__["failed"].__set__
 _set_running = Progress.__dict__["running"].__set__
-_set_cancelled = Progress.__dict__["cancelled"].__set__
 
 
 def make_progress(total: int | None, completed: int, failed: int, running: int) -> Progress:
-    """Build a progress report quickly (the engine's constructor; equal to ``Progress(...)``).
-
-    A batch with ``on_progress`` builds one per operation: skipping the frozen class's
-    guarded ``__init__`` keeps that path close to the bare one (bench/executor.py).
-    """
-    progress: Progress = _new_outcome(Progress)
-    _set_total(progress, total)
-    _set_completed(progress, completed)
-    _set_failed(progress, failed)
-    _set_running(progress, running)
-    _set_cancelled(progress, 0)
-    return progress
+    """Build a progress report quickly (the engine's constructor; equal to ``Progress(...)``)."""
+    return _build_progress(total, completed, failed, running, 0)
 
 
 def _references(report: object) -> int:

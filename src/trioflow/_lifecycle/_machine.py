@@ -24,6 +24,7 @@ import attrs
 
 from .._backend import current_clock as clock
 from .._errors import InvalidTransitionError, TransitionInProgressError
+from .._values import builder
 
 __all__ = (
     "Route",
@@ -69,12 +70,9 @@ class StateChange(Generic[E]):
     at: float
 
 
-# A transition records one StateChange; setting its slots through their descriptors skips the
-# frozen class's guarded __init__: the same object, built faster (bench/lifecycle.py).
-_new_change = object.__new__
-_set_from = StateChange.__dict__["from_state"].__set__
-_set_to = StateChange.__dict__["to_state"].__set__
-_set_at = StateChange.__dict__["at"].__set__
+# A transition records one StateChange, built without the frozen class's guarded __init__:
+# the same object, built faster (bench/lifecycle.py).
+_change: Callable[[Any, Any, float], StateChange[Any]] = builder(StateChange)
 _NUMBER = (float, int)  # built once: ``float | int`` makes a new union at every call
 
 
@@ -554,10 +552,7 @@ class StateMachine(Generic[E]):
         change: StateChange[E] | None = None,
     ) -> StateChange[E]:
         if change is None:  # built here, unless Route.move has built it already
-            change = _new_change(StateChange)
-            _set_from(change, left.state)
-            _set_to(change, entered.state)
-            _set_at(change, at)
+            change = _change(left.state, entered.state, at)
         try:
             history = obj.history  # type: ignore[attr-defined]
         except AttributeError:
@@ -673,10 +668,7 @@ class Route(Generic[E]):
         obj.state = entered.state
         # _record inlined for an object with a history already (every transition of a
         # pipeline run but its first): one call fewer, the same change, entry and counts.
-        change: StateChange[E] = _new_change(StateChange)
-        _set_from(change, left.state)
-        _set_to(change, entered.state)
-        _set_at(change, at)
+        change: StateChange[E] = _change(left.state, entered.state, at)
         history = getattr(obj, "history", None)
         if not history:
             return machine._record(obj, left, entered, at, change)

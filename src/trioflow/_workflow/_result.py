@@ -10,7 +10,7 @@ from typing import Any, final
 import attrs
 
 from .._deprecate import warn_renamed
-from ._build import builder, lazy_field, refiller
+from .._values import builder, lazy_field, refiller
 from ._context import Context
 from ._graph import StepStatus
 

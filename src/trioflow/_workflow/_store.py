@@ -29,7 +29,7 @@ import attrs
 from .._backend import checkpoint_if_cancelled
 from .._errors import RunLeasedError
 from .._status import Status
-from ._build import builder, lazy_field
+from .._values import builder, lazy_field
 from ._lease import RunOwner, live_owner
 from ._step_status import StepStatus
 

@@ -1,14 +1,19 @@
-"""Building frozen attrs values on a run's hot paths, without their generated ``__init__``.
+"""Building frozen attrs values on hot paths, without their generated ``__init__``.
 
 A frozen attrs class sets each field through ``object.__setattr__`` in its ``__init__``, behind
-keyword arguments and validators: right for values users build, twice the cost of what a run
-needs for the snapshots and records it makes by the thousand from its own, already checked
-counters. :func:`builder` makes a function that takes the fields positionally, in their
-declared order, and sets the slots directly, generated once per class as attrs generates its
-methods. :func:`refiller` makes one that sets some of the fields of an instance again: for a
-value nobody but its maker can reach any more, which the maker may reuse (as CPython's ``zip``
-reuses its result tuple when it holds the only reference). :func:`lazy_field` lets a field's
-slot hold a placeholder that becomes the field's value when first read.
+keyword arguments and validators: right for values users build, several times what an engine
+needs for the outcomes, snapshots and records it makes by the thousand from its own, already
+checked counters. :func:`builder` makes a function that takes the fields positionally, in their
+declared order, generated once per class as attrs generates its methods. It fills a private,
+mutable twin of the class (a subclass adding nothing but plain attribute setting) with ordinary
+attribute stores, then makes the object an instance of the class itself (``__class__``
+assignment, which CPython allows between classes of the same layout): about a third of the
+cost of setting each slot through its descriptor, and the object is then exactly what the
+class's own ``__init__`` would have made. :func:`refiller` makes a function that sets some of
+the fields of an instance again: for a value nobody but its maker can reach any more, which
+the maker may reuse (as CPython's ``zip`` reuses its result tuple when it holds the only
+reference). :func:`lazy_field` lets a field's slot hold a placeholder that becomes the
+field's value when first read.
 """
 
 from __future__ import annotations
@@ -34,17 +39,46 @@ def _generate(cls: type[Any], name: str, fields: list[str], head: str, tail: str
         namespace[f"_set{k}"] = getattr(cls, field).__set__  # the slot's own descriptor
         lines.append(f"    _set{k}(obj, {field})")
     lines.append(f"    return {tail}")
+    return _made(cls, name, lines, namespace)
+
+
+def _made(cls: type[Any], name: str, lines: list[str], namespace: dict[str, Any]) -> Any:
     exec("\n".join(lines), namespace)
     made = namespace[name]
     made.__qualname__ = f"{name}er({cls.__qualname__})"
     return made
 
 
+def _twin(cls: type[Any], fields: list[str]) -> type[Any] | None:
+    # A subclass that adds no slot (so an instance may become a ``cls`` by assigning its
+    # ``__class__``) and sets attributes as plain objects do, straight into the slots: the
+    # slots' own descriptors are in its dict, so a lazy field's reader, set on ``cls`` later,
+    # is not in the way. None when a field has no slot of its own.
+    slots = {}
+    for field in fields:
+        slot = cls.__dict__.get(field)
+        if type(slot).__name__ != "member_descriptor":
+            return None
+        slots[field] = slot
+    return type(
+        f"_Building{cls.__name__}",
+        (cls,),
+        {
+            "__slots__": (),
+            "__module__": cls.__module__,
+            # object's own: attribute setting then takes the interpreter's plain path.
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+            **slots,
+        },
+    )
+
+
 def builder(cls: type[T]) -> Callable[..., T]:
     """Return a function building ``cls`` from its fields, positionally, without ``__init__``.
 
     Only for values whose fields the caller knows to be valid: no converter, validator or
-    default runs.
+    default runs. Call it before :func:`lazy_field` for the same class.
 
     Args:
         cls: A slotted attrs class (frozen or not).
@@ -53,7 +87,21 @@ def builder(cls: type[T]) -> Callable[..., T]:
         ``build(field1, field2, ...) -> cls``, every field given, in declaration order.
     """
     names = [field.name for field in attrs.fields(cls)]  # type: ignore[arg-type]
-    build: Callable[..., T] = _generate(cls, "build", names, "", "obj")
+    twin = _twin(cls, names)
+    if twin is not None:
+        namespace: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": cls}
+        lines = [f"def build({', '.join(names)}):", "    obj = _new(_twin)"]
+        lines += [f"    obj.{field} = {field}" for field in names]
+        lines += ["    obj.__class__ = _cls", "    return obj"]
+        build: Callable[..., T] = _made(cls, "build", lines, namespace)
+        try:
+            probe = build(*([None] * len(names)))
+        except TypeError:  # an interpreter that refuses the class assignment
+            pass
+        else:
+            if type(probe) is cls:
+                return build
+    build = _generate(cls, "build", names, "", "obj")
     return build
 
 
