@@ -36,33 +36,34 @@ texts = st.text(max_size=8)
 maybe_texts = st.none() | texts
 
 
-def outcomes() -> st.SearchStrategy[tuple[tuple[Any, ...], Outcome[Any]]]:
-    return st.tuples(
-        small, st.sampled_from(OutcomeStatus), st.none() | small, st.none(), times, small
-    ).map(
-        lambda f: (
-            f,
-            Outcome(index=f[0], status=f[1], value=f[2], error=f[3], duration=f[4], attempts=f[5]),
-        )
+def valued(cls: type[Any], *fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Fields in declaration order, and the value ``cls``'s own constructor makes of them."""
+    names = [field.name for field in attrs.fields(cls)]
+    return st.tuples(*fields).map(lambda f: (f, cls(**dict(zip(names, f, strict=True)))))
+
+
+def outcomes() -> st.SearchStrategy[Any]:
+    return valued(
+        Outcome, small, st.sampled_from(OutcomeStatus), st.none() | small, st.none(), times, small
     )
 
 
-def progresses() -> st.SearchStrategy[tuple[tuple[Any, ...], Progress]]:
+def progresses() -> st.SearchStrategy[Any]:
+    # make_progress takes no ``cancelled``: the engine's reports have none until the end.
     return st.tuples(maybe_small, small, small, small).map(
         lambda f: (f, Progress(total=f[0], completed=f[1], failed=f[2], running=f[3]))
     )
 
 
-def changes() -> st.SearchStrategy[tuple[tuple[Any, ...], StateChange[Any]]]:
-    return st.tuples(texts, texts, times).map(
-        lambda f: (f, StateChange(from_state=f[0], to_state=f[1], at=f[2]))
-    )
+def changes() -> st.SearchStrategy[Any]:
+    return valued(StateChange, texts, texts, times)
 
 
-def records() -> st.SearchStrategy[tuple[tuple[Any, ...], StepRecord]]:
+def records() -> st.SearchStrategy[Any]:
     stamps = st.none() | st.datetimes(timezones=st.just(UTC))
     stored = st.none() | st.builds(StoredValue, json=st.just("1"), type=maybe_texts)
-    return st.tuples(
+    return valued(
+        StepRecord,
         texts,
         st.sampled_from(StepStatus),
         small,
@@ -74,41 +75,11 @@ def records() -> st.SearchStrategy[tuple[tuple[Any, ...], StepRecord]]:
         st.none() | times,
         maybe_small,
         maybe_texts,
-    ).map(
-        lambda f: (
-            f,
-            StepRecord(
-                name=f[0],
-                status=f[1],
-                attempts=f[2],
-                value=f[3],
-                error=f[4],
-                compensation_error=f[5],
-                started_at=f[6],
-                finished_at=f[7],
-                duration=f[8],
-                seq=f[9],
-                fingerprint=f[10],
-            ),
-        )
     )
 
 
-def snapshots() -> st.SearchStrategy[tuple[tuple[Any, ...], WorkflowProgress]]:
-    return st.tuples(small, small, small, small, small, st.tuples(texts), times).map(
-        lambda f: (
-            f,
-            WorkflowProgress(
-                total=f[0],
-                completed=f[1],
-                succeeded=f[2],
-                failed=f[3],
-                skipped=f[4],
-                running=f[5],
-                elapsed=f[6],
-            ),
-        )
-    )
+def snapshots() -> st.SearchStrategy[Any]:
+    return valued(WorkflowProgress, small, small, small, small, small, st.tuples(texts), times)
 
 
 BUILT: list[tuple[str, Callable[..., Any], Callable[[], st.SearchStrategy[Any]]]] = [
