@@ -121,3 +121,27 @@ def test_on_trio_the_loop_checks_itself() -> None:
         assert cancel_probe() is None
 
     anyio.run(main, backend="trio")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_the_probes_current_task_is_asyncios_in_every_task() -> None:
+    import asyncio
+
+    from trioflow._backend import _current_task_of_this_loop
+
+    lookup = _current_task_of_this_loop(asyncio.current_task)
+    seen: list[tuple[object, object]] = []
+
+    async def child() -> None:
+        seen.append((lookup(), asyncio.current_task()))
+        await anyio.lowlevel.checkpoint()  # the others run meanwhile
+        seen.append((lookup(), asyncio.current_task()))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(child)
+        seen.append((lookup(), asyncio.current_task()))
+    assert len(seen) == 7
+    assert all(found is task and task is not None for found, task in seen)
+    assert len({id(task) for _, task in seen}) == 4

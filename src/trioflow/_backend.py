@@ -444,6 +444,26 @@ def _asyncio_task_records() -> tuple[Callable[[], Any], Callable[[Any], Any]] | 
     return asyncio.current_task, get_state
 
 
+def _current_task_of_this_loop(current_task: Callable[[], Any]) -> Callable[[], Any]:
+    """``current_task``, or an equal lookup that costs a call less, for the running loop.
+
+    Before Python 3.12, ``asyncio.current_task`` is a Python function that asks for the running
+    loop and looks it up in the dictionary of current tasks: the same lookup bound to this
+    loop answers the same (checked here) without either call.
+    """
+    import asyncio
+    import types
+
+    current = getattr(asyncio.tasks, "_current_tasks", None)
+    if type(current_task) is not types.FunctionType or type(current) is not dict:
+        return current_task  # C's own already (3.12 and later), or kept elsewhere
+    loop = asyncio.get_running_loop()
+    lookup: Callable[[], Any] = functools.partial(current.get, loop)
+    if lookup() is not current_task():  # pragma: no cover - an asyncio keeping them otherwise
+        return current_task
+    return lookup
+
+
 def cancel_probe() -> Callable[[], bool] | None:
     """Return a synchronous test of whether the current task sits in a cancelled scope.
 
@@ -465,6 +485,7 @@ def cancel_probe() -> Callable[[], bool] | None:
     if records is None:
         return None
     current_task, get_state = records
+    current_task = _current_task_of_this_loop(current_task)
     last_task: object = None
     last_state: Any = None
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Generic, TypeVar, final
-
-import anyio
+from typing import TypeVar
 
 from .._backend import cancel_probe, current_backend
 from .._limits import ResourceManager
@@ -25,46 +23,6 @@ T = TypeVar("T")
 # is full. About one outcome per worker lets a whole scheduling round of outcomes through; a
 # smaller buffer makes the workers wait on the consumer every round (bench/executor.py).
 _AS_COMPLETED_BUFFER = 256
-
-
-@final
-class _OutcomeStream(Generic[T]):
-    """The async iterator ``as_completed`` hands out; ends with the input's error, if any."""
-
-    __slots__ = ("_cancelled", "_checkpoint_if_cancelled", "_error", "_receive")
-
-    def __init__(
-        self,
-        receive: Handoff[Outcome[T]],
-        checkpoint_if_cancelled: Callable[[], Awaitable[None]],
-        cancelled: Callable[[], bool] | None,
-    ) -> None:
-        self._receive = receive
-        self._checkpoint_if_cancelled = checkpoint_if_cancelled
-        # The loop's cancellation test, when it is cheaper than awaiting the check (asyncio).
-        self._cancelled = cancelled
-        self._error: BaseException | None = None
-
-    def __aiter__(self) -> _OutcomeStream[T]:
-        return self
-
-    async def __anext__(self) -> Outcome[T]:
-        try:
-            # A cancellation point, but no yield when an outcome is ready: a consumer that took
-            # one outcome per scheduling round would let the operations finish only one per
-            # round, whatever the limit.
-            cancelled = self._cancelled
-            if cancelled is None or cancelled():
-                await self._checkpoint_if_cancelled()
-            try:
-                return self._receive.receive_nowait()
-            except anyio.WouldBlock:
-                return await self._receive.receive()
-        except anyio.EndOfStream:
-            error, self._error = self._error, None
-            if error is not None:
-                raise error from None
-            raise StopAsyncIteration from None
 
 
 def as_completed(
@@ -126,7 +84,14 @@ async def _as_completed(
     if isinstance(checked_limit, int):
         buffer = min(checked_limit, buffer)
     backend = current_backend()
-    handoff = Handoff[Outcome[T]](buffer, backend.event)
+    # Each outcome handed out is a cancellation point (the probe, where the loop has one,
+    # spares the check's coroutine while nothing is cancelled).
+    handoff = Handoff[Outcome[T]](
+        buffer,
+        backend.event,
+        checkpoint_if_cancelled=backend.checkpoint_if_cancelled,
+        cancelled=cancel_probe(),
+    )
     batch = Batch(
         operations,
         limit=checked_limit,
@@ -136,22 +101,22 @@ async def _as_completed(
         on_progress=None,
         send=handoff,
     )
-    stream = _OutcomeStream(handoff, backend.checkpoint_if_cancelled, cancel_probe())
 
     async def drive() -> None:
+        error: Exception | None = None
         try:
             await batch.run()
         except Exception as exc:
-            stream._error = exc
+            error = exc
         finally:
-            handoff.close()
+            handoff.close(error)  # the iteration ends with the input's error, if any
 
     body_error: Exception | None = None
     try:
         async with backend.open_group() as group:
             group.start_soon(drive)
             try:
-                yield stream
+                yield handoff
             except Exception as exc:
                 # Re-raised below, once the operations are cancelled, as itself rather than
                 # wrapped in the task group's ExceptionGroup.
@@ -163,6 +128,6 @@ async def _as_completed(
         handoff.leave()
     if body_error is not None:
         raise body_error
-    if stream._error is not None:
-        error, stream._error = stream._error, None
+    error = handoff.unraised()  # the body left before the iteration reached the error
+    if error is not None:
         raise error

@@ -4,7 +4,8 @@ It has the few members of anyio's memory object streams that ``as_completed`` us
 same meaning (``send_nowait`` raises ``WouldBlock`` when full, ``send`` waits for room, the
 consumer's ``receive`` waits for an outcome and raises ``EndOfStream`` once the producers have
 closed and every outcome was taken, a producer gets ``BrokenResourceError`` once the consumer
-has left), at a fraction of the cost per item: a deque, and an event only when someone has to
+has left), and the consumer's async iteration ``as_completed`` hands out, at a fraction of the
+cost per item: a deque, and an event only when someone has to
 wait. A memory stream pair costs about six times a deque's append and pop, which is a tenth of
 an ``as_completed`` operation's whole budget.
 
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar, final
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ("Handoff",)
 
@@ -37,21 +39,38 @@ class Handoff(Generic[T]):
 
     __slots__ = (
         "_buffer",
+        "_cancelled",
         "_capacity",
+        "_checkpoint_if_cancelled",
         "_closed",
         "_consumer",
+        "_error",
         "_event",
         "_gone",
         "_producers",
     )
 
-    def __init__(self, capacity: int, event: Callable[[], _Event] = anyio.Event) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        event: Callable[[], _Event] = anyio.Event,
+        *,
+        checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
+            anyio.lowlevel.checkpoint_if_cancelled
+        ),
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         """Make an empty queue of ``capacity`` items; ``event`` makes the events waiters use.
 
         The batch engine passes the running loop's one-shot waiter (``Backend.event``: a parked
         trio task, or a bare asyncio future), which is cheaper to make and wait on than
-        ``anyio.Event``.
+        ``anyio.Event``. Each step of the consumer's iteration awaits
+        ``checkpoint_if_cancelled``, or, given ``cancelled`` (a synchronous test that is true
+        exactly when the check would raise), awaits it only when ``cancelled()`` says so.
         """
+        self._checkpoint_if_cancelled = checkpoint_if_cancelled
+        self._cancelled = cancelled
+        self._error: BaseException | None = None  # what the iteration raises at the end
         self._buffer: deque[T] = deque()
         self._capacity = capacity
         self._event = event
@@ -121,8 +140,13 @@ class Handoff(Generic[T]):
         if self._gone:
             raise anyio.BrokenResourceError
 
-    def close(self) -> None:
-        """Say the producers are done: the consumer gets ``EndOfStream`` after the last item."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Say the producers are done: the consumer gets ``EndOfStream`` after the last item.
+
+        An iteration ends then, raising ``error`` if one is given (the input's error), else
+        stopping.
+        """
+        self._error = error
         self._closed = True
         consumer = self._consumer
         if consumer is not None:
@@ -164,6 +188,39 @@ class Handoff(Generic[T]):
                 pass
             self._consumer = arrived = self._event()
             await arrived.wait()
+
+    def __aiter__(self) -> Handoff[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        """Take the oldest item, waiting for one; each step is a cancellation point.
+
+        There is no yield when an item is ready: a consumer that took one item per scheduling
+        round would let the producers go on only one item per round, whatever their number.
+
+        Raises:
+            StopAsyncIteration: The producers are done, without an error, and every item was
+                taken.
+            BaseException: The error given to :meth:`close`, once every item was taken.
+        """
+        cancelled = self._cancelled
+        if cancelled is None or cancelled():
+            await self._checkpoint_if_cancelled()
+        buffer = self._buffer
+        if buffer and not self._producers:  # receive_nowait(), when nobody waits for room
+            return buffer.popleft()
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            error, self._error = self._error, None
+            if error is not None:
+                raise error from None
+            raise StopAsyncIteration from None
+
+    def unraised(self) -> BaseException | None:
+        """Return, and forget, the error given to :meth:`close` that no iteration raised."""
+        error, self._error = self._error, None
+        return error
 
     def leave(self) -> None:
         """Say the consumer has left: each producer, waiting or not, gets a broken resource."""
