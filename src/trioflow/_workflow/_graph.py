@@ -178,14 +178,23 @@ class Graph:
     def shape(self) -> Mapping[str, tuple[str, ...]]:
         """Step name -> sorted names it comes after (what a stored run is checked against)."""
         if self._shape is None:
-            self._shape = MappingProxyType({s.name: tuple(sorted(s.after)) for s in self.steps})
+            # A step's ``after`` is a tuple (Step checks it): most have one name or none.
+            self._shape = MappingProxyType(
+                {
+                    s.name: s.after if len(s.after) < 2 else tuple(sorted(s.after))
+                    for s in self.steps
+                }
+            )
         return self._shape
 
     @property
     def fingerprint(self) -> str:
-        """A digest of :attr:`shape`."""
+        """A digest of :attr:`shape` (what :func:`shape_fingerprint` gives for it)."""
         if self._fingerprint is None:
-            self._fingerprint = shape_fingerprint(self.shape)
+            # Each name's list is sorted already, and sort_keys orders the names as
+            # shape_fingerprint does: the same text, sorted by the encoder itself.
+            canonical = json.dumps(dict(self.shape), sort_keys=True)
+            self._fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
         return self._fingerprint
 
 
