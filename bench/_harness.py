@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -94,6 +95,13 @@ class Bench:
     # --- child side -------------------------------------------------------------------------
     def _child(self, name: str, params: str) -> None:
         kwargs = json.loads(params)
+        seed = os.environ.get("BENCH_TRIO_SEED")
+        if seed is not None:
+            # trio reverses the order of half its scheduling rounds at random: seeded, a count
+            # of instructions is the same from one run to the next (only here, in the bench).
+            import trio._core._run
+
+            trio._core._run._r.seed(int(seed))
         _load_trioflow()
         gc.collect()
         before = _rss_kb()
@@ -170,6 +178,39 @@ class Bench:
             self._row(group, case.label or case.name, case.floor, taken)
             for case, taken in zip(cases, samples, strict=True)
         ]
+
+    def instructions(self, name: str, params: dict[str, Any], sizes: tuple[int, int]) -> float:
+        """Count the instructions per operation of a case, under valgrind's cachegrind.
+
+        The case runs at both ``sizes`` (its ``n``); the difference of the two counts over the
+        difference of the sizes leaves out everything a run pays once (start-up, imports).
+        No load of the machine moves the count, nor does trio's random scheduling, which is
+        seeded: figures that a shared machine's CPU time cannot settle. Needs ``valgrind``.
+        """
+        counts = []
+        for n in sizes:
+            out = subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=cachegrind",
+                    "--cache-sim=no",
+                    "--cachegrind-out-file=/dev/null",
+                    sys.executable,
+                    self.script,
+                    "--child",
+                    name,
+                    json.dumps({**params, "n": n}),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                # The same dict layouts and the same scheduling every run.
+                env={**os.environ, "PYTHONHASHSEED": "0", "BENCH_TRIO_SEED": "1"},
+            )
+            found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+            assert found is not None, out.stderr
+            counts.append(int(found.group(1).replace(",", "")))
+        return (counts[1] - counts[0]) / (sizes[1] - sizes[0])
 
     def table(self, title: str) -> str:
         lines = [f"## {title}", ""]

@@ -24,7 +24,10 @@ a lazy 1,000,000-operation generator at ``limit=64`` against a raw worker pool t
 same results list. The scaling groups check that the cost per operation stays flat from
 N=1,000 to 1,000,000 and from L=1 to 10,000 (the L group runs in turns too).
 
-Usage: ``python bench/executor.py`` (or ``nox -s bench``). The targets are checked at the end
+Usage: ``python bench/executor.py`` (or ``nox -s bench``); ``python bench/executor.py
+--instructions`` prints instead the instructions per operation of the floor and of each mode at
+``limit=16`` on both backends, and their ratios, counted under valgrind (the same from one run
+to the next, whatever the load: see ``Bench.instructions``). The targets are checked at the end
 (ratios to the floor in the same run, on CPU time, which the load of a shared machine moves
 far less than wall time; both are in the tables).
 """
@@ -529,7 +532,29 @@ def plan(run: Callable[..., Row]) -> None:
     bench.checks = checks  # type: ignore[attr-defined]
 
 
+def count_instructions() -> None:
+    """Print the instructions per operation of the floor and each mode, on both backends."""
+    sizes = (5_000, 15_000)
+    print("| case | trio | x floor | asyncio | x floor |\n|---|---:|---:|---:|---:|")
+    cases = [("raw worker pool (floor)", None), *((label, mode) for mode, label in MODES)]
+    floors: dict[str, float] = {}
+    for label, mode in cases:
+        cells = []
+        for backend in ("trio", "asyncio"):
+            if mode is None:
+                count = bench.instructions(f"{backend}_worker_pool", {"limit": LIMIT}, sizes)
+                floors[backend] = count
+            else:
+                params = {"limit": LIMIT, "backend": backend, "mode": mode}
+                count = bench.instructions("trioflow_mode", params, sizes)
+            cells.append(f"{count:,.0f} | {count / floors[backend]:.2f}")
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--instructions"]:
+        count_instructions()
+        sys.exit(0)
     bench.main(plan, title="Batch executor: overhead per operation")
     if len(sys.argv) < 2 or sys.argv[1] != "--child":
         print("### Targets\n")
