@@ -553,6 +553,42 @@ def floors_of_modes() -> str:
             conn.close()
         return cpu / rows * 1e6
 
+    def grouped_us(groups: list[list[int]]) -> float:
+        # The same records, laid out one row per group: a table (run_id, seq, records) where
+        # records is one JSON text of the group's records (a list of fields per step, its times
+        # as text, made once as insert_us makes them). A layout the steps table's readers (one
+        # row per step, read with SQL by other processes while the run goes on) rule out:
+        # timed for its floor, to compare.
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = sqlite3.connect(os.path.join(tmp, "floor.db"), isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(
+                "CREATE TABLE step_groups (run_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+                "records TEXT NOT NULL, updated_at TEXT, PRIMARY KEY (run_id, seq))"
+            )
+            started, finished = step_times_text(one_record())  # made once, as insert_us does
+            encode = json.JSONEncoder(separators=(",", ":")).encode
+            rows = 0
+            cpu = time.process_time()
+            for seq, group in enumerate(groups):
+                fields = []
+                for k in group:
+                    fields.append(
+                        [f"s{k}", "succeeded", 1, "null", None, None, None, started, finished]
+                    )
+                    fields[-1] += (1e-6, k, None)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO step_groups VALUES (?, ?, ?, ?)",
+                    ("r", seq, encode(fields), fields[-1][8]),
+                )
+                conn.execute("COMMIT")
+                rows += len(group)
+            cpu = time.process_time() - cpu
+            conn.close()
+        return cpu / rows * 1e6
+
     by_key = sorted(range(N), key=lambda k: f"s{k}")
     in_key_order = [by_key[k : k + 1_000] for k in range(0, N, 1_000)]
     in_run_order = statistics.median(insert_us(waves) for _ in range(REPEATS))
@@ -565,6 +601,7 @@ def floors_of_modes() -> str:
     assert keyed_steps != _STEPS
     keyed = _SCHEMA.replace(_STEPS, keyed_steps)
     keyed_run_order = statistics.median(insert_us(waves, keyed) for _ in range(REPEATS))
+    grouped = statistics.median(grouped_us(waves) for _ in range(REPEATS))
     lines = [
         "## What each mode must build per step (timed alone)",
         "",
@@ -587,6 +624,9 @@ def floors_of_modes() -> str:
         f"| with SQLiteStore | the same, into the steps table keyed by run and step name "
         f"(WITHOUT ROWID, the layout before: each transaction rewrites pages all over the "
         f"run's rows) | {keyed_run_order:.2f} |",
+        f"| with SQLiteStore | the same records, one row per group (one JSON text of the "
+        f"group's records, encoding included): a layout the steps table's contract rules "
+        f"out, for comparison | {grouped:.2f} |",
         "",
     ]
     return "\n".join(lines)
