@@ -525,10 +525,13 @@ def floors_of_modes() -> str:
         waves.append(wave)
         sorter.done(*wave)
 
-    def insert_us(groups: list[list[int]], schema: str = _SCHEMA) -> float:
+    def insert_us(groups: list[list[int]], schema: str = _SCHEMA, per_statement: int = 1) -> float:
         # CPU per row of inserting the rows of one run, one transaction per group, into a new
         # file as SQLiteStore does (WAL, synchronous=NORMAL), rows built as save_steps does
-        # (an absent text bound as 0, an absent number as '').
+        # (an absent text bound as 0, an absent number as ''); per_statement rows a statement
+        # (INSERT ... VALUES (...), (...)), the rest of a group one a statement.
+        head_sql, values_sql = _SAVE_STEP.split(" VALUES ")
+        several = f"{head_sql} VALUES " + ", ".join([values_sql] * per_statement)
         with tempfile.TemporaryDirectory() as tmp:
             conn = sqlite3.connect(os.path.join(tmp, "floor.db"), isolation_level=None)
             conn.execute("PRAGMA journal_mode = WAL")
@@ -543,9 +546,48 @@ def floors_of_modes() -> str:
             cpu = time.process_time()
             for group in groups:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    _SAVE_STEP,
-                    [(*head, f"s{k}", *middle, *times, 1e-6, k, 0) for k in group],
+                built = [(*head, f"s{k}", *middle, *times, 1e-6, k, 0) for k in group]
+                whole = len(built) - len(built) % per_statement if per_statement > 1 else 0
+                for start in range(0, whole, per_statement):
+                    conn.execute(
+                        several, [v for row in built[start : start + per_statement] for v in row]
+                    )
+                conn.executemany(_SAVE_STEP, built[whole:])
+                conn.execute("COMMIT")
+                rows += len(group)
+            cpu = time.process_time() - cpu
+            conn.close()
+        return cpu / rows * 1e6
+
+    def grouped_us(groups: list[list[int]]) -> float:
+        # The same records, laid out one row per group: a table (run_id, seq, records) where
+        # records is one JSON text of the group's records (a list of fields per step, its times
+        # as text, made once as insert_us makes them). A layout the steps table's readers (one
+        # row per step, read with SQL by other processes while the run goes on) rule out:
+        # timed for its floor, to compare.
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = sqlite3.connect(os.path.join(tmp, "floor.db"), isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(
+                "CREATE TABLE step_groups (run_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+                "records TEXT NOT NULL, updated_at TEXT, PRIMARY KEY (run_id, seq))"
+            )
+            started, finished = step_times_text(one_record())  # made once, as insert_us does
+            encode = json.JSONEncoder(separators=(",", ":")).encode
+            rows = 0
+            cpu = time.process_time()
+            for seq, group in enumerate(groups):
+                fields = []
+                for k in group:
+                    fields.append(
+                        [f"s{k}", "succeeded", 1, "null", None, None, None, started, finished]
+                    )
+                    fields[-1] += (1e-6, k, None)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO step_groups VALUES (?, ?, ?, ?)",
+                    ("r", seq, encode(fields), fields[-1][8]),
                 )
                 conn.execute("COMMIT")
                 rows += len(group)
@@ -565,6 +607,15 @@ def floors_of_modes() -> str:
     assert keyed_steps != _STEPS
     keyed = _SCHEMA.replace(_STEPS, keyed_steps)
     keyed_run_order = statistics.median(insert_us(waves, keyed) for _ in range(REPEATS))
+    grouped = statistics.median(grouped_us(waves) for _ in range(REPEATS))
+    # Several rows a statement: fewer instructions a row (no statement begun and ended per
+    # row), but a statement journal (its first rows are undone should a later one fail),
+    # which SQLite spills to a temporary file past 64 KiB: measured in CPU time, interleaved
+    # with one row a statement.
+    single, several = [], []
+    for _ in range(REPEATS):
+        single.append(insert_us(waves))
+        several.append(insert_us(waves, per_statement=32))
     lines = [
         "## What each mode must build per step (timed alone)",
         "",
@@ -587,6 +638,14 @@ def floors_of_modes() -> str:
         f"| with SQLiteStore | the same, into the steps table keyed by run and step name "
         f"(WITHOUT ROWID, the layout before: each transaction rewrites pages all over the "
         f"run's rows) | {keyed_run_order:.2f} |",
+        f"| with SQLiteStore | the same records, one row per group (one JSON text of the "
+        f"group's records, encoding included): a layout the steps table's contract rules "
+        f"out, for comparison | {grouped:.2f} |",
+        f"| with SQLiteStore | its row as above, one a statement (what SQLiteStore does), "
+        f"interleaved with the next row | {statistics.median(single):.2f} |",
+        f"| with SQLiteStore | the same rows 32 a statement (INSERT ... VALUES (...), (...)): "
+        f"about 8% fewer instructions a row, and a statement journal (spilled to a temporary "
+        f"file past 64 KiB) | {statistics.median(several):.2f} |",
         "",
     ]
     return "\n".join(lines)
