@@ -130,7 +130,7 @@ step_record: Callable[..., StepRecord] = builder(StepRecord)
 A :class:`StepRecord` from every field, in order, without the checks of its ``__init__`` (a
 run's hot path: one record per step). ``started_at`` and ``finished_at`` may be POSIX
 timestamps (floats): the record turns each into its UTC ``datetime`` when it is first read
-(see :func:`~._build.lazy_field`), and a store that writes text gets it from
+(see :func:`trioflow._values.lazy_field`), and a store that writes text gets it from
 :func:`step_times_text` without building the ``datetime``.
 """
 
@@ -166,9 +166,13 @@ def utc_text(timestamp: float) -> str:
     if second[0] != whole:
         second = _second = (whole, _utc_from(whole, UTC).isoformat()[:-6])
     if micro:
-        # printf-style: about 0.1 us less than an f-string with a format spec, twice a record.
-        return "%s.%06d+00:00" % (second[1], micro)  # noqa: UP031
+        # The six digits from two table entries: a third of the cost of formatting them
+        # ("%06d"), twice a record.
+        return "".join((second[1], ".", _DIGITS[micro // 1000], _DIGITS[micro % 1000], "+00:00"))
     return second[1] + "+00:00"
+
+
+_DIGITS = tuple(f"{k:03d}" for k in range(1000))
 
 
 def _utc(timestamp: float) -> datetime:
