@@ -26,11 +26,13 @@ row, or as a StepRecord for a store of another library; its SQLite row, in key o
 the random DAG's completion order, and in that order into the steps table keyed by run and
 step name that SQLiteStore used before), timed alone in CPU time.
 
-Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``BENCH_WORKFLOW=modes python
-bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow within 1.3x
-of its backend's floor, at least 2,000 persisted completions per second, and the goal of each
-mode (on_progress <= 1.2x, MemoryStore <= 1.3x, SQLiteStore <= 2x the plain run; >= 5,000
-persisted steps/s on a chain).
+Usage: ``python bench/workflow.py`` (or ``nox -s bench``); ``python bench/workflow.py
+--instructions`` prints the instructions per step of a plain run and of each mode instead
+(under valgrind: the same from one run to the next, whatever the load); ``BENCH_WORKFLOW=modes
+python bench/workflow.py`` runs the modes rows only. Targets checked at the end: trioflow
+within 1.3x of its backend's floor, at least 2,000 persisted completions per second, and the
+goal of each mode (on_progress <= 1.2x, MemoryStore <= 1.3x, SQLiteStore <= 2x the plain run;
+>= 5,000 persisted steps/s on a chain).
 """
 
 from __future__ import annotations
@@ -220,7 +222,36 @@ def trioflow_sqlite_store(shape: str, n: int, step: str, backend: str) -> int:
         return _run_trioflow(shape, n, step, backend, os.path.join(tmp, "state.db"))
 
 
+@bench.case
+def trioflow_defined(shape: str, n: int, step: str, backend: str) -> int:
+    """Nothing but what the child prepares (the Workflow): what --instructions subtracts."""
+    return n
+
+
 PREPARED: dict[str, Any] = {}
+
+
+def count_instructions() -> None:
+    """Print the instructions per step of a plain run and of each mode, on both backends.
+
+    Each case's count (see ``Bench.instructions``) less the count of the same child that only
+    defines the workflow, at 5,000 and 15,000 steps of the random DAG.
+    """
+    sizes = (5_000, 15_000)
+    cases = [("trioflow_run", "run_workflow"), *((case, label) for case, label, _ in MODES)]
+    print("| mode | trio | x plain | asyncio | x plain |\n|---|---:|---:|---:|---:|")
+    counts: dict[tuple[str, str], float] = {}
+    for backend in ("trio", "asyncio"):
+        params = {"shape": "random DAG", "step": "noop", "backend": backend}
+        defined = bench.instructions("trioflow_defined", params, sizes)
+        for case, _ in cases:
+            counts[case, backend] = bench.instructions(case, params, sizes) - defined
+    for case, label in cases:
+        cells = [
+            f"{counts[case, b]:,.0f} | {counts[case, b] / counts['trioflow_run', b]:.2f}"
+            for b in ("trio", "asyncio")
+        ]
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
 
 
 def _prepare() -> None:
@@ -652,6 +683,9 @@ def floors_of_modes() -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--instructions"]:
+        count_instructions()
+        sys.exit()
     if len(sys.argv) == 3 and sys.argv[1] == "--interleaved":
         interleaved_child(sys.argv[2])
         sys.exit()
