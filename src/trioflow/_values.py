@@ -19,6 +19,7 @@ field's value when first read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MemberDescriptorType
 from typing import Any, TypeVar, final
 
 import attrs
@@ -57,7 +58,7 @@ def _twin(cls: type[Any], fields: list[str]) -> type[Any] | None:
     slots = {}
     for field in fields:
         slot = cls.__dict__.get(field)
-        if type(slot).__name__ != "member_descriptor":
+        if type(slot) is not MemberDescriptorType:
             return None
         slots[field] = slot
     return type(

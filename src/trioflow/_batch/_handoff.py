@@ -5,9 +5,9 @@ same meaning (``send_nowait`` raises ``WouldBlock`` when full, ``send`` waits fo
 consumer's ``receive`` waits for an outcome and raises ``EndOfStream`` once the producers have
 closed and every outcome was taken, a producer gets ``BrokenResourceError`` once the consumer
 has left), and the consumer's async iteration ``as_completed`` hands out, at a fraction of the
-cost per item: a deque, and an event only when someone has to
-wait. A memory stream pair costs about six times a deque's append and pop, which is a tenth of
-an ``as_completed`` operation's whole budget.
+cost per item: a deque, and an event only when someone has to wait. A memory stream pair costs
+about six times a deque's append and pop, which is a tenth of an ``as_completed`` operation's
+whole budget.
 
 Waiting producers are served first come, first served: as the consumer takes an item, the
 oldest waiting producer's item moves into the queue and that producer is woken (as anyio's
