@@ -620,10 +620,10 @@ class Route(Generic[E]):
         InvalidTransitionError: A step is not in the machine's table.
     """
 
-    __slots__ = ("_machine", "_steps", "machine", "terminal")
+    __slots__ = ("_steps", "machine", "terminal")
 
     def __init__(self, machine: StateMachine[E], steps: Iterable[tuple[E, E] | None]) -> None:
-        self._machine = self.machine = machine
+        self.machine = machine
         self.terminal: frozenset[E] = machine.terminal
         compiled: list[tuple[E, _State[E], _State[E]] | None] = []
         for step in steps:
@@ -655,7 +655,7 @@ class Route(Generic[E]):
             InvalidTransitionError: The table does not allow the move (nothing changed).
             TransitionInProgressError: Another transition of ``obj`` is awaiting its hooks.
         """
-        machine = self._machine
+        machine = self.machine
         step = self._steps[index]
         if (
             step is None
