@@ -1,13 +1,14 @@
 """Each outcome ``as_completed`` hands out is a cancellation point, on both backends.
 
-On asyncio the iterator tests the scopes itself (``_backend.cancel_probe``) and awaits anyio's
-check only when they are cancelled; these tests pin that the test answers as anyio's check
-does, for any nesting of scopes, from any task.
+The iterator tests the scopes itself (``_backend.cancel_probe``) and awaits the loop's own
+check only when they are cancelled; these tests pin that the test answers as that check does,
+for any nesting of scopes, from any task, on trio and on asyncio.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -96,9 +97,9 @@ async def _probe_against_anyio(stack: list[tuple[bool, bool]]) -> tuple[bool, bo
 
 
 @settings(max_examples=80, deadline=None)
-@given(stack=scope_stacks, in_child=st.booleans())
-def test_the_asyncio_probe_answers_as_anyio_checks(
-    stack: list[tuple[bool, bool]], in_child: bool
+@given(stack=scope_stacks, in_child=st.booleans(), backend=st.sampled_from(["trio", "asyncio"]))
+def test_the_probe_answers_as_the_loops_check(
+    stack: list[tuple[bool, bool]], in_child: bool, backend: str
 ) -> None:
     async def main() -> tuple[bool, bool]:
         if not in_child:
@@ -112,15 +113,54 @@ def test_the_asyncio_probe_answers_as_anyio_checks(
             group.start_soon(child)
         return answers[0]
 
-    said, raised = anyio.run(main, backend="asyncio")
+    said, raised = anyio.run(main, backend=backend)
     assert said == raised
 
 
-def test_on_trio_the_loop_checks_itself() -> None:
-    async def main() -> None:
-        assert cancel_probe() is None
+def test_on_trio_the_probe_counts_the_cancellation_point_as_trios_check_does() -> None:
+    import trio
+    import trio.lowlevel
 
-    anyio.run(main, backend="trio")
+    async def main() -> tuple[int, int]:
+        probe = cancel_probe()
+        assert probe is not None
+        task = trio.lowlevel.current_task()
+        before = task._cancel_points
+        await trio.lowlevel.checkpoint_if_cancelled()
+        by_trio = task._cancel_points - before
+        assert probe() is False
+        return by_trio, task._cancel_points - before - by_trio
+
+    assert trio.run(main) == (1, 1)
+
+
+def test_on_trio_a_keyboard_interrupt_pending_for_the_main_task_makes_the_probe_say_so() -> None:
+    import trio
+    import trio.lowlevel
+
+    def pending(probe: Callable[[], bool]) -> bool:
+        # What trio's own check reads; set and cleared with no checkpoint in between.
+        runner = trio.lowlevel.current_task()._runner
+        runner.ki_pending = True
+        try:
+            return probe()
+        finally:
+            runner.ki_pending = False
+
+    async def main() -> tuple[bool, bool]:
+        probe = cancel_probe()
+        assert probe is not None
+        in_main = pending(probe)
+        in_child: list[bool] = []
+
+        async def child() -> None:
+            in_child.append(pending(probe))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+        return in_main, in_child[0]
+
+    assert trio.run(main) == (True, False)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
