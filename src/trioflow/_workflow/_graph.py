@@ -156,7 +156,16 @@ class Graph:
         order: Every step index in a topological order.
     """
 
-    __slots__ = ("_fingerprint", "_shape", "index", "order", "preds", "steps", "succs")
+    __slots__ = (
+        "_fingerprint",
+        "_shape",
+        "_shape_view",
+        "index",
+        "order",
+        "preds",
+        "steps",
+        "succs",
+    )
 
     def __init__(
         self,
@@ -171,31 +180,40 @@ class Graph:
         self.preds = preds
         self.succs = succs
         self.order = order
-        self._shape: Mapping[str, tuple[str, ...]] | None = None
+        self._shape: dict[str, tuple[str, ...]] | None = None
+        self._shape_view: Mapping[str, tuple[str, ...]] | None = None
         self._fingerprint: str | None = None
+
+    def _shape_dict(self) -> dict[str, tuple[str, ...]]:
+        if self._shape is None:
+            # A step's ``after`` is a tuple (Step checks it): most have one name or none.
+            self._shape = {
+                s.name: s.after if len(s.after) < 2 else tuple(sorted(s.after)) for s in self.steps
+            }
+        return self._shape
 
     @property
     def shape(self) -> Mapping[str, tuple[str, ...]]:
         """Step name -> sorted names it comes after (what a stored run is checked against)."""
-        if self._shape is None:
-            # A step's ``after`` is a tuple (Step checks it): most have one name or none.
-            self._shape = MappingProxyType(
-                {
-                    s.name: s.after if len(s.after) < 2 else tuple(sorted(s.after))
-                    for s in self.steps
-                }
-            )
-        return self._shape
+        if self._shape_view is None:
+            self._shape_view = MappingProxyType(self._shape_dict())
+        return self._shape_view
 
     @property
     def fingerprint(self) -> str:
         """A digest of :attr:`shape` (what :func:`shape_fingerprint` gives for it)."""
         if self._fingerprint is None:
-            # Each name's list is sorted already, and sort_keys orders the names as
-            # shape_fingerprint does: the same text, sorted by the encoder itself.
-            canonical = json.dumps(dict(self.shape), sort_keys=True)
+            # Each name's list is sorted already, and the encoder orders the names as
+            # shape_fingerprint does: the same text, sorted by the encoder itself, from the
+            # graph's own mapping (no copy).
+            canonical = _CANONICAL.encode(self._shape_dict())
             self._fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
         return self._fingerprint
+
+
+# json.dumps(shape, sort_keys=True)'s text: a shape's values are tuples of names, which hold
+# nothing that could refer back to them, so the encoder need not look for cycles.
+_CANONICAL = json.JSONEncoder(sort_keys=True, check_circular=False)
 
 
 def shape_fingerprint(shape: Mapping[str, Iterable[str]]) -> str:

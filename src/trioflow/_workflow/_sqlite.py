@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, final
 
 import anyio.to_thread
@@ -519,7 +519,7 @@ class SQLiteStore:
         Raises:
             StoreError: The file cannot be opened or written.
         """
-        shape_text = json.dumps({name: list(after) for name, after in shape.items()})
+        shape_text = _shape_text(shape)
 
         def begin(conn: sqlite3.Connection) -> None:
             now = _now()
@@ -923,6 +923,20 @@ def _stored(value: object, value_type: object, what: str) -> StoredValue:
     except ValueError:
         raise _Malformed(f"{what} is not JSON: {text[:80]!r}") from None
     return StoredValue(json=text, type=_opt_text(value_type, f"the type of {what}"))
+
+
+def _shape_text(shape: Mapping[str, Sequence[str]]) -> str:
+    # The shape as a JSON object of lists of names, in the shape's own order. A mapping whose
+    # values are tuples or lists (a run's: names -> tuples, which the encoder writes as lists)
+    # is encoded as it is, without a list made per step; any other is copied into lists first.
+    if (type(shape) is MappingProxyType or type(shape) is dict) and all(
+        type(after) is tuple or type(after) is list for after in shape.values()
+    ):
+        return _SHAPE_ENCODER.encode(shape if type(shape) is dict else shape.copy())
+    return json.dumps({name: list(after) for name, after in shape.items()})
+
+
+_SHAPE_ENCODER = json.JSONEncoder(check_circular=False)
 
 
 def _shape(text: object) -> dict[str, tuple[str, ...]]:

@@ -614,7 +614,8 @@ class MemoryStore:
                 created_at=now,
                 updated_at=now,
                 fingerprint=fingerprint,
-                shape={name: tuple(after) for name, after in shape.items()},
+                # Copied once: the record's converter keeps a read-only mapping as it is.
+                shape=MappingProxyType({name: tuple(after) for name, after in shape.items()}),
             )
         )
 
