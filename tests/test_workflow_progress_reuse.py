@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioflow import Context, Workflow, WorkflowProgress, run_workflow
+from trioflow._workflow._run import Run
 from trioflow.testing import virtual_time_backends
 
 BACKENDS = [0, 1]  # index into virtual_time_backends(): trio, asyncio
@@ -161,3 +162,70 @@ async def test_a_report_dropped_at_once_reads_like_a_new_one() -> None:
         expected.append((i, 20, (f"s{i}",), float(i)))
         expected.append((i + 1, 20, (), float(i + 1)))
     assert seen == expected
+
+
+HOW = ("ignore", "read", "keep", "weak")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(run=runs(), how=st.lists(st.sampled_from(HOW), min_size=1, max_size=12))
+def test_each_report_names_the_steps_running_at_its_moment(
+    backend: int, run: tuple[list[list[int]], list[int], list[str]], how: list[str]
+) -> None:
+    # Reports read at once, kept unread and read at the end, held by a weak reference only and
+    # read while the run goes on, or never read: however the run reuses, shares, freezes or
+    # builds them, each report's running steps are the run's steps in flight when it was given
+    # (read from the run itself, eagerly, as each report is made).
+    deps, durations, _ = run
+    wf = Workflow("moments")
+    in_flight: list[tuple[str, ...]] = []
+    completed: list[int] = []
+    read: dict[int, tuple[str, ...]] = {}
+    kept: dict[int, WorkflowProgress] = {}
+    weak: dict[int, weakref.ref[WorkflowProgress]] = {}
+
+    def make(i: int) -> Any:
+        async def fn(ctx: Context) -> None:
+            await anyio.sleep(durations[i])
+
+        return fn
+
+    for i, before in enumerate(deps):
+        wf.step(f"s{i}", make(i), after=[f"s{d}" for d in before])
+
+    def on_progress(progress: WorkflowProgress) -> None:
+        k = len(completed)
+        completed.append(progress.completed)  # the counts only: the view stays unread
+        chosen = how[k % len(how)]
+        if chosen == "read":
+            read[k] = progress.running
+        elif chosen == "keep":
+            kept[k] = progress
+        elif chosen == "weak":
+            weak[k] = weakref.ref(progress)
+            for j, ref in list(weak.items()):
+                report = ref()
+                if report is not None and j != k:
+                    read.setdefault(j, report.running)  # read later, while the run goes on
+
+    report = Run._report
+
+    def observed(run: Run, now: float) -> None:
+        in_flight.append(tuple(run.steps[i].name for i in run.running))
+        report(run, now)
+
+    async def main() -> None:
+        assert (await run_workflow(wf, on_progress=on_progress)).ok
+
+    name, options = virtual_time_backends()[backend]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Run, "_report", observed)
+        anyio.run(main, backend=name, backend_options=options)
+    assert len(in_flight) == len(completed) == 2 * len(deps) + 1
+    assert in_flight[-1] == ()
+    for k, running in read.items():
+        assert running == in_flight[k], k
+    for k, progress in kept.items():
+        assert progress.running == in_flight[k], k
+        assert progress.completed == completed[k]

@@ -465,7 +465,7 @@ def _current_task_of_this_loop(current_task: Callable[[], Any]) -> Callable[[], 
 
 
 def _trio_cancel_probe(trio: Any) -> Callable[[], bool] | None:
-    """trio's own ``checkpoint_if_cancelled`` test, as a plain function.
+    """Return the test of trio's own ``checkpoint_if_cancelled``, as a plain function.
 
     It reads what trio's check reads (the current task's cancel status, and a pending
     KeyboardInterrupt for the main task) and, when not cancelled, counts the cancellation point
@@ -485,9 +485,7 @@ def _trio_cancel_probe(trio: Any) -> Callable[[], bool] | None:
 
     def cancelled() -> bool:
         task = context.task
-        if task._cancel_status.effectively_cancelled or (
-            task is main_task and runner.ki_pending
-        ):
+        if task._cancel_status.effectively_cancelled or (task is main_task and runner.ki_pending):
             return True
         task._cancel_points += 1  # what trio's check counts when it does not raise
         return False

@@ -16,7 +16,7 @@ from ._graph import StepStatus
 
 __all__ = (
     "RunningSteps",
-    "progress_refill",
+    "progress_refill_elapsed",
     "progress_refill_running",
     "progress_snapshot",
     "StepResult",
@@ -333,19 +333,19 @@ A :class:`WorkflowProgress` built from a run's own counters without the checks o
 ``__init__`` (the run's hot path); ``running`` may be a :class:`RunningSteps`.
 """
 
-progress_refill: Callable[..., None] = refiller(
-    WorkflowProgress, "completed", "succeeded", "failed", "skipped", "running", "elapsed"
-)
-"""``progress_refill(progress, completed, succeeded, failed, skipped, running, elapsed)``.
+progress_refill_running: Callable[..., None] = refiller(WorkflowProgress, "running", "elapsed")
+"""``progress_refill_running(progress, running, elapsed)``.
 
-Sets the fields of a :class:`WorkflowProgress` that change from one report to the next, for a
-run reusing its last report: only once nobody else holds it nor a weak reference to it, so
-that to everyone else the report is a new value.
+Sets the fields of a :class:`WorkflowProgress` that change when a step starts, for a run
+reusing its last report: only once nobody else holds it nor a weak reference to it, so that to
+everyone else the report is a new value. (When a step ends, most fields change, and the run
+builds a new report: setting a slot through its descriptor costs about as much per field as
+:data:`progress_snapshot` costs for all seven.)
 """
 
-progress_refill_running: Callable[..., None] = refiller(WorkflowProgress, "running", "elapsed")
-"""``progress_refill_running(progress, running, elapsed)``: :data:`progress_refill` for a
-report whose counts did not change since the last one (a step started)."""
+progress_refill_elapsed: Callable[..., None] = refiller(WorkflowProgress, "elapsed")
+"""``progress_refill_elapsed(progress, elapsed)``: :data:`progress_refill_running` for a report
+whose ``running`` already holds what it must (the same view of the running steps)."""
 
 
 # After progress_snapshot and the refillers took the slot's own setter.

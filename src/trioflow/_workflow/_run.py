@@ -69,7 +69,7 @@ from ._result import (
     StepTable,
     WorkflowProgress,
     WorkflowResult,
-    progress_refill,
+    progress_refill_elapsed,
     progress_refill_running,
     progress_snapshot,
 )
@@ -413,6 +413,7 @@ class Run:
         # the report, while it lives: see _running_changes().
         self.names = RunningSteps(self.running, steps)
         self.last: WorkflowProgress | None = None  # the last report (reused when unheld)
+        self.shown: object = None  # what the last report's ``running`` holds
         self.viewing = False  # whether the last report's running reads the live ``names``
         # Whether nobody else can reach the last report (nor a weak reference to it): once so,
         # it stays so until the run hands it out again, so it is checked once.
@@ -952,39 +953,51 @@ class Run:
         if on_progress is None:
             return
         running = self.running
+        names = self.names if running else ()  # nothing running: it shares nothing with the run
         # When nobody but the run holds its last report (nor a weak reference to it), nobody
-        # can reach it, nor tell it from a new one: set its fields again (a view of the
-        # running steps it read is still live and unread: see _running_changes).
+        # can reach it, nor tell it from a new one (a view of the running steps it read is
+        # still live and unread: see _running_changes).
         if self.last is not None and (
             self.free or (_references(self) == _ALONE and not getweakrefcount(self.last))
         ):
             last = self.last
-            completed = self.completed
-            if last.completed == completed:  # a step started: only its running steps changed
-                progress_refill_running(last, self.names if running else (), now - self.t0)
+            if last.completed == self.completed:
+                # A step started: only its running steps changed, and they are read through
+                # the same view unless it was read or frozen since. Set what changed again
+                # (a slot's descriptor costs about as much per field as a new report's
+                # whole build costs for seven).
+                if names is self.shown:
+                    progress_refill_elapsed(last, now - self.t0)
+                else:
+                    progress_refill_running(last, names, now - self.t0)
+                progress = last
             else:
-                progress_refill(
-                    last,
-                    completed,
+                # A step ended: most fields changed, and a new report costs less than
+                # setting them again. The last one goes, and its view with it: the new one
+                # takes the view over.
+                progress = self.last = progress_snapshot(
+                    self.total,
+                    self.completed,
                     self.succeeded,
                     self.failed,
                     self.skipped,
-                    self.names if running else (),
+                    names,
                     now - self.t0,
                 )
-            progress = last
         else:
             if self.viewing:  # the last report is held: it shares no view with this one
                 self._running_changes()
+                names = self.names if running else ()
             progress = self.last = progress_snapshot(
                 self.total,
                 self.completed,
                 self.succeeded,
                 self.failed,
                 self.skipped,
-                self.names if running else (),  # nothing running: it shares nothing with the run
+                names,
                 now - self.t0,
             )
+        self.shown = names
         self.viewing = bool(running)
         self.free = False
         on_progress(progress)
