@@ -932,11 +932,8 @@ def _shape_text(shape: Mapping[str, Sequence[str]]) -> str:
     if (type(shape) is MappingProxyType or type(shape) is dict) and all(
         type(after) is tuple or type(after) is list for after in shape.values()
     ):
-        return _SHAPE_ENCODER.encode(shape if type(shape) is dict else shape.copy())
+        return json.dumps(shape if type(shape) is dict else shape.copy())
     return json.dumps({name: list(after) for name, after in shape.items()})
-
-
-_SHAPE_ENCODER = json.JSONEncoder(check_circular=False)
 
 
 def _shape(text: object) -> dict[str, tuple[str, ...]]:
