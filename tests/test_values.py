@@ -14,6 +14,7 @@ import pickle
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -24,10 +25,17 @@ from hypothesis import strategies as st
 from trioflow import Outcome, OutcomeStatus, Progress, StepRecord, StepStatus, WorkflowProgress
 from trioflow._batch._outcomes import _build_progress, make_outcome, make_progress
 from trioflow._lifecycle._machine import _change
+from trioflow._lifecycle._request import _build_result
 from trioflow._values import builder, lazy_field, refiller
 from trioflow._workflow._result import progress_snapshot
 from trioflow._workflow._store import StoredValue, step_record
-from trioflow.lifecycle import StateChange
+from trioflow.lifecycle import (
+    ErrorCategory,
+    ProcessingResult,
+    ProcessingStatus,
+    RequestState,
+    StateChange,
+)
 
 small = st.integers(-5, 10**6)
 maybe_small = st.none() | small
@@ -119,10 +127,75 @@ def test_a_built_value_is_the_value_its_class_makes(
     assert weakref.ref(made)() is made
 
 
+errors = st.builds(ValueError, texts)
+
+
+@given(
+    fields=st.tuples(
+        texts,
+        st.sampled_from(ProcessingStatus),
+        st.sampled_from(RequestState),
+        st.none() | small,
+        st.none() | errors,
+        st.none() | st.sampled_from(ErrorCategory),
+        st.lists(
+            st.builds(
+                StateChange,
+                from_state=st.sampled_from(RequestState),
+                to_state=st.sampled_from(RequestState),
+                at=times,
+            ),
+            max_size=3,
+        ).map(tuple),
+        st.dictionaries(texts, times, max_size=3),
+        st.dictionaries(texts, errors, max_size=3),
+        times,
+    )
+)
+def test_a_built_processing_result_is_the_one_its_class_makes(fields: tuple[Any, ...]) -> None:
+    # Its two mappings are read-only (as the class's converters make them), so it has no
+    # hash and cannot be pickled: the checks of the other values that apply.
+    request_id, status, state, value, error, category, history, timings, degraded, took = fields
+    expected = ProcessingResult(
+        request_id=request_id,
+        status=status,
+        state=state,
+        value=value,
+        error=error,
+        category=category,
+        history=history,
+        stage_timings=timings,
+        degraded=degraded,
+        duration=took,
+    )
+    made = _build_result(
+        request_id,
+        status,
+        state,
+        value,
+        error,
+        category,
+        history,
+        MappingProxyType(dict(timings)),
+        MappingProxyType(dict(degraded)),
+        took,
+    )
+    assert type(made) is ProcessingResult
+    assert made == expected
+    assert repr(made) == repr(expected)
+    assert attrs.asdict(made) == attrs.asdict(expected)
+    assert attrs.evolve(made) == expected
+    assert copy.copy(made) == expected
+    assert type(made.stage_timings) is type(expected.stage_timings) is MappingProxyType
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        made.value = None  # type: ignore[misc]
+    assert weakref.ref(made)() is made
+
+
 @pytest.mark.parametrize(
     "build",
-    [make_outcome, _build_progress, _change, step_record, progress_snapshot],
-    ids=["Outcome", "Progress", "StateChange", "StepRecord", "WorkflowProgress"],
+    [make_outcome, _build_progress, _change, step_record, progress_snapshot, _build_result],
+    ids=["Outcome", "Progress", "StateChange", "StepRecord", "WorkflowProgress", "Result"],
 )
 def test_the_engines_build_their_values_the_fast_way(build: Callable[..., Any]) -> None:
     # The twin is made only when every field still has its slot's own descriptor (builder
