@@ -28,9 +28,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self, final
 
-import anyio
 import attrs
 
+from .._backend import current_time
 from .._checks import check_fraction, check_int, check_number
 from .._limits import HealthSource, ResourceManager, ResourceManagerEvent
 
@@ -216,7 +216,7 @@ class AdaptiveConcurrency:
         if event.kind != "released":
             return  # a limit changed: this controller's own change, or someone else's
         duration, succeeded = event.duration, event.ok
-        now = anyio.current_time()
+        now = current_time()  # anyio.current_time(), without anyio's dispatch (once a slot)
         if now - duration < self._changed_at - _EPSILON:
             self._ignored += 1
             return
