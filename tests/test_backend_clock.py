@@ -113,13 +113,17 @@ def test_a_thread_outside_any_loop_gets_anyios_error() -> None:
 
 def test_trio_as_a_guest_of_asyncio_reads_trios_clock_in_trio_tasks() -> None:
     # trio's guest mode runs trio's tasks inside asyncio's callbacks: both loops run in the
-    # thread, and a trio task reads trio's clock (what anyio would say in that task).
+    # thread; a trio task reads trio's clock and an asyncio task asyncio's (what anyio would
+    # say in each).
     results: list[tuple[float, float]] = []
     done = threading.Event()
+
+    beside: list[tuple[float, float]] = []
 
     async def trio_main() -> None:
         await trio.sleep(0)
         results.append((current_time(), trio.current_time()))
+        await trio.sleep(0)
 
     async def asyncio_main() -> None:
         loop = asyncio.get_running_loop()
@@ -137,6 +141,8 @@ def test_trio_as_a_guest_of_asyncio_reads_trios_clock_in_trio_tasks() -> None:
             done_callback=done_callback,
             clock=trio.testing.MockClock(),
         )
+        await asyncio.sleep(0)  # an asyncio task, while the guest run is on: asyncio's clock
+        beside.append((current_time(), loop.time()))
         outcome = await finished
         outcome.unwrap()
         done.set()
@@ -144,3 +150,7 @@ def test_trio_as_a_guest_of_asyncio_reads_trios_clock_in_trio_tasks() -> None:
     asyncio.run(asyncio_main())
     assert done.is_set()
     assert results == [(0.0, 0.0)]
+    assert len(beside) == 1
+    mine, asyncios = beside[0]
+    assert mine <= asyncios
+    assert mine > 1.0  # the loop's monotonic clock, not trio's 0.0

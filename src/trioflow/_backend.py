@@ -361,10 +361,12 @@ def current_time() -> float:
     if context is None and "trio" in sys.modules:
         context = _find_trio_run_context()
     if context:
-        # The thread's own attributes: a missing one is not an AttributeError raised and caught.
-        runner = context.__dict__.get("runner")
-        if runner is not None:
-            now: float = runner.clock.current_time()
+        # In a trio task (what trio.lowlevel.in_trio_task() tests), read through the thread's
+        # own attributes: a missing one is not an AttributeError raised and caught. (Outside
+        # its tasks, as in an asyncio task beside a guest run of trio, the run is not asked.)
+        run = context.__dict__
+        if "task" in run:
+            now: float = run["runner"].clock.current_time()
             return now
     elif context is False:  # pragma: no cover - a trio that keeps its run elsewhere
         trio = sys.modules["trio"]
