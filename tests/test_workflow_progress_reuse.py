@@ -41,10 +41,9 @@ def runs(draw: st.DrawFn) -> tuple[list[list[int]], list[int], list[str]]:
     return deps, durations, keep
 
 
-def run_keeping(
-    backend: int, deps: list[list[int]], durations: list[int], keep: list[str]
-) -> tuple[list[tuple[WorkflowProgress, dict[str, Any]]], list[dict[str, Any]]]:
-    wf = Workflow("kept")
+def sleeping_workflow(name: str, deps: list[list[int]], durations: list[int]) -> Workflow:
+    """Steps ``s0``, ``s1``... each after the earlier ones listed, each sleeping its duration."""
+    wf = Workflow(name)
 
     def make(i: int) -> Any:
         async def fn(ctx: Context) -> None:
@@ -54,6 +53,13 @@ def run_keeping(
 
     for i, before in enumerate(deps):
         wf.step(f"s{i}", make(i), after=[f"s{d}" for d in before])
+    return wf
+
+
+def run_keeping(
+    backend: int, deps: list[list[int]], durations: list[int], keep: list[str]
+) -> tuple[list[tuple[WorkflowProgress, dict[str, Any]]], list[dict[str, Any]]]:
+    wf = sleeping_workflow("kept", deps, durations)
     kept: list[tuple[WorkflowProgress, dict[str, Any]]] = []
     weak: list[tuple[weakref.ref[WorkflowProgress], dict[str, Any]]] = []
     every: list[dict[str, Any]] = []
@@ -178,21 +184,12 @@ def test_each_report_names_the_steps_running_at_its_moment(
     # builds them, each report's running steps are the run's steps in flight when it was given
     # (read from the run itself, eagerly, as each report is made).
     deps, durations, _ = run
-    wf = Workflow("moments")
+    wf = sleeping_workflow("moments", deps, durations)
     in_flight: list[tuple[str, ...]] = []
     completed: list[int] = []
     read: dict[int, tuple[str, ...]] = {}
     kept: dict[int, WorkflowProgress] = {}
     weak: dict[int, weakref.ref[WorkflowProgress]] = {}
-
-    def make(i: int) -> Any:
-        async def fn(ctx: Context) -> None:
-            await anyio.sleep(durations[i])
-
-        return fn
-
-    for i, before in enumerate(deps):
-        wf.step(f"s{i}", make(i), after=[f"s{d}" for d in before])
 
     def on_progress(progress: WorkflowProgress) -> None:
         k = len(completed)

@@ -509,9 +509,10 @@ def _trio_cancel_probe(trio: Any) -> Callable[[], bool] | None:
     KeyboardInterrupt for the main task) and, when not cancelled, counts the cancellation point
     as trio's check does. None when trio keeps these records elsewhere than this version does.
     """
+    context = _trio_run_context or _find_trio_run_context()
+    if not context:  # pragma: no cover - a trio that keeps its run elsewhere
+        return None
     try:
-        from trio._core._run import GLOBAL_RUN_CONTEXT as context
-
         task = trio.lowlevel.current_task()
         runner = task._runner
         if context.task is not task or type(task._cancel_points) is not int:

@@ -159,7 +159,6 @@ class Graph:
     __slots__ = (
         "_fingerprint",
         "_shape",
-        "_shape_view",
         "index",
         "order",
         "preds",
@@ -181,7 +180,6 @@ class Graph:
         self.succs = succs
         self.order = order
         self._shape: dict[str, tuple[str, ...]] | None = None
-        self._shape_view: Mapping[str, tuple[str, ...]] | None = None
         self._fingerprint: str | None = None
 
     def _shape_dict(self) -> dict[str, tuple[str, ...]]:
@@ -195,9 +193,7 @@ class Graph:
     @property
     def shape(self) -> Mapping[str, tuple[str, ...]]:
         """Step name -> sorted names it comes after (what a stored run is checked against)."""
-        if self._shape_view is None:
-            self._shape_view = MappingProxyType(self._shape_dict())
-        return self._shape_view
+        return MappingProxyType(self._shape_dict())
 
     @property
     def fingerprint(self) -> str:
