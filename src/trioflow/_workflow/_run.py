@@ -92,10 +92,7 @@ _NONE_STORED = encode_value("", None)  # the stored form of None (a step returni
 # A run reuses its last progress report when nobody else holds it (see Run._report), which
 # it can tell only where references are counted; elsewhere every report counts as held.
 if hasattr(sys, "getrefcount"):
-
-    def _references(run: Any) -> int:
-        # References to run.last, counted the same way wherever the run asks.
-        return sys.getrefcount(run.last)
+    _getrefcount = sys.getrefcount
 
     @final
     class _Probe:
@@ -104,12 +101,17 @@ if hasattr(sys, "getrefcount"):
         def __init__(self) -> None:
             self.last = object()  # held by the probe alone
 
-    # What _references says of a report only its run holds: measured, not assumed, since the
+        def references(self) -> int:
+            # Counted as the run counts the references to its last report: the same
+            # expression, inline (a call of a helper per count costs more than the count).
+            return _getrefcount(self.last)
+
+    # What the count says of a report only its run holds: measured, not assumed, since the
     # interpreter's own temporary references differ between versions (3.14 borrows some).
-    _ALONE = _references(_Probe())
+    _ALONE = _Probe().references()
 else:  # pragma: no cover - an interpreter without reference counts
 
-    def _references(run: Any) -> int:
+    def _getrefcount(obj: object) -> int:
         return -1
 
     _ALONE = -2  # never: every report counts as held
@@ -958,7 +960,7 @@ class Run:
         # can reach it, nor tell it from a new one (a view of the running steps it read is
         # still live and unread: see _running_changes).
         if self.last is not None and (
-            self.free or (_references(self) == _ALONE and not getweakrefcount(self.last))
+            self.free or (_getrefcount(self.last) == _ALONE and not getweakrefcount(self.last))
         ):
             last = self.last
             if last.completed == self.completed:
@@ -1011,7 +1013,7 @@ class Run:
         # nobody kept costs nothing here.
         self.viewing = False
         if not self.free:
-            if _references(self) != _ALONE or getweakrefcount(self.last):
+            if _getrefcount(self.last) != _ALONE or getweakrefcount(self.last):
                 self.names.freeze()
                 self.names = RunningSteps(self.running, self.steps)
                 return
