@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import random
 import re
 import resource
 import statistics
@@ -163,17 +164,23 @@ class Bench:
     def run_interleaved(
         self, group: str, cases: list[Case], *, repeats: int | None = None
     ) -> list[Row]:
-        """Run the cases of one group in turns: each round runs every case once, in order.
+        """Run the cases of one group in turns: each round runs every case once.
 
         On a shared machine whose speed drifts over the minutes a group takes, running each
         case's repeats back to back would compare a case measured in a fast minute with a floor
-        measured in a slow one; in turns, every case sees the same minutes. Returns the rows in
-        the order of ``cases``; ``repeats`` rounds (``BENCH_REPEATS`` by default).
+        measured in a slow one; in turns, every case sees the same minutes. Each round runs the
+        cases in an order of its own (shuffled, seeded: the same from one bench run to the
+        next), so that no case always runs first after the round before, nor always right after
+        the same case. Returns the rows in the order of ``cases``; ``repeats`` rounds
+        (``BENCH_REPEATS`` by default).
         """
         samples: list[list[dict[str, Any]]] = [[] for _ in cases]
+        order = random.Random(len(cases))
         for _ in range(repeats or REPEATS):
-            for k, case in enumerate(cases):
-                samples[k].append(self._sample(case.name, case.params))
+            turns = list(range(len(cases)))
+            order.shuffle(turns)
+            for k in turns:
+                samples[k].append(self._sample(cases[k].name, cases[k].params))
         return [
             self._row(group, case.label or case.name, case.floor, taken)
             for case, taken in zip(cases, samples, strict=True)

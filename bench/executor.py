@@ -18,8 +18,9 @@ growth.
 The modes group runs every option a real batch sets (a timeout, a progress callback, both, a
 ``ResourceManager`` limit, ``as_completed``) at ``limit=16`` on each backend, against that
 backend's raw worker pool in the same run, in turns (11 rounds: ``2 * BENCH_REPEATS + 1``):
-each round runs the floor, every mode and the peers once, so that the drift of a shared
-machine's speed over the minutes the group takes moves them all alike. The memory group runs
+each round runs the floor, every mode and the peers once, in a shuffled order of its own,
+so that the drift of a shared machine's speed over the minutes the group takes moves them all
+alike (and no case always runs first, or right after the same case). The memory group runs
 a lazy 1,000,000-operation generator at ``limit=64`` against a raw worker pool that keeps the
 same results list. The scaling groups check that the cost per operation stays flat from
 N=1,000 to 1,000,000 and from L=1 to 10,000 (the L group runs in turns too).
