@@ -85,10 +85,14 @@ from trioflow.lifecycle import (
     Request,
     RequestState,
     Router,
-    SQLiteRequestStore,
     Stage,
     open_coordinator,
 )
+
+try:
+    from trioflow.lifecycle import SQLiteRequestStore
+except ImportError:  # a version before request stores, measured by bench/compare.py
+    SQLiteRequestStore = None  # type: ignore[assignment,misc]
 
 bench = Bench(__file__)
 
@@ -175,22 +179,24 @@ def coordinator(
 
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
-            requests = None
+            options: dict[str, Any] = {}  # none by default: an older version takes them too
             if store:
                 path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "requests.db"
-                requests = await stack.enter_async_context(SQLiteRequestStore(path))
+                assert SQLiteRequestStore is not None, "this version has no SQLiteRequestStore"
+                options["requests"] = await stack.enter_async_context(SQLiteRequestStore(path))
             c = await stack.enter_async_context(
                 open_coordinator(
                     router=router,
                     # debug: structlog as it comes, unconfigured (it prints every event)
                     logger=structlog.get_logger("trioflow") if debug else _quiet_logger(),
-                    requests=requests,
+                    **options,
                 )
             )
             if concurrent == 1:
-                budget = ... if timeout else None  # the configured 30 s, or no deadline
+                # The configured 30 s (process's default), or no deadline.
+                budget: dict[str, Any] = {} if timeout else {"timeout": None}
                 for i in range(n):
-                    result = await c.process(Request(i), timeout=budget)
+                    result = await c.process(Request(i), **budget)
                     assert result.status is ProcessingStatus.SUCCEEDED
                 return
             done = 0

@@ -1,0 +1,198 @@
+"""Two versions of trioflow on the same rows, in the same run: what a change bought.
+
+``python bench/compare.py REV`` takes the ``src/`` of the git revision ``REV`` (``git archive``,
+into a temporary directory) as "before" and the working tree's ``src/`` as "after", and runs the
+rows of the performance table (every batch mode at ``limit=16`` and without a limit on both
+backends, ``Pipeline.run`` and ``coordinator.process``, a 10,000-step workflow plainly and with
+each option) through the same bench cases (``bench/executor.py``, ``bench/lifecycle.py``,
+``bench/workflow.py``), each child importing one version or the other (``PYTHONPATH``).
+
+Each round runs every case and every floor once in each version, in a shuffled order of its own
+(seeded), so that the drift of a shared machine's speed moves both versions alike;
+``BENCH_REPEATS`` rounds (5). The table gives the median CPU time per operation of each version,
+the ratio after/before, and each version's ratio to the row's floor (the raw trio or asyncio
+floor of ``bench/executor.py`` and ``bench/lifecycle.py``; for a workflow option, the plain run
+of the same version). ``--only WORD`` keeps the rows whose label holds ``WORD``. Instruction
+counts of the two versions: ``PYTHONPATH=DIR/src python bench/executor.py --instructions`` (and
+the same for ``workflow.py`` and ``lifecycle.py``) with each version's ``src`` in ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from _harness import REPEATS
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A bench case: the script that defines it, its name and its parameters."""
+
+    script: str
+    case: str
+    params: dict[str, Any]
+
+    def key(self) -> str:
+        return json.dumps([self.script, self.case, self.params], sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One row of the comparison: the case measured in each version, and its floor."""
+
+    label: str
+    case: Measure
+    floor: Measure
+
+
+def _lines() -> list[Line]:
+    lines: list[Line] = []
+    modes = (
+        ("bare", "run_batch(limit=16)"),
+        ("timeout", "run_batch(limit=16, timeout=60)"),
+        ("progress", "run_batch(limit=16, on_progress=cb)"),
+        ("both", "run_batch(limit=16, timeout=60, on_progress=cb)"),
+        ("manager", "run_batch(limit=ResourceManager(16))"),
+        ("as_completed", "as_completed(limit=16)"),
+    )
+    n = 100_000
+    for backend in ("trio", "asyncio"):
+        pool = Measure("executor", f"{backend}_worker_pool", {"n": n, "limit": 16})
+        for mode, label in modes:
+            mode_params = {"n": n, "limit": 16, "backend": backend, "mode": mode}
+            lines.append(
+                Line(
+                    f"{backend}: {label}", Measure("executor", "trioflow_mode", mode_params), pool
+                )
+            )
+        unbounded = (
+            Measure("executor", "trio_nursery", {"n": n, "limit": None})
+            if backend == "trio"
+            else Measure("executor", "asyncio_task_group", {"n": n})
+        )
+        params: dict[str, Any] = {"n": n, "limit": None, "backend": backend, "mode": "bare"}
+        lines.append(
+            Line(
+                f"{backend}: run_batch(limit=None)",
+                Measure("executor", "trioflow_mode", params),
+                unbounded,
+            )
+        )
+    for backend in ("trio", "asyncio"):
+        floor = Measure("lifecycle", "floor", {"n": 20_000, "backend": backend})
+        lines.append(
+            Line(
+                f"{backend}: Pipeline.run, 7 no-op stages",
+                Measure("lifecycle", "pipeline", {"n": 20_000, "backend": backend}),
+                floor,
+            )
+        )
+        lines.append(
+            Line(
+                f"{backend}: coordinator.process, 7 no-op stages",
+                Measure(
+                    "lifecycle", "coordinator", {"n": 20_000, "backend": backend, "concurrent": 1}
+                ),
+                floor,
+            )
+        )
+    for backend in ("trio", "asyncio"):
+        dag = {"shape": "random DAG", "n": 10_000, "step": "noop", "backend": backend}
+        plain = Measure("workflow", "trioflow_run", dag)
+        for case, label in (
+            ("trioflow_run", "run_workflow"),
+            ("trioflow_progress", "run_workflow(on_progress=cb)"),
+            ("trioflow_memory_store", "run_workflow(store=MemoryStore())"),
+            ("trioflow_sqlite_store", "run_workflow(store=SQLiteStore(path))"),
+        ):
+            # The floor of a workflow mode is the plain run of the same version: "x floor" is
+            # the mode's cost over a run without it, the table's own measure.
+            lines.append(
+                Line(f"{backend}: {label}, 10,000-step DAG", Measure("workflow", case, dag), plain)
+            )
+    return lines
+
+
+def _source(rev: str, into: pathlib.Path) -> pathlib.Path:
+    """Extract ``src/`` of the git revision ``rev`` into ``into``; return that ``src``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    tar = into / "src.tar"
+    tar.write_bytes(archive)
+    with tarfile.open(tar) as opened:
+        opened.extractall(into, filter="data")
+    return into / "src"
+
+
+def _cpu_per_op(measure: Measure, src: pathlib.Path) -> float:
+    """Run one case once in a fresh interpreter importing trioflow from ``src``."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / f"{measure.script}.py"), "--child", measure.case,
+         json.dumps(measure.params)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+    )  # fmt: skip
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(data["cpu"]) / max(int(data["ops"]), 1) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the git revision measured as 'before'")
+    parser.add_argument("--only", default="", help="keep the rows whose label holds this")
+    args = parser.parse_args()
+    lines = [line for line in _lines() if args.only in line.label]
+    if not lines:
+        parser.error(f"--only {args.only!r} keeps no row")
+    measures = {m.key(): m for line in lines for m in (line.case, line.floor)}
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = {"before": _source(args.rev, pathlib.Path(tmp)), "after": ROOT / "src"}
+        samples: dict[tuple[str, str], list[float]] = {}
+        turns = [(version, key) for version in versions for key in measures]
+        order = random.Random(len(turns))
+        for round_ in range(REPEATS):
+            order.shuffle(turns)
+            for version, key in turns:
+                taken = _cpu_per_op(measures[key], versions[version])
+                samples.setdefault((version, key), []).append(taken)
+            print(f"round {round_ + 1} of {REPEATS} done", file=sys.stderr, flush=True)
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    print(f"## trioflow {args.rev} (before) against the working tree (after)\n")
+    print(
+        f"Median CPU time per operation over {REPEATS} rounds, each case in a fresh process "
+        "per round and version.\n"
+    )
+    print(
+        "| row | before us/op | after us/op | after/before | before x floor | after x floor |\n"
+        "|---|---:|---:|---:|---:|---:|"
+    )
+    for line in lines:
+        case, floor = line.case.key(), line.floor.key()
+        before, after = median["before", case], median["after", case]
+        print(
+            f"| {line.label} | {before:.2f} | {after:.2f} | {after / before:.2f} | "
+            f"{before / median['before', floor]:.2f} | {after / median['after', floor]:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
