@@ -7,12 +7,12 @@ backends, ``Pipeline.run`` and ``coordinator.process``, a 10,000-step workflow p
 each option) through the same bench cases (``bench/executor.py``, ``bench/lifecycle.py``,
 ``bench/workflow.py``), each child importing one version or the other (``PYTHONPATH``).
 
-Each round runs every case and every floor once in each version, in a shuffled order of its own
-(seeded), so that the drift of a shared machine's speed moves both versions alike;
-``BENCH_REPEATS`` rounds (5). The table gives the median CPU time per operation of each version,
-the ratio after/before, and each version's ratio to the row's floor (the raw trio or asyncio
-floor of ``bench/executor.py`` and ``bench/lifecycle.py``; for a workflow option, the plain run
-of the same version). ``--only WORD`` keeps the rows whose label holds ``WORD``. Instruction
+Each round runs every case once in each version and every raw floor once (it runs no trioflow),
+in a shuffled order of its own (seeded), so that the drift of a shared machine's speed moves
+both versions alike; ``BENCH_REPEATS`` rounds (5). The table gives the median CPU time per
+operation of each version, the ratio after/before, and each version's ratio to the row's floor
+(the raw trio or asyncio floor of ``bench/executor.py`` and ``bench/lifecycle.py``, the same
+figure for both; for a workflow option, the plain run of the same version). ``--only WORD`` keeps the rows whose label holds ``WORD``. Instruction
 counts of the two versions: ``PYTHONPATH=DIR/src python bench/executor.py --instructions`` (and
 the same for ``workflow.py`` and ``lifecycle.py``) with each version's ``src`` in ``DIR``.
 """
@@ -45,6 +45,9 @@ class Measure:
     script: str
     case: str
     params: dict[str, Any]
+    # Whether the case runs trioflow: a raw trio or asyncio floor does not, and runs once a
+    # round, its figure the floor of both versions.
+    versioned: bool = True
 
     def key(self) -> str:
         return json.dumps([self.script, self.case, self.params], sort_keys=True)
@@ -71,7 +74,7 @@ def _lines() -> list[Line]:
     )
     n = 100_000
     for backend in ("trio", "asyncio"):
-        pool = Measure("executor", f"{backend}_worker_pool", {"n": n, "limit": 16})
+        pool = Measure("executor", f"{backend}_worker_pool", {"n": n, "limit": 16}, False)
         for mode, label in modes:
             mode_params = {"n": n, "limit": 16, "backend": backend, "mode": mode}
             lines.append(
@@ -80,9 +83,9 @@ def _lines() -> list[Line]:
                 )
             )
         unbounded = (
-            Measure("executor", "trio_nursery", {"n": n, "limit": None})
+            Measure("executor", "trio_nursery", {"n": n, "limit": None}, False)
             if backend == "trio"
-            else Measure("executor", "asyncio_task_group", {"n": n})
+            else Measure("executor", "asyncio_task_group", {"n": n}, False)
         )
         params: dict[str, Any] = {"n": n, "limit": None, "backend": backend, "mode": "bare"}
         lines.append(
@@ -93,7 +96,7 @@ def _lines() -> list[Line]:
             )
         )
     for backend in ("trio", "asyncio"):
-        floor = Measure("lifecycle", "floor", {"n": 20_000, "backend": backend})
+        floor = Measure("lifecycle", "floor", {"n": 20_000, "backend": backend}, False)
         lines.append(
             Line(
                 f"{backend}: Pipeline.run, 7 no-op stages",
@@ -167,7 +170,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         versions = {"before": _source(args.rev, pathlib.Path(tmp)), "after": ROOT / "src"}
         samples: dict[tuple[str, str], list[float]] = {}
-        turns = [(version, key) for version in versions for key in measures]
+        turns = [
+            (version, key)
+            for key, measure in measures.items()
+            for version in (versions if measure.versioned else ["after"])
+        ]
         order = random.Random(len(turns))
         for round_ in range(REPEATS):
             order.shuffle(turns)
@@ -176,6 +183,9 @@ def main() -> None:
                 samples.setdefault((version, key), []).append(taken)
             print(f"round {round_ + 1} of {REPEATS} done", file=sys.stderr, flush=True)
     median = {k: statistics.median(v) for k, v in samples.items()}
+    for key, measure in measures.items():
+        if not measure.versioned:  # one floor for both versions
+            median["before", key] = median["after", key]
     print(f"## trioflow {args.rev} (before) against the working tree (after)\n")
     print(
         f"Median CPU time per operation over {REPEATS} rounds, each case in a fresh process "
