@@ -12,9 +12,10 @@ in a shuffled order of its own (seeded), so that the drift of a shared machine's
 both versions alike; ``BENCH_REPEATS`` rounds (5). The table gives the median CPU time per
 operation of each version, the ratio after/before, and each version's ratio to the row's floor
 (the raw trio or asyncio floor of ``bench/executor.py`` and ``bench/lifecycle.py``, the same
-figure for both; for a workflow option, the plain run of the same version). ``--only WORD`` keeps the rows whose label holds ``WORD``. Instruction
-counts of the two versions: ``PYTHONPATH=DIR/src python bench/executor.py --instructions`` (and
-the same for ``workflow.py`` and ``lifecycle.py``) with each version's ``src`` in ``DIR``.
+figure for both; for a workflow option, the plain run of the same version). ``--only WORD``
+keeps the rows whose label holds ``WORD``. Instruction counts of the two versions:
+``PYTHONPATH=DIR/src python bench/executor.py --instructions`` (and the same for
+``workflow.py`` and ``lifecycle.py``) with each version's ``src`` in ``DIR``.
 """
 
 from __future__ import annotations
