@@ -193,11 +193,16 @@ def coordinator(
                 )
             )
             if concurrent == 1:
-                # The configured 30 s (process's default), or no deadline.
-                budget: dict[str, Any] = {} if timeout else {"timeout": None}
-                for i in range(n):
-                    result = await c.process(Request(i), **budget)
-                    assert result.status is ProcessingStatus.SUCCEEDED
+                # The configured 30 s (process's default), or no deadline: the call as a
+                # user writes it (an older version has no timeout=).
+                if timeout:
+                    for i in range(n):
+                        result = await c.process(Request(i))
+                        assert result.status is ProcessingStatus.SUCCEEDED
+                else:
+                    for i in range(n):
+                        result = await c.process(Request(i), timeout=None)
+                        assert result.status is ProcessingStatus.SUCCEEDED
                 return
             done = 0
             while done < n:
