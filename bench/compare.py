@@ -21,6 +21,7 @@ keeps the rows whose label holds ``WORD``. Instruction counts of the two version
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pathlib
@@ -33,6 +34,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+import executor
+import lifecycle
+import workflow
 from _harness import REPEATS
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -64,69 +68,39 @@ class Line:
 
 
 def _lines() -> list[Line]:
+    # The rows, sizes and labels of the bench scripts themselves.
     lines: list[Line] = []
-    modes = (
-        ("bare", "run_batch(limit=16)"),
-        ("timeout", "run_batch(limit=16, timeout=60)"),
-        ("progress", "run_batch(limit=16, on_progress=cb)"),
-        ("both", "run_batch(limit=16, timeout=60, on_progress=cb)"),
-        ("manager", "run_batch(limit=ResourceManager(16))"),
-        ("as_completed", "as_completed(limit=16)"),
-    )
-    n = 100_000
+    n, limit = executor.N, executor.LIMIT
     for backend in ("trio", "asyncio"):
-        pool = Measure("executor", f"{backend}_worker_pool", {"n": n, "limit": 16}, False)
-        for mode, label in modes:
-            mode_params = {"n": n, "limit": 16, "backend": backend, "mode": mode}
-            lines.append(
-                Line(
-                    f"{backend}: {label}", Measure("executor", "trioflow_mode", mode_params), pool
-                )
-            )
+        pool = Measure("executor", f"{backend}_worker_pool", {"n": n, "limit": limit}, False)
+        for mode, label in executor.MODES:
+            params: dict[str, Any] = {"n": n, "limit": limit, "backend": backend, "mode": mode}
+            case = Measure("executor", "trioflow_mode", params)
+            lines.append(Line(f"{backend}, limit={limit}: {label}", case, pool))
         unbounded = (
             Measure("executor", "trio_nursery", {"n": n, "limit": None}, False)
             if backend == "trio"
             else Measure("executor", "asyncio_task_group", {"n": n}, False)
         )
-        params: dict[str, Any] = {"n": n, "limit": None, "backend": backend, "mode": "bare"}
-        lines.append(
-            Line(
-                f"{backend}: run_batch(limit=None)",
-                Measure("executor", "trioflow_mode", params),
-                unbounded,
-            )
-        )
+        params = {"n": n, "limit": None, "backend": backend, "mode": "bare"}
+        case = Measure("executor", "trioflow_mode", params)
+        lines.append(Line(f"{backend}: run_batch(limit=None)", case, unbounded))
     for backend in ("trio", "asyncio"):
-        floor = Measure("lifecycle", "floor", {"n": 20_000, "backend": backend}, False)
-        lines.append(
-            Line(
-                f"{backend}: Pipeline.run, 7 no-op stages",
-                Measure("lifecycle", "pipeline", {"n": 20_000, "backend": backend}),
-                floor,
-            )
-        )
-        lines.append(
-            Line(
-                f"{backend}: coordinator.process, 7 no-op stages",
-                Measure(
-                    "lifecycle", "coordinator", {"n": 20_000, "backend": backend, "concurrent": 1}
-                ),
-                floor,
-            )
-        )
+        params = {"n": lifecycle.N, "backend": backend}
+        floor = Measure("lifecycle", "floor", params, False)
+        case = Measure("lifecycle", "pipeline", params)
+        lines.append(Line(f"{backend}: Pipeline.run, 7 no-op stages", case, floor))
+        case = Measure("lifecycle", "coordinator", {**params, "concurrent": 1})
+        lines.append(Line(f"{backend}: coordinator.process, 7 no-op stages", case, floor))
     for backend in ("trio", "asyncio"):
-        dag = {"shape": "random DAG", "n": 10_000, "step": "noop", "backend": backend}
+        dag = {"shape": "random DAG", "n": workflow.N, "step": "noop", "backend": backend}
+        # The floor of a workflow mode is the plain run of the same version: "x floor" is the
+        # mode's cost over a run without it, the table's own measure.
         plain = Measure("workflow", "trioflow_run", dag)
-        for case, label in (
-            ("trioflow_run", "run_workflow"),
-            ("trioflow_progress", "run_workflow(on_progress=cb)"),
-            ("trioflow_memory_store", "run_workflow(store=MemoryStore())"),
-            ("trioflow_sqlite_store", "run_workflow(store=SQLiteStore(path))"),
-        ):
-            # The floor of a workflow mode is the plain run of the same version: "x floor" is
-            # the mode's cost over a run without it, the table's own measure.
+        for name, label in (("trioflow_run", "plain"), *((c, m) for c, m, _ in workflow.MODES)):
+            case = Measure("workflow", name, dag)
             lines.append(
-                Line(f"{backend}: {label}, 10,000-step DAG", Measure("workflow", case, dag), plain)
+                Line(f"{backend}: run_workflow, {workflow.N:,}-step DAG, {label}", case, plain)
             )
     return lines
 
@@ -138,9 +112,7 @@ def _source(rev: str, into: pathlib.Path) -> pathlib.Path:
         check=True,
         capture_output=True,
     ).stdout
-    tar = into / "src.tar"
-    tar.write_bytes(archive)
-    with tarfile.open(tar) as opened:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as opened:
         opened.extractall(into, filter="data")
     return into / "src"
 
